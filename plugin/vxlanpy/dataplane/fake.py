@@ -1,0 +1,104 @@
+"""In-memory Links and Firewall for unit tests: they record what the kernel would hold.
+
+`fail_on` makes the named method raise DataplaneError, to test the driver's rollback."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ..errors import DataplaneError, InvalidOption
+from ..models import Endpoint, Network
+from .base import Underlay
+
+
+class FakeLinks:
+    def __init__(self, underlays: dict[str, Underlay] | None = None, default_dev: str = "eth0") -> None:
+        self.underlays = underlays or {
+            "eth0": Underlay("eth0", 1500, (ipaddress.ip_address("192.0.2.10"), ipaddress.ip_address("2001:db8::10")))
+        }
+        self.default_dev = default_dev
+        self.networks: dict[str, Network] = {}  # bridge name -> network
+        self.endpoints: dict[str, Endpoint] = {}  # host veth name -> endpoint
+        self.aliens: set[str] = set()  # links that exist but are not vxlanpy's
+        self.fail_on: set[str] = set()
+        self.calls: list[str] = []
+
+    def _enter(self, method: str) -> None:
+        self.calls.append(method)
+        if method in self.fail_on:
+            raise DataplaneError(f"injected failure in {method}")
+
+    def underlay(self, dev: str | None) -> Underlay:
+        self._enter("underlay")
+        name = dev or self.default_dev
+        if name not in self.underlays:
+            raise InvalidOption(f"underlay interface {name!r} does not exist; set -o dev=INTERFACE")
+        return self.underlays[name]
+
+    def ensure_network(self, network: Network) -> None:
+        self._enter("ensure_network")
+        if network.bridge in self.aliens:
+            raise DataplaneError(f"interface {network.bridge} exists and is not managed by vxlanpy")
+        self.networks[network.bridge] = network
+
+    def remove_network(self, network: Network) -> None:
+        self._enter("remove_network")
+        self.networks.pop(network.bridge, None)
+
+    def ensure_endpoint(self, network: Network, endpoint: Endpoint) -> None:
+        self._enter("ensure_endpoint")
+        self.endpoints[endpoint.host_veth] = endpoint
+
+    def remove_endpoint(self, endpoint: Endpoint) -> None:
+        self._enter("remove_endpoint")
+        self.endpoints.pop(endpoint.host_veth, None)
+
+    def remove_link(self, name: str) -> None:
+        self._enter("remove_link")
+        self.networks = {bridge: net for bridge, net in self.networks.items() if name not in (net.bridge, net.vxlan)}
+        self.endpoints.pop(name, None)
+
+    def owned_links(self) -> dict[str, str]:
+        links = {}
+        for network in self.networks.values():
+            links[network.bridge] = network.alias
+            links[network.vxlan] = network.alias
+        for endpoint in self.endpoints.values():
+            links[endpoint.host_veth] = endpoint.alias
+        return links
+
+
+class FakeFirewall:
+    def __init__(self) -> None:
+        self.base_ready = False
+        self.networks: dict[int, tuple[Network, list[Endpoint]]] = {}
+        self.fail_on: set[str] = set()
+
+    def _enter(self, method: str) -> None:
+        if method in self.fail_on:
+            raise DataplaneError(f"injected failure in {method}")
+
+    def ensure_base(self) -> None:
+        self._enter("ensure_base")
+        self.base_ready = True
+
+    def ensure_network(self, network: Network, endpoints: list[Endpoint]) -> None:
+        self._enter("ensure_network")
+        self.networks[network.vni] = (network, list(endpoints))
+
+    def remove_network(self, vni: int) -> None:
+        self._enter("remove_network")
+        self.networks.pop(vni, None)
+
+    def owned_vnis(self) -> set[int]:
+        return set(self.networks)
+
+    def published(self) -> set[tuple[str, int]]:
+        """(proto, host port) pairs currently published, over all networks."""
+        return {
+            (port.proto, port.host_port)
+            for network, endpoints in self.networks.values()
+            if not network.internal
+            for endpoint in endpoints
+            for port in endpoint.ports
+        }

@@ -1,0 +1,391 @@
+"""The network driver: network and endpoint lifecycle, validation and rollback.
+
+It knows nothing of HTTP or libnetwork's JSON; the protocol layer calls it with typed values.  Its
+collaborators (store, links, firewall) are injected, so unit tests run it on fakes without root.
+
+Ordering rule, so that a crash at any point is recoverable by `reconcile()`:
+  * creating: write the state row first, then change the kernel; a failure rolls both back;
+  * deleting: change the kernel first, then delete the row.
+Reconciliation then only has to make the kernel match the store: recreate what a row describes and
+remove vxlanpy-labelled links and chains that no row owns.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+from .dataplane.base import Firewall, Links
+from .errors import Conflict, InvalidOption, NotFound, VxlanpyError
+from .models import (
+    Endpoint,
+    Network,
+    PortMapping,
+    Subnet,
+    endpoint_mac,
+)
+from .options import parse_network_options
+from .store.base import Store
+
+log = logging.getLogger(__name__)
+
+EPHEMERAL_PORTS = (49153, 60999)  # Docker's bridge driver uses the same range
+DST_PREFIX = "eth"
+
+
+@dataclass(frozen=True)
+class JoinInfo:
+    src_name: str
+    dst_prefix: str
+    gateway_v4: ipaddress.IPv4Address | None
+    gateway_v6: ipaddress.IPv6Address | None
+
+
+@dataclass
+class ReconcileReport:
+    """What a reconciliation did (or, in a dry run, would do)."""
+
+    recreated_networks: list[int] = field(default_factory=list)
+    reattached_endpoints: list[str] = field(default_factory=list)
+    lost_endpoints: list[str] = field(default_factory=list)
+    removed_links: list[str] = field(default_factory=list)
+    removed_chains: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"networks ensured {len(self.recreated_networks)}, endpoints reattached {len(self.reattached_endpoints)}, "
+            f"endpoints lost {len(self.lost_endpoints)}, orphan links removed {len(self.removed_links)}, "
+            f"orphan chains removed {len(self.removed_chains)}"
+        )
+
+
+class KeyedLocks:
+    """One lock per key (network id), so requests on one network never race while others proceed."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks[key]
+        with lock:
+            yield
+
+
+class Driver:
+    def __init__(
+        self,
+        store: Store,
+        links: Links,
+        firewall: Firewall,
+        vni_range: tuple[int, int] = (4096, 65535),
+        default_dev: str | None = None,
+        port_is_free: Callable[[PortMapping], bool] | None = None,
+    ) -> None:
+        self.store = store
+        self.links = links
+        self.firewall = firewall
+        self.vni_range = vni_range
+        self.default_dev = default_dev
+        self.port_is_free = port_is_free or host_port_is_free
+        self._network_locks = KeyedLocks()
+        self._ports_lock = threading.Lock()
+
+    # -- networks -------------------------------------------------------------------------------------------
+
+    def create_network(
+        self,
+        network_id: str,
+        options: dict[str, object],
+        ipv4: tuple[Subnet, ...] = (),
+        ipv6: tuple[Subnet, ...] = (),
+        internal: bool = False,
+    ) -> Network:
+        with self._network_locks.hold(network_id):
+            existing = self.store.get_network(network_id)
+            if existing is not None:
+                return existing  # dockerd retried a call that had succeeded
+            requested = parse_network_options(options, self.links.underlay, self.default_dev)
+
+            def build(vni: int) -> Network:
+                return Network(network_id, requested.config_for(vni), ipv4, ipv6, internal)
+
+            if requested.vni is None:
+                network = self.store.add_network_with_free_vni(build, *self.vni_range)
+            else:
+                network = build(requested.vni)
+                self.store.add_network(network)
+            try:
+                self.links.ensure_network(network)
+                self.firewall.ensure_network(network, [])
+            except Exception:
+                self._roll_back_network(network)
+                raise
+            log.info(
+                "network %s ready: vni %d, bridge %s, mtu %d",
+                network_id[:12],
+                network.vni,
+                network.bridge,
+                network.config.mtu,
+            )
+            return network
+
+    def _roll_back_network(self, network: Network) -> None:
+        for undo in (
+            lambda: self.firewall.remove_network(network.vni),
+            lambda: self.links.remove_network(network),
+            lambda: self.store.delete_network(network.network_id),
+        ):
+            try:
+                undo()
+            except VxlanpyError as exc:  # keep the original error; reconciliation cleans up the rest
+                log.error("rollback of network %s incomplete: %s", network.network_id[:12], exc)
+
+    def delete_network(self, network_id: str) -> None:
+        with self._network_locks.hold(network_id):
+            network = self.store.get_network(network_id)
+            if network is None:
+                return  # already gone: let `docker network rm` succeed
+            for endpoint in self.store.list_endpoints(network_id):
+                self.links.remove_endpoint(endpoint)
+            self.firewall.remove_network(network.vni)
+            self.links.remove_network(network)
+            self.store.delete_network(network_id)
+
+    def get_network(self, network_id: str) -> Network:
+        network = self.store.get_network(network_id)
+        if network is None:
+            raise NotFound(
+                f"network {network_id[:12]} is not known to vxlanpy (its state may have been deleted); "
+                "remove it with `docker network rm` and create it again"
+            )
+        return network
+
+    # -- endpoints ------------------------------------------------------------------------------------------
+
+    def create_endpoint(
+        self,
+        network_id: str,
+        endpoint_id: str,
+        ipv4: ipaddress.IPv4Interface | None,
+        ipv6: ipaddress.IPv6Interface | None,
+        mac: str | None,
+    ) -> Endpoint:
+        with self._network_locks.hold(network_id):
+            network = self.get_network(network_id)
+            existing = self.store.get_endpoint(endpoint_id)
+            if existing is not None:
+                return existing
+            _check_in_subnets("address", ipv4, network.ipv4)
+            _check_in_subnets("IPv6 address", ipv6, network.ipv6)
+            endpoint = Endpoint(endpoint_id, network_id, mac or endpoint_mac(ipv4, endpoint_id), ipv4, ipv6)
+            self.store.put_endpoint(endpoint)
+            try:
+                self.links.ensure_endpoint(network, endpoint)
+            except Exception:
+                self._roll_back_endpoint(endpoint)
+                raise
+            return endpoint
+
+    def _roll_back_endpoint(self, endpoint: Endpoint) -> None:
+        for undo in (
+            lambda: self.links.remove_endpoint(endpoint),
+            lambda: self.store.delete_endpoint(endpoint.endpoint_id),
+        ):
+            try:
+                undo()
+            except VxlanpyError as exc:
+                log.error("rollback of endpoint %s incomplete: %s", endpoint.endpoint_id[:12], exc)
+
+    def get_endpoint(self, network_id: str, endpoint_id: str) -> Endpoint:
+        endpoint = self.store.get_endpoint(endpoint_id)
+        if endpoint is None or endpoint.network_id != network_id:
+            raise NotFound(f"endpoint {endpoint_id[:12]} does not exist on network {network_id[:12]}")
+        return endpoint
+
+    def delete_endpoint(self, network_id: str, endpoint_id: str) -> None:
+        with self._network_locks.hold(network_id):
+            endpoint = self.store.get_endpoint(endpoint_id)
+            if endpoint is None:
+                return  # dockerd may delete twice, or an endpoint that never finished
+            self.links.remove_endpoint(endpoint)
+            if endpoint.ports:
+                self._refresh_firewall(network_id, drop=endpoint_id)
+            self.store.delete_endpoint(endpoint_id)
+
+    def join(self, network_id: str, endpoint_id: str, sandbox_key: str | None) -> JoinInfo:
+        with self._network_locks.hold(network_id):
+            network = self.get_network(network_id)
+            endpoint = self.get_endpoint(network_id, endpoint_id)
+            if sandbox_key and endpoint.sandbox_key != sandbox_key:
+                self.store.put_endpoint(replace(endpoint, sandbox_key=sandbox_key))
+            gateway_v4 = network.ipv4[0].gateway if network.ipv4 and not network.internal else None
+            gateway_v6 = network.ipv6[0].gateway if network.ipv6 and not network.internal else None
+            return JoinInfo(
+                src_name=endpoint.container_veth,
+                dst_prefix=DST_PREFIX,
+                gateway_v4=gateway_v4.ip if isinstance(gateway_v4, ipaddress.IPv4Interface) else None,
+                gateway_v6=gateway_v6.ip if isinstance(gateway_v6, ipaddress.IPv6Interface) else None,
+            )
+
+    def leave(self, network_id: str, endpoint_id: str) -> None:
+        with self._network_locks.hold(network_id):
+            endpoint = self.store.get_endpoint(endpoint_id)
+            if endpoint is not None and endpoint.sandbox_key:
+                self.store.put_endpoint(replace(endpoint, sandbox_key=None))
+
+    # -- published ports ------------------------------------------------------------------------------------
+
+    def program_external_connectivity(self, network_id: str, endpoint_id: str, ports: list[PortMapping]) -> Endpoint:
+        with self._network_locks.hold(network_id):
+            network = self.get_network(network_id)
+            endpoint = self.get_endpoint(network_id, endpoint_id)
+            if network.internal or not ports:
+                return endpoint  # like Docker's bridge: an internal network publishes nothing
+            with self._ports_lock:
+                chosen = self._allocate_ports(endpoint, ports)
+                updated = endpoint.with_ports(chosen)
+                self.store.put_endpoint(updated)
+            try:
+                self._refresh_firewall(network_id)
+            except Exception:
+                self.store.put_endpoint(endpoint)  # the row must not claim ports the kernel does not publish
+                raise
+            return updated
+
+    def revoke_external_connectivity(self, network_id: str, endpoint_id: str) -> None:
+        with self._network_locks.hold(network_id):
+            endpoint = self.store.get_endpoint(endpoint_id)
+            if endpoint is None or not endpoint.ports:
+                return
+            self.store.put_endpoint(endpoint.with_ports(()))
+            self._refresh_firewall(network_id)
+
+    def _allocate_ports(self, endpoint: Endpoint, wanted: list[PortMapping]) -> tuple[PortMapping, ...]:
+        taken = {
+            (port.proto, port.host_port)
+            for other in self.store.list_endpoints()
+            if other.endpoint_id != endpoint.endpoint_id
+            for port in other.ports
+        }
+        chosen: list[PortMapping] = []
+        for mapping in wanted:
+            if mapping.host_port:
+                key = (mapping.proto, mapping.host_port)
+                if key in taken or not self.port_is_free(mapping):
+                    raise Conflict(
+                        f"host port {mapping.host_port}/{mapping.proto} is already allocated; "
+                        "publish on another host port"
+                    )
+                chosen.append(mapping)
+            else:
+                chosen.append(self._ephemeral(mapping, taken))
+            taken.add((mapping.proto, chosen[-1].host_port))
+        return tuple(chosen)
+
+    def _ephemeral(self, mapping: PortMapping, taken: set[tuple[str, int]]) -> PortMapping:
+        for port in range(EPHEMERAL_PORTS[0], EPHEMERAL_PORTS[1] + 1):
+            candidate = replace(mapping, host_port=port)
+            if (mapping.proto, port) not in taken and self.port_is_free(candidate):
+                return candidate
+        raise Conflict(f"no free host port left in {EPHEMERAL_PORTS[0]}-{EPHEMERAL_PORTS[1]}; publish an explicit port")
+
+    def _refresh_firewall(self, network_id: str, drop: str | None = None) -> None:
+        network = self.get_network(network_id)
+        endpoints = [e for e in self.store.list_endpoints(network_id) if e.endpoint_id != drop]
+        self.firewall.ensure_network(network, endpoints)
+
+    # -- restart --------------------------------------------------------------------------------------------
+
+    def reconcile(self, dry_run: bool = False) -> ReconcileReport:
+        """Make the kernel match the store: recreate what is missing, remove vxlanpy objects no row owns."""
+        report = ReconcileReport()
+        networks = self.store.list_networks()
+        endpoints = self.store.list_endpoints()
+        links = self.links.owned_links()
+        if not dry_run:
+            self.firewall.ensure_base()
+        known_aliases = {network.alias for network in networks} | {endpoint.alias for endpoint in endpoints}
+        for name, alias in sorted(links.items()):
+            if alias not in known_aliases:
+                report.removed_links.append(name)
+                if not dry_run:
+                    self.links.remove_link(name)
+        by_network: defaultdict[str, list[Endpoint]] = defaultdict(list)
+        for endpoint in endpoints:
+            by_network[endpoint.network_id].append(endpoint)
+        for network in networks:
+            if network.bridge not in links or network.vxlan not in links:
+                report.recreated_networks.append(network.vni)
+            if not dry_run:
+                self.links.ensure_network(network)
+            for endpoint in by_network.pop(network.network_id, []):
+                self._reconcile_endpoint(network, endpoint, links, report, dry_run)
+            if not dry_run:
+                self.firewall.ensure_network(network, [e for e in endpoints if e.network_id == network.network_id])
+        for network_id, stray in by_network.items():  # endpoints whose network row is gone
+            for endpoint in stray:
+                report.lost_endpoints.append(endpoint.endpoint_id)
+                if not dry_run:
+                    self.links.remove_endpoint(endpoint)
+                    self.store.delete_endpoint(endpoint.endpoint_id)
+            log.warning("removed %d endpoints of unknown network %s", len(stray), network_id[:12])
+        known_vnis = {network.vni for network in networks}
+        for vni in sorted(self.firewall.owned_vnis() - known_vnis):
+            report.removed_chains.append(vni)
+            if not dry_run:
+                self.firewall.remove_network(vni)
+        return report
+
+    def _reconcile_endpoint(
+        self, network: Network, endpoint: Endpoint, links: dict[str, str], report: ReconcileReport, dry_run: bool
+    ) -> None:
+        if endpoint.host_veth in links:
+            # The bridge may have been recreated: put the surviving veth back on it.
+            report.reattached_endpoints.append(endpoint.endpoint_id)
+            if not dry_run:
+                self.links.ensure_endpoint(network, endpoint)
+        elif endpoint.sandbox_key is None:
+            report.reattached_endpoints.append(endpoint.endpoint_id)
+            if not dry_run:
+                self.links.ensure_endpoint(network, endpoint)
+        else:
+            # The container's interface died with its veth; only Docker can rebuild the sandbox.
+            report.lost_endpoints.append(endpoint.endpoint_id)
+            log.warning(
+                "endpoint %s lost its veth %s while joined; restart its container to reconnect it",
+                endpoint.endpoint_id[:12],
+                endpoint.host_veth,
+            )
+
+
+def _check_in_subnets(
+    what: str, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None, subnets: tuple[Subnet, ...]
+) -> None:
+    if address is None or not subnets:
+        return
+    if not any(address.ip in subnet.pool for subnet in subnets):
+        pools = ", ".join(str(subnet.pool) for subnet in subnets)
+        raise InvalidOption(f"{what} {address} is outside the network's subnets ({pools})")
+
+
+def host_port_is_free(mapping: PortMapping) -> bool:
+    """True when nothing on this host is bound to the port now (docker-proxy and other services included)."""
+    family = socket.AF_INET6 if mapping.host_ip is not None and mapping.host_ip.version == 6 else socket.AF_INET
+    kind = socket.SOCK_DGRAM if mapping.proto == "udp" else socket.SOCK_STREAM
+    address = str(mapping.host_ip) if mapping.host_ip is not None else ("::" if family == socket.AF_INET6 else "")
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, mapping.host_port))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,245 @@
+"""The plugin's own data model: what a network and an endpoint are, independent of the wire and the kernel.
+
+Everything here is plain, immutable data that the store can persist and the dataplane can realise.
+Interface names are derived from checked values only (a VNI, a hex endpoint id), never from user strings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Prefixes of every kernel object vxlanpy owns.  Reconciliation relies on them together with the link alias.
+BRIDGE_PREFIX = "vxbr-"
+VXLAN_PREFIX = "vxlan-"
+VETH_HOST_PREFIX = "vxh-"
+VETH_CONTAINER_PREFIX = "vxc-"
+LINK_ALIAS_PREFIX = "vxlanpy:"
+
+VXLAN_OVERHEAD_V4 = 50
+VXLAN_OVERHEAD_V6 = 70
+
+PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
+PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
+
+
+def bridge_name(vni: int) -> str:
+    return f"{BRIDGE_PREFIX}{vni}"
+
+
+def vxlan_name(vni: int) -> str:
+    return f"{VXLAN_PREFIX}{vni}"
+
+
+def veth_names(endpoint_id: str) -> tuple[str, str]:
+    """Host and container end names; endpoint ids are validated hex before they get here."""
+    short = endpoint_id[:11]
+    return f"{VETH_HOST_PREFIX}{short}", f"{VETH_CONTAINER_PREFIX}{short}"
+
+
+def gateway_mac(vni: int) -> str:
+    """The anycast gateway MAC: the same on every host of one VNI, locally administered (02:...)."""
+    return f"02:76:78:{(vni >> 16) & 0xFF:02x}:{(vni >> 8) & 0xFF:02x}:{vni & 0xFF:02x}"
+
+
+def endpoint_mac(address: ipaddress.IPv4Interface | None, endpoint_id: str) -> str:
+    """Docker's bridge derives the MAC from the IPv4 address; do the same so MACs stay stable across restarts."""
+    if address is not None:
+        packed = address.ip.packed
+        return "02:42:" + ":".join(f"{byte:02x}" for byte in packed)
+    raw = bytes.fromhex(endpoint_id[:10])
+    return "02:" + ":".join(f"{byte:02x}" for byte in raw)
+
+
+@dataclass(frozen=True)
+class Subnet:
+    """One IPAM pool handed to the network: the pool and the gateway inside it."""
+
+    pool: IPNetwork
+    gateway: IPInterface | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pool": str(self.pool), "gateway": str(self.gateway) if self.gateway else None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Subnet:
+        gateway = data.get("gateway")
+        return cls(
+            pool=ipaddress.ip_network(data["pool"]),
+            gateway=ipaddress.ip_interface(gateway) if gateway else None,
+        )
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The validated, user-chosen VXLAN parameters of a network (the `-o` options)."""
+
+    vni: int
+    dstport: int = 4789
+    dev: str | None = None
+    local: IPAddress | None = None
+    ttl: int | None = None
+    learning: bool = True
+    remote: IPAddress | None = None
+    peers: tuple[IPAddress, ...] = ()
+    group: IPAddress | None = None
+    mtu: int = 1450
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("local", "remote", "group"):
+            data[key] = str(data[key]) if data[key] is not None else None
+        data["peers"] = [str(peer) for peer in self.peers]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NetworkConfig:
+        def addr(value: str | None) -> IPAddress | None:
+            return ipaddress.ip_address(value) if value else None
+
+        return cls(
+            vni=int(data["vni"]),
+            dstport=int(data["dstport"]),
+            dev=data.get("dev"),
+            local=addr(data.get("local")),
+            ttl=data.get("ttl"),
+            learning=bool(data.get("learning", True)),
+            remote=addr(data.get("remote")),
+            peers=tuple(ipaddress.ip_address(peer) for peer in data.get("peers", ())),
+            group=addr(data.get("group")),
+            mtu=int(data["mtu"]),
+        )
+
+
+@dataclass(frozen=True)
+class Network:
+    network_id: str
+    config: NetworkConfig
+    ipv4: tuple[Subnet, ...] = ()
+    ipv6: tuple[Subnet, ...] = ()
+    internal: bool = False
+
+    @property
+    def vni(self) -> int:
+        return self.config.vni
+
+    @property
+    def bridge(self) -> str:
+        return bridge_name(self.config.vni)
+
+    @property
+    def vxlan(self) -> str:
+        return vxlan_name(self.config.vni)
+
+    @property
+    def gateway_mac(self) -> str:
+        return gateway_mac(self.config.vni)
+
+    @property
+    def alias(self) -> str:
+        return f"{LINK_ALIAS_PREFIX}net:{self.network_id}"
+
+    @property
+    def gateways(self) -> tuple[IPInterface, ...]:
+        return tuple(subnet.gateway for subnet in (*self.ipv4, *self.ipv6) if subnet.gateway is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "network_id": self.network_id,
+            "config": self.config.to_dict(),
+            "ipv4": [subnet.to_dict() for subnet in self.ipv4],
+            "ipv6": [subnet.to_dict() for subnet in self.ipv6],
+            "internal": self.internal,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Network:
+        return cls(
+            network_id=data["network_id"],
+            config=NetworkConfig.from_dict(data["config"]),
+            ipv4=tuple(Subnet.from_dict(item) for item in data.get("ipv4", ())),
+            ipv6=tuple(Subnet.from_dict(item) for item in data.get("ipv6", ())),
+            internal=bool(data.get("internal", False)),
+        )
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """One published port: HOST_IP:HOST_PORT -> container CONTAINER_PORT."""
+
+    proto: str
+    container_port: int
+    host_port: int
+    host_ip: IPAddress | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "proto": self.proto,
+            "container_port": self.container_port,
+            "host_port": self.host_port,
+            "host_ip": str(self.host_ip) if self.host_ip else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PortMapping:
+        host_ip = data.get("host_ip")
+        return cls(
+            proto=data["proto"],
+            container_port=int(data["container_port"]),
+            host_port=int(data["host_port"]),
+            host_ip=ipaddress.ip_address(host_ip) if host_ip else None,
+        )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    endpoint_id: str
+    network_id: str
+    mac: str
+    ipv4: ipaddress.IPv4Interface | None = None
+    ipv6: ipaddress.IPv6Interface | None = None
+    ports: tuple[PortMapping, ...] = field(default=())
+    sandbox_key: str | None = None
+
+    @property
+    def host_veth(self) -> str:
+        return veth_names(self.endpoint_id)[0]
+
+    @property
+    def container_veth(self) -> str:
+        return veth_names(self.endpoint_id)[1]
+
+    @property
+    def alias(self) -> str:
+        return f"{LINK_ALIAS_PREFIX}ep:{self.endpoint_id}"
+
+    def with_ports(self, ports: tuple[PortMapping, ...]) -> Endpoint:
+        return replace(self, ports=ports)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "endpoint_id": self.endpoint_id,
+            "network_id": self.network_id,
+            "mac": self.mac,
+            "ipv4": str(self.ipv4) if self.ipv4 else None,
+            "ipv6": str(self.ipv6) if self.ipv6 else None,
+            "ports": [port.to_dict() for port in self.ports],
+            "sandbox_key": self.sandbox_key,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Endpoint:
+        return cls(
+            endpoint_id=data["endpoint_id"],
+            network_id=data["network_id"],
+            mac=data["mac"],
+            ipv4=ipaddress.IPv4Interface(data["ipv4"]) if data.get("ipv4") else None,
+            ipv6=ipaddress.IPv6Interface(data["ipv6"]) if data.get("ipv6") else None,
+            ports=tuple(PortMapping.from_dict(item) for item in data.get("ports", ())),
+            sandbox_key=data.get("sandbox_key"),
+        )

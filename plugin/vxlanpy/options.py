@@ -1,0 +1,197 @@
+"""Validation of the `-o KEY=VALUE` network options, in iproute2's vocabulary.
+
+Everything a user can get wrong is refused here, before any kernel change, with a message that names the
+option and says what would be accepted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from .dataplane.base import Underlay
+from .errors import InvalidOption
+from .models import VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6, IPAddress, NetworkConfig
+
+DOCKER_MTU_OPTION = "com.docker.network.driver.mtu"
+VALID_OPTIONS = (
+    "vni",
+    "dstport",
+    "dev",
+    "local",
+    "ttl",
+    "learning",
+    "remote",
+    "peers",
+    "group",
+    "mtu",
+    DOCKER_MTU_OPTION,
+)
+PEER_MODES = ("remote", "peers", "group")
+MAX_VNI = 16777215
+MIN_MTU = 576  # the smallest datagram every IPv4 host must accept
+INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+
+
+@dataclass(frozen=True)
+class RequestedNetwork:
+    """What the user asked for: the VNI when given (None: allocate one) and the rest of the configuration."""
+
+    vni: int | None
+    config_for: Callable[[int], NetworkConfig]
+
+
+def parse_network_options(
+    raw: Mapping[str, object], underlay_of: Callable[[str | None], Underlay], default_dev: str | None = None
+) -> RequestedNetwork:
+    """Validate the options; `underlay_of(dev)` describes the underlay interface (dev None = default route)."""
+    options = _as_strings(raw)
+    unknown = sorted(set(options) - set(VALID_OPTIONS))
+    if unknown:
+        raise InvalidOption(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"valid options are: {', '.join(VALID_OPTIONS)}"
+        )
+
+    vni = _int_option(options, "vni", 1, MAX_VNI)
+    dstport = _int_option(options, "dstport", 1, 65535)
+    ttl = _int_option(options, "ttl", 1, 255)
+    learning = _bool_option(options, "learning")
+    remote = _address_option(options, "remote")
+    group = _address_option(options, "group")
+    peers = _peers_option(options)
+    local = _address_option(options, "local")
+
+    modes = [mode for mode in PEER_MODES if mode in options]
+    if len(modes) > 1:
+        raise InvalidOption(
+            f"options {' and '.join(modes)} cannot be combined; choose one peer mode: remote=IP (point to point), "
+            "peers=IP,IP,... (static list) or group=MULTICAST_IP"
+        )
+    if remote is not None and (remote.is_multicast or remote.is_unspecified):
+        raise InvalidOption(f"remote={remote} must be a unicast address; for multicast use group={remote}")
+    if group is not None and not group.is_multicast:
+        raise InvalidOption(f"group={group} is not a multicast address; use e.g. group=239.1.1.1, or remote={group}")
+    for peer in peers:
+        if peer.is_multicast or peer.is_unspecified:
+            raise InvalidOption(f"peers: {peer} must be a unicast address")
+
+    dev = options.get("dev") or default_dev
+    if dev is not None and not INTERFACE_NAME.match(dev):
+        raise InvalidOption(f"dev={dev!r} is not a valid interface name (1-15 letters, digits, '_', '.', '-')")
+    underlay = underlay_of(dev)
+
+    families = {address.version for address in (remote, group, local, *peers) if address is not None}
+    if len(families) > 1:
+        raise InvalidOption("remote, peers, group and local must all be IPv4 or all be IPv6, not a mix")
+    family = families.pop() if families else 4
+    if local is None:
+        local = next((address for address in underlay.addresses if address.version == family), None)
+        if local is None and (remote or group or peers):
+            raise InvalidOption(
+                f"underlay interface {underlay.dev} has no IPv{family} address to send VXLAN from; "
+                "set -o local=ADDRESS or -o dev=INTERFACE"
+            )
+    elif local not in underlay.addresses:
+        raise InvalidOption(
+            f"local={local} is not an address of the underlay interface {underlay.dev}; "
+            f"use one of: {', '.join(map(str, underlay.addresses)) or 'none'}, or set -o dev=INTERFACE"
+        )
+
+    overhead = VXLAN_OVERHEAD_V6 if family == 6 else VXLAN_OVERHEAD_V4
+    mtu = _mtu_option(options, underlay.mtu - overhead, underlay, overhead)
+    chosen_local = local
+
+    def config_for(chosen_vni: int) -> NetworkConfig:
+        return NetworkConfig(
+            vni=chosen_vni,
+            dstport=4789 if dstport is None else dstport,
+            dev=underlay.dev,
+            local=chosen_local,
+            ttl=ttl,
+            learning=True if learning is None else learning,
+            remote=remote,
+            peers=peers,
+            group=group,
+            mtu=mtu,
+        )
+
+    return RequestedNetwork(vni=vni, config_for=config_for)
+
+
+def _as_strings(raw: Mapping[str, object]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise InvalidOption(f"option {key} must be a string, got {type(value).__name__}")
+        options[key] = str(value).strip()
+    return options
+
+
+def _int_option(options: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    raw = options.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidOption(f"{name}={raw!r} is not valid; use a whole number from {low} to {high}")
+    return int(raw)
+
+
+def _bool_option(options: Mapping[str, str], name: str) -> bool | None:
+    raw = options.get(name)
+    if raw is None:
+        return None
+    if raw.lower() in TRUE_WORDS:
+        return True
+    if raw.lower() in FALSE_WORDS:
+        return False
+    raise InvalidOption(f"{name}={raw!r} is not valid; use true or false")
+
+
+def _parse_address(name: str, raw: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(raw)
+    except ValueError:
+        raise InvalidOption(f"{name}={raw!r} is not an IP address") from None
+
+
+def _address_option(options: Mapping[str, str], name: str) -> IPAddress | None:
+    raw = options.get(name)
+    return None if raw is None else _parse_address(name, raw)
+
+
+def _peers_option(options: Mapping[str, str]) -> tuple[IPAddress, ...]:
+    raw = options.get("peers")
+    if raw is None:
+        return ()
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    if not items:
+        raise InvalidOption("peers is empty; use peers=IP,IP,...")
+    peers = tuple(_parse_address("peers", item) for item in items)
+    if len(set(peers)) != len(peers):
+        raise InvalidOption(f"peers={raw!r} lists an address twice")
+    return peers
+
+
+def _mtu_option(options: Mapping[str, str], default: int, underlay: Underlay, overhead: int) -> int:
+    values = {name: options[name] for name in ("mtu", DOCKER_MTU_OPTION) if name in options}
+    if len(set(values.values())) > 1:
+        raise InvalidOption(f"mtu and {DOCKER_MTU_OPTION} disagree ({', '.join(values.values())}); give only one")
+    if not values:
+        return default
+    name, raw = next(iter(values.items()))
+    if not raw.isdigit():
+        raise InvalidOption(f"{name}={raw!r} is not valid; use a whole number from {MIN_MTU} to {default}")
+    mtu = int(raw)
+    if mtu < MIN_MTU:
+        raise InvalidOption(f"{name}={mtu} is too small; use at least {MIN_MTU}")
+    if mtu > default:
+        raise InvalidOption(
+            f"{name}={mtu} is too big for the underlay {underlay.dev} (MTU {underlay.mtu}) "
+            f"once VXLAN adds {overhead} bytes; use at most {default}, or raise the underlay MTU"
+        )
+    return mtu

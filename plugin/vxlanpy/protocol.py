@@ -1,0 +1,218 @@
+"""libnetwork's remote network-driver protocol: the only module that knows its JSON field names.
+
+Each handler takes the decoded request body, checks it strictly (libnetwork always sends well-formed ids,
+so anything else is refused rather than guessed at), calls the driver with typed values, and returns the
+response body.  Reference: moby daemon/libnetwork/docs/remote.md and drivers/remote/api/api.go.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .driver import Driver
+from .errors import BadRequest
+from .models import PROTOCOL_NAMES, PortMapping, Subnet
+
+Body = dict[str, Any]
+Handler = Callable[[Body], Body]
+
+DOCKER_ID = re.compile(r"^[0-9a-f]{64}$")
+GENERIC_OPTIONS = "com.docker.network.generic"
+INTERNAL_OPTION = "com.docker.network.internal"
+PORTMAP_OPTION = "com.docker.network.portmap"
+
+
+def field(body: Body, name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"request is missing the field {name}")
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadRequest(f"field {name} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def docker_id(body: Body, name: str) -> str:
+    value = field(body, name, str)
+    if not DOCKER_ID.match(value):
+        raise BadRequest(f"field {name} is not a Docker id (64 lowercase hex characters)")
+    return value
+
+
+def _interface(raw: object, what: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    if not isinstance(raw, str):
+        raise BadRequest(f"{what} must be a string in CIDR form")
+    try:
+        return ipaddress.ip_interface(raw)
+    except ValueError:
+        raise BadRequest(f"{what} {raw[:64]!r} is not an address in CIDR form") from None
+
+
+def _subnets(body: Body, name: str, version: int) -> tuple[Subnet, ...]:
+    items = field(body, name, list, required=False) or []
+    subnets = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise BadRequest(f"{name} entries must be objects")
+        pool_raw = field(item, "Pool", str)
+        try:
+            pool = ipaddress.ip_network(pool_raw, strict=False)
+        except ValueError:
+            raise BadRequest(f"{name} pool {pool_raw[:64]!r} is not a CIDR") from None
+        gateway_raw = field(item, "Gateway", str, required=False)
+        gateway = _interface(gateway_raw, f"{name} gateway") if gateway_raw else None
+        if pool.version != version or (gateway is not None and gateway.version != version):
+            raise BadRequest(f"{name} holds an address of the wrong IP version")
+        subnets.append(Subnet(pool, gateway))
+    return tuple(subnets)
+
+
+class NetworkDriverProtocol:
+    """Maps each `/Plugin.*` and `/NetworkDriver.*` path to a handler bound to one Driver."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self.routes: dict[str, Handler] = {
+            "Plugin.Activate": self.activate,
+            "NetworkDriver.GetCapabilities": self.get_capabilities,
+            "NetworkDriver.CreateNetwork": self.create_network,
+            "NetworkDriver.DeleteNetwork": self.delete_network,
+            "NetworkDriver.AllocateNetwork": self.allocate_network,
+            "NetworkDriver.FreeNetwork": self.free_network,
+            "NetworkDriver.CreateEndpoint": self.create_endpoint,
+            "NetworkDriver.EndpointOperInfo": self.endpoint_oper_info,
+            "NetworkDriver.DeleteEndpoint": self.delete_endpoint,
+            "NetworkDriver.Join": self.join,
+            "NetworkDriver.Leave": self.leave,
+            "NetworkDriver.DiscoverNew": self.discover,
+            "NetworkDriver.DiscoverDelete": self.discover,
+            "NetworkDriver.ProgramExternalConnectivity": self.program_external_connectivity,
+            "NetworkDriver.RevokeExternalConnectivity": self.revoke_external_connectivity,
+        }
+
+    def activate(self, body: Body) -> Body:
+        return {"Implements": ["NetworkDriver"]}
+
+    def get_capabilities(self, body: Body) -> Body:
+        return {"Scope": "local", "ConnectivityScope": "local"}
+
+    def create_network(self, body: Body) -> Body:
+        network_id = docker_id(body, "NetworkID")
+        options = field(body, "Options", dict, required=False) or {}
+        generic = options.get(GENERIC_OPTIONS) or {}
+        if not isinstance(generic, dict):
+            raise BadRequest(f"{GENERIC_OPTIONS} must be an object")
+        internal = options.get(INTERNAL_OPTION, False)
+        if not isinstance(internal, bool):
+            raise BadRequest(f"{INTERNAL_OPTION} must be a boolean")
+        self.driver.create_network(
+            network_id, generic, _subnets(body, "IPv4Data", 4), _subnets(body, "IPv6Data", 6), internal
+        )
+        return {}
+
+    def delete_network(self, body: Body) -> Body:
+        self.driver.delete_network(docker_id(body, "NetworkID"))
+        return {}
+
+    def allocate_network(self, body: Body) -> Body:
+        docker_id(body, "NetworkID")
+        return {"Options": {}}  # swarm-scope allocation: nothing to hand out for a local-scope driver
+
+    def free_network(self, body: Body) -> Body:
+        docker_id(body, "NetworkID")
+        return {}
+
+    def create_endpoint(self, body: Body) -> Body:
+        network_id = docker_id(body, "NetworkID")
+        endpoint_id = docker_id(body, "EndpointID")
+        interface = field(body, "Interface", dict, required=False) or {}
+        address = field(interface, "Address", str, required=False)
+        address_v6 = field(interface, "AddressIPv6", str, required=False)
+        mac = field(interface, "MacAddress", str, required=False)
+        ipv4 = _interface(address, "Address") if address else None
+        ipv6 = _interface(address_v6, "AddressIPv6") if address_v6 else None
+        if not isinstance(ipv4, ipaddress.IPv4Interface | None) or not isinstance(ipv6, ipaddress.IPv6Interface | None):
+            raise BadRequest("Address must be IPv4 and AddressIPv6 must be IPv6")
+        if mac and not re.match(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$", mac):
+            raise BadRequest(f"MacAddress {mac[:32]!r} is not a MAC address")
+        endpoint = self.driver.create_endpoint(network_id, endpoint_id, ipv4, ipv6, mac or None)
+        # libnetwork fails the call if we echo a field it supplied: return only what we chose.
+        return {"Interface": {} if mac else {"MacAddress": endpoint.mac}}
+
+    def endpoint_oper_info(self, body: Body) -> Body:
+        network_id = docker_id(body, "NetworkID")
+        endpoint = self.driver.get_endpoint(network_id, docker_id(body, "EndpointID"))
+        network = self.driver.get_network(network_id)
+        return {
+            "Value": {
+                "vni": network.vni,
+                "bridge": network.bridge,
+                "veth": endpoint.host_veth,
+                "mac": endpoint.mac,
+                "ports": [
+                    f"{p.host_ip or '0.0.0.0'}:{p.host_port}->{p.container_port}/{p.proto}" for p in endpoint.ports
+                ],
+            }
+        }
+
+    def delete_endpoint(self, body: Body) -> Body:
+        self.driver.delete_endpoint(docker_id(body, "NetworkID"), docker_id(body, "EndpointID"))
+        return {}
+
+    def join(self, body: Body) -> Body:
+        sandbox_key = field(body, "SandboxKey", str, required=False)
+        info = self.driver.join(docker_id(body, "NetworkID"), docker_id(body, "EndpointID"), sandbox_key)
+        response: Body = {"InterfaceName": {"SrcName": info.src_name, "DstPrefix": info.dst_prefix}}
+        if info.gateway_v4 is not None:
+            response["Gateway"] = str(info.gateway_v4)
+        if info.gateway_v6 is not None:
+            response["GatewayIPv6"] = str(info.gateway_v6)
+        return response
+
+    def leave(self, body: Body) -> Body:
+        self.driver.leave(docker_id(body, "NetworkID"), docker_id(body, "EndpointID"))
+        return {}
+
+    def discover(self, body: Body) -> Body:
+        field(body, "DiscoveryType", int, required=False)
+        return {}
+
+    def program_external_connectivity(self, body: Body) -> Body:
+        network_id = docker_id(body, "NetworkID")
+        endpoint_id = docker_id(body, "EndpointID")
+        options = field(body, "Options", dict, required=False) or {}
+        raw_ports = options.get(PORTMAP_OPTION) or []
+        if not isinstance(raw_ports, list):
+            raise BadRequest(f"{PORTMAP_OPTION} must be a list")
+        ports = [_port_mapping(raw) for raw in raw_ports]
+        self.driver.program_external_connectivity(network_id, endpoint_id, ports)
+        return {}
+
+    def revoke_external_connectivity(self, body: Body) -> Body:
+        self.driver.revoke_external_connectivity(docker_id(body, "NetworkID"), docker_id(body, "EndpointID"))
+        return {}
+
+
+def _port_mapping(raw: object) -> PortMapping:
+    """One libnetwork PortBinding; a host port range (HostPort..HostPortEnd) takes its first port."""
+    if not isinstance(raw, dict):
+        raise BadRequest("port bindings must be objects")
+    proto_number = field(raw, "Proto", int)
+    if proto_number not in PROTOCOL_NAMES:
+        raise BadRequest(f"port protocol {proto_number} is not tcp, udp or sctp")
+    container_port = field(raw, "Port", int)
+    host_port = field(raw, "HostPort", int, required=False) or 0
+    host_ip_raw = field(raw, "HostIP", str, required=False) or ""
+    if not 0 < container_port < 65536 or not 0 <= host_port < 65536:
+        raise BadRequest("port numbers must be between 1 and 65535")
+    try:
+        host_ip = ipaddress.ip_address(host_ip_raw) if host_ip_raw else None
+    except ValueError:
+        raise BadRequest(f"HostIP {host_ip_raw[:64]!r} is not an IP address") from None
+    if host_ip is not None and host_ip.is_unspecified:
+        host_ip = None
+    return PortMapping(PROTOCOL_NAMES[proto_number], container_port, host_port, host_ip)

@@ -1,0 +1,62 @@
+"""Serving: gunicorn on the plugin's Unix socket, in the foreground.
+
+One worker process with threads: dockerd sends concurrent requests, and a single process lets the driver
+serialise work per network with in-process locks and share one netlink socket and one SQLite connection.
+Several processes would each need their own and would race on the same devices.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from .config import Settings
+
+SOCKET_UMASK = 0o117  # socket mode 0660: root and the docker group only
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+class PluginServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        options: dict[str, Any] = {
+            "bind": [f"unix:{self.settings.socket}"],
+            "umask": SOCKET_UMASK,
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": self.settings.threads,
+            # A request can take a while when the kernel or store is slow; never kill it half-way.
+            "timeout": 120,
+            "graceful_timeout": 10,
+            "loglevel": self.settings.log_level,
+            "accesslog": None,
+            "proc_name": "vxlanpy",
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        configure_logging(self.settings.log_level)
+        from .app import create_app
+
+        return create_app(settings=self.settings)
+
+
+def serve(settings: Settings) -> None:
+    Path(settings.socket).parent.mkdir(parents=True, exist_ok=True)
+    Path(settings.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.environ.setdefault("SERVER_SOFTWARE", "vxlanpy")
+    PluginServer(settings).run()

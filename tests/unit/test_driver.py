@@ -1,0 +1,131 @@
+"""Driver lifecycle on fakes: allocation, rollback, idempotency, reconciliation after a crash."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from vxlanpy.errors import Conflict, DataplaneError
+from vxlanpy.models import Endpoint
+
+from .conftest import EP, EP2, NET, NET2, Harness
+
+
+def test_vnis_are_allocated_from_the_free_range(harness: Harness) -> None:
+    harness.create_network(NET, generic={"vni": "100"})
+    harness.create_network(NET2)
+    assert sorted(network.vni for network in harness.store.list_networks()) == [100, 101]
+    harness.create_network("1" * 64)
+    status, body = harness.create_network("2" * 64)
+    assert status == 409 and "no free VNI left in 100-102" in body["Err"]
+
+
+def test_network_failure_in_links_rolls_back_everything(harness: Harness) -> None:
+    harness.links.fail_on.add("ensure_network")
+    status, body = harness.create_network(generic={"vni": "42"})
+    assert status == 500 and "injected failure" in body["Err"]
+    assert harness.store.list_networks() == []
+    assert harness.links.networks == {} and harness.firewall.networks == {}
+
+
+def test_network_failure_in_firewall_rolls_back_links(harness: Harness) -> None:
+    harness.firewall.fail_on.add("ensure_network")
+    status, _ = harness.create_network(generic={"vni": "42"})
+    assert status == 500
+    assert harness.links.networks == {} and harness.store.list_networks() == []
+
+
+def test_endpoint_failure_rolls_back(harness: Harness) -> None:
+    harness.create_network()
+    harness.links.fail_on.add("ensure_endpoint")
+    status, _ = harness.create_endpoint()
+    assert status == 500
+    assert harness.store.list_endpoints() == [] and harness.links.endpoints == {}
+
+
+def test_endpoint_address_outside_subnet_is_refused(harness: Harness) -> None:
+    harness.create_network()
+    status, body = harness.create_endpoint(Address="10.9.0.2/24")
+    assert status == 400 and "outside the network's subnets (10.1.0.0/24)" in body["Err"]
+
+
+def test_create_network_twice_is_idempotent(harness: Harness) -> None:
+    assert harness.create_network(generic={"vni": "42"})[0] == 200
+    assert harness.create_network(generic={"vni": "42"})[0] == 200
+    assert len(harness.store.list_networks()) == 1
+
+
+def test_delete_network_removes_leftover_endpoints(harness: Harness) -> None:
+    harness.create_network()
+    harness.create_endpoint()
+    harness.driver.delete_network(NET)
+    assert harness.links.endpoints == {} and harness.store.list_endpoints() == []
+
+
+def test_delete_network_keeps_row_when_kernel_fails(harness: Harness) -> None:
+    harness.create_network()
+    harness.links.fail_on.add("remove_network")
+    with pytest.raises(DataplaneError):
+        harness.driver.delete_network(NET)
+    assert harness.store.get_network(NET) is not None  # reconciliation can still finish the job
+
+
+def test_same_host_port_twice_conflicts(harness: Harness) -> None:
+    harness.create_network()
+    harness.create_endpoint(EP)
+    harness.create_endpoint(EP2, Address="10.1.0.3/24")
+    from vxlanpy.models import PortMapping
+
+    harness.driver.program_external_connectivity(NET, EP, [PortMapping("tcp", 80, 8080)])
+    with pytest.raises(Conflict):
+        harness.driver.program_external_connectivity(NET, EP2, [PortMapping("tcp", 80, 8080)])
+    harness.driver.program_external_connectivity(NET, EP2, [PortMapping("udp", 80, 8080)])
+    assert harness.firewall.published() == {("tcp", 8080), ("udp", 8080)}
+    harness.driver.delete_endpoint(NET, EP)
+    assert harness.firewall.published() == {("udp", 8080)}
+
+
+def test_internal_network_publishes_nothing(harness: Harness) -> None:
+    from vxlanpy.models import PortMapping
+
+    harness.create_network(options={"com.docker.network.internal": True})
+    harness.create_endpoint()
+    harness.driver.program_external_connectivity(NET, EP, [PortMapping("tcp", 80, 8080)])
+    assert harness.firewall.published() == set()
+
+
+def test_reconcile_recreates_missing_devices_and_removes_orphans(harness: Harness) -> None:
+    harness.create_network(generic={"vni": "42"})
+    harness.create_endpoint()
+    # a simulated reboot: every link is gone; plus an orphan chain and an orphan link from a crash
+    harness.links.networks.clear()
+    harness.firewall.networks.clear()
+    orphan = Endpoint("9" * 64, NET2, "02:00:00:00:00:09", ipaddress.IPv4Interface("10.2.0.2/24"))
+    harness.links.endpoints = {orphan.host_veth: orphan}
+    harness.firewall.networks[77] = harness.firewall.networks.get(77) or (harness.store.list_networks()[0], [])
+
+    report = harness.driver.reconcile()
+
+    assert report.recreated_networks == [42]
+    assert report.removed_links == [orphan.host_veth]
+    assert report.removed_chains == [77]
+    assert set(harness.links.networks) == {"vxbr-42"}
+    assert set(harness.links.endpoints) == {"vxh-ccccccccccc"}  # not joined yet: recreated
+    assert set(harness.firewall.networks) == {42} and harness.firewall.base_ready
+
+
+def test_reconcile_dry_run_changes_nothing(harness: Harness) -> None:
+    harness.create_network(generic={"vni": "42"})
+    harness.links.networks.clear()
+    report = harness.driver.reconcile(dry_run=True)
+    assert report.recreated_networks == [42] and harness.links.networks == {}
+
+
+def test_reconcile_does_not_fake_a_joined_endpoints_interface(harness: Harness) -> None:
+    harness.create_network(generic={"vni": "42"})
+    harness.create_endpoint()
+    harness.driver.join(NET, EP, "/var/run/docker/netns/abc")
+    harness.links.endpoints.clear()  # the veth died with the sandbox's side
+    report = harness.driver.reconcile()
+    assert report.lost_endpoints == [EP] and harness.links.endpoints == {}

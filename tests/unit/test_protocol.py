@@ -1,0 +1,162 @@
+"""Golden tests for each libnetwork call: the JSON dockerd sends in, the JSON it must get back."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import EP, NET, Harness
+
+
+def test_activate_and_capabilities(harness: Harness) -> None:
+    assert harness.call("Plugin.Activate") == (200, {"Implements": ["NetworkDriver"]})
+    assert harness.call("NetworkDriver.GetCapabilities", raw=b"") == (200, {"Scope": "local", "ConnectivityScope": "local"})
+
+
+def test_create_network_golden(harness: Harness) -> None:
+    status, body = harness.create_network(generic={"vni": "42", "mtu": "1400"})
+    assert (status, body) == (200, {})
+    network = harness.store.get_network(NET)
+    assert network is not None and network.vni == 42 and network.config.mtu == 1400
+    assert harness.links.networks["vxbr-42"].network_id == NET
+
+
+def test_create_endpoint_returns_mac_only_when_docker_gave_none(harness: Harness) -> None:
+    harness.create_network()
+    status, body = harness.create_endpoint()
+    assert status == 200
+    assert body == {"Interface": {"MacAddress": "02:42:0a:01:00:02"}}
+    status, body = harness.create_endpoint("e" * 64, Address="10.1.0.3/24", MacAddress="02:00:00:00:00:01")
+    assert (status, body) == (200, {"Interface": {}})  # echoing Docker's fields back would fail the call
+
+
+def test_join_returns_interface_and_gateway(harness: Harness) -> None:
+    harness.create_network(ipv6=[{"AddressSpace": "LocalDefault", "Pool": "fd00:1::/64", "Gateway": "fd00:1::1/64"}])
+    harness.create_endpoint(AddressIPv6="fd00:1::2/64")
+    status, body = harness.call(
+        "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/var/run/docker/netns/x", "Options": {}}
+    )
+    assert status == 200
+    assert body == {
+        "InterfaceName": {"SrcName": "vxc-ccccccccccc", "DstPrefix": "eth"},
+        "Gateway": "10.1.0.1",
+        "GatewayIPv6": "fd00:1::1",
+    }
+
+
+def test_join_on_internal_network_has_no_gateway(harness: Harness) -> None:
+    harness.create_network(options={"com.docker.network.internal": True})
+    harness.create_endpoint()
+    status, body = harness.call("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
+    assert status == 200 and "Gateway" not in body
+
+
+def test_endpoint_oper_info(harness: Harness) -> None:
+    harness.create_network(generic={"vni": "7"})
+    harness.create_endpoint()
+    status, body = harness.call("NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP})
+    assert status == 200
+    assert body["Value"]["vni"] == 7 and body["Value"]["veth"] == "vxh-ccccccccccc"
+
+
+def test_leave_and_delete_endpoint_are_idempotent(harness: Harness) -> None:
+    harness.create_network()
+    harness.create_endpoint()
+    for _ in range(2):
+        assert harness.call("NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP}) == (200, {})
+        assert harness.call("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP}) == (200, {})
+    assert harness.links.endpoints == {}
+    # an endpoint the plugin never saw
+    assert harness.call("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": "f" * 64}) == (200, {})
+
+
+def test_delete_network_golden(harness: Harness) -> None:
+    harness.create_network()
+    assert harness.call("NetworkDriver.DeleteNetwork", {"NetworkID": NET}) == (200, {})
+    assert harness.links.networks == {} and harness.store.list_networks() == []
+    assert harness.call("NetworkDriver.DeleteNetwork", {"NetworkID": NET}) == (200, {})
+
+
+@pytest.mark.parametrize("method", ["NetworkDriver.DiscoverNew", "NetworkDriver.DiscoverDelete"])
+def test_discovery_is_accepted(harness: Harness, method: str) -> None:
+    assert harness.call(method, {"DiscoveryType": 1, "DiscoveryData": {"Address": "192.0.2.1"}}) == (200, {})
+
+
+def test_allocate_and_free_network(harness: Harness) -> None:
+    assert harness.call("NetworkDriver.AllocateNetwork", {"NetworkID": NET, "Options": {}}) == (200, {"Options": {}})
+    assert harness.call("NetworkDriver.FreeNetwork", {"NetworkID": NET}) == (200, {})
+
+
+def test_program_and_revoke_external_connectivity(harness: Harness) -> None:
+    harness.create_network(generic={"vni": "9"})
+    harness.create_endpoint()
+    portmap = [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}]
+    body = {"NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": portmap}}
+    assert harness.call("NetworkDriver.ProgramExternalConnectivity", body) == (200, {})
+    assert harness.firewall.published() == {("tcp", 8080)}
+    assert harness.call("NetworkDriver.RevokeExternalConnectivity", {"NetworkID": NET, "EndpointID": EP}) == (200, {})
+    assert harness.firewall.published() == set()
+
+
+def test_host_port_already_taken_is_refused(harness: Harness) -> None:
+    harness.create_network()
+    harness.create_endpoint()
+    harness.busy_ports.add(8080)
+    portmap = [{"Proto": 6, "Port": 80, "HostPort": 8080}]
+    status, body = harness.call(
+        "NetworkDriver.ProgramExternalConnectivity",
+        {"NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": portmap}},
+    )
+    assert status == 409 and "8080/tcp is already allocated" in body["Err"]
+    assert harness.firewall.published() == set()
+
+
+def test_ephemeral_host_port_is_chosen(harness: Harness) -> None:
+    harness.create_network()
+    harness.create_endpoint()
+    harness.busy_ports.add(49153)
+    portmap = [{"Proto": 17, "Port": 53, "HostPort": 0}]
+    harness.call(
+        "NetworkDriver.ProgramExternalConnectivity",
+        {"NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": portmap}},
+    )
+    assert harness.firewall.published() == {("udp", 49154)}
+
+
+def test_unknown_path_is_404_json(harness: Harness) -> None:
+    status, body = harness.call("NetworkDriver.Frobnicate", {})
+    assert status == 404 and "unknown method" in body["Err"]
+    response = harness.client.get("/Plugin.Activate")
+    assert response.status_code == 405 and "Err" in response.get_json(force=True)
+
+
+@pytest.mark.parametrize(
+    ("raw", "phrase"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"NetworkID": 5}', "wrong type"),
+        (b'{"NetworkID": "../../etc/passwd"}', "not a Docker id"),
+        (b"{}", "missing the field NetworkID"),
+        ('{"NetworkID": "é"}'.encode(), "not a Docker id"),
+    ],
+)
+def test_bad_requests_get_a_clear_err(harness: Harness, raw: bytes, phrase: str) -> None:
+    status, body = harness.call("NetworkDriver.CreateNetwork", raw=raw)
+    assert status == 400 and phrase in body["Err"]
+    assert harness.store.list_networks() == [] and harness.links.networks == {}
+
+
+def test_bad_cidr_in_ipam_data(harness: Harness) -> None:
+    status, body = harness.create_network(ipv4=[{"Pool": "10.0.0.0/33", "Gateway": "10.0.0.1/24"}])
+    assert status == 400 and "is not a CIDR" in body["Err"]
+
+
+def test_endpoint_on_unknown_network(harness: Harness) -> None:
+    status, body = harness.create_endpoint()
+    assert status == 404 and "not known to vxlanpy" in body["Err"]
+
+
+def test_internal_bug_never_leaks_a_traceback(harness: Harness) -> None:
+    harness.driver.join = None  # type: ignore[assignment,method-assign]
+    status, body = harness.call("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP})
+    assert status == 500 and body == {"Err": "internal error in vxlanpy (TypeError); see the plugin log"}
