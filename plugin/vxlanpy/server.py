@@ -24,6 +24,9 @@ def configure_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Their debug output is per netlink message: far too much even when debugging vxlanpy.
+    for noisy in ("pyroute2", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 class PluginServer(BaseApplication):  # type: ignore[misc]
@@ -44,9 +47,12 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
             "loglevel": self.settings.log_level,
             "accesslog": None,
             "proc_name": "vxlanpy",
+            # gunicorn's control socket lives in ~/.gunicorn and would clash between side-by-side instances.
+            "control_socket_disable": True,
         }
         for key, value in options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # control_socket_disable only exists in newer gunicorn
+                self.cfg.set(key, value)
 
     def load(self) -> Any:
         configure_logging(self.settings.log_level)

@@ -1,0 +1,271 @@
+"""The host firewall through iptables: every rule vxlanpy needs lives in vxlanpy's own chains.
+
+Layout (filter in IPv4 and IPv6, nat in IPv4 only):
+
+    filter FORWARD (position 1)   -> VXLANPY-FORWARD     -> VXP-<vni>   isolation, internal networks
+    nat    POSTROUTING            -> VXLANPY-POSTROUTING -> VXP-<vni>   MASQUERADE
+    nat    PREROUTING, OUTPUT     -> VXLANPY-DNAT        -> VXPD-<vni>  published ports
+
+A network's nat rules need two chains: the kernel refuses a rule jumping to a chain that holds DNAT from
+POSTROUTING, and one holding MASQUERADE or `-o` from PREROUTING (both fail with EINVAL).
+
+Each per-network chain is rewritten whole by one `iptables-restore --noflush` per table and family:
+declaring `:CHAIN - [0:0]` there flushes only that chain, and the restore is one transaction, so the
+rules of a network are never half-applied and calling `ensure_network` again changes nothing.
+Nothing here touches a chain vxlanpy did not create, apart from adding and deleting its own jumps.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import subprocess
+import threading
+from pathlib import Path
+from typing import Literal
+
+from ..errors import DataplaneError
+from ..models import PROTOCOL_NUMBERS, Endpoint, Network, bridge_name
+
+Family = Literal[4, 6]
+Rule = list[str]
+
+FORWARD_CHAIN = "VXLANPY-FORWARD"
+POSTROUTING_CHAIN = "VXLANPY-POSTROUTING"
+DNAT_CHAIN = "VXLANPY-DNAT"
+
+_IPTABLES: dict[Family, str] = {4: "iptables", 6: "ip6tables"}
+_RESTORE: dict[Family, str] = {4: "iptables-restore", 6: "ip6tables-restore"}
+# A bounded wait for the xtables lock: a stuck lock holder must not hang a Docker request forever.
+_WAIT = ["-w", "10"]
+_TIMEOUT = 30.0
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_OWNED_CHAIN = re.compile(r"^-N VXPD?-(\d+)$", re.MULTILINE)
+# How iptables says "no such rule or chain": rc 1 "Bad rule" (nft, also for a missing chain),
+# "No chain/target/match by that name" (legacy), "Chain 'X' does not exist" (nft, missing jump target).
+_ABSENT = ("Bad rule", "No chain/target/match", "does not exist", "Couldn't load target")
+
+
+def _safe(name: str) -> str:
+    # An explicit check rather than `assert`, which `python -O` strips.
+    if not _SAFE_NAME.fullmatch(name):
+        raise ValueError(f"refusing to put unsafe name {name!r} into a firewall rule")
+    return name
+
+
+def _port(value: int) -> str:
+    if not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"refusing to put invalid port {value!r} into a firewall rule")
+    return str(value)
+
+
+def _error(what: str, result: subprocess.CompletedProcess[str]) -> DataplaneError:
+    stderr = " ".join(result.stderr.split()).rstrip(".") or f"exit status {result.returncode}"
+    if "Permission denied" in stderr or "must be root" in stderr:
+        hint = "run the plugin as root (it needs CAP_NET_ADMIN)"
+    elif "lock" in stderr:
+        hint = "another program holds the xtables lock; retry, and find what keeps holding it"
+    elif "No chain/target/match" in stderr or "does not exist" in stderr:
+        hint = "a chain vxlanpy needs is missing (was the firewall flushed?); restart the plugin to recreate it"
+    elif "Couldn't load" in stderr or "No such file" in stderr or "Extension" in stderr:
+        hint = "a netfilter module is missing; modprobe xt_conntrack xt_addrtype xt_nat xt_MASQUERADE"
+    else:
+        hint = "compare `iptables -S` and `iptables -t nat -S` with the rule above and check dmesg"
+    return DataplaneError(f"{what} failed: {stderr}. Hint: {hint}")
+
+
+def filter_rules(network: Network) -> list[Rule]:
+    """The filter chain of one network; the same for IPv4 and IPv6.  Every packet jumped here ends here."""
+    bridge = _safe(network.bridge)
+    rules = [["-i", bridge, "-o", bridge, "-j", "ACCEPT"]]  # inside the network (FORWARD policy is DROP)
+    if not network.internal:
+        rules += [
+            ["-o", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+            ["-o", bridge, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"],  # published ports
+        ]
+    rules.append(["-o", bridge, "-j", "DROP"])  # nothing else enters the network
+    for other in ("vxbr-+", "docker0", "br-+"):  # isolation from other vxlanpy and Docker networks
+        rules.append(["-i", bridge, "-o", other, "-j", "DROP"])
+    rules.append(["-i", bridge, "-j", "DROP" if network.internal else "ACCEPT"])
+    return rules
+
+
+def masquerade_rules(network: Network) -> list[Rule]:
+    if network.internal:
+        return []
+    bridge = _safe(network.bridge)
+    rules = [
+        ["-s", str(subnet.pool), "!", "-o", bridge, "-j", "MASQUERADE"]
+        for subnet in network.ipv4
+        if isinstance(subnet.pool, ipaddress.IPv4Network)
+    ]
+    # The host (127.0.0.1 included) reaching a published port: the reply must come back to the host.
+    rules.append(["-o", bridge, "-m", "addrtype", "--src-type", "LOCAL", "-j", "MASQUERADE"])
+    return rules
+
+
+def dnat_rules(network: Network, endpoints: list[Endpoint]) -> list[Rule]:
+    if network.internal:
+        return []
+    rules = []
+    for endpoint in endpoints:
+        if endpoint.ipv4 is None:
+            continue
+        for mapping in endpoint.ports:
+            if isinstance(mapping.host_ip, ipaddress.IPv6Address):
+                continue
+            if mapping.proto not in PROTOCOL_NUMBERS:
+                raise ValueError(f"refusing to put unknown protocol {mapping.proto!r} into a firewall rule")
+            rule = ["-p", mapping.proto]
+            # 0.0.0.0 means every address, like no -d at all; the hook already limits it to local ones.
+            if mapping.host_ip is not None and not mapping.host_ip.is_unspecified:
+                rule += ["-d", str(mapping.host_ip)]
+            target = f"{endpoint.ipv4.ip}:{_port(mapping.container_port)}"
+            rules.append([*rule, "--dport", _port(mapping.host_port), "-j", "DNAT", "--to-destination", target])
+    return rules
+
+
+class IptablesFirewall:
+    """`Firewall` through the iptables tools; `netns` names a namespace under /run/netns (tests)."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self._netns = None if netns is None else _safe(netns)
+        self._prefix = [] if netns is None else ["nsenter", f"--net=/run/netns/{netns}"]
+        # Check-then-add is not atomic: serialise this process's own changes so no jump is added twice.
+        self._lock = threading.Lock()
+
+    # -- Firewall ------------------------------------------------------------------------------------
+
+    def ensure_base(self) -> None:
+        with self._lock:
+            self._set_sysctl("net/ipv4/ip_forward", "1", missing_ok=False)
+            for family in (4, 6):
+                self._ensure_chain(family, "filter", FORWARD_CHAIN)
+                self._ensure_rule(family, "filter", "FORWARD", ["-j", FORWARD_CHAIN], first=True)
+            self._ensure_chain(4, "nat", POSTROUTING_CHAIN)
+            self._ensure_chain(4, "nat", DNAT_CHAIN)
+            self._ensure_rule(4, "nat", "POSTROUTING", ["-j", POSTROUTING_CHAIN])
+            for hook in ("PREROUTING", "OUTPUT"):
+                self._ensure_rule(4, "nat", hook, ["-m", "addrtype", "--dst-type", "LOCAL", "-j", DNAT_CHAIN])
+
+    def ensure_network(self, network: Network, endpoints: list[Endpoint]) -> None:
+        bridge, chain, dnat = self._names(network.vni)
+        rules = filter_rules(network)
+        nat = {chain: masquerade_rules(network), dnat: dnat_rules(network, endpoints)}
+        with self._lock:
+            for family in (4, 6):
+                self._restore(family, "filter", {chain: rules})
+                self._ensure_rule(family, "filter", FORWARD_CHAIN, ["-i", bridge, "-j", chain])
+                self._ensure_rule(family, "filter", FORWARD_CHAIN, ["-o", bridge, "-j", chain])
+            self._restore(4, "nat", nat)
+            self._ensure_rule(4, "nat", POSTROUTING_CHAIN, ["-j", chain])
+            self._ensure_rule(4, "nat", DNAT_CHAIN, ["-j", dnat])
+            if not network.internal:
+                # Lets a connection DNATed from 127.0.0.1 leave through the bridge instead of being dropped
+                # as martian.  The links layer creates the bridge; without it there is nothing to set yet.
+                self._set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1", missing_ok=True)
+
+    def remove_network(self, vni: int) -> None:
+        bridge, chain, dnat = self._names(vni)
+        with self._lock:
+            for family in (4, 6):
+                self._delete_rule(family, "filter", FORWARD_CHAIN, ["-i", bridge, "-j", chain])
+                self._delete_rule(family, "filter", FORWARD_CHAIN, ["-o", bridge, "-j", chain])
+                self._delete_chain(family, "filter", chain)
+            self._delete_rule(4, "nat", POSTROUTING_CHAIN, ["-j", chain])
+            self._delete_rule(4, "nat", DNAT_CHAIN, ["-j", dnat])
+            self._delete_chain(4, "nat", chain)
+            self._delete_chain(4, "nat", dnat)
+
+    def owned_vnis(self) -> set[int]:
+        vnis: set[int] = set()
+        tables: tuple[tuple[Family, str], ...] = ((4, "filter"), (4, "nat"), (6, "filter"))
+        for family, table in tables:
+            result = self._iptables(family, "-t", table, "-S")
+            if result.returncode != 0:
+                raise _error(f"{_IPTABLES[family]} -t {table} -S", result)
+            vnis.update(int(vni) for vni in _OWNED_CHAIN.findall(result.stdout))
+        return vnis
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _names(vni: int) -> tuple[str, str, str]:
+        vni = int(vni)
+        return _safe(bridge_name(vni)), _safe(f"VXP-{vni}"), _safe(f"VXPD-{vni}")
+
+    def _run(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                [*self._prefix, *argv], input=stdin, check=False, capture_output=True, text=True, timeout=_TIMEOUT
+            )
+        except FileNotFoundError as exc:
+            raise DataplaneError(
+                f"cannot run {exc.filename or argv[0]}: not installed. Hint: install the iptables package"
+            ) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise DataplaneError(
+                f"{argv[0]} did not finish within {_TIMEOUT:.0f}s. Hint: check who holds the xtables lock"
+            ) from exc
+
+    def _iptables(self, family: Family, *args: str) -> subprocess.CompletedProcess[str]:
+        return self._run([_IPTABLES[family], *_WAIT, *args])
+
+    def _restore(self, family: Family, table: str, chains: dict[str, list[Rule]]) -> None:
+        lines = [f"*{table}", *(f":{chain} - [0:0]" for chain in chains)]
+        lines += [" ".join(["-A", chain, *rule]) for chain, rules in chains.items() for rule in rules]
+        lines.append("COMMIT")
+        result = self._run([_RESTORE[family], "--noflush", *_WAIT], stdin="\n".join(lines) + "\n")
+        if result.returncode != 0:
+            raise _error(f"{_RESTORE[family]} of {', '.join(chains)} in table {table}", result)
+
+    def _has_rule(self, family: Family, table: str, chain: str, rule: Rule) -> bool:
+        result = self._iptables(family, "-t", table, "-C", chain, *rule)
+        if result.returncode == 0:
+            return True
+        if result.returncode in (1, 2) and any(text in result.stderr for text in _ABSENT):
+            return False
+        raise _error(f"{_IPTABLES[family]} -t {table} -C {chain} {' '.join(rule)}", result)
+
+    def _ensure_rule(self, family: Family, table: str, chain: str, rule: Rule, first: bool = False) -> None:
+        if self._has_rule(family, table, chain, rule):
+            return
+        where = ["-I", chain, "1"] if first else ["-A", chain]
+        result = self._iptables(family, "-t", table, *where, *rule)
+        if result.returncode != 0:
+            raise _error(f"{_IPTABLES[family]} -t {table} {' '.join(where)} {' '.join(rule)}", result)
+
+    def _delete_rule(self, family: Family, table: str, chain: str, rule: Rule) -> None:
+        while self._has_rule(family, table, chain, rule):  # a jump may have been added more than once
+            result = self._iptables(family, "-t", table, "-D", chain, *rule)
+            if result.returncode != 0:
+                raise _error(f"{_IPTABLES[family]} -t {table} -D {chain} {' '.join(rule)}", result)
+
+    def _ensure_chain(self, family: Family, table: str, chain: str) -> None:
+        result = self._iptables(family, "-t", table, "-N", chain)
+        if result.returncode != 0 and "already exists" not in result.stderr:
+            raise _error(f"{_IPTABLES[family]} -t {table} -N {chain}", result)
+
+    def _delete_chain(self, family: Family, table: str, chain: str) -> None:
+        for action in ("-F", "-X"):
+            result = self._iptables(family, "-t", table, action, chain)
+            if result.returncode != 0 and not any(text in result.stderr for text in _ABSENT):
+                raise _error(f"{_IPTABLES[family]} -t {table} {action} {chain}", result)
+
+    def _set_sysctl(self, key: str, value: str, missing_ok: bool) -> None:
+        if self._netns is None:
+            try:
+                Path("/proc/sys", key).write_text(value)
+            except FileNotFoundError:
+                if not missing_ok:
+                    raise DataplaneError(f"/proc/sys/{key} does not exist. Hint: is this a Linux host?") from None
+            except OSError as exc:
+                raise DataplaneError(
+                    f"cannot write /proc/sys/{key}: {exc.strerror}. Hint: run as root with /proc/sys writable"
+                ) from exc
+            return
+        # /proc/sys/net shows the namespace of the reading process, hence sysctl run inside it.
+        result = self._run(["sysctl", "-q", "-w", f"{key}={value}"])
+        if result.returncode != 0 and not (missing_ok and "No such file" in result.stderr):
+            raise _error(f"sysctl -w {key}={value}", result)

@@ -1,0 +1,512 @@
+"""`Links` realised with rtnetlink through pyroute2: bridges, VXLAN devices, veth pairs and FDB entries.
+
+Every public method converges the kernel to the given object, so the driver and reconciliation can call
+them again and again.  Nothing here runs `ip` or any other program.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute, NetNS
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
+from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
+
+from ..errors import Conflict, DataplaneError, InvalidOption
+from ..models import LINK_ALIAS_PREFIX, Endpoint, IPAddress, Network, NetworkConfig
+from .base import Underlay
+
+# pyroute2 messages are untyped; this alias only documents what a value is.
+Msg = Any
+T = TypeVar("T")
+
+ALL_ZEROS_MAC = "00:00:00:00:00:00"
+RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
+RT_SCOPE_UNIVERSE = 0
+IPV6_LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
+
+# What the user can do about the errors the kernel commonly returns; a call site can give a better one.
+_REMEDIES: dict[int, str] = {
+    errno.EPERM: "; vxlanpy needs CAP_NET_ADMIN: run the plugin as root",
+    errno.EACCES: "; vxlanpy needs CAP_NET_ADMIN: run the plugin as root",
+    errno.EEXIST: "; remove the existing object or choose another vni",
+    errno.EINVAL: "; check the network options (mtu, ttl, local, remote, group) against the underlay",
+    errno.ENODEV: "; an interface disappeared meanwhile: retry the request",
+    errno.EOPNOTSUPP: "; the kernel lacks the feature: load the module (vxlan, bridge, veth) and retry",
+    errno.ENOENT: "; the object disappeared meanwhile: retry the request",
+}
+_DEFAULT_REMEDY = "; check the host's network configuration and retry"
+_VNI_REMEDY = "remove it or choose another vni"
+_VETH_REMEDY = "remove it (vxlanpy derives veth names from the endpoint id)"
+
+
+def _errno_of(error: Exception) -> int:
+    if isinstance(error, NetlinkError):
+        return int(error.code)
+    if isinstance(error, OSError) and error.errno is not None:
+        return error.errno
+    return 0
+
+
+def _dataplane_error(action: str, error: Exception, remedies: Mapping[int, str]) -> DataplaneError:
+    code = _errno_of(error)
+    reason = os.strerror(code) if code else str(error) or type(error).__name__
+    remedy = remedies.get(code) or _REMEDIES.get(code, _DEFAULT_REMEDY)
+    return DataplaneError(f"{action}: {reason}{remedy}")
+
+
+@contextmanager
+def _netlink(action: str, remedies: Mapping[int, str] | None = None) -> Iterator[None]:
+    """Turn a netlink failure inside the block into a DataplaneError saying `action` failed and why."""
+    try:
+        yield
+    except (NetlinkError, OSError) as error:
+        raise _dataplane_error(action, error, remedies or {}) from error
+
+
+def _alias(link: Msg) -> str:
+    return str(link.get("ifalias") or "")
+
+
+def _is_owned(link: Msg) -> bool:
+    return _alias(link).startswith(LINK_ALIAS_PREFIX)
+
+
+def _kind(link: Msg) -> str | None:
+    kind = link.get(("linkinfo", "kind"))
+    return str(kind) if kind is not None else None
+
+
+def _info(link: Msg, key: str) -> Any:
+    return link.get(("linkinfo", "data", key))
+
+
+def _is_up(link: Msg) -> bool:
+    return bool(link["flags"] & IFF_UP)
+
+
+def _address_or_none(value: str | None) -> IPAddress | None:
+    """Kernel dumps report an unset address as absent or as the all-zero address."""
+    if not value:
+        return None
+    address = ipaddress.ip_address(value)
+    return None if address.is_unspecified else address
+
+
+def _ip_key(address: IPAddress, v4: str, v6: str) -> str:
+    return v6 if address.version == 6 else v4
+
+
+class NetlinkLinks:
+    """The `Links` protocol on one network namespace.
+
+    pyroute2 0.9 binds a netlink socket (and an asyncio loop) to the thread that uses it and quietly opens
+    a new socket for every other thread.  The plugin serves requests from many threads, so all netlink
+    work runs on one worker thread that owns the single socket; the lock makes each public operation,
+    which is several netlink requests, atomic with respect to the others and keeps `close()` from racing them.
+    """
+
+    def __init__(self, netns: str | None = None) -> None:
+        self._netns = netns
+        self._lock = threading.Lock()
+        self._closed = False
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vxlanpy-netlink")
+        try:
+            self._ipr: Any = self._worker.submit(self._open).result()
+        except BaseException:
+            self._worker.shutdown(wait=False)
+            raise
+
+    def _open(self) -> Any:
+        where = f"network namespace {self._netns!r}" if self._netns else "the host network namespace"
+        remedies = {errno.ENOENT: f" ({where} does not exist); create it or fix the netns name"}
+        with _netlink(f"cannot open a netlink socket in {where}", remedies):
+            if self._netns is None:
+                return IPRoute()
+            # flags=0: pyroute2 would otherwise silently create a missing namespace.
+            return NetNS(self._netns, flags=0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._worker.submit(self._ipr.close).result()
+            finally:
+                self._worker.shutdown(wait=True)
+
+    def __enter__(self) -> NetlinkLinks:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _run(self, operation: str, func: Callable[..., T], *args: Any) -> T:
+        with self._lock:
+            if self._closed:
+                raise DataplaneError(f"cannot {operation}: the netlink connection is closed; restart the plugin")
+            with _netlink(f"cannot {operation}"):
+                return self._worker.submit(func, *args).result()
+
+    # -- the Links protocol -----------------------------------------------------------------------------
+
+    def underlay(self, dev: str | None) -> Underlay:
+        return self._run("inspect the underlay interface", self._underlay, dev)
+
+    def ensure_network(self, network: Network) -> None:
+        self._run(f"set up network {network.bridge}", self._ensure_network, network)
+
+    def remove_network(self, network: Network) -> None:
+        self._run(f"remove network {network.bridge}", self._remove_network, network)
+
+    def ensure_endpoint(self, network: Network, endpoint: Endpoint) -> None:
+        self._run(f"set up endpoint {endpoint.host_veth}", self._ensure_endpoint, network, endpoint)
+
+    def remove_endpoint(self, endpoint: Endpoint) -> None:
+        self._run(f"remove endpoint {endpoint.host_veth}", self._remove_endpoint, endpoint)
+
+    def remove_link(self, name: str) -> None:
+        self._run(f"remove interface {name}", self._remove_link, name)
+
+    def owned_links(self) -> dict[str, str]:
+        return self._run("list vxlanpy's interfaces", self._owned_links)
+
+    # -- implementations: these run on the worker thread only -------------------------------------------
+
+    def _underlay(self, dev: str | None) -> Underlay:
+        if dev is None:
+            dev = self._default_route_dev()
+        link = self._link(dev)
+        if link is None:
+            raise InvalidOption(f"underlay interface {dev!r} does not exist: set -o dev=<interface>")
+        with _netlink(f"cannot read the addresses of {dev}"):
+            addresses = self._ipr.addr("dump", index=link["index"])
+        universe = [
+            ipaddress.ip_address(address.get("address"))
+            for address in addresses
+            if address["scope"] == RT_SCOPE_UNIVERSE and address.get("address")
+        ]
+        ordered = sorted(universe, key=lambda address: address.version)
+        return Underlay(dev=dev, mtu=int(link.get("mtu")), addresses=tuple(ordered))
+
+    def _default_route_dev(self) -> str:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            with _netlink("cannot read the routing table"):
+                routes = self._ipr.route("dump", family=family)
+            defaults = [
+                route
+                for route in routes
+                if route["dst_len"] == 0 and route.get("table") == RT_TABLE_MAIN and route["type"] == RTN_UNICAST
+            ]
+            for route in sorted(defaults, key=lambda route: route.get("priority") or 0):
+                oif = route.get("oif") or next((hop.get("oif") for hop in route.get("multipath") or ()), None)
+                name = self._name_of(oif) if oif else None
+                if name is not None:
+                    return name
+        raise InvalidOption("no default route to pick the underlay interface from: set -o dev=<interface>")
+
+    def _ensure_network(self, network: Network) -> None:
+        dev_index = self._dev_index(network.config.dev)
+        bridge = self._ensure_bridge(network)
+        self._ensure_gateways(network, bridge)
+        vxlan = self._ensure_vxlan(network, bridge, dev_index)
+        self._ensure_neigh_suppress(network, vxlan)
+        self._ensure_peers(network, vxlan)
+
+    def _remove_network(self, network: Network) -> None:
+        for name in (network.vxlan, network.bridge):
+            link = self._link(name)
+            if link is not None and _is_owned(link):
+                self._delete(link)
+
+    def _ensure_endpoint(self, network: Network, endpoint: Endpoint) -> None:
+        bridge = self._owned_link(network.bridge, _VNI_REMEDY)
+        if bridge is None:
+            raise DataplaneError(
+                f"cannot attach endpoint {endpoint.host_veth}: bridge {network.bridge} does not exist; "
+                "recreate the network or restart the plugin so that it reconciles"
+            )
+        host = self._owned_link(endpoint.host_veth, _VETH_REMEDY)
+        if host is None:
+            host = self._create_veth(network, endpoint, bridge)
+        self._converge(host, mtu=network.config.mtu, master=bridge["index"], alias=endpoint.alias, up=True)
+        container = self._owned_link(endpoint.container_veth, _VETH_REMEDY)
+        if container is not None:
+            self._converge(container, mtu=network.config.mtu, address=endpoint.mac, alias=endpoint.alias)
+
+    def _remove_endpoint(self, endpoint: Endpoint) -> None:
+        # Deleting one end of a veth removes both, so the container end is usually gone by then.
+        for name in (endpoint.host_veth, endpoint.container_veth):
+            link = self._link(name)
+            if link is not None:
+                self._delete(link)
+
+    def _remove_link(self, name: str) -> None:
+        link = self._link(name)
+        if link is not None and _is_owned(link):
+            self._delete(link)
+
+    def _owned_links(self) -> dict[str, str]:
+        with _netlink("cannot list the interfaces"):
+            links = self._ipr.link("dump")
+        return {str(link.get("ifname")): _alias(link) for link in links if _is_owned(link)}
+
+    # -- bridge ------------------------------------------------------------------------------------------
+
+    def _ensure_bridge(self, network: Network) -> Msg:
+        bridge = self._owned_link(network.bridge, _VNI_REMEDY)
+        if bridge is not None and _kind(bridge) != "bridge":
+            self._delete(bridge)
+            bridge = None
+        if bridge is None:
+            bridge = self._create(
+                f"cannot create bridge {network.bridge}",
+                network.alias,
+                ifname=network.bridge,
+                kind="bridge",
+                mtu=network.config.mtu,
+                address=network.gateway_mac,
+                br_stp_state=0,
+                br_forward_delay=0,
+            )
+        if _info(bridge, "br_stp_state") != 0 or _info(bridge, "br_forward_delay") != 0:
+            with _netlink(f"cannot turn STP off on bridge {network.bridge}"):
+                self._ipr.link("set", index=bridge["index"], kind="bridge", br_stp_state=0, br_forward_delay=0)
+        return self._converge(bridge, mtu=network.config.mtu, address=network.gateway_mac, alias=network.alias, up=True)
+
+    def _ensure_gateways(self, network: Network, bridge: Msg) -> None:
+        wanted = {(gateway.ip, gateway.network.prefixlen) for gateway in network.gateways}
+        with _netlink(f"cannot read the addresses of bridge {network.bridge}"):
+            present = {
+                (ipaddress.ip_address(address.get("address")), int(address["prefixlen"]))
+                for address in self._ipr.addr("dump", index=bridge["index"])
+                if address.get("address")
+            }
+        for ip, prefixlen in present - wanted:
+            if ip in IPV6_LINK_LOCAL:
+                continue
+            with _netlink(f"cannot remove stale address {ip}/{prefixlen} from bridge {network.bridge}"):
+                self._ipr.addr("del", index=bridge["index"], address=str(ip), prefixlen=prefixlen)
+        for ip, prefixlen in sorted(wanted - present, key=str):
+            # The gateway is the same address on every host; suppressed ND makes DAD pointless, skip its delay.
+            flags = IFA_F_NODAD if ip.version == 6 else 0
+            remedies = {errno.EEXIST: f" ({ip} is already assigned elsewhere on this host); choose another subnet"}
+            with _netlink(f"cannot add gateway {ip}/{prefixlen} to bridge {network.bridge}", remedies):
+                self._ipr.addr("add", index=bridge["index"], address=str(ip), prefixlen=prefixlen, flags=flags)
+
+    # -- vxlan -------------------------------------------------------------------------------------------
+
+    def _ensure_vxlan(self, network: Network, bridge: Msg, dev_index: int | None) -> Msg:
+        config = network.config
+        vxlan = self._owned_link(network.vxlan, _VNI_REMEDY)
+        if vxlan is not None and not self._vxlan_matches(vxlan, config, dev_index):
+            self._delete(vxlan)
+            vxlan = None
+        if vxlan is None:
+            on_dev = f" on dev {config.dev}" if config.dev else ""
+            in_use = f" (another VXLAN device already uses VNI {config.vni} and port {config.dstport})"
+            remedies = {
+                errno.EEXIST: f"{in_use}; remove it or choose another vni",
+                errno.EADDRINUSE: f"{in_use}; remove it or choose another vni or dstport",
+                errno.EINVAL: f" (mtu {config.mtu} or an address does not fit the underlay{on_dev}); "
+                "lower -o mtu or check -o local/remote/group",
+            }
+            vxlan = self._create(
+                f"cannot create VXLAN device {network.vxlan}{on_dev}",
+                network.alias,
+                remedies,
+                ifname=network.vxlan,
+                kind="vxlan",
+                mtu=config.mtu,
+                master=bridge["index"],
+                **self._vxlan_spec(config, dev_index),
+            )
+        return self._converge(vxlan, mtu=config.mtu, master=bridge["index"], alias=network.alias, up=True)
+
+    @staticmethod
+    def _vxlan_spec(config: NetworkConfig, dev_index: int | None) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "vxlan_id": config.vni,
+            "vxlan_port": config.dstport,
+            "vxlan_learning": int(config.learning),
+        }
+        if dev_index is not None:
+            spec["vxlan_link"] = dev_index
+        if config.local is not None:
+            spec[_ip_key(config.local, "vxlan_local", "vxlan_local6")] = str(config.local)
+        if config.ttl is not None:
+            spec["vxlan_ttl"] = config.ttl
+        destination = config.remote or config.group
+        if destination is not None:
+            spec[_ip_key(destination, "vxlan_group", "vxlan_group6")] = str(destination)
+        return spec
+
+    @staticmethod
+    def _vxlan_matches(vxlan: Msg, config: NetworkConfig, dev_index: int | None) -> bool:
+        """Whether the existing device already has the parameters that only a re-creation can change."""
+        local = _address_or_none(_info(vxlan, "vxlan_local") or _info(vxlan, "vxlan_local6"))
+        group = _address_or_none(_info(vxlan, "vxlan_group") or _info(vxlan, "vxlan_group6"))
+        return (
+            _kind(vxlan) == "vxlan"
+            and _info(vxlan, "vxlan_id") == config.vni
+            and _info(vxlan, "vxlan_port") == config.dstport
+            and (_info(vxlan, "vxlan_link") or None) == dev_index
+            and local == config.local
+            and group == (config.remote or config.group)
+            and (_info(vxlan, "vxlan_ttl") or 0) == (config.ttl or 0)
+            and bool(_info(vxlan, "vxlan_learning")) == config.learning
+        )
+
+    def _ensure_neigh_suppress(self, network: Network, vxlan: Msg) -> None:
+        action = f"cannot turn on neigh_suppress on bridge port {network.vxlan}"
+        with _netlink(action):
+            ports = self._ipr.brport("show", index=vxlan["index"])
+        if ports and ports[0].get(("protinfo", "neigh_suppress")) == 1:
+            return
+        with _netlink(action, {errno.EINVAL: "; the kernel is too old for neigh_suppress (needs 4.15 or later)"}):
+            self._ipr.brport("set", index=vxlan["index"], neigh_suppress=1)
+
+    def _ensure_peers(self, network: Network, vxlan: Msg) -> None:
+        config = network.config
+        with _netlink(f"cannot read the forwarding database of {network.vxlan}"):
+            entries = self._ipr.fdb("dump", ifindex=vxlan["index"])
+        present = {
+            ipaddress.ip_address(entry.get("dst"))
+            for entry in entries
+            if entry.get("lladdr") == ALL_ZEROS_MAC and entry.get("dst") and entry["ifindex"] == vxlan["index"]
+        }
+        wanted = set(config.peers)
+        # The kernel keeps the remote/group default destination as an all-zero entry of its own.
+        kernel_owned = {address for address in (config.remote, config.group) if address is not None}
+        for peer in sorted(wanted - present, key=str):
+            with _netlink(f"cannot add peer {peer} to {network.vxlan}"):
+                self._ipr.fdb(
+                    "append", ifindex=vxlan["index"], lladdr=ALL_ZEROS_MAC, dst=str(peer), state=NUD_PERMANENT
+                )
+        for peer in sorted(present - wanted - kernel_owned, key=str):
+            with _netlink(f"cannot remove former peer {peer} from {network.vxlan}"):
+                self._ipr.fdb("del", ifindex=vxlan["index"], lladdr=ALL_ZEROS_MAC, dst=str(peer))
+
+    # -- veth --------------------------------------------------------------------------------------------
+
+    def _create_veth(self, network: Network, endpoint: Endpoint, bridge: Msg) -> Msg:
+        stale = self._owned_link(endpoint.container_veth, _VETH_REMEDY)
+        if stale is not None:
+            self._delete(stale)
+        host = self._create(
+            f"cannot create veth pair {endpoint.host_veth}/{endpoint.container_veth}",
+            endpoint.alias,
+            ifname=endpoint.host_veth,
+            kind="veth",
+            mtu=network.config.mtu,
+            master=bridge["index"],
+            peer={"ifname": endpoint.container_veth, "address": endpoint.mac, "mtu": network.config.mtu},
+        )
+        self._converge(self._require(endpoint.container_veth), alias=endpoint.alias)
+        return host
+
+    # -- generic link helpers ----------------------------------------------------------------------------
+
+    def _link(self, name: str) -> Msg | None:
+        try:
+            return self._ipr.link("get", ifname=name)[0]
+        except NetlinkError as error:
+            if error.code == errno.ENODEV:
+                return None
+            raise _dataplane_error(f"cannot look up interface {name}", error, {}) from error
+
+    def _require(self, name: str) -> Msg:
+        link = self._link(name)
+        if link is None:
+            raise DataplaneError(f"interface {name} vanished right after it was created; retry the request")
+        return link
+
+    def _name_of(self, index: int) -> str | None:
+        try:
+            return str(self._ipr.link("get", index=index)[0].get("ifname"))
+        except NetlinkError as error:
+            if error.code == errno.ENODEV:
+                return None
+            raise _dataplane_error(f"cannot look up interface #{index}", error, {}) from error
+
+    def _owned_link(self, name: str, remedy: str) -> Msg | None:
+        """The link called `name` if there is one, refusing to touch a link vxlanpy did not create."""
+        link = self._link(name)
+        if link is not None and not _is_owned(link):
+            raise Conflict(f"interface {name} exists and is not managed by vxlanpy; {remedy}")
+        return link
+
+    def _dev_index(self, dev: str | None) -> int | None:
+        if dev is None:
+            return None
+        link = self._link(dev)
+        if link is None:
+            raise InvalidOption(f"underlay interface {dev!r} does not exist: set -o dev=<interface>")
+        return int(link["index"])
+
+    def _create(self, action: str, alias: str, remedies: Mapping[int, str] | None = None, **spec: Any) -> Msg:
+        """Create a link and label it with `alias`; returns the new link."""
+        with _netlink(action, remedies):
+            self._ipr.link("add", **spec)
+        link = self._require(spec["ifname"])
+        # The kernel ignores IFLA_IFALIAS in a create request, so the alias needs a second one.
+        try:
+            with _netlink(f"cannot label interface {spec['ifname']} as vxlanpy's"):
+                self._ipr.link("set", index=link["index"], ifalias=alias)
+        except DataplaneError:
+            # An unlabelled link would be taken for someone else's and block every later attempt.
+            self._delete(link)
+            raise
+        return self._require(spec["ifname"])
+
+    def _converge(
+        self,
+        link: Msg,
+        *,
+        mtu: int | None = None,
+        address: str | None = None,
+        master: int | None = None,
+        alias: str | None = None,
+        up: bool = False,
+    ) -> Msg:
+        """Change only what differs, so that calling ensure_* again leaves the kernel alone."""
+        changes: dict[str, Any] = {}
+        if mtu is not None and link.get("mtu") != mtu:
+            changes["mtu"] = mtu
+        if address is not None and str(link.get("address")).lower() != address.lower():
+            changes["address"] = address
+        if master is not None and link.get("master") != master:
+            changes["master"] = master
+        if alias is not None and _alias(link) != alias:
+            changes["ifalias"] = alias
+        if up and not _is_up(link):
+            changes["state"] = "up"
+        if not changes:
+            return link
+        name = link.get("ifname")
+        remedies = {}
+        if "mtu" in changes:
+            remedies[errno.EINVAL] = f" (mtu {mtu} may exceed what the lower device allows); lower -o mtu"
+        with _netlink(f"cannot update interface {name} ({', '.join(sorted(changes))})", remedies):
+            self._ipr.link("set", index=link["index"], **changes)
+        return self._require(name)
+
+    def _delete(self, link: Msg) -> None:
+        name = link.get("ifname")
+        try:
+            self._ipr.link("del", index=link["index"])
+        except NetlinkError as error:
+            if error.code != errno.ENODEV:
+                raise _dataplane_error(f"cannot delete interface {name}", error, {}) from error

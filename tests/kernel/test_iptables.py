@@ -1,0 +1,474 @@
+"""IptablesFirewall against the real kernel, inside throwaway network namespaces.
+
+Every test gets its own "host" namespace (FORWARD policy DROP, like a host running dockerd) and reads the
+rules back with `iptables -S` there, or sends real packets between "container" namespaces wired to a bridge
+named like vxlanpy's.  Nothing is done in the namespace the tests run in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import pytest
+
+import vxlanpy
+from vxlanpy.dataplane.iptables import IptablesFirewall
+from vxlanpy.errors import DataplaneError
+from vxlanpy.models import Endpoint, Network, NetworkConfig, PortMapping, Subnet
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(
+        not all(shutil.which(tool) for tool in ("iptables", "ip6tables", "iptables-restore", "nsenter", "ip")),
+        reason="needs iptables, nsenter and iproute2",
+    ),
+]
+
+# -- namespaces and commands -------------------------------------------------------------------------------
+
+
+def run(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{ns}", *argv], check=False, capture_output=True, text=True, timeout=30
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{argv} in {ns} failed: {result.stderr}")
+    return result
+
+
+def rules(ns: str, table: str = "filter", family: int = 4, chain: str | None = None) -> list[str]:
+    """What a user sees with `iptables [-t table] -S [chain]`, minus the policies."""
+    tool = "iptables" if family == 4 else "ip6tables"
+    out = run(ns, tool, "-w", "-t", table, "-S", *([chain] if chain else [])).stdout
+    return [line for line in out.splitlines() if not line.startswith("-P ")]
+
+
+def everything(ns: str) -> list[str]:
+    return rules(ns) + rules(ns, "nat") + rules(ns, family=6)
+
+
+@pytest.fixture
+def make_netns() -> Iterator[Callable[[], str]]:
+    created: list[str] = []
+
+    def make() -> str:
+        name = "vxt-" + secrets.token_hex(4)
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        created.append(name)
+        run(name, "ip", "link", "set", "lo", "up")
+        return name
+
+    yield make
+    # Deleting a namespace also deletes its bridges, veths (both ends) and its whole firewall.
+    for name in created:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def host(make_netns: Callable[[], str]) -> str:
+    """A namespace standing in for a Docker host: FORWARD policy DROP, bridged traffic through iptables."""
+    ns = make_netns()
+    run(ns, "iptables", "-w", "-P", "FORWARD", "DROP")
+    run(ns, "ip6tables", "-w", "-P", "FORWARD", "DROP")
+    return ns
+
+
+@pytest.fixture
+def fw(host: str) -> IptablesFirewall:
+    firewall = IptablesFirewall(netns=host)
+    firewall.ensure_base()
+    return firewall
+
+
+# -- model objects -----------------------------------------------------------------------------------------
+
+
+def network(vni: int, pool: str = "192.168.77.0/25", internal: bool = False) -> Network:
+    subnet = ipaddress.IPv4Network(pool)
+    gateway = ipaddress.IPv4Interface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
+    return Network(
+        network_id=f"{vni:064x}",
+        config=NetworkConfig(vni=vni),
+        ipv4=(Subnet(pool=subnet, gateway=gateway),),
+        internal=internal,
+    )
+
+
+def endpoint(net: Network, address: str, *ports: PortMapping) -> Endpoint:
+    iface = ipaddress.IPv4Interface(f"{address}/{net.ipv4[0].pool.prefixlen}")
+    return Endpoint(
+        endpoint_id=secrets.token_hex(32), network_id=net.network_id, mac="02:42:00:00:00:01", ipv4=iface, ports=ports
+    )
+
+
+def tcp(container: int, host_port: int, host_ip: str | None = None) -> PortMapping:
+    return PortMapping("tcp", container, host_port, ipaddress.ip_address(host_ip) if host_ip else None)
+
+
+# -- rules as the user sees them ---------------------------------------------------------------------------
+
+
+def test_base_chains_are_hooked_once(host: str, fw: IptablesFirewall) -> None:
+    fw.ensure_base()  # the fixture already called it once
+    assert rules(host, chain="FORWARD")[0] == "-A FORWARD -j VXLANPY-FORWARD"
+    assert rules(host, chain="FORWARD").count("-A FORWARD -j VXLANPY-FORWARD") == 1
+    assert rules(host, family=6, chain="FORWARD").count("-A FORWARD -j VXLANPY-FORWARD") == 1
+    nat = rules(host, "nat")
+    assert nat.count("-A POSTROUTING -j VXLANPY-POSTROUTING") == 1
+    assert nat.count("-A PREROUTING -m addrtype --dst-type LOCAL -j VXLANPY-DNAT") == 1
+    assert nat.count("-A OUTPUT -m addrtype --dst-type LOCAL -j VXLANPY-DNAT") == 1
+    assert run(host, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+
+
+def test_forward_hook_goes_first_before_existing_rules(make_netns: Callable[[], str]) -> None:
+    ns = make_netns()
+    run(ns, "iptables", "-w", "-A", "FORWARD", "-j", "DROP")
+    IptablesFirewall(netns=ns).ensure_base()
+    assert rules(ns, chain="FORWARD") == ["-A FORWARD -j VXLANPY-FORWARD", "-A FORWARD -j DROP"]
+
+
+def test_network_rules_are_installed(host: str, fw: IptablesFirewall) -> None:
+    net = network(101)
+    fw.ensure_network(net, [endpoint(net, "192.168.77.2", tcp(80, 8080))])
+    expected_filter = [
+        "-N VXP-101",
+        "-A VXP-101 -i vxbr-101 -o vxbr-101 -j ACCEPT",
+        "-A VXP-101 -o vxbr-101 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A VXP-101 -o vxbr-101 -m conntrack --ctstate DNAT -j ACCEPT",
+        "-A VXP-101 -o vxbr-101 -j DROP",
+        "-A VXP-101 -i vxbr-101 -o vxbr-+ -j DROP",
+        "-A VXP-101 -i vxbr-101 -o docker0 -j DROP",
+        "-A VXP-101 -i vxbr-101 -o br-+ -j DROP",
+        "-A VXP-101 -i vxbr-101 -j ACCEPT",
+    ]
+    assert rules(host, chain="VXP-101") == expected_filter
+    assert rules(host, family=6, chain="VXP-101") == expected_filter
+    jumps = ["-A VXLANPY-FORWARD -i vxbr-101 -j VXP-101", "-A VXLANPY-FORWARD -o vxbr-101 -j VXP-101"]
+    assert rules(host, chain="VXLANPY-FORWARD")[1:] == jumps
+    assert rules(host, family=6, chain="VXLANPY-FORWARD")[1:] == jumps
+    assert rules(host, "nat", chain="VXP-101")[1:] == [
+        "-A VXP-101 -s 192.168.77.0/25 ! -o vxbr-101 -j MASQUERADE",
+        "-A VXP-101 -o vxbr-101 -m addrtype --src-type LOCAL -j MASQUERADE",
+    ]
+    assert rules(host, "nat", chain="VXPD-101")[1:] == [
+        "-A VXPD-101 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.168.77.2:80"
+    ]
+    assert "-A VXLANPY-POSTROUTING -j VXP-101" in rules(host, "nat")
+    assert "-A VXLANPY-DNAT -j VXPD-101" in rules(host, "nat")
+
+
+def test_ensure_network_twice_changes_nothing(host: str, fw: IptablesFirewall) -> None:
+    net = network(101)
+    endpoints = [endpoint(net, "192.168.77.2", tcp(80, 8080))]
+    fw.ensure_network(net, endpoints)
+    before = everything(host)
+    fw.ensure_base()
+    fw.ensure_network(net, endpoints)
+    assert everything(host) == before
+
+
+def test_published_ports_follow_the_endpoints(host: str, fw: IptablesFirewall) -> None:
+    net = network(101)
+    web = endpoint(net, "192.168.77.2", tcp(80, 8080), tcp(443, 8443, "127.0.0.1"), tcp(80, 8080, "::"))
+    dns = endpoint(net, "192.168.77.3", PortMapping("udp", 53, 5353, ipaddress.IPv4Address("0.0.0.0")))
+    fw.ensure_network(net, [web, dns])
+    assert rules(host, "nat", chain="VXPD-101")[1:] == [
+        "-A VXPD-101 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.168.77.2:80",
+        "-A VXPD-101 -d 127.0.0.1/32 -p tcp -m tcp --dport 8443 -j DNAT --to-destination 192.168.77.2:443",
+        "-A VXPD-101 -p udp -m udp --dport 5353 -j DNAT --to-destination 192.168.77.3:53",
+    ]
+    fw.ensure_network(net, [web.with_ports((tcp(81, 9090),))])
+    assert rules(host, "nat", chain="VXPD-101")[1:] == [
+        "-A VXPD-101 -p tcp -m tcp --dport 9090 -j DNAT --to-destination 192.168.77.2:81"
+    ]
+    fw.ensure_network(net, [])
+    assert rules(host, "nat", chain="VXPD-101") == ["-N VXPD-101"]
+
+
+def test_internal_network_drops_and_never_masquerades(host: str, fw: IptablesFirewall) -> None:
+    net = network(102, internal=True)
+    fw.ensure_network(net, [endpoint(net, "192.168.77.2", tcp(80, 8080))])
+    expected = [
+        "-N VXP-102",
+        "-A VXP-102 -i vxbr-102 -o vxbr-102 -j ACCEPT",
+        "-A VXP-102 -o vxbr-102 -j DROP",
+        "-A VXP-102 -i vxbr-102 -o vxbr-+ -j DROP",
+        "-A VXP-102 -i vxbr-102 -o docker0 -j DROP",
+        "-A VXP-102 -i vxbr-102 -o br-+ -j DROP",
+        "-A VXP-102 -i vxbr-102 -j DROP",
+    ]
+    assert rules(host, chain="VXP-102") == expected
+    assert rules(host, family=6, chain="VXP-102") == expected
+    nat = rules(host, "nat")
+    assert not [line for line in nat if "MASQUERADE" in line or "DNAT --to" in line]
+
+
+def test_remove_network_leaves_no_trace_and_keeps_the_others(host: str, fw: IptablesFirewall) -> None:
+    fw.ensure_network(network(201), [])
+    baseline = everything(host)
+    doomed = network(202, "192.168.77.128/25")
+    fw.ensure_network(doomed, [endpoint(doomed, "192.168.77.130", tcp(80, 8080))])
+    fw.remove_network(doomed.vni)
+    assert not [line for line in everything(host) if "202" in line]
+    assert everything(host) == baseline
+    fw.remove_network(doomed.vni)  # already gone: still fine
+    assert everything(host) == baseline
+
+
+def test_foreign_rules_survive(host: str, fw: IptablesFirewall) -> None:
+    run(host, "iptables", "-w", "-N", "DOCKER-USER")
+    run(host, "iptables", "-w", "-A", "DOCKER-USER", "-j", "RETURN")
+    run(host, "iptables", "-w", "-A", "FORWARD", "-j", "DOCKER-USER")
+    run(host, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "172.17.0.0/16", "-j", "MASQUERADE")
+    foreign = [line for line in everything(host) if "VXLANPY" not in line and "VXP" not in line]
+    net = network(101)
+    fw.ensure_network(net, [endpoint(net, "192.168.77.2", tcp(80, 8080))])
+    fw.remove_network(net.vni)
+    assert [line for line in everything(host) if "VXLANPY" not in line and "VXP" not in line] == foreign
+
+
+def test_owned_vnis_reports_what_is_installed(host: str, fw: IptablesFirewall) -> None:
+    assert fw.owned_vnis() == set()
+    fw.ensure_network(network(301), [])
+    fw.ensure_network(network(16777215, internal=True), [])
+    assert fw.owned_vnis() == {301, 16777215}
+    fw.remove_network(301)
+    assert fw.owned_vnis() == {16777215}
+    # A chain left behind in one table only (a crash half-way) still counts, so reconciliation removes it.
+    run(host, "iptables", "-w", "-t", "nat", "-N", "VXP-302")
+    assert fw.owned_vnis() == {302, 16777215}
+
+
+IN_OWN_NAMESPACE = r"""
+import subprocess
+from vxlanpy.dataplane.iptables import IptablesFirewall
+from vxlanpy.models import NetworkConfig, Network
+subprocess.run(["ip", "link", "add", "vxbr-77", "type", "bridge"], check=True)
+firewall = IptablesFirewall()
+firewall.ensure_base()
+firewall.ensure_network(Network("n" * 64, NetworkConfig(vni=77)), [])
+firewall.ensure_network(Network("m" * 64, NetworkConfig(vni=78)), [])  # its bridge does not exist yet
+print(sorted(firewall.owned_vnis()))
+print(open("/proc/sys/net/ipv4/ip_forward").read().strip())
+print(open("/proc/sys/net/ipv4/conf/vxbr-77/route_localnet").read().strip())
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_without_netns_it_works_in_the_current_namespace() -> None:
+    """The production path (no nsenter, /proc/sys written directly), run in a private namespace."""
+    plugin_dir = os.path.dirname(os.path.dirname(vxlanpy.__file__))
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", IN_OWN_NAMESPACE],
+        env={**os.environ, "PYTHONPATH": plugin_dir},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["[77, 78]", "1", "1"]
+
+
+def test_failure_is_a_dataplane_error_with_the_reason(make_netns: Callable[[], str]) -> None:
+    firewall = IptablesFirewall(netns=make_netns())  # ensure_base never called: the base chains are missing
+    with pytest.raises(DataplaneError, match="VXLANPY-FORWARD.*No chain.*Hint: .*restart the plugin"):
+        firewall.ensure_network(network(101), [])
+
+
+def test_unsafe_names_are_refused() -> None:
+    with pytest.raises(ValueError):
+        IptablesFirewall(netns="x; rm -rf /")
+
+
+# -- real traffic ------------------------------------------------------------------------------------------
+
+PING = r"""
+import os, select, socket, struct, sys, time
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+ident, payload = os.getpid() & 0xFFFF, b"vxlanpy-test"
+packet = struct.pack("!BBHHH", 8, 0, checksum(struct.pack("!BBHHH", 8, 0, 0, ident, 1) + payload), ident, 1)
+sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+sock.sendto(packet + payload, (sys.argv[1], 0))
+deadline = time.monotonic() + float(sys.argv[2])
+while (left := deadline - time.monotonic()) > 0 and select.select([sock], [], [], left)[0]:
+    data, (source, _) = sock.recvfrom(2048)
+    kind, _, _, reply_id, _ = struct.unpack("!BBHHH", data[(data[0] & 15) * 4 :][:8])
+    if kind == 0 and reply_id == ident and source == sys.argv[1]:
+        sys.exit(0)
+sys.exit(1)
+"""
+
+SERVE = r"""
+import socket, sys
+server = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    conn, _ = server.accept()
+    conn.sendall(b"hello from the container")
+    conn.close()
+"""
+
+FETCH = r"""
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])) as conn:
+    print(conn.recv(100).decode())
+"""
+
+UDP_RECEIVE = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("0.0.0.0", 9999))
+sock.settimeout(float(sys.argv[1]))
+print("ready", flush=True)
+try:
+    print(sock.recv(100).decode(), flush=True)
+except TimeoutError:
+    sys.exit(1)
+"""
+
+UDP_SEND = r"""
+import socket, sys
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"datagram", (sys.argv[1], 9999))
+"""
+
+
+def ping(ns: str, address: str, timeout: float = 1.0) -> bool:
+    """One ICMP echo (no ping binary needed): True when the reply came back in time."""
+    return run(ns, sys.executable, "-c", PING, address, str(timeout), check=False).returncode == 0
+
+
+def fetch(ns: str, address: str, port: int, timeout: float = 1.0) -> str | None:
+    result = run(ns, sys.executable, "-c", FETCH, address, str(port), str(timeout), check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def udp_arrives(source: str, target: str, address: str, timeout: float = 1.0) -> bool:
+    """One datagram sent one way: unlike ping, this needs no reply to be let back in."""
+    receiver = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{target}", sys.executable, "-c", UDP_RECEIVE, str(timeout)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+        run(source, sys.executable, "-c", UDP_SEND, address)
+        return receiver.stdout.readline().strip() == "datagram"
+    finally:
+        receiver.kill()
+        receiver.wait()
+
+
+class Lab:
+    """The host namespace with vxlanpy-like bridges and containers plugged into them by veth pairs."""
+
+    def __init__(self, host: str, make_netns: Callable[[], str]) -> None:
+        self.host = host
+        self.make_netns = make_netns
+        bridged = run(host, "sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1", check=False)
+        if bridged.returncode != 0:
+            pytest.skip("br_netfilter is not loaded")
+
+    def bridge(self, net: Network) -> None:
+        gateway = str(net.ipv4[0].gateway)
+        run(self.host, "ip", "link", "add", net.bridge, "type", "bridge")
+        run(self.host, "ip", "addr", "add", gateway, "dev", net.bridge)
+        run(self.host, "ip", "link", "set", net.bridge, "up")
+
+    def container(self, net: Network, address: str) -> str:
+        ns = self.make_netns()
+        prefix = net.ipv4[0].pool.prefixlen
+        gateway = net.ipv4[0].gateway
+        assert gateway is not None
+        veth = "vxh-" + ns[4:]
+        run(self.host, "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        run(self.host, "ip", "link", "set", veth, "master", net.bridge, "up")
+        run(ns, "ip", "addr", "add", f"{address}/{prefix}", "dev", "eth0")
+        run(ns, "ip", "link", "set", "eth0", "up")
+        run(ns, "ip", "route", "add", "default", "via", str(gateway.ip))
+        return ns
+
+    def outside(self) -> str:
+        """A machine on the host's uplink that has no route back to any container subnet."""
+        ns = self.make_netns()
+        run(self.host, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "eth0", "netns", ns)
+        run(self.host, "ip", "addr", "add", "192.168.78.1/24", "dev", "uplink")
+        run(self.host, "ip", "link", "set", "uplink", "up")
+        run(ns, "ip", "addr", "add", "192.168.78.2/24", "dev", "eth0")
+        run(ns, "ip", "link", "set", "eth0", "up")
+        return ns
+
+
+@pytest.fixture
+def lab(host: str, make_netns: Callable[[], str]) -> Lab:
+    return Lab(host, make_netns)
+
+
+def test_containers_of_one_network_talk_only_to_each_other(lab: Lab, fw: IptablesFirewall) -> None:
+    red, blue = network(101, "192.168.77.0/25"), network(102, "192.168.77.128/25")
+    lab.bridge(red)
+    lab.bridge(blue)
+    red1, red2 = lab.container(red, "192.168.77.2"), lab.container(red, "192.168.77.3")
+    blue1 = lab.container(blue, "192.168.77.130")
+    assert not ping(red1, "192.168.77.3"), "FORWARD policy DROP should block bridged traffic before vxlanpy's rules"
+
+    fw.ensure_network(red, [])
+    fw.ensure_network(blue, [])
+    assert ping(red1, "192.168.77.3", timeout=3)
+    assert ping(red2, "192.168.77.2")
+    assert ping(red1, "192.168.77.1"), "the gateway on the bridge answers"
+    assert not ping(red1, "192.168.77.130"), "networks must be isolated from each other"
+    assert not ping(blue1, "192.168.77.2"), "networks must be isolated from each other"
+
+
+def test_egress_and_published_ports(lab: Lab, fw: IptablesFirewall) -> None:
+    net = network(101)
+    lab.bridge(net)
+    web = lab.container(net, "192.168.77.2")
+    outside = lab.outside()
+    server = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{web}", sys.executable, "-c", SERVE, "80"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        fw.ensure_network(net, [endpoint(net, "192.168.77.2", tcp(80, 8080))])
+        assert ping(web, "192.168.78.2", timeout=3), "egress needs MASQUERADE: outside has no route back"
+        assert fetch(outside, "192.168.78.1", 8080) == "hello from the container"
+        assert fetch(lab.host, "127.0.0.1", 8080) == "hello from the container"
+        assert fetch(lab.host, "192.168.78.1", 8080) == "hello from the container"
+
+        fw.ensure_network(net, [])  # the container stopped publishing
+        assert fetch(outside, "192.168.78.1", 8080) is None
+        assert fetch(lab.host, "127.0.0.1", 8080) is None
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_internal_network_cannot_leave_the_host(lab: Lab, fw: IptablesFirewall) -> None:
+    net = network(103, internal=True)
+    lab.bridge(net)
+    box1, box2 = lab.container(net, "192.168.77.2"), lab.container(net, "192.168.77.3")
+    outside = lab.outside()
+    # With a route back and a FORWARD policy of ACCEPT (a host without dockerd), only vxlanpy's own
+    # DROP rules can stop the packets.
+    run(outside, "ip", "route", "add", "192.168.77.0/24", "via", "192.168.78.1")
+    run(lab.host, "iptables", "-w", "-P", "FORWARD", "ACCEPT")
+    fw.ensure_network(net, [])
+    assert ping(box1, "192.168.77.3", timeout=3)
+    assert not udp_arrives(box2, outside, "192.168.78.2"), "nothing leaves an internal network"
+    assert not udp_arrives(outside, box2, "192.168.77.3"), "nothing enters an internal network"
+    fw.ensure_network(replace(net, internal=False), [])
+    assert udp_arrives(box2, outside, "192.168.78.2"), "the same network, not internal, does reach out"

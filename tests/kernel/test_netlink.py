@@ -1,0 +1,581 @@
+"""NetlinkLinks against the real kernel, inside throwaway network namespaces.
+
+What the tests check is read back with iproute2 (`ip -j`, `bridge -j`), the tools a user would look with,
+so a misreading in pyroute2 cannot hide a wrong write.  Traffic tests wire two "hosts" to one underlay
+bridge and ping between "containers" across the VXLAN.  Nothing is done in the namespace pytest runs in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+from vxlanpy.dataplane.base import Underlay
+from vxlanpy.dataplane.netlink import NetlinkLinks
+from vxlanpy.errors import Conflict, DataplaneError, InvalidOption
+from vxlanpy.models import Endpoint, Network, NetworkConfig, Subnet, endpoint_mac, gateway_mac
+
+from .conftest import Namespaces, unique_name
+
+PING = ["ping"] if shutil.which("ping") else ["busybox", "ping"]
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces, bridges and VXLAN devices"),
+    pytest.mark.skipif(
+        not (shutil.which("ip") and shutil.which("bridge") and shutil.which(PING[0])),
+        reason="needs iproute2 (ip, bridge) and ping (or busybox) to check the result",
+    ),
+]
+
+UNDERLAY_A = "10.99.0.1"
+UNDERLAY_B = "10.99.0.2"
+
+
+# -- reading the kernel the way a user would ----------------------------------------------------------------
+
+
+def run(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=30)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} in {ns} failed: {result.stderr.strip()}")
+    return result
+
+
+def link(ns: str, name: str) -> dict[str, Any] | None:
+    """`ip -d link show dev NAME` as JSON, None when there is no such link."""
+    result = run(ns, "ip", "-j", "-d", "link", "show", "dev", name, check=False)
+    return json.loads(result.stdout)[0] if result.returncode == 0 else None
+
+
+def must_link(ns: str, name: str) -> dict[str, Any]:
+    found = link(ns, name)
+    assert found is not None, f"{name} does not exist in {ns}"
+    return found
+
+
+def addresses(ns: str, name: str) -> set[str]:
+    """`ip addr show dev NAME` without the IPv6 link-local address."""
+    data = json.loads(run(ns, "ip", "-j", "addr", "show", "dev", name).stdout)
+    return {f"{a['local']}/{a['prefixlen']}" for a in data[0]["addr_info"] if a.get("scope") != "link"}
+
+
+def address_info(ns: str, name: str, address: str) -> dict[str, Any]:
+    data = json.loads(run(ns, "ip", "-j", "addr", "show", "dev", name).stdout)
+    return next(a for a in data[0]["addr_info"] if a["local"] == address)
+
+
+def default_destinations(ns: str, dev: str) -> list[str]:
+    """Remote VTEPs of the all-zero FDB entries (`bridge fdb show dev DEV`), duplicates kept."""
+    entries = json.loads(run(ns, "bridge", "-j", "fdb", "show", "dev", dev).stdout)
+    return sorted(entry["dst"] for entry in entries if entry["mac"] == "00:00:00:00:00:00")
+
+
+def neigh_suppress(ns: str, dev: str) -> bool:
+    return bool(json.loads(run(ns, "bridge", "-j", "-d", "link", "show", "dev", dev).stdout)[0]["neigh_suppress"])
+
+
+def rx_packets(ns: str, dev: str) -> int:
+    return int(json.loads(run(ns, "ip", "-j", "-s", "link", "show", "dev", dev).stdout)[0]["stats64"]["rx"]["packets"])
+
+
+def ping(ns: str, address: str, attempts: int = 3) -> bool:
+    for _ in range(attempts):
+        if run(ns, *PING, "-c", "1", "-W", "1", address, check=False).returncode == 0:
+            return True
+    return False
+
+
+def unreachable(ns: str, address: str) -> bool:
+    return run(ns, *PING, "-c", "2", "-i", "0.2", "-W", "1", address, check=False).returncode != 0
+
+
+def snapshot(ns: str, net: Network) -> dict[str, Any]:
+    """Everything ensure_network manages, minus counters and timers."""
+    bridge, vxlan = must_link(ns, net.bridge), must_link(ns, net.vxlan)
+    keep = ("ifindex", "mtu", "address", "flags", "master", "ifalias")
+    return {
+        "bridge": {key: bridge.get(key) for key in keep},
+        "stp": bridge["linkinfo"]["info_data"]["stp_state"],
+        "vxlan": {key: vxlan.get(key) for key in keep},
+        "vxlan_data": vxlan["linkinfo"]["info_data"],
+        "addresses": addresses(ns, net.bridge),
+        "fdb": default_destinations(ns, net.vxlan),
+        "neigh_suppress": neigh_suppress(ns, net.vxlan),
+    }
+
+
+# -- building the objects under test ------------------------------------------------------------------------
+
+
+def make_network(
+    vni: int,
+    *,
+    gateway4: str | None = "192.168.77.1/24",
+    gateway6: str | None = None,
+    **config: Any,
+) -> Network:
+    config.setdefault("mtu", 1400)
+    for key in ("local", "remote", "group"):
+        if isinstance(config.get(key), str):
+            config[key] = ipaddress.ip_address(config[key])
+    config["peers"] = tuple(ipaddress.ip_address(peer) for peer in config.get("peers", ()))
+    ipv4: tuple[Subnet, ...] = ()
+    if gateway4 is not None:
+        gw4 = ipaddress.ip_interface(gateway4)
+        ipv4 = (Subnet(pool=gw4.network, gateway=gw4),)
+    ipv6: tuple[Subnet, ...] = ()
+    if gateway6 is not None:
+        gw6 = ipaddress.ip_interface(gateway6)
+        ipv6 = (Subnet(pool=gw6.network, gateway=gw6),)
+    return Network(
+        network_id=f"{vni:064x}",
+        config=NetworkConfig(vni=vni, **config),
+        ipv4=ipv4,
+        ipv6=ipv6,
+    )
+
+
+def make_endpoint(net: Network, address: str) -> Endpoint:
+    endpoint_id = os.urandom(32).hex()
+    ipv4 = ipaddress.IPv4Interface(address)
+    return Endpoint(endpoint_id, net.network_id, endpoint_mac(ipv4, endpoint_id), ipv4=ipv4)
+
+
+def add_underlay_nic(ns: str, address: str, default_route: bool = False) -> None:
+    """An `eth0` with an address inside ns; its veth peer stays in ns too, up, so eth0 has carrier."""
+    with IPRoute(netns=ns, flags=0) as ipr:
+        ipr.link("add", ifname="eth0", kind="veth", peer="eth0p")
+        eth0 = ipr.link_lookup(ifname="eth0")[0]
+        ipr.addr("add", index=eth0, address=address, prefixlen=24)
+        ipr.link("set", index=eth0, state="up")
+        ipr.link("set", ifname="eth0p", state="up")
+        if default_route:
+            ipr.route("add", dst="default", gateway="10.99.0.254")
+
+
+@pytest.fixture
+def host(namespaces: Namespaces) -> str:
+    """A namespace standing in for a Docker host with an underlay NIC eth0 and a default route."""
+    ns = namespaces.new()
+    add_underlay_nic(ns, UNDERLAY_A, default_route=True)
+    return ns
+
+
+@pytest.fixture
+def links(namespaces: Namespaces, host: str) -> NetlinkLinks:
+    links = NetlinkLinks(netns=host)
+    namespaces.close_later(links.close)
+    return links
+
+
+# -- underlay -----------------------------------------------------------------------------------------------
+
+
+def test_underlay_defaults_to_the_default_route_interface(host: str, links: NetlinkLinks) -> None:
+    with IPRoute(netns=host, flags=0) as ipr:
+        eth0 = ipr.link_lookup(ifname="eth0")[0]
+        ipr.addr("add", index=eth0, address="fd99::1", prefixlen=64, flags=IFA_F_NODAD)
+        ipr.link("set", index=eth0, mtu=9000)
+    expected = Underlay(
+        dev="eth0", mtu=9000, addresses=(ipaddress.ip_address(UNDERLAY_A), ipaddress.ip_address("fd99::1"))
+    )
+    assert links.underlay(None) == expected
+    assert links.underlay("eth0") == expected
+
+
+def test_underlay_falls_back_to_the_ipv6_default_route(namespaces: Namespaces) -> None:
+    ns = namespaces.new()
+    add_underlay_nic(ns, UNDERLAY_A)
+    with IPRoute(netns=ns, flags=0) as ipr:
+        eth0 = ipr.link_lookup(ifname="eth0")[0]
+        ipr.addr("add", index=eth0, address="fd99::1", prefixlen=64, flags=IFA_F_NODAD)
+        ipr.route("add", dst="::/0", gateway="fd99::fe", oif=eth0)
+    links = NetlinkLinks(netns=ns)
+    namespaces.close_later(links.close)
+    assert links.underlay(None).dev == "eth0"
+
+
+def test_underlay_errors_tell_the_user_to_set_dev(namespaces: Namespaces, links: NetlinkLinks) -> None:
+    with pytest.raises(InvalidOption, match=r"underlay interface 'nosuch0' does not exist: set -o dev=<interface>"):
+        links.underlay("nosuch0")
+    bare = NetlinkLinks(netns=namespaces.new())
+    namespaces.close_later(bare.close)
+    with pytest.raises(InvalidOption, match="no default route.*set -o dev=<interface>"):
+        bare.underlay(None)
+
+
+def test_a_missing_namespace_is_an_error_and_is_not_created() -> None:
+    name = unique_name()
+    with pytest.raises(DataplaneError, match=f"network namespace '{name}' does not exist"):
+        NetlinkLinks(netns=name)
+    assert not os.path.exists(f"/run/netns/{name}")
+
+
+# -- networks -----------------------------------------------------------------------------------------------
+
+
+def test_ensure_network_builds_bridge_and_vxlan(host: str, links: NetlinkLinks) -> None:
+    net = make_network(
+        42,
+        gateway6="fd77::1/64",
+        dstport=4790,
+        dev="eth0",
+        local=UNDERLAY_A,
+        ttl=16,
+        learning=False,
+        remote=UNDERLAY_B,
+        peers=("10.99.0.3",),
+        mtu=1400,
+    )
+    links.ensure_network(net)
+
+    bridge = must_link(host, "vxbr-42")
+    assert bridge["linkinfo"]["info_kind"] == "bridge"
+    assert bridge["mtu"] == 1400
+    assert bridge["address"] == gateway_mac(42) == "02:76:78:00:00:2a"
+    assert bridge["ifalias"] == net.alias
+    assert "UP" in bridge["flags"]
+    assert bridge["linkinfo"]["info_data"]["stp_state"] == 0
+    assert bridge["linkinfo"]["info_data"]["forward_delay"] == 0
+    assert addresses(host, "vxbr-42") == {"192.168.77.1/24", "fd77::1/64"}
+    gateway6 = address_info(host, "vxbr-42", "fd77::1")
+    assert gateway6.get("nodad") is True and not gateway6.get("tentative")
+
+    vxlan = must_link(host, "vxlan-42")
+    data = vxlan["linkinfo"]["info_data"]
+    assert vxlan["linkinfo"]["info_kind"] == "vxlan"
+    assert (data["id"], data["port"], data["ttl"], data["learning"]) == (42, 4790, 16, False)
+    assert (data["local"], data["remote"], data["link"]) == (UNDERLAY_A, UNDERLAY_B, "eth0")
+    assert vxlan["mtu"] == 1400
+    assert vxlan["master"] == "vxbr-42"
+    assert vxlan["ifalias"] == net.alias
+    assert "UP" in vxlan["flags"]
+    assert neigh_suppress(host, "vxlan-42")
+    # The kernel's default destination (remote) plus exactly one entry for the static peer.
+    assert default_destinations(host, "vxlan-42") == [UNDERLAY_B, "10.99.0.3"]
+
+
+def test_multicast_group_and_defaults(host: str, links: NetlinkLinks) -> None:
+    net = make_network(7, group="239.1.1.7", dev="eth0", mtu=1450)
+    links.ensure_network(net)
+    data = must_link(host, "vxlan-7")["linkinfo"]["info_data"]
+    assert (data["group"], data["port"], data["learning"], data["link"]) == ("239.1.1.7", 4789, True, "eth0")
+    assert "local" not in data and "remote" not in data
+
+
+def test_ensure_network_twice_changes_nothing(host: str, links: NetlinkLinks) -> None:
+    net = make_network(42, gateway6="fd77::1/64", dev="eth0", local=UNDERLAY_A, peers=(UNDERLAY_B, "10.99.0.3"), ttl=8)
+    links.ensure_network(net)
+    before = snapshot(host, net)
+    links.ensure_network(net)
+    assert snapshot(host, net) == before
+
+
+def test_ensure_network_converges_drifted_state(host: str, links: NetlinkLinks) -> None:
+    net = make_network(42, dev="eth0", peers=(UNDERLAY_B,))
+    links.ensure_network(net)
+    before = snapshot(host, net)
+    with IPRoute(netns=host, flags=0) as ipr:
+        bridge = ipr.link_lookup(ifname="vxbr-42")[0]
+        vxlan = ipr.link_lookup(ifname="vxlan-42")[0]
+        ipr.brport("set", index=vxlan, neigh_suppress=0)
+        ipr.link("set", index=vxlan, state="down")
+        ipr.link("set", index=bridge, mtu=1300, ifalias="vxlanpy:net:stale")
+        ipr.addr("del", index=bridge, address="192.168.77.1", prefixlen=24)
+        ipr.addr("add", index=bridge, address="192.168.99.1", prefixlen=24)
+        ipr.fdb("del", ifindex=vxlan, lladdr="00:00:00:00:00:00", dst=UNDERLAY_B)
+    links.ensure_network(net)
+    assert snapshot(host, net) == before
+
+    with IPRoute(netns=host, flags=0) as ipr:
+        ipr.link("set", index=vxlan, master=0)
+    links.ensure_network(net)
+    assert snapshot(host, net) == before
+
+
+def test_peer_list_changes_update_the_fdb(host: str, links: NetlinkLinks) -> None:
+    links.ensure_network(make_network(42, dev="eth0", peers=(UNDERLAY_B, "10.99.0.3")))
+    assert default_destinations(host, "vxlan-42") == [UNDERLAY_B, "10.99.0.3"]
+    links.ensure_network(make_network(42, dev="eth0", peers=("10.99.0.3", "10.99.0.4")))
+    assert default_destinations(host, "vxlan-42") == ["10.99.0.3", "10.99.0.4"]
+    links.ensure_network(make_network(42, dev="eth0"))
+    assert default_destinations(host, "vxlan-42") == []
+
+
+def test_changed_vxlan_parameters_recreate_the_device(host: str, links: NetlinkLinks) -> None:
+    links.ensure_network(make_network(42, dev="eth0", peers=(UNDERLAY_B,)))
+    old_index = must_link(host, "vxlan-42")["ifindex"]
+    net = make_network(42, gateway4="192.168.88.1/24", dstport=8472, peers=(UNDERLAY_B,))
+    links.ensure_network(net)
+    vxlan = must_link(host, "vxlan-42")
+    assert vxlan["ifindex"] != old_index
+    assert vxlan["linkinfo"]["info_data"]["port"] == 8472
+    assert "link" not in vxlan["linkinfo"]["info_data"]
+    assert vxlan["master"] == "vxbr-42"
+    assert neigh_suppress(host, "vxlan-42")
+    assert default_destinations(host, "vxlan-42") == [UNDERLAY_B]
+    assert addresses(host, "vxbr-42") == {"192.168.88.1/24"}
+
+
+def test_remove_network_removes_both_and_is_idempotent(host: str, links: NetlinkLinks) -> None:
+    net = make_network(42, dev="eth0")
+    links.ensure_network(net)
+    links.remove_network(net)
+    assert link(host, "vxbr-42") is None and link(host, "vxlan-42") is None
+    links.remove_network(net)
+
+
+def test_an_alien_link_with_our_name_is_a_conflict_and_left_alone(host: str, links: NetlinkLinks) -> None:
+    with IPRoute(netns=host, flags=0) as ipr:
+        ipr.link("add", ifname="vxbr-42", kind="bridge")
+    net = make_network(42, dev="eth0")
+    with pytest.raises(
+        Conflict, match="interface vxbr-42 exists and is not managed by vxlanpy; remove it or choose another vni"
+    ):
+        links.ensure_network(net)
+    links.remove_network(net)
+    assert link(host, "vxbr-42") is not None
+    assert link(host, "vxlan-42") is None
+
+
+def test_an_unknown_dev_is_an_invalid_option(host: str, links: NetlinkLinks) -> None:
+    with pytest.raises(InvalidOption, match="underlay interface 'nosuch0' does not exist: set -o dev=<interface>"):
+        links.ensure_network(make_network(42, dev="nosuch0"))
+    assert link(host, "vxbr-42") is None
+
+
+def test_a_vni_already_in_use_says_so(host: str, links: NetlinkLinks) -> None:
+    with IPRoute(netns=host, flags=0) as ipr:
+        ipr.link("add", ifname="other42", kind="vxlan", vxlan_id=42, vxlan_port=4789)
+    with pytest.raises(DataplaneError) as raised:
+        links.ensure_network(make_network(42, dev="eth0"))
+    assert str(raised.value) == (
+        "cannot create VXLAN device vxlan-42 on dev eth0: File exists "
+        "(another VXLAN device already uses VNI 42 and port 4789); remove it or choose another vni"
+    )
+
+
+def test_owned_links_lists_only_vxlanpy_links(host: str, links: NetlinkLinks) -> None:
+    net = make_network(42, dev="eth0")
+    links.ensure_network(net)
+    endpoint = make_endpoint(net, "192.168.77.11/24")
+    links.ensure_endpoint(net, endpoint)
+    assert links.owned_links() == {
+        "vxbr-42": net.alias,
+        "vxlan-42": net.alias,
+        endpoint.host_veth: endpoint.alias,
+        endpoint.container_veth: endpoint.alias,
+    }
+
+
+# -- endpoints ----------------------------------------------------------------------------------------------
+
+
+def test_ensure_endpoint_creates_the_veth_pair(namespaces: Namespaces, host: str, links: NetlinkLinks) -> None:
+    net = make_network(42, dev="eth0", mtu=1380)
+    links.ensure_network(net)
+    endpoint = make_endpoint(net, "192.168.77.11/24")
+    links.ensure_endpoint(net, endpoint)
+
+    host_end = must_link(host, endpoint.host_veth)
+    container_end = must_link(host, endpoint.container_veth)
+    assert host_end["linkinfo"]["info_kind"] == "veth"
+    assert host_end["master"] == "vxbr-42"
+    assert "UP" in host_end["flags"]
+    assert host_end["mtu"] == container_end["mtu"] == 1380
+    assert host_end["ifalias"] == container_end["ifalias"] == endpoint.alias
+    assert container_end["address"] == endpoint.mac == "02:42:c0:a8:4d:0b"
+    assert container_end["link"] == endpoint.host_veth
+
+    links.ensure_endpoint(net, endpoint)
+    assert must_link(host, endpoint.host_veth)["ifindex"] == host_end["ifindex"]
+
+    # Docker moves the container end into the sandbox; ensuring again only looks after the host end.
+    sandbox = namespaces.new()
+    with IPRoute(netns=host, flags=0) as ipr:
+        ipr.link("set", index=container_end["ifindex"], net_ns_fd=sandbox)
+        ipr.link("set", index=host_end["ifindex"], state="down")
+    links.ensure_endpoint(net, endpoint)
+    assert "UP" in must_link(host, endpoint.host_veth)["flags"]
+    assert link(host, endpoint.container_veth) is None
+    assert must_link(sandbox, endpoint.container_veth)["address"] == endpoint.mac
+
+    links.remove_endpoint(endpoint)
+    assert link(host, endpoint.host_veth) is None
+    assert link(sandbox, endpoint.container_veth) is None, "the container end outlived its pair"
+
+
+def test_remove_endpoint_is_idempotent(host: str, links: NetlinkLinks) -> None:
+    net = make_network(42, dev="eth0")
+    links.ensure_network(net)
+    endpoint = make_endpoint(net, "192.168.77.11/24")
+    links.ensure_endpoint(net, endpoint)
+    links.remove_endpoint(endpoint)
+    assert link(host, endpoint.host_veth) is None and link(host, endpoint.container_veth) is None
+    links.remove_endpoint(endpoint)
+
+
+def test_endpoint_without_its_network_says_what_to_do(links: NetlinkLinks) -> None:
+    net = make_network(42, dev="eth0")
+    with pytest.raises(DataplaneError, match="bridge vxbr-42 does not exist; recreate the network"):
+        links.ensure_endpoint(net, make_endpoint(net, "192.168.77.11/24"))
+
+
+def socket_count() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
+
+
+def test_concurrent_requests_share_one_netlink_socket(host: str, links: NetlinkLinks) -> None:
+    net = make_network(42, dev="eth0")
+    links.ensure_network(net)
+    endpoints = [make_endpoint(net, f"192.168.77.{10 + i}/24") for i in range(12)]
+    before = socket_count()
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        list(pool.map(lambda endpoint: links.ensure_endpoint(net, endpoint), endpoints))
+    assert socket_count() == before
+    for endpoint in endpoints:
+        assert must_link(host, endpoint.host_veth)["master"] == "vxbr-42"
+
+
+# -- traffic ------------------------------------------------------------------------------------------------
+
+
+class Lab:
+    """Two hosts on one underlay bridge, each running NetlinkLinks in its own namespace, plus containers.
+
+    Nothing may cross the VXLAN on its own, so that the packet counters only move for the traffic a test
+    sends: IPv6 is off (no router solicitations, MLD reports), bridges do not report their link-local IGMP
+    groups, and a neighbour entry is not re-probed over the VXLAN 5 s after it was used.
+    """
+
+    QUIET = (
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+        "net.ipv4.igmp_link_local_mcast_reports=0",
+    )
+
+    def __init__(self, namespaces: Namespaces) -> None:
+        self.namespaces = namespaces
+        self.underlay = self._namespace()
+        with IPRoute(netns=self.underlay, flags=0) as ipr:
+            ipr.link("add", ifname="ul", kind="bridge", br_mcast_snooping=0, br_forward_delay=0, br_stp_state=0)
+            ipr.link("set", ifname="ul", state="up")
+        self.links: dict[str, NetlinkLinks] = {}
+
+    def _namespace(self) -> str:
+        ns = self.namespaces.new()
+        run(ns, "sysctl", "-q", "-w", *self.QUIET)
+        return ns
+
+    def host(self, address: str) -> str:
+        ns = self._namespace()
+        port = f"ul{len(self.links)}"
+        with IPRoute(netns=ns, flags=0) as ipr:
+            ipr.link("add", ifname="eth0", kind="veth", peer=port)
+            ipr.link("set", ifname=port, net_ns_fd=self.underlay)
+            eth0 = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=eth0, address=address, prefixlen=24)
+            ipr.link("set", index=eth0, state="up")
+        with IPRoute(netns=self.underlay, flags=0) as ipr:
+            ipr.link("set", ifname=port, master=ipr.link_lookup(ifname="ul")[0], state="up")
+        self.links[ns] = NetlinkLinks(netns=ns)
+        self.namespaces.close_later(self.links[ns].close)
+        return ns
+
+    def container(self, host: str, net: Network, address: str) -> str:
+        """What Docker does with an endpoint: move the container end into the sandbox, address it, up."""
+        endpoint = make_endpoint(net, address)
+        self.links[host].ensure_endpoint(net, endpoint)
+        sandbox = self._namespace()
+        with IPRoute(netns=host, flags=0) as ipr:
+            ipr.link("set", ifname=endpoint.container_veth, net_ns_fd=sandbox)
+        with IPRoute(netns=sandbox, flags=0) as ipr:
+            index = ipr.link_lookup(ifname=endpoint.container_veth)[0]
+            interface = ipaddress.IPv4Interface(address)
+            ipr.addr("add", index=index, address=str(interface.ip), prefixlen=interface.network.prefixlen)
+            ipr.link("set", index=index, state="up")
+        # Only the root namespace has neigh.default, so this is per device.
+        run(sandbox, "sysctl", "-q", "-w", f"net.ipv4.neigh.{endpoint.container_veth}.delay_first_probe_time=120")
+        return sandbox
+
+
+@pytest.fixture
+def lab(namespaces: Namespaces) -> Iterator[Lab]:
+    yield Lab(namespaces)
+
+
+PEER_MODES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "remote": ({"remote": UNDERLAY_B}, {"remote": UNDERLAY_A}),
+    "peers": ({"peers": (UNDERLAY_B,)}, {"peers": (UNDERLAY_A,)}),
+    "group": ({"group": "239.1.1.42"}, {"group": "239.1.1.42"}),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(PEER_MODES))
+def test_containers_on_two_hosts_reach_each_other(lab: Lab, mode: str) -> None:
+    options_a, options_b = PEER_MODES[mode]
+    host_a, host_b = lab.host(UNDERLAY_A), lab.host(UNDERLAY_B)
+    net_a = make_network(4242, dev="eth0", local=UNDERLAY_A, **options_a)
+    net_b = make_network(4242, dev="eth0", local=UNDERLAY_B, **options_b)
+    lab.links[host_a].ensure_network(net_a)
+    lab.links[host_b].ensure_network(net_b)
+    container_a = lab.container(host_a, net_a, "192.168.77.11/24")
+    container_b = lab.container(host_b, net_b, "192.168.77.12/24")
+
+    assert ping(container_a, "192.168.77.12"), f"no reply across the VXLAN in {mode} mode"
+    assert ping(container_b, "192.168.77.11")
+
+
+def test_gateway_traffic_never_crosses_the_vxlan(lab: Lab) -> None:
+    host_a, host_b = lab.host(UNDERLAY_A), lab.host(UNDERLAY_B)
+    net_a = make_network(4242, dev="eth0", local=UNDERLAY_A, remote=UNDERLAY_B)
+    net_b = make_network(4242, dev="eth0", local=UNDERLAY_B, remote=UNDERLAY_A)
+    lab.links[host_a].ensure_network(net_a)
+    lab.links[host_b].ensure_network(net_b)
+    container_a = lab.container(host_a, net_a, "192.168.77.11/24")
+    lab.container(host_b, net_b, "192.168.77.12/24")
+
+    # The counter does move for container traffic, so a still counter below means something.
+    received = rx_packets(host_b, "vxlan-4242")
+    assert ping(container_a, "192.168.77.12")
+    assert rx_packets(host_b, "vxlan-4242") > received
+
+    received = rx_packets(host_b, "vxlan-4242")
+    gateway = run(container_a, *PING, "-c", "3", "-i", "0.2", "-W", "1", "192.168.77.1", check=False)
+    assert gateway.returncode == 0, "the local anycast gateway did not answer"
+    assert rx_packets(host_b, "vxlan-4242") == received, "ARP or ICMP for the anycast gateway crossed the VXLAN"
+
+
+def test_networks_with_different_vnis_are_isolated(lab: Lab) -> None:
+    host_a, host_b = lab.host(UNDERLAY_A), lab.host(UNDERLAY_B)
+    nets: dict[tuple[str, int], Network] = {}
+    for vni in (101, 102):
+        gateway = "192.168.77.1/24" if vni == 101 else None
+        for ns, remote in ((host_a, UNDERLAY_B), (host_b, UNDERLAY_A)):
+            nets[ns, vni] = make_network(vni, gateway4=gateway, dev="eth0", remote=remote)
+            lab.links[ns].ensure_network(nets[ns, vni])
+    a101 = lab.container(host_a, nets[host_a, 101], "192.168.77.11/24")
+    b101 = lab.container(host_b, nets[host_b, 101], "192.168.77.12/24")
+    a102 = lab.container(host_a, nets[host_a, 102], "192.168.77.13/24")
+    b102 = lab.container(host_b, nets[host_b, 102], "192.168.77.14/24")
+
+    assert ping(a101, "192.168.77.12") and ping(a102, "192.168.77.14")
+    assert unreachable(a101, "192.168.77.14") and unreachable(a102, "192.168.77.12")
+    assert unreachable(b101, "192.168.77.13") and unreachable(b102, "192.168.77.11")
