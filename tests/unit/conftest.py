@@ -27,7 +27,10 @@ class Harness:
         self.firewall = FakeFirewall()
         self.busy_ports: set[int] = set()
         self.driver = Driver(
-            self.store, self.links, self.firewall, vni_range=(100, 102),
+            self.store,
+            self.links,
+            self.firewall,
+            vni_range=(100, 102),
             port_is_free=lambda mapping: mapping.host_port not in self.busy_ports,
         )
         self.client: FlaskClient = create_app(self.driver, Settings(), reconcile=False).test_client()
@@ -37,16 +40,22 @@ class Harness:
         response = self.client.post(f"/{method}", data=data)
         return response.status_code, json.loads(response.data)
 
-    def create_network(self, network_id: str = NET, generic: dict[str, Any] | None = None, **extra: Any) -> tuple[int, dict[str, Any]]:
+    def create_network(
+        self, network_id: str = NET, generic: dict[str, Any] | None = None, **extra: Any
+    ) -> tuple[int, dict[str, Any]]:
         body = {
             "NetworkID": network_id,
             "Options": {"com.docker.network.generic": generic or {}, **extra.pop("options", {})},
-            "IPv4Data": extra.pop("ipv4", [{"AddressSpace": "LocalDefault", "Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}]),
+            "IPv4Data": extra.pop(
+                "ipv4", [{"AddressSpace": "LocalDefault", "Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}]
+            ),
             "IPv6Data": extra.pop("ipv6", []),
         }
         return self.call("NetworkDriver.CreateNetwork", body)
 
-    def create_endpoint(self, endpoint_id: str = EP, network_id: str = NET, **interface: str) -> tuple[int, dict[str, Any]]:
+    def create_endpoint(
+        self, endpoint_id: str = EP, network_id: str = NET, **interface: str
+    ) -> tuple[int, dict[str, Any]]:
         interface.setdefault("Address", "10.1.0.2/24")
         return self.call(
             "NetworkDriver.CreateEndpoint",

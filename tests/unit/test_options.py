@@ -31,7 +31,10 @@ from .conftest import NET, Harness
         ({"local": "198.51.100.9"}, "local=198.51.100.9 is not an address of the underlay interface eth0"),
         ({"dev": "nosuchdev"}, "underlay interface 'nosuchdev' does not exist"),
         ({"dev": "bad name;rm"}, "is not a valid interface name"),
-        ({"mtu": "1451"}, "mtu=1451 is too big for the underlay eth0 (MTU 1500) once VXLAN adds 50 bytes; use at most 1450"),
+        (
+            {"mtu": "1451"},
+            "mtu=1451 is too big for the underlay eth0 (MTU 1500) once VXLAN adds 50 bytes; use at most 1450",
+        ),
         ({"mtu": "100"}, "mtu=100 is too small"),
         ({"mtu": "big"}, "mtu='big' is not valid"),
         ({"com.docker.network.driver.mtu": "9000"}, "com.docker.network.driver.mtu=9000 is too big"),
@@ -62,7 +65,12 @@ def test_defaults(harness: Harness) -> None:
     assert network is not None
     config = network.config
     assert (config.vni, config.dstport, config.dev, str(config.local), config.mtu, config.learning) == (
-        100, 4789, "eth0", "192.0.2.10", 1450, True,
+        100,
+        4789,
+        "eth0",
+        "192.0.2.10",
+        1450,
+        True,
     )
 
 

@@ -9,7 +9,10 @@ from .conftest import EP, NET, Harness
 
 def test_activate_and_capabilities(harness: Harness) -> None:
     assert harness.call("Plugin.Activate") == (200, {"Implements": ["NetworkDriver"]})
-    assert harness.call("NetworkDriver.GetCapabilities", raw=b"") == (200, {"Scope": "local", "ConnectivityScope": "local"})
+    assert harness.call("NetworkDriver.GetCapabilities", raw=b"") == (
+        200,
+        {"Scope": "local", "ConnectivityScope": "local"},
+    )
 
 
 def test_create_network_golden(harness: Harness) -> None:
@@ -33,7 +36,8 @@ def test_join_returns_interface_and_gateway(harness: Harness) -> None:
     harness.create_network(ipv6=[{"AddressSpace": "LocalDefault", "Pool": "fd00:1::/64", "Gateway": "fd00:1::1/64"}])
     harness.create_endpoint(AddressIPv6="fd00:1::2/64")
     status, body = harness.call(
-        "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/var/run/docker/netns/x", "Options": {}}
+        "NetworkDriver.Join",
+        {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/var/run/docker/netns/x", "Options": {}},
     )
     assert status == 200
     assert body == {

@@ -24,7 +24,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 def network(network_id: str, vni: int) -> Network:
     return Network(
         network_id,
-        NetworkConfig(vni=vni, dev="eth0", local=ipaddress.ip_address("192.0.2.1"), peers=(ipaddress.ip_address("192.0.2.9"),)),
+        NetworkConfig(
+            vni=vni, dev="eth0", local=ipaddress.ip_address("192.0.2.1"), peers=(ipaddress.ip_address("192.0.2.9"),)
+        ),
         ipv4=(Subnet(ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_interface("10.0.0.1/24")),),
         ipv6=(Subnet(ipaddress.ip_network("fd00::/64"), ipaddress.ip_interface("fd00::1/64")),),
     )
@@ -35,8 +37,12 @@ def test_round_trip(store: Store) -> None:
     store.add_network(original)
     assert store.get_network("a" * 64) == original
     endpoint = Endpoint(
-        "c" * 64, "a" * 64, "02:42:0a:00:00:02", ipaddress.IPv4Interface("10.0.0.2/24"),
-        ports=(PortMapping("tcp", 80, 8080, ipaddress.ip_address("127.0.0.1")),), sandbox_key="/x",
+        "c" * 64,
+        "a" * 64,
+        "02:42:0a:00:00:02",
+        ipaddress.IPv4Interface("10.0.0.2/24"),
+        ports=(PortMapping("tcp", 80, 8080, ipaddress.ip_address("127.0.0.1")),),
+        sandbox_key="/x",
     )
     store.put_endpoint(endpoint)
     assert store.get_endpoint("c" * 64) == endpoint
