@@ -1,7 +1,9 @@
 """The Flask application factory.  Nothing happens at import time: `create_app()` wires everything.
 
-Every request is answered with JSON: a handler's result with 200, or {"Err": message} with the error's
-status.  The client never sees a traceback; the log gets one line per request.
+Every request is answered with JSON: a handler's result with 200, or an error message with the error's
+status: {"Err": message} for the network driver and the plugin handshake, {"Error": message} for the IPAM
+driver (`/IpamDriver.*`), as libnetwork reads them.  The client never sees a traceback; the log gets one line
+per request.
 """
 
 from __future__ import annotations
@@ -16,60 +18,69 @@ from werkzeug.exceptions import HTTPException
 
 from .config import Settings
 from .driver import Driver
-from .errors import BadRequest, VxlanpyError
-from .protocol import Body, NetworkDriverProtocol
+from .errors import BadRequest, StoreError, VxlanpyError
+from .ipam import Ipam
+from .protocol import Body, Handler, NetworkDriverProtocol
+from .protocol_ipam import IpamDriverProtocol
+from .wiring import build
 
 log = logging.getLogger("vxlanpy.requests")
 
 MAX_BODY = 1 << 20  # libnetwork's largest request is a few KiB
+IPAM_PREFIX = "IpamDriver."
 
 
-def build_driver(settings: Settings) -> Driver:
-    """The production wiring: SQLite/etcd store, pyroute2 links, iptables firewall."""
-    from .dataplane.iptables import IptablesFirewall
-    from .dataplane.netlink import NetlinkLinks
-    from .store import open_store
-
-    return Driver(
-        store=open_store(settings.store_url),
-        links=NetlinkLinks(),
-        firewall=IptablesFirewall(),
-        vni_range=settings.vni_range,
-        default_dev=settings.default_dev,
-    )
+def build_ipam(driver: Driver, settings: Settings) -> Ipam:
+    """The IPAM driver keeps its records in the driver's own store, so they are shared as widely as it is."""
+    return Ipam(driver.store, host=settings.host, pool4=settings.ipam_pool4, pool6=settings.ipam_pool6)
 
 
-def create_app(driver: Driver | None = None, settings: Settings | None = None, reconcile: bool = True) -> Flask:
+def create_app(
+    driver: Driver | None = None,
+    settings: Settings | None = None,
+    reconcile: bool = True,
+    ipam: Ipam | None = None,
+) -> Flask:
     settings = settings or Settings.from_env()
+    cluster = None
     if driver is None:
-        driver = build_driver(settings)
+        components = build(settings)
+        driver, cluster = components.driver, components.cluster
+    if ipam is None:
+        ipam = build_ipam(driver, settings)
     if reconcile:
-        report = driver.reconcile()
-        logging.getLogger("vxlanpy").info("start-up reconciliation: %s", report.summary())
-    protocol = NetworkDriverProtocol(driver)
+        _reconcile(driver, tolerate_store_errors=cluster is not None)
+    if cluster is not None:
+        # After every (re)connection to etcd: etcd may have been down when we started, or lost our lease.
+        cluster.on_reconnect = lambda: _reconcile(driver, tolerate_store_errors=True)
+        cluster.start()
+    routes: dict[str, Handler] = {**NetworkDriverProtocol(driver).routes, **IpamDriverProtocol(ipam).routes}
     app = Flask("vxlanpy")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["vxlanpy.driver"] = driver
+    app.extensions["vxlanpy.ipam"] = ipam
 
     @app.post("/<path:method>")
     def dispatch(method: str) -> Response:
-        handler = protocol.routes.get(method)
+        error_key = _error_key(method)
+        handler = routes.get(method)
         if handler is None:
-            return _reply(
-                {"Err": f"unknown method {method[:80]!r}: vxlanpy implements {', '.join(protocol.routes)}"}, 404
-            )
+            family = method.partition(".")[0] + "."
+            known = [name for name in routes if name.startswith(family)] or list(routes)
+            return _reply({error_key: f"unknown method {method[:80]!r}: vxlanpy implements {', '.join(known)}"}, 404)
         started = time.monotonic()
         body: Body = {}
         try:
             body = _decode(request.get_data(cache=False))
             result, status = handler(body), 200
         except VxlanpyError as exc:
-            result, status = {"Err": exc.message}, exc.status
+            result, status = {error_key: exc.message}, exc.status
         except HTTPException as exc:  # e.g. a body over MAX_BODY
-            result, status = {"Err": f"{exc.name}: {exc.description}"}, exc.code or 400
+            result, status = {error_key: f"{exc.name}: {exc.description}"}, exc.code or 400
         except Exception as exc:  # a bug: keep the worker alive and tell the user where to look
             log.exception("%s crashed", method)
-            result, status = {"Err": f"internal error in vxlanpy ({type(exc).__name__}); see the plugin log"}, 500
+            result = {error_key: f"internal error in vxlanpy ({type(exc).__name__}); see the plugin log"}
+            status = 500
         _log_request(method, body, status, result, time.monotonic() - started)
         return _reply(result, status)
 
@@ -77,9 +88,29 @@ def create_app(driver: Driver | None = None, settings: Settings | None = None, r
     @app.errorhandler(405)
     @app.errorhandler(413)
     def http_error(error: Any) -> Response:
-        return _reply({"Err": f"{error.name}: {request.method} {request.path[:80]}"}, error.code)
+        key = _error_key(request.path.lstrip("/"))
+        return _reply({key: f"{error.name}: {request.method} {request.path[:80]}"}, error.code)
 
     return app
+
+
+def _error_key(method: str) -> str:
+    """libnetwork reads a remote IPAM driver's error from "Error" and a network driver's from "Err"."""
+    return "Error" if method.startswith(IPAM_PREFIX) else "Err"
+
+
+def _reconcile(driver: Driver, tolerate_store_errors: bool) -> None:
+    started = time.monotonic()
+    try:
+        report = driver.reconcile()
+    except StoreError as exc:
+        if not tolerate_store_errors:
+            raise
+        logging.getLogger("vxlanpy").warning("reconciliation postponed until the store is reachable: %s", exc)
+        return
+    logging.getLogger("vxlanpy").info(
+        "reconciliation: %s (%.0f ms)", report.summary(), (time.monotonic() - started) * 1000
+    )
 
 
 def _decode(raw: bytes) -> Body:
@@ -104,9 +135,30 @@ def _short(body: Body, key: str) -> str:
     return value[:12] if isinstance(value, str) else "-"
 
 
+def _text(body: Body, key: str) -> str:
+    """A request field for the log: at most 80 characters, never a line break of the client's making."""
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        return "-"
+    return value[:80] if value.isprintable() else repr(value[:80])
+
+
 def _log_request(method: str, body: Body, status: int, result: Body, seconds: float) -> None:
-    outcome = "ok" if status == 200 else f"error {status}: {result.get('Err')}"
     level = logging.INFO if status < 500 else logging.ERROR
+    if method.startswith(IPAM_PREFIX):
+        granted = (result.get("Address") or result.get("Pool")) if status == 200 else None
+        outcome = (f"ok {granted}" if granted else "ok") if status == 200 else f"error {status}: {result.get('Error')}"
+        log.log(
+            level,
+            "%s pool=%s address=%s %s %.1fms",
+            method,
+            _text(body, "PoolID") if "PoolID" in body else _text(body, "Pool"),
+            _text(body, "Address"),
+            outcome,
+            seconds * 1000,
+        )
+        return
+    outcome = "ok" if status == 200 else f"error {status}: {result.get('Err')}"
     log.log(
         level,
         "%s network=%s endpoint=%s %s %.1fms",

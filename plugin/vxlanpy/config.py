@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,15 @@ class Settings:
     vni_range: tuple[int, int] = DEFAULT_VNI_RANGE
     default_dev: str | None = None
     threads: int = 8
+    host: str = "localhost"
+    lease_ttl: int = 10
+    etcd_prefix: str = "/vxlanpy"
+    etcd_timeout: float = 3.0
+    etcd_ca: str | None = None
+    etcd_cert: str | None = None
+    etcd_key: str | None = None
+    ipam_pool4: str = "10.200.0.0/16:24"
+    ipam_pool6: str = "fd78:7870::/48:64"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -40,7 +50,20 @@ class Settings:
             vni_range=_parse_vni_range(env.get("VXLANPY_VNI_RANGE")),
             default_dev=env.get("VXLANPY_DEV") or None,
             threads=_parse_positive_int("VXLANPY_THREADS", env.get("VXLANPY_THREADS", "8")),
+            host=env.get("VXLANPY_HOST") or socket.gethostname(),
+            lease_ttl=_parse_positive_int("VXLANPY_LEASE_TTL", env.get("VXLANPY_LEASE_TTL", "10")),
+            etcd_prefix=env.get("VXLANPY_ETCD_PREFIX", "/vxlanpy"),
+            etcd_timeout=float(_parse_positive_int("VXLANPY_ETCD_TIMEOUT", env.get("VXLANPY_ETCD_TIMEOUT", "3"))),
+            etcd_ca=env.get("VXLANPY_ETCD_CA") or None,
+            etcd_cert=env.get("VXLANPY_ETCD_CERT") or None,
+            etcd_key=env.get("VXLANPY_ETCD_KEY") or None,
+            ipam_pool4=env.get("VXLANPY_IPAM_POOL4", "10.200.0.0/16:24"),
+            ipam_pool6=env.get("VXLANPY_IPAM_POOL6", "fd78:7870::/48:64"),
         )
+
+    @property
+    def multi_host(self) -> bool:
+        return self.store_url.startswith("etcd://")
 
 
 def _parse_positive_int(name: str, raw: str) -> int:

@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from .dataplane.base import Firewall, Links
 from .errors import Conflict, InvalidOption, NotFound, VxlanpyError
@@ -37,6 +38,20 @@ log = logging.getLogger(__name__)
 
 EPHEMERAL_PORTS = (49153, 60999)  # Docker's bridge driver uses the same range
 DST_PREFIX = "eth"
+
+
+class Cluster(Protocol):
+    """Multi-host publication (cluster.EtcdCluster): what other hosts need to know about this one."""
+
+    def publish_network(self, network: Network) -> None: ...
+
+    def unpublish_network(self, network: Network) -> None: ...
+
+    def publish_endpoint(self, network: Network, endpoint: Endpoint) -> None:
+        """Raises Conflict when one of the endpoint's addresses is in use on another host of the segment."""
+        ...
+
+    def unpublish_endpoint(self, network: Network, endpoint: Endpoint) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -89,8 +104,10 @@ class Driver:
         vni_range: tuple[int, int] = (4096, 65535),
         default_dev: str | None = None,
         port_is_free: Callable[[PortMapping], bool] | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.store = store
+        self.cluster = cluster
         self.links = links
         self.firewall = firewall
         self.vni_range = vni_range
@@ -113,7 +130,9 @@ class Driver:
             existing = self.store.get_network(network_id)
             if existing is not None:
                 return existing  # dockerd retried a call that had succeeded
-            requested = parse_network_options(options, self.links.underlay, self.default_dev)
+            requested = parse_network_options(
+                options, self.links.underlay, self.default_dev, multi_host=self.cluster is not None
+            )
 
             def build(vni: int) -> Network:
                 return Network(network_id, requested.config_for(vni), ipv4, ipv6, internal)
@@ -126,6 +145,8 @@ class Driver:
             try:
                 self.links.ensure_network(network)
                 self.firewall.ensure_network(network, [])
+                if self.cluster is not None:
+                    self.cluster.publish_network(network)
             except Exception:
                 self._roll_back_network(network)
                 raise
@@ -139,7 +160,9 @@ class Driver:
             return network
 
     def _roll_back_network(self, network: Network) -> None:
+        cluster = self.cluster
         for undo in (
+            lambda: cluster.unpublish_network(network) if cluster is not None else None,
             lambda: self.firewall.remove_network(network.vni),
             lambda: self.links.remove_network(network),
             lambda: self.store.delete_network(network.network_id),
@@ -158,6 +181,8 @@ class Driver:
                 self.links.remove_endpoint(endpoint)
             self.firewall.remove_network(network.vni)
             self.links.remove_network(network)
+            if self.cluster is not None:
+                self.cluster.unpublish_network(network)
             self.store.delete_network(network_id)
 
     def get_network(self, network_id: str) -> Network:
@@ -189,14 +214,18 @@ class Driver:
             endpoint = Endpoint(endpoint_id, network_id, mac or endpoint_mac(ipv4, endpoint_id), ipv4, ipv6)
             self.store.put_endpoint(endpoint)
             try:
+                if self.cluster is not None:  # before the kernel: a duplicate address is refused cleanly
+                    self.cluster.publish_endpoint(network, endpoint)
                 self.links.ensure_endpoint(network, endpoint)
             except Exception:
-                self._roll_back_endpoint(endpoint)
+                self._roll_back_endpoint(network, endpoint)
                 raise
             return endpoint
 
-    def _roll_back_endpoint(self, endpoint: Endpoint) -> None:
+    def _roll_back_endpoint(self, network: Network, endpoint: Endpoint) -> None:
+        cluster = self.cluster
         for undo in (
+            lambda: cluster.unpublish_endpoint(network, endpoint) if cluster is not None else None,
             lambda: self.links.remove_endpoint(endpoint),
             lambda: self.store.delete_endpoint(endpoint.endpoint_id),
         ):
@@ -219,6 +248,9 @@ class Driver:
             self.links.remove_endpoint(endpoint)
             if endpoint.ports:
                 self._refresh_firewall(network_id, drop=endpoint_id)
+            network = self.store.get_network(network_id)
+            if self.cluster is not None and network is not None:
+                self.cluster.unpublish_endpoint(network, endpoint)
             self.store.delete_endpoint(endpoint_id)
 
     def join(self, network_id: str, endpoint_id: str, sandbox_key: str | None) -> JoinInfo:
@@ -306,11 +338,16 @@ class Driver:
     # -- restart --------------------------------------------------------------------------------------------
 
     def reconcile(self, dry_run: bool = False) -> ReconcileReport:
-        """Make the kernel match the store: recreate what is missing, remove vxlanpy objects no row owns."""
+        """Make the kernel match the store: recreate what is missing, remove vxlanpy objects no row owns.
+
+        Safe while requests run: the kernel is read before the store, and requests write a row before they touch
+        the kernel, so whatever this snapshot holds without a row is a real orphan; each network is then
+        re-read and repaired under its lock, so a network deleted meanwhile is not brought back."""
         report = ReconcileReport()
+        links = self.links.owned_links()
+        chains = self.firewall.owned_vnis()
         networks = self.store.list_networks()
         endpoints = self.store.list_endpoints()
-        links = self.links.owned_links()
         if not dry_run:
             self.firewall.ensure_base()
         known_aliases = {network.alias for network in networks} | {endpoint.alias for endpoint in endpoints}
@@ -319,31 +356,39 @@ class Driver:
                 report.removed_links.append(name)
                 if not dry_run:
                     self.links.remove_link(name)
-        by_network: defaultdict[str, list[Endpoint]] = defaultdict(list)
-        for endpoint in endpoints:
-            by_network[endpoint.network_id].append(endpoint)
+        for vni in sorted(chains - {network.vni for network in networks}):
+            report.removed_chains.append(vni)
+            if not dry_run:
+                self.firewall.remove_network(vni)
+        known_endpoints = {endpoint.endpoint_id for endpoint in endpoints}
         for network in networks:
-            if network.bridge not in links or network.vxlan not in links:
-                report.recreated_networks.append(network.vni)
-            if not dry_run:
-                self.links.ensure_network(network)
-            for endpoint in by_network.pop(network.network_id, []):
-                self._reconcile_endpoint(network, endpoint, links, report, dry_run)
-            if not dry_run:
-                self.firewall.ensure_network(network, [e for e in endpoints if e.network_id == network.network_id])
-        for network_id, stray in by_network.items():  # endpoints whose network row is gone
-            for endpoint in stray:
+            with self._network_locks.hold(network.network_id):
+                self._reconcile_network(network.network_id, links, known_endpoints, report, dry_run)
+        network_ids = {network.network_id for network in networks}
+        for endpoint in endpoints:
+            if endpoint.network_id not in network_ids:  # its network's row is gone: nothing can use it
                 report.lost_endpoints.append(endpoint.endpoint_id)
                 if not dry_run:
                     self.links.remove_endpoint(endpoint)
                     self.store.delete_endpoint(endpoint.endpoint_id)
-            log.warning("removed %d endpoints of unknown network %s", len(stray), network_id[:12])
-        known_vnis = {network.vni for network in networks}
-        for vni in sorted(self.firewall.owned_vnis() - known_vnis):
-            report.removed_chains.append(vni)
-            if not dry_run:
-                self.firewall.remove_network(vni)
         return report
+
+    def _reconcile_network(
+        self, network_id: str, links: dict[str, str], known_endpoints: set[str], report: ReconcileReport, dry_run: bool
+    ) -> None:
+        network = self.store.get_network(network_id)
+        if network is None:
+            return  # deleted since the snapshot
+        if network.bridge not in links or network.vxlan not in links:
+            report.recreated_networks.append(network.vni)
+        if not dry_run:
+            self.links.ensure_network(network)
+        endpoints = self.store.list_endpoints(network_id)
+        for endpoint in endpoints:
+            if endpoint.endpoint_id in known_endpoints:  # newer ones are being set up by their own request
+                self._reconcile_endpoint(network, endpoint, links, report, dry_run)
+        if not dry_run:
+            self.firewall.ensure_network(network, endpoints)
 
     def _reconcile_endpoint(
         self, network: Network, endpoint: Endpoint, links: dict[str, str], report: ReconcileReport, dry_run: bool

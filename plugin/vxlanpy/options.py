@@ -46,9 +46,15 @@ class RequestedNetwork:
 
 
 def parse_network_options(
-    raw: Mapping[str, object], underlay_of: Callable[[str | None], Underlay], default_dev: str | None = None
+    raw: Mapping[str, object],
+    underlay_of: Callable[[str | None], Underlay],
+    default_dev: str | None = None,
+    multi_host: bool = False,
 ) -> RequestedNetwork:
-    """Validate the options; `underlay_of(dev)` describes the underlay interface (dev None = default route)."""
+    """Validate the options; `underlay_of(dev)` describes the underlay interface (dev None = default route).
+
+    In multi-host mode (an etcd store) peers come from the store, so the static peer modes are refused and
+    learning is off unless asked for: the FDB is programmed statically."""
     options = _as_strings(raw)
     unknown = sorted(set(options) - set(VALID_OPTIONS))
     if unknown:
@@ -67,6 +73,11 @@ def parse_network_options(
     local = _address_option(options, "local")
 
     modes = [mode for mode in PEER_MODES if mode in options]
+    if multi_host and modes:
+        raise InvalidOption(
+            f"option {modes[0]} does not apply with an etcd store: vxlanpy finds the peers of each VNI in etcd; "
+            f"remove -o {modes[0]}"
+        )
     if len(modes) > 1:
         raise InvalidOption(
             f"options {' and '.join(modes)} cannot be combined; choose one peer mode: remote=IP (point to point), "
@@ -113,7 +124,7 @@ def parse_network_options(
             dev=underlay.dev,
             local=chosen_local,
             ttl=ttl,
-            learning=True if learning is None else learning,
+            learning=(not multi_host) if learning is None else learning,
             remote=remote,
             peers=peers,
             group=group,

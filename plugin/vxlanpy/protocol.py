@@ -95,7 +95,7 @@ class NetworkDriverProtocol:
         }
 
     def activate(self, body: Body) -> Body:
-        return {"Implements": ["NetworkDriver"]}
+        return {"Implements": ["NetworkDriver", "IpamDriver"]}
 
     def get_capabilities(self, body: Body) -> Body:
         return {"Scope": "local", "ConnectivityScope": "local"}

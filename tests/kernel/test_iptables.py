@@ -8,11 +8,13 @@ named like vxlanpy's.  Nothing is done in the namespace the tests run in.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
@@ -288,6 +290,67 @@ def test_unsafe_names_are_refused() -> None:
         IptablesFirewall(netns="x; rm -rf /")
 
 
+# -- the VTEP filter (multi-host mode) ---------------------------------------------------------------------
+
+VTEP_B, VTEP_C, VTEP_V6 = (ipaddress.ip_address(a) for a in ("10.99.0.2", "10.99.0.3", "fd99::2"))
+
+
+def test_vtep_filter_rules_are_installed_and_removed(host: str, fw: IptablesFirewall) -> None:
+    run(host, "iptables", "-w", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT")
+    fw.sync_vtep_filter({8472, 4789}, {VTEP_C, VTEP_B, VTEP_V6})
+    assert rules(host, chain="INPUT") == ["-A INPUT -j VXLANPY-INPUT", "-A INPUT -i lo -j ACCEPT"]
+    assert rules(host, family=6, chain="INPUT") == ["-A INPUT -j VXLANPY-INPUT"]
+    assert rules(host, chain="VXLANPY-INPUT") == [
+        "-N VXLANPY-INPUT",
+        "-A VXLANPY-INPUT -s 10.99.0.2/32 -p udp -m udp --dport 4789 -j ACCEPT",
+        "-A VXLANPY-INPUT -s 10.99.0.3/32 -p udp -m udp --dport 4789 -j ACCEPT",
+        "-A VXLANPY-INPUT -p udp -m udp --dport 4789 -j DROP",
+        "-A VXLANPY-INPUT -s 10.99.0.2/32 -p udp -m udp --dport 8472 -j ACCEPT",
+        "-A VXLANPY-INPUT -s 10.99.0.3/32 -p udp -m udp --dport 8472 -j ACCEPT",
+        "-A VXLANPY-INPUT -p udp -m udp --dport 8472 -j DROP",
+    ]
+    assert rules(host, family=6, chain="VXLANPY-INPUT") == [
+        "-N VXLANPY-INPUT",
+        "-A VXLANPY-INPUT -s fd99::2/128 -p udp -m udp --dport 4789 -j ACCEPT",
+        "-A VXLANPY-INPUT -p udp -m udp --dport 4789 -j DROP",
+        "-A VXLANPY-INPUT -s fd99::2/128 -p udp -m udp --dport 8472 -j ACCEPT",
+        "-A VXLANPY-INPUT -p udp -m udp --dport 8472 -j DROP",
+    ]
+    before = everything(host) + rules(host, family=6, chain="INPUT")
+    fw.sync_vtep_filter({4789, 8472}, {VTEP_B, VTEP_C, VTEP_V6})
+    assert everything(host) + rules(host, family=6, chain="INPUT") == before, "the hook went in twice"
+
+    fw.sync_vtep_filter({4789}, {VTEP_C})  # B and the IPv6 host left, port 8472 is no longer used
+    assert rules(host, chain="VXLANPY-INPUT")[1:] == [
+        "-A VXLANPY-INPUT -s 10.99.0.3/32 -p udp -m udp --dport 4789 -j ACCEPT",
+        "-A VXLANPY-INPUT -p udp -m udp --dport 4789 -j DROP",
+    ]
+    assert rules(host, family=6, chain="VXLANPY-INPUT")[1:] == ["-A VXLANPY-INPUT -p udp -m udp --dport 4789 -j DROP"]
+
+    fw.sync_vtep_filter(set(), {VTEP_C})
+    assert rules(host, chain="INPUT") == ["-A INPUT -i lo -j ACCEPT"]
+    assert not [line for line in everything(host) + rules(host, family=6, chain="INPUT") if "VXLANPY-INPUT" in line]
+    fw.sync_vtep_filter(set(), set())  # already gone: still fine
+
+
+@pytest.mark.parametrize(
+    ("ports", "vteps"),
+    [
+        ({"4789"}, set()),
+        ({0}, set()),
+        ({65536}, set()),
+        ({True}, set()),
+        ({4789}, {"10.99.0.2"}),
+        ({4789}, {ipaddress.ip_network("10.99.0.0/24")}),
+        ({4789}, {ipaddress.ip_address("0.0.0.0")}),
+    ],
+)
+def test_vtep_filter_refuses_unchecked_values(host: str, fw: IptablesFirewall, ports: set, vteps: set) -> None:
+    with pytest.raises(ValueError, match="refusing"):
+        fw.sync_vtep_filter(ports, vteps)
+    assert not [line for line in everything(host) if "VXLANPY-INPUT" in line]
+
+
 # -- real traffic ------------------------------------------------------------------------------------------
 
 PING = r"""
@@ -472,3 +535,68 @@ def test_internal_network_cannot_leave_the_host(lab: Lab, fw: IptablesFirewall) 
     assert not udp_arrives(outside, box2, "192.168.77.3"), "nothing enters an internal network"
     fw.ensure_network(replace(net, internal=False), [])
     assert udp_arrives(box2, outside, "192.168.78.2"), "the same network, not internal, does reach out"
+
+
+VXLAN_SEND = r"""
+import socket, struct, sys
+# VXLAN header (I flag, VNI 42) + an Ethernet frame with a local experimental EtherType.
+frame = b"\xff" * 6 + bytes.fromhex("020000000099") + struct.pack("!H", 0x88B5) + b"vxlanpy".ljust(46, b".")
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], 0))
+sock.sendto(struct.pack("!II", 0x08000000, 42 << 8) + frame, (sys.argv[2], 4789))
+"""
+
+
+def counters(ns: str, chain: str) -> list[int]:
+    """The packet counter of every rule of `chain`, in order (`iptables -S CHAIN -v`)."""
+    lines = run(ns, "iptables", "-w", "-S", chain, "-v").stdout.splitlines()
+    return [int(line.split(" -c ")[1].split()[0]) for line in lines if line.startswith("-A ")]
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
+    """Whether `condition` holds within `timeout`: a packet sent is not yet a packet received."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def vxlan_rx(ns: str, dev: str) -> int:
+    stats = run(ns, "ip", "-s", "-j", "link", "show", "dev", dev).stdout
+    return int(json.loads(stats)[0]["stats64"]["rx"]["packets"])
+
+
+def test_vtep_filter_drops_vxlan_from_unknown_sources(
+    host: str, fw: IptablesFirewall, make_netns: Callable[[], str]
+) -> None:
+    # The host receives VXLAN on 10.99.0.1; a neighbour on the underlay sends from a listed VTEP address
+    # (10.99.0.2) and from one that is not listed (10.99.0.3).
+    run(host, "ip", "link", "add", "vxlan-42", "type", "vxlan", "id", "42", "dstport", "4789", "nolearning")
+    run(host, "ip", "link", "set", "vxlan-42", "up")
+    sender = make_netns()
+    run(host, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", sender)
+    run(host, "ip", "addr", "add", "10.99.0.1/24", "dev", "eth0")
+    run(host, "ip", "link", "set", "eth0", "up")
+    for address in ("10.99.0.2/24", "10.99.0.3/24"):
+        run(sender, "ip", "addr", "add", address, "dev", "eth0")
+    run(sender, "ip", "link", "set", "eth0", "up")
+
+    def send(source: str) -> None:
+        run(sender, sys.executable, "-c", VXLAN_SEND, source, "10.99.0.1")
+
+    send("10.99.0.3")  # no filter yet: anyone's VXLAN gets in
+    assert eventually(lambda: vxlan_rx(host, "vxlan-42") == 1)
+
+    fw.sync_vtep_filter({4789}, {VTEP_B})
+    send("10.99.0.3")
+    assert eventually(lambda: counters(host, "VXLANPY-INPUT") == [0, 1]), "the unknown source was not dropped"
+    send("10.99.0.2")
+    # Packets on one path arrive in order: once the listed one is in, the dropped one would have been too.
+    assert eventually(lambda: vxlan_rx(host, "vxlan-42") == 2), "the listed VTEP's packet did not get through"
+    assert counters(host, "VXLANPY-INPUT") == [1, 1]
+
+    fw.sync_vtep_filter(set(), set())
+    send("10.99.0.3")
+    assert eventually(lambda: vxlan_rx(host, "vxlan-42") == 3)

@@ -20,7 +20,7 @@ import pytest
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from vxlanpy.dataplane.base import Underlay
+from vxlanpy.dataplane.base import RemoteEndpoint, Underlay
 from vxlanpy.dataplane.netlink import NetlinkLinks
 from vxlanpy.errors import Conflict, DataplaneError, InvalidOption
 from vxlanpy.models import Endpoint, Network, NetworkConfig, Subnet, endpoint_mac, gateway_mac
@@ -98,6 +98,28 @@ def ping(ns: str, address: str, attempts: int = 3) -> bool:
 
 def unreachable(ns: str, address: str) -> bool:
     return run(ns, *PING, "-c", "2", "-i", "0.2", "-W", "1", address, check=False).returncode != 0
+
+
+def fdb(ns: str, *selector: str) -> list[dict[str, Any]]:
+    """`bridge -j fdb show SELECTOR...`, e.g. ("dev", "vxlan-42") or ("br", "vxbr-42")."""
+    return list(json.loads(run(ns, "bridge", "-j", "fdb", "show", *selector).stdout))
+
+
+def neighbours(ns: str, *selector: str) -> list[dict[str, Any]]:
+    """`ip -j neigh show SELECTOR...` (IPv4 and IPv6)."""
+    return list(json.loads(run(ns, "ip", "-j", "neigh", "show", *selector).stdout))
+
+
+def remote_state(ns: str, net: Network) -> dict[str, set[tuple[str, ...]]]:
+    """The kernel entries sync_remotes manages, and the neighbouring ones it must keep, as iproute2 shows them."""
+    entries = fdb(ns, "dev", net.vxlan)
+    return {
+        "vxlan": {(e["mac"], e["dst"], e["state"]) for e in entries if "self" in e["flags"]},
+        "bridge": {(e["mac"], e["state"]) for e in entries if e.get("master") == net.bridge},
+        "neigh": {
+            (n["dst"], n["lladdr"]) for n in neighbours(ns, "dev", net.bridge) if "PERMANENT" in n.get("state", ())
+        },
+    }
 
 
 def snapshot(ns: str, net: Network) -> dict[str, Any]:
@@ -304,12 +326,20 @@ def test_ensure_network_converges_drifted_state(host: str, links: NetlinkLinks) 
     assert snapshot(host, net) == before
 
 
-def test_peer_list_changes_update_the_fdb(host: str, links: NetlinkLinks) -> None:
+def test_ensure_network_only_adds_peers_and_sync_remotes_removes_them(host: str, links: NetlinkLinks) -> None:
     links.ensure_network(make_network(42, dev="eth0", peers=(UNDERLAY_B, "10.99.0.3")))
     assert default_destinations(host, "vxlan-42") == [UNDERLAY_B, "10.99.0.3"]
-    links.ensure_network(make_network(42, dev="eth0", peers=("10.99.0.3", "10.99.0.4")))
+    # Reconciliation calls ensure_network again: it adds what is missing and removes nothing, because in
+    # multi-host mode the flood list belongs to sync_remotes.
+    net = make_network(42, dev="eth0", peers=("10.99.0.3", "10.99.0.4"))
+    links.ensure_network(net)
+    assert default_destinations(host, "vxlan-42") == [UNDERLAY_B, "10.99.0.3", "10.99.0.4"]
+    links.sync_remotes(net, set(net.config.peers), [])
     assert default_destinations(host, "vxlan-42") == ["10.99.0.3", "10.99.0.4"]
-    links.ensure_network(make_network(42, dev="eth0"))
+    net = make_network(42, dev="eth0")
+    links.ensure_network(net)
+    assert default_destinations(host, "vxlan-42") == ["10.99.0.3", "10.99.0.4"]
+    links.sync_remotes(net, set(), [])
     assert default_destinations(host, "vxlan-42") == []
 
 
@@ -454,6 +484,184 @@ def test_concurrent_requests_share_one_netlink_socket(host: str, links: NetlinkL
         assert must_link(host, endpoint.host_veth)["master"] == "vxbr-42"
 
 
+# -- remote endpoints (multi-host mode) ---------------------------------------------------------------------
+
+MAC_B, MAC_C, MAC_X = "02:42:c0:a8:4d:0c", "02:42:c0:a8:4d:0d", "02:00:00:00:77:50"
+
+
+def ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(value)
+
+
+class Recorder:
+    """Stands in for NetlinkLinks' pyroute2 socket and records every request that is not a read."""
+
+    READS = ("dump", "get", "show")
+
+    def __init__(self, ipr: Any) -> None:
+        self._ipr = ipr
+        self.changes: list[tuple[str, str]] = []
+        self.dumps = 0
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._ipr, name)
+        if name == "nlm_request_batch":
+            self.dumps += 1
+        elif name in ("fdb", "neigh", "link", "addr", "brport", "route"):
+
+            def record(command: str, *args: Any, **kwargs: Any) -> Any:
+                if command not in self.READS:
+                    self.changes.append((name, command))
+                return method(command, *args, **kwargs)
+
+            return record
+        return method
+
+
+def recording(links: NetlinkLinks) -> Recorder:
+    recorder = Recorder(links._ipr)
+    links._ipr = recorder
+    return recorder
+
+
+def test_sync_remotes_programs_exactly_the_remotes(host: str, links: NetlinkLinks) -> None:
+    net = make_network(42, gateway6="fd77::1/64", dev="eth0", local=UNDERLAY_A, learning=False, remote="10.99.0.9")
+    links.ensure_network(net)
+    own_mac = must_link(host, net.vxlan)["address"]
+    flood = {ip(UNDERLAY_B), ip("10.99.0.3")}
+    remotes = [
+        RemoteEndpoint(MAC_B, ip(UNDERLAY_B), (ip("192.168.77.12"), ip("fd77::c"))),
+        RemoteEndpoint(MAC_C.upper(), ip("10.99.0.3"), (ip("192.168.77.13"),)),
+    ]
+    links.sync_remotes(net, flood, remotes)
+
+    state = remote_state(host, net)
+    assert state == {
+        "vxlan": {
+            ("00:00:00:00:00:00", "10.99.0.9", "permanent"),  # the kernel's own default destination stays
+            ("00:00:00:00:00:00", UNDERLAY_B, "permanent"),
+            ("00:00:00:00:00:00", "10.99.0.3", "permanent"),
+            (MAC_B, UNDERLAY_B, "permanent"),
+            (MAC_C, "10.99.0.3", "permanent"),
+        },
+        "bridge": {(MAC_B, "static"), (MAC_C, "static"), (own_mac, "permanent")},
+        "neigh": {("192.168.77.12", MAC_B), ("fd77::c", MAC_B), ("192.168.77.13", MAC_C)},
+    }
+    expected_remotes = [
+        RemoteEndpoint(MAC_B, ip(UNDERLAY_B), (ip("192.168.77.12"), ip("fd77::c"))),
+        RemoteEndpoint(MAC_C, ip("10.99.0.3"), (ip("192.168.77.13"),)),
+    ]
+    assert links.remote_entries(net) == (flood, expected_remotes)
+
+    # Again: two dumps, not one change, and the kernel exactly as before.
+    recorder = recording(links)
+    links.sync_remotes(net, flood, remotes)
+    assert (recorder.changes, recorder.dumps) == ([], 2)
+    assert remote_state(host, net) == state
+
+    # C leaves, B moves to another VTEP and loses its IPv6 address; the flood list shrinks.
+    moved = [RemoteEndpoint(MAC_B, ip("10.99.0.4"), (ip("192.168.77.12"),))]
+    links.sync_remotes(net, {ip("10.99.0.4")}, moved)
+    assert remote_state(host, net) == {
+        "vxlan": {
+            ("00:00:00:00:00:00", "10.99.0.9", "permanent"),
+            ("00:00:00:00:00:00", "10.99.0.4", "permanent"),
+            (MAC_B, "10.99.0.4", "permanent"),
+        },
+        "bridge": {(MAC_B, "static"), (own_mac, "permanent")},
+        "neigh": {("192.168.77.12", MAC_B)},
+    }
+    assert links.remote_entries(net) == ({ip("10.99.0.4")}, moved)
+    assert recorder.changes == [
+        ("neigh", "del"),  # 192.168.77.13 (C)
+        ("neigh", "del"),  # fd77::c (B)
+        ("fdb", "del"),  # C's static bridge entry
+        ("fdb", "del"),  # C's VXLAN entry
+        ("fdb", "del"),  # flood UNDERLAY_B
+        ("fdb", "del"),  # flood 10.99.0.3
+        ("fdb", "append"),  # flood 10.99.0.4
+        ("fdb", "replace"),  # B -> 10.99.0.4; its static entry and 192.168.77.12 stay as they are
+    ]
+
+    links.sync_remotes(net, set(), [])
+    assert remote_state(host, net) == {
+        "vxlan": {("00:00:00:00:00:00", "10.99.0.9", "permanent")},
+        "bridge": {(own_mac, "permanent")},
+        "neigh": set(),
+    }
+    assert links.remote_entries(net) == (set(), [])
+
+
+def foreign_entries(ns: str, net: Network) -> dict[str, list[Any]]:
+    """Every FDB and neighbour entry of the namespace except the ones sync_remotes manages for `net`."""
+    ours = remote_state(ns, net)
+    entries = [
+        e
+        for e in fdb(ns)
+        if not (
+            e.get("ifname") == net.vxlan
+            and ((e["mac"], e.get("dst"), e["state"]) in ours["vxlan"] or (e["mac"], e["state"]) in ours["bridge"])
+        )
+    ]
+    neigh = [
+        (n["dst"], n.get("dev"), n.get("lladdr"), "PERMANENT" in n.get("state", ()))  # dynamic states may age
+        for n in neighbours(ns)
+        if not (n.get("dev") == net.bridge and (n["dst"], n.get("lladdr")) in ours["neigh"])
+    ]
+    return {"fdb": sorted(entries, key=json.dumps), "neigh": sorted(neigh, key=str)}
+
+
+def test_sync_remotes_leaves_everything_else_alone(namespaces: Namespaces, host: str, links: NetlinkLinks) -> None:
+    net = make_network(42, dev="eth0", learning=False)
+    other = make_network(43, gateway4="192.168.78.1/24", dev="eth0", learning=False)
+    links.ensure_network(net)
+    links.ensure_network(other)
+    links.sync_remotes(other, {ip(UNDERLAY_B)}, [RemoteEndpoint(MAC_C, ip(UNDERLAY_B), (ip("192.168.78.13"),))])
+    # A local container the bridge has learned (dynamic FDB entry on its veth, neighbour entry on the bridge),
+    # an entry learned on the VXLAN port, and a permanent neighbour entry on the underlay.
+    sandbox = namespaces.new()
+    endpoint = plug_container(links, host, sandbox, net, "192.168.77.11/24")
+    assert ping(sandbox, "192.168.77.1")
+    run(host, "bridge", "fdb", "add", "02:00:00:00:00:99", "dev", net.vxlan, "master", "dynamic")
+    run(host, "ip", "neigh", "add", "10.99.0.7", "lladdr", "02:00:00:00:00:07", "dev", "eth0", "nud", "permanent")
+    learned = [e for e in fdb(host, "dev", endpoint.host_veth) if e["mac"] == endpoint.mac]
+    assert learned and learned[0]["state"] == "", "the bridge did not learn the container's MAC"
+    assert [n for n in neighbours(host, "dev", net.bridge) if n["dst"] == "192.168.77.11"]
+    before = foreign_entries(host, net)
+
+    links.sync_remotes(net, {ip(UNDERLAY_B)}, [RemoteEndpoint(MAC_B, ip(UNDERLAY_B), (ip("192.168.77.12"),))])
+    assert remote_state(host, net)["neigh"] == {("192.168.77.12", MAC_B)}
+    assert foreign_entries(host, net) == before
+    links.sync_remotes(net, set(), [])
+    assert foreign_entries(host, net) == before
+    assert remote_state(host, other)["neigh"] == {("192.168.78.13", MAC_C)}
+
+
+def test_reconciling_the_network_keeps_the_flood_list(host: str, links: NetlinkLinks) -> None:
+    net = make_network(42, dev="eth0", learning=False)
+    links.ensure_network(net)
+    links.sync_remotes(net, {ip(UNDERLAY_B)}, [RemoteEndpoint(MAC_B, ip(UNDERLAY_B), (ip("192.168.77.12"),))])
+    before = remote_state(host, net)
+    links.ensure_network(net)
+    assert remote_state(host, net) == before
+
+
+def test_sync_remotes_refuses_bad_input_and_missing_networks(links: NetlinkLinks) -> None:
+    net = make_network(42, dev="eth0", local=UNDERLAY_A)
+    assert links.remote_entries(net) == (set(), [])
+    with pytest.raises(DataplaneError, match="vxlan-42 or vxbr-42 does not exist; recreate the network"):
+        links.sync_remotes(net, set(), [])
+    links.ensure_network(net)
+    for mac in ("00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01", "02:42:c0:a8:4d", "x; rm -rf /"):
+        with pytest.raises(DataplaneError, match="not a unicast MAC"):
+            links.sync_remotes(net, set(), [RemoteEndpoint(mac, ip(UNDERLAY_B))])
+    with pytest.raises(DataplaneError, match="not an IP address"):
+        links.sync_remotes(net, {UNDERLAY_B}, [])  # type: ignore[arg-type]
+    with pytest.raises(DataplaneError, match="address family differs"):
+        links.sync_remotes(net, set(), [RemoteEndpoint(MAC_B, ip("fd99::2"))])
+    assert links.remote_entries(net) == (set(), [])
+
+
 # -- traffic ------------------------------------------------------------------------------------------------
 
 
@@ -478,6 +686,7 @@ class Lab:
             ipr.link("add", ifname="ul", kind="bridge", br_mcast_snooping=0, br_forward_delay=0, br_stp_state=0)
             ipr.link("set", ifname="ul", state="up")
         self.links: dict[str, NetlinkLinks] = {}
+        self.endpoints: dict[str, Endpoint] = {}  # sandbox -> the endpoint in it
 
     def _namespace(self) -> str:
         ns = self.namespaces.new()
@@ -500,20 +709,25 @@ class Lab:
         return ns
 
     def container(self, host: str, net: Network, address: str) -> str:
-        """What Docker does with an endpoint: move the container end into the sandbox, address it, up."""
-        endpoint = make_endpoint(net, address)
-        self.links[host].ensure_endpoint(net, endpoint)
         sandbox = self._namespace()
-        with IPRoute(netns=host, flags=0) as ipr:
-            ipr.link("set", ifname=endpoint.container_veth, net_ns_fd=sandbox)
-        with IPRoute(netns=sandbox, flags=0) as ipr:
-            index = ipr.link_lookup(ifname=endpoint.container_veth)[0]
-            interface = ipaddress.IPv4Interface(address)
-            ipr.addr("add", index=index, address=str(interface.ip), prefixlen=interface.network.prefixlen)
-            ipr.link("set", index=index, state="up")
-        # Only the root namespace has neigh.default, so this is per device.
-        run(sandbox, "sysctl", "-q", "-w", f"net.ipv4.neigh.{endpoint.container_veth}.delay_first_probe_time=120")
+        self.endpoints[sandbox] = plug_container(self.links[host], host, sandbox, net, address)
         return sandbox
+
+
+def plug_container(links: NetlinkLinks, host: str, sandbox: str, net: Network, address: str) -> Endpoint:
+    """What Docker does with an endpoint: move the container end into the sandbox, address it, up."""
+    endpoint = make_endpoint(net, address)
+    links.ensure_endpoint(net, endpoint)
+    with IPRoute(netns=host, flags=0) as ipr:
+        ipr.link("set", ifname=endpoint.container_veth, net_ns_fd=sandbox)
+    with IPRoute(netns=sandbox, flags=0) as ipr:
+        index = ipr.link_lookup(ifname=endpoint.container_veth)[0]
+        interface = ipaddress.IPv4Interface(address)
+        ipr.addr("add", index=index, address=str(interface.ip), prefixlen=interface.network.prefixlen)
+        ipr.link("set", index=index, state="up")
+    # Only the root namespace has neigh.default, so this is per device.
+    run(sandbox, "sysctl", "-q", "-w", f"net.ipv4.neigh.{endpoint.container_veth}.delay_first_probe_time=120")
+    return endpoint
 
 
 @pytest.fixture
@@ -579,3 +793,34 @@ def test_networks_with_different_vnis_are_isolated(lab: Lab) -> None:
     assert ping(a101, "192.168.77.12") and ping(a102, "192.168.77.14")
     assert unreachable(a101, "192.168.77.14") and unreachable(a102, "192.168.77.12")
     assert unreachable(b101, "192.168.77.13") and unreachable(b102, "192.168.77.11")
+
+
+def test_multi_host_mode_without_static_peers(lab: Lab) -> None:
+    """learning off, no remote/peers/group: sync_remotes alone makes the hosts reach each other."""
+    host_a, host_b = lab.host(UNDERLAY_A), lab.host(UNDERLAY_B)
+    net_a = make_network(4242, dev="eth0", local=UNDERLAY_A, learning=False)
+    net_b = make_network(4242, dev="eth0", local=UNDERLAY_B, learning=False)
+    lab.links[host_a].ensure_network(net_a)
+    lab.links[host_b].ensure_network(net_b)
+    container_a = lab.container(host_a, net_a, "192.168.77.11/24")
+    container_b = lab.container(host_b, net_b, "192.168.77.12/24")
+
+    def remote(sandbox: str, vtep: str) -> RemoteEndpoint:
+        endpoint = lab.endpoints[sandbox]
+        assert endpoint.ipv4 is not None
+        return RemoteEndpoint(endpoint.mac, ip(vtep), (endpoint.ipv4.ip,))
+
+    lab.links[host_a].sync_remotes(net_a, {ip(UNDERLAY_B)}, [remote(container_b, UNDERLAY_B)])
+    lab.links[host_b].sync_remotes(net_b, {ip(UNDERLAY_A)}, [remote(container_a, UNDERLAY_A)])
+    assert ping(container_a, "192.168.77.12"), "no reply across the VXLAN in multi-host mode"
+    assert ping(container_b, "192.168.77.11")
+
+    # A remote that exists nowhere: the bridge on host A answers the ARP request for it from the entries
+    # sync_remotes made, and the broadcast is not flooded to host B although B is in the flood list.
+    phantom = RemoteEndpoint(MAC_X, ip("10.99.0.77"), (ip("192.168.77.50"),))
+    lab.links[host_a].sync_remotes(net_a, {ip(UNDERLAY_B)}, [remote(container_b, UNDERLAY_B), phantom])
+    received = rx_packets(host_b, "vxlan-4242")
+    assert run(container_a, *PING, "-c", "1", "-W", "1", "192.168.77.50", check=False).returncode != 0
+    resolved = neighbours(container_a, "192.168.77.50")
+    assert [entry.get("lladdr") for entry in resolved] == [MAC_X], "the ARP request was not answered locally"
+    assert rx_packets(host_b, "vxlan-4242") == received, "the ARP request crossed the VXLAN"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ from vxlanpy.config import Settings
 from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
 from vxlanpy.driver import Driver
 from vxlanpy.store.memory import MemoryStore
+
+from ..etcd_server import EtcdServer
 
 NET = "a" * 64
 NET2 = "b" * 64
@@ -66,3 +69,15 @@ class Harness:
 @pytest.fixture
 def harness() -> Harness:
     return Harness()
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    """One throwaway etcd for the unit session (no root needed); skipped where etcd is not installed."""
+    try:
+        server = EtcdServer()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    server.start()
+    yield server
+    server.destroy()

@@ -8,7 +8,7 @@ from .conftest import EP, NET, Harness
 
 
 def test_activate_and_capabilities(harness: Harness) -> None:
-    assert harness.call("Plugin.Activate") == (200, {"Implements": ["NetworkDriver"]})
+    assert harness.call("Plugin.Activate") == (200, {"Implements": ["NetworkDriver", "IpamDriver"]})
     assert harness.call("NetworkDriver.GetCapabilities", raw=b"") == (
         200,
         {"Scope": "local", "ConnectivityScope": "local"},

@@ -1,10 +1,11 @@
-"""One contract, every backend: the store behaves the same whether it is SQLite or the in-memory fake."""
+"""One contract, every backend: the store behaves the same whether it is SQLite, etcd or the in-memory fake."""
 
 from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,27 @@ import pytest
 from vxlanpy.errors import Conflict, InvalidOption
 from vxlanpy.models import Endpoint, Network, NetworkConfig, PortMapping, Subnet
 from vxlanpy.store import Store, open_store
+from vxlanpy.store.base import AddressBook
+from vxlanpy.store.etcd import EtcdConfig, EtcdKV, EtcdStore
+from vxlanpy.store.memory import MemoryStore
+from vxlanpy.store.sqlite import SqliteStore
+
+from ..etcd_server import EtcdServer
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def etcd_store(request: pytest.FixtureRequest) -> EtcdStore:
+    """A store on the session's throwaway etcd, under a prefix of its own."""
+    server: EtcdServer = request.getfixturevalue("etcd_server")
+    kv = EtcdKV(EtcdConfig.from_url(server.url, prefix=f"/contract-{uuid.uuid4().hex[:10]}", timeout=2))
+    return EtcdStore(kv, "contract-host")
+
+
+@pytest.fixture(params=["memory", "sqlite", "etcd"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    backend = open_store("memory://" if request.param == "memory" else f"sqlite://{tmp_path}/state.db")
+    if request.param == "etcd":
+        backend: Store = etcd_store(request)
+    else:
+        backend = open_store("memory://" if request.param == "memory" else f"sqlite://{tmp_path}/state.db")
     yield backend
     backend.close()
 
@@ -102,3 +119,164 @@ def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     second = open_store(f"sqlite://{tmp_path}/state.db")
     assert [n.vni for n in second.list_networks()] == [5]
     second.close()
+
+
+# -- AddressBook: the IPAM driver's records ----------------------------------------------------------------------
+#
+# To run this contract against another backend, add a factory to ADDRESS_BOOKS (it may call pytest.skip when
+# the backend is not reachable); every test below then runs against it too.
+
+ADDRESS_BOOKS: dict[str, Callable[[Path], AddressBook]] = {
+    "memory": lambda tmp_path: MemoryStore(),
+    "sqlite": lambda tmp_path: SqliteStore(str(tmp_path / "state.db")),
+    "etcd": lambda tmp_path: None,  # type: ignore[arg-type,return-value]  # built from the etcd_server fixture
+}
+
+POOL = "10.60.0.0/24"
+POOL6 = "fd00:60::/64"
+
+
+@pytest.fixture(params=sorted(ADDRESS_BOOKS))
+def book(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AddressBook]:
+    backend = etcd_store(request) if request.param == "etcd" else ADDRESS_BOOKS[request.param](tmp_path)
+    yield backend
+    close = getattr(backend, "close", None)
+    if close is not None:
+        close()
+
+
+def test_book_shared_pool_lives_until_its_last_holder_leaves(book: AddressBook) -> None:
+    assert book.claim_pool(POOL, "h1/aaaa", exclusive=False) is True
+    assert book.claim_pool(POOL, "h2/bbbb", exclusive=False) is True
+    assert book.claim_pool(POOL, "h2/bbbb", exclusive=False) is True  # idempotent
+    assert book.pool_holders(POOL) == {"h1/aaaa", "h2/bbbb"}
+    assert book.reserve_address(POOL, "10.60.0.1", "gateway") is None
+    assert book.reserve_address(POOL, "10.60.0.2", "h1/container-1") is None
+    book.release_pool(POOL, "h1/aaaa")
+    assert book.pool_holders(POOL) == {"h2/bbbb"}
+    assert book.reserved_addresses(POOL) == {"10.60.0.1": "gateway", "10.60.0.2": "h1/container-1"}
+    book.release_pool(POOL, "h9/not-a-holder")
+    assert book.pool_holders(POOL) == {"h2/bbbb"} and len(book.reserved_addresses(POOL)) == 2
+    book.release_pool(POOL, "h2/bbbb")
+    assert book.pool_holders(POOL) == set() and book.reserved_addresses(POOL) == {}
+    book.release_pool(POOL, "h2/bbbb")  # releasing again is a no-op
+    assert book.claim_pool(POOL, "h3/cccc", exclusive=True) is True  # forgotten pools are free again
+
+
+def test_book_exclusive_claim_needs_an_unheld_pool(book: AddressBook) -> None:
+    assert book.claim_pool(POOL, "h1/aaaa", exclusive=True) is True
+    assert book.claim_pool(POOL, "h2/bbbb", exclusive=True) is False
+    assert book.pool_holders(POOL) == {"h1/aaaa"}
+    assert book.claim_pool(POOL, "h2/bbbb", exclusive=False) is True  # an explicit --subnet may share it
+    assert book.claim_pool("10.60.1.0/24", "h2/bbbb", exclusive=True) is True
+    assert book.pool_holders(POOL) == {"h1/aaaa", "h2/bbbb"} and book.pool_holders("10.60.1.0/24") == {"h2/bbbb"}
+    # a pool first claimed without exclusivity (an explicit --subnet) is not free for an automatic claim either
+    assert book.claim_pool("10.60.2.0/24", "h1/cccc", exclusive=False) is True
+    assert book.claim_pool("10.60.2.0/24", "h2/dddd", exclusive=True) is False
+    assert book.pool_holders("10.60.2.0/24") == {"h1/cccc"}
+    # once every holder has left, the pool is free for an exclusive claim again
+    book.release_pool(POOL, "h1/aaaa")
+    book.release_pool(POOL, "h2/bbbb")
+    assert book.claim_pool(POOL, "h3/eeee", exclusive=True) is True
+
+
+def test_book_reserve_returns_the_winner(book: AddressBook) -> None:
+    book.claim_pool(POOL, "h1/aaaa", exclusive=False)
+    assert book.reserve_address(POOL, "10.60.0.5", "h2/container-1") is None
+    assert book.reserve_address(POOL, "10.60.0.5", "h2/container-1") is None  # the holder asks again
+    assert book.reserve_address(POOL, "10.60.0.5", "h1/container-2") == "h2/container-1"
+    assert book.reserved_addresses(POOL) == {"10.60.0.5": "h2/container-1"}
+    book.release_address(POOL, "10.60.0.5")
+    book.release_address(POOL, "10.60.0.5")  # idempotent
+    book.release_address("10.99.0.0/24", "10.99.0.5")  # unknown pool: a no-op
+    assert book.reserved_addresses(POOL) == {}
+    assert book.reserve_address(POOL, "10.60.0.5", "h1/container-2") is None
+    assert book.reserved_addresses(POOL) == {"10.60.0.5": "h1/container-2"}
+
+
+def test_book_pools_are_independent_and_keys_are_opaque(book: AddressBook) -> None:
+    # Keys hold "/", ":" and words: a backend that builds paths from them must escape them.
+    book.claim_pool(POOL, "h1/aaaa", exclusive=False)
+    book.claim_pool(POOL6, "h1/bbbb", exclusive=False)
+    book.claim_pool("10.60.0.0/25", "h1/cccc", exclusive=False)
+    assert book.reserve_address(POOL, "gateway", "10.60.0.1") is None
+    assert book.reserve_address(POOL6, "fd00:60::1", "h1/container-a b") is None
+    assert book.reserve_address("10.60.0.0/25", "10.60.0.1", "h2/container-3") is None
+    assert book.reserve_address(POOL, "10.60.0.1", "gateway") is None
+    assert book.reserved_addresses(POOL) == {"gateway": "10.60.0.1", "10.60.0.1": "gateway"}
+    assert book.reserved_addresses(POOL6) == {"fd00:60::1": "h1/container-a b"}
+    assert book.reserved_addresses("10.60.0.0/25") == {"10.60.0.1": "h2/container-3"}
+    assert book.pool_holders("10.60.0.0") == set() and book.reserved_addresses("10.60.0.0") == {}
+    book.release_pool(POOL, "h1/aaaa")
+    assert book.reserved_addresses(POOL) == {} and len(book.reserved_addresses("10.60.0.0/25")) == 1
+
+
+def test_book_release_pool_without_holders_forgets_its_addresses(book: AddressBook) -> None:
+    assert book.reserve_address(POOL, "10.60.0.9", "h1/container-1") is None
+    book.release_pool(POOL, "h1/aaaa")
+    assert book.reserved_addresses(POOL) == {}
+
+
+def test_book_concurrent_reservations_never_share_an_address(book: AddressBook) -> None:
+    book.claim_pool(POOL, "h1/aaaa", exclusive=False)
+    start = threading.Barrier(20)
+    won: dict[str, str] = {}
+    errors: list[Exception] = []
+
+    def reserve(index: int) -> None:
+        holder = f"h{index % 3}/container-{index}"
+        start.wait()
+        try:
+            for last_octet in range(1, 255):  # what the IPAM does: the lowest address it can win
+                address = f"10.60.0.{last_octet}"
+                if book.reserve_address(POOL, address, holder) is None:
+                    won[holder] = address
+                    return
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reserve, args=(index,)) for index in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(won) == 20
+    assert sorted(won.values()) == sorted(f"10.60.0.{octet}" for octet in range(1, 21))
+    assert book.reserved_addresses(POOL) == {address: holder for holder, address in won.items()}
+
+
+def test_book_concurrent_exclusive_claims_never_share_a_pool(book: AddressBook) -> None:
+    start = threading.Barrier(20)
+    won: dict[str, str] = {}
+
+    def claim(index: int) -> None:
+        holder = f"h{index}/{index:04x}"
+        start.wait()
+        for third_octet in range(0, 256):
+            pool = f"10.200.{third_octet}.0/24"
+            if book.claim_pool(pool, holder, exclusive=True):
+                won[holder] = pool
+                return
+
+    threads = [threading.Thread(target=claim, args=(index,)) for index in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 20 and len(set(won.values())) == 20
+    assert all(book.pool_holders(pool) == {holder} for holder, pool in won.items())
+
+
+def test_sqlite_address_book_survives_reopen_and_is_shared_by_connections(tmp_path: Path) -> None:
+    first = SqliteStore(str(tmp_path / "state.db"))
+    second = SqliteStore(str(tmp_path / "state.db"))  # e.g. the CLI next to the plugin
+    assert first.claim_pool(POOL, "h1/aaaa", exclusive=True) is True
+    assert second.claim_pool(POOL, "h2/bbbb", exclusive=True) is False
+    assert first.reserve_address(POOL, "10.60.0.2", "h1/container-1") is None
+    assert second.reserve_address(POOL, "10.60.0.2", "h1/container-2") == "h1/container-1"
+    first.close()
+    second.close()
+    reopened = SqliteStore(str(tmp_path / "state.db"))
+    assert reopened.pool_holders(POOL) == {"h1/aaaa"}
+    assert reopened.reserved_addresses(POOL) == {"10.60.0.2": "h1/container-1"}
+    reopened.close()

@@ -17,6 +17,15 @@ class Underlay:
     addresses: tuple[IPAddress, ...]
 
 
+@dataclass(frozen=True)
+class RemoteEndpoint:
+    """An endpoint on another host, as the kernel needs it: its MAC, its addresses and its host's VTEP."""
+
+    mac: str
+    vtep: IPAddress
+    addresses: tuple[IPAddress, ...] = ()
+
+
 class Links(Protocol):
     """Bridges, VXLAN devices, veth pairs and FDB entries.
 
@@ -45,6 +54,20 @@ class Links(Protocol):
 
     def remove_endpoint(self, endpoint: Endpoint) -> None: ...
 
+    def sync_remotes(self, network: Network, flood: set[IPAddress], remotes: list[RemoteEndpoint]) -> None:
+        """Make the kernel hold exactly these remote entries for the network (multi-host mode):
+
+        * one all-zero FDB entry on the VXLAN device per VTEP in `flood` (broadcast and multicast that remain);
+        * per remote endpoint, a VXLAN FDB entry MAC -> VTEP, a static bridge FDB entry MAC -> VXLAN port,
+          and a permanent neighbour entry per address (IP -> MAC) on the bridge, which the bridge's
+          neigh_suppress uses to answer ARP/ND locally.
+        Entries for other MACs, addresses or VTEPs are removed."""
+        ...
+
+    def remote_entries(self, network: Network) -> tuple[set[IPAddress], list[RemoteEndpoint]]:
+        """What sync_remotes would have to produce to match the kernel now: (flood VTEPs, remote endpoints)."""
+        ...
+
     def remove_link(self, name: str) -> None:
         """Delete one link by name, if it exists and carries vxlanpy's alias (used for orphans)."""
         ...
@@ -68,6 +91,10 @@ class Firewall(Protocol):
 
     def remove_network(self, vni: int) -> None:
         """Drop the network's chains and the jumps to them; a no-op when absent."""
+        ...
+
+    def sync_vtep_filter(self, ports: set[int], vteps: set[IPAddress]) -> None:
+        """Accept VXLAN UDP on `ports` only from `vteps` (multi-host mode); empty ports removes the filter."""
         ...
 
     def owned_vnis(self) -> set[int]:

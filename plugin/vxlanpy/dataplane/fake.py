@@ -7,8 +7,8 @@ from __future__ import annotations
 import ipaddress
 
 from ..errors import DataplaneError, InvalidOption
-from ..models import Endpoint, Network
-from .base import Underlay
+from ..models import Endpoint, IPAddress, Network
+from .base import RemoteEndpoint, Underlay
 
 
 class FakeLinks:
@@ -20,6 +20,7 @@ class FakeLinks:
         self.networks: dict[str, Network] = {}  # bridge name -> network
         self.endpoints: dict[str, Endpoint] = {}  # host veth name -> endpoint
         self.aliens: set[str] = set()  # links that exist but are not vxlanpy's
+        self.remotes: dict[int, tuple[set[IPAddress], list[RemoteEndpoint]]] = {}  # vni -> (flood, remotes)
         self.fail_on: set[str] = set()
         self.calls: list[str] = []
 
@@ -53,6 +54,15 @@ class FakeLinks:
         self._enter("remove_endpoint")
         self.endpoints.pop(endpoint.host_veth, None)
 
+    def sync_remotes(self, network: Network, flood: set[IPAddress], remotes: list[RemoteEndpoint]) -> None:
+        self._enter("sync_remotes")
+        if network.bridge not in self.networks:
+            raise DataplaneError(f"bridge {network.bridge} does not exist")
+        self.remotes[network.vni] = (set(flood), sorted(remotes, key=lambda remote: remote.mac))
+
+    def remote_entries(self, network: Network) -> tuple[set[IPAddress], list[RemoteEndpoint]]:
+        return self.remotes.get(network.vni, (set(), []))
+
     def remove_link(self, name: str) -> None:
         self._enter("remove_link")
         self.networks = {bridge: net for bridge, net in self.networks.items() if name not in (net.bridge, net.vxlan)}
@@ -72,6 +82,7 @@ class FakeFirewall:
     def __init__(self) -> None:
         self.base_ready = False
         self.networks: dict[int, tuple[Network, list[Endpoint]]] = {}
+        self.vtep_filter: tuple[set[int], set[IPAddress]] = (set(), set())
         self.fail_on: set[str] = set()
 
     def _enter(self, method: str) -> None:
@@ -89,6 +100,10 @@ class FakeFirewall:
     def remove_network(self, vni: int) -> None:
         self._enter("remove_network")
         self.networks.pop(vni, None)
+
+    def sync_vtep_filter(self, ports: set[int], vteps: set[IPAddress]) -> None:
+        self._enter("sync_vtep_filter")
+        self.vtep_filter = (set(ports), set(vteps))
 
     def owned_vnis(self) -> set[int]:
         return set(self.networks)

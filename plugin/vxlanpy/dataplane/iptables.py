@@ -5,6 +5,7 @@ Layout (filter in IPv4 and IPv6, nat in IPv4 only):
     filter FORWARD (position 1)   -> VXLANPY-FORWARD     -> VXP-<vni>   isolation, internal networks
     nat    POSTROUTING            -> VXLANPY-POSTROUTING -> VXP-<vni>   MASQUERADE
     nat    PREROUTING, OUTPUT     -> VXLANPY-DNAT        -> VXPD-<vni>  published ports
+    filter INPUT (position 1)     -> VXLANPY-INPUT                      VXLAN only from known VTEPs (multi-host)
 
 A network's nat rules need two chains: the kernel refuses a rule jumping to a chain that holds DNAT from
 POSTROUTING, and one holding MASQUERADE or `-o` from PREROUTING (both fail with EINVAL).
@@ -12,6 +13,8 @@ POSTROUTING, and one holding MASQUERADE or `-o` from PREROUTING (both fail with 
 Each per-network chain is rewritten whole by one `iptables-restore --noflush` per table and family:
 declaring `:CHAIN - [0:0]` there flushes only that chain, and the restore is one transaction, so the
 rules of a network are never half-applied and calling `ensure_network` again changes nothing.
+VXLANPY-INPUT is rewritten the same way, hook included when it is missing, so a host never accepts
+VXLAN from everyone between two states of the VTEP list.
 Nothing here touches a chain vxlanpy did not create, apart from adding and deleting its own jumps.
 """
 
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import DataplaneError
-from ..models import PROTOCOL_NUMBERS, Endpoint, Network, bridge_name
+from ..models import PROTOCOL_NUMBERS, Endpoint, IPAddress, Network, bridge_name
 
 Family = Literal[4, 6]
 Rule = list[str]
@@ -33,6 +36,8 @@ Rule = list[str]
 FORWARD_CHAIN = "VXLANPY-FORWARD"
 POSTROUTING_CHAIN = "VXLANPY-POSTROUTING"
 DNAT_CHAIN = "VXLANPY-DNAT"
+INPUT_CHAIN = "VXLANPY-INPUT"
+INPUT_HOOK: list[str] = ["-j", INPUT_CHAIN]
 
 _IPTABLES: dict[Family, str] = {4: "iptables", 6: "ip6tables"}
 _RESTORE: dict[Family, str] = {4: "iptables-restore", 6: "ip6tables-restore"}
@@ -55,7 +60,7 @@ def _safe(name: str) -> str:
 
 
 def _port(value: int) -> str:
-    if not isinstance(value, int) or not 1 <= value <= 65535:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
         raise ValueError(f"refusing to put invalid port {value!r} into a firewall rule")
     return str(value)
 
@@ -126,6 +131,22 @@ def dnat_rules(network: Network, endpoints: list[Endpoint]) -> list[Rule]:
     return rules
 
 
+def vtep_filter_rules(ports: set[int], vteps: set[IPAddress], family: Family) -> list[Rule]:
+    """VXLANPY-INPUT for one family: per port, accept the VTEPs of that family, drop everyone else."""
+    checked = []
+    for vtep in vteps:
+        if not isinstance(vtep, ipaddress.IPv4Address | ipaddress.IPv6Address) or vtep.is_unspecified:
+            raise ValueError(f"refusing {vtep!r} as a VTEP in a firewall rule: not an IP address")
+        if vtep.version == family:
+            checked.append(vtep)
+    sources = [str(vtep) for vtep in sorted(checked)]
+    rules: list[Rule] = []
+    for port in sorted({_port(port) for port in ports}, key=int):
+        rules += [["-p", "udp", "--dport", port, "-s", source, "-j", "ACCEPT"] for source in sources]
+        rules.append(["-p", "udp", "--dport", port, "-j", "DROP"])
+    return rules
+
+
 class IptablesFirewall:
     """`Firewall` through the iptables tools; `netns` names a namespace under /run/netns (tests)."""
 
@@ -178,6 +199,20 @@ class IptablesFirewall:
             self._delete_chain(4, "nat", chain)
             self._delete_chain(4, "nat", dnat)
 
+    def sync_vtep_filter(self, ports: set[int], vteps: set[IPAddress]) -> None:
+        rules: dict[Family, list[Rule]] = {family: vtep_filter_rules(ports, vteps, family) for family in (4, 6)}
+        with self._lock:
+            for family in (4, 6):
+                if not ports:
+                    self._delete_rule(family, "filter", "INPUT", INPUT_HOOK)
+                    self._delete_chain(family, "filter", INPUT_CHAIN)
+                    continue
+                # Hooking in the same restore as the chain's rules: never a hook without its rules.
+                hook = (
+                    [] if self._has_rule(family, "filter", "INPUT", INPUT_HOOK) else [["-I", "INPUT", "1", *INPUT_HOOK]]
+                )
+                self._restore(family, "filter", {INPUT_CHAIN: rules[family]}, hook)
+
     def owned_vnis(self) -> set[int]:
         vnis: set[int] = set()
         tables: tuple[tuple[Family, str], ...] = ((4, "filter"), (4, "nat"), (6, "filter"))
@@ -212,9 +247,13 @@ class IptablesFirewall:
     def _iptables(self, family: Family, *args: str) -> subprocess.CompletedProcess[str]:
         return self._run([_IPTABLES[family], *_WAIT, *args])
 
-    def _restore(self, family: Family, table: str, chains: dict[str, list[Rule]]) -> None:
+    def _restore(
+        self, family: Family, table: str, chains: dict[str, list[Rule]], commands: list[Rule] | None = None
+    ) -> None:
+        """Rewrite `chains` whole in one transaction, then run `commands` (full rule commands) in it too."""
         lines = [f"*{table}", *(f":{chain} - [0:0]" for chain in chains)]
         lines += [" ".join(["-A", chain, *rule]) for chain, rules in chains.items() for rule in rules]
+        lines += [" ".join(command) for command in commands or ()]
         lines.append("COMMIT")
         result = self._run([_RESTORE[family], "--noflush", *_WAIT], stdin="\n".join(lines) + "\n")
         if result.returncode != 0:

@@ -2,6 +2,18 @@
 
 Every public method converges the kernel to the given object, so the driver and reconciliation can call
 them again and again.  Nothing here runs `ip` or any other program.
+
+Remote endpoints (multi-host mode) are three kinds of kernel entries per network, all owned by vxlanpy:
+
+    vxlan-N FDB (self)     MAC -> VTEP            bridge fdb replace MAC dev vxlan-N dst VTEP self permanent
+                           00:..:00 -> VTEP       bridge fdb append 00:00:00:00:00:00 dev vxlan-N dst VTEP
+    vxbr-N FDB (master)    MAC -> port vxlan-N    bridge fdb replace MAC dev vxlan-N master static
+    vxbr-N neighbours      IP -> MAC              ip neigh replace IP lladdr MAC dev vxbr-N nud permanent
+
+The static bridge entry keeps the bridge from flooding unicast to the VXLAN port, and together with the
+neighbour entry it is what the bridge's neigh_suppress needs to answer ARP and ND for the remote locally.
+Entries vxlanpy does not make are left alone: the bridge's own (local) entries, dynamic (learned) ones,
+and the default destination the kernel keeps for `remote`/`group`.
 """
 
 from __future__ import annotations
@@ -9,28 +21,44 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import re
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetNS
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_GETNEIGH
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
-from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
-from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
+from pyroute2.netlink.rtnl.ndmsg import (
+    NTF_EXT_LEARNED,
+    NTF_MASTER,
+    NTF_SELF,
+    NUD_NOARP,
+    NUD_PERMANENT,
+    NUD_REACHABLE,
+    ndmsg,
+)
 
 from ..errors import Conflict, DataplaneError, InvalidOption
 from ..models import LINK_ALIAS_PREFIX, Endpoint, IPAddress, Network, NetworkConfig
-from .base import Underlay
+from .base import RemoteEndpoint, Underlay
 
 # pyroute2 messages are untyped; this alias only documents what a value is.
 Msg = Any
 T = TypeVar("T")
 
 ALL_ZEROS_MAC = "00:00:00:00:00:00"
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# `bridge fdb ... self permanent` and `bridge fdb ... master static`, as iproute2 encodes them.
+_VXLAN_ENTRY_STATE = NUD_PERMANENT | NUD_NOARP
+_BRIDGE_STATIC_STATE = NUD_NOARP | NUD_REACHABLE
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE = 0
@@ -75,6 +103,24 @@ def _netlink(action: str, remedies: Mapping[int, str] | None = None) -> Iterator
         raise _dataplane_error(action, error, remedies or {}) from error
 
 
+@contextmanager
+def _gone_ok(action: str) -> Iterator[None]:
+    """Like `_netlink`, for a removal: an entry that is already gone is what the caller wanted."""
+    try:
+        yield
+    except NetlinkError as error:
+        if error.code != errno.ENOENT:
+            raise _dataplane_error(action, error, {}) from error
+    except OSError as error:
+        raise _dataplane_error(action, error, {}) from error
+
+
+_FAMILY_REMEDY = {
+    errno.EAFNOSUPPORT: " (the VTEP's address family differs from the network's underlay); "
+    "use VTEP addresses of the family of -o local",
+}
+
+
 def _alias(link: Msg) -> str:
     return str(link.get("ifalias") or "")
 
@@ -106,6 +152,49 @@ def _address_or_none(value: str | None) -> IPAddress | None:
 
 def _ip_key(address: IPAddress, v4: str, v6: str) -> str:
     return v6 if address.version == 6 else v4
+
+
+# Remote endpoints come from other hosts (through the cluster store): a bad one is refused with a
+# DataplaneError, the error the callers of sync_remotes already handle, before anything is changed.
+
+
+def _unicast_mac(value: str) -> str:
+    """A remote endpoint's MAC in the kernel's spelling; refuses what cannot be one endpoint's address."""
+    mac = str(value).lower()
+    if not _MAC.fullmatch(mac) or mac == ALL_ZEROS_MAC or int(mac[:2], 16) & 1:
+        raise DataplaneError(
+            f"refusing {value!r} as a remote endpoint's MAC: not a unicast MAC address; "
+            "check what the other hosts publish"
+        )
+    return mac
+
+
+def _checked_address(value: object, what: str) -> IPAddress:
+    if not isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address) or value.is_unspecified:
+        raise DataplaneError(f"refusing {value!r} as {what}: not an IP address; check what the other hosts publish")
+    return value
+
+
+def _addresses_sorted(addresses: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
+    return tuple(sorted(addresses, key=lambda address: (address.version, address)))
+
+
+def _default_destinations(config: NetworkConfig) -> set[IPAddress]:
+    """The all-zero entry the kernel itself keeps for `remote`/`group`: never vxlanpy's to add or remove."""
+    return {address for address in (config.remote, config.group) if address is not None}
+
+
+@dataclass
+class _RemoteState:
+    """The remote-endpoint entries of one network as the kernel holds them now (see the module docstring)."""
+
+    flood: set[IPAddress] = field(default_factory=set)
+    # MAC -> VTEPs of the permanent unicast entries of the VXLAN device (more than one only if appended).
+    vxlan: dict[str, set[IPAddress]] = field(default_factory=dict)
+    # MACs with a static bridge entry on the VXLAN port (not the port's own local entry, not learned ones).
+    static: set[str] = field(default_factory=set)
+    # IP -> MAC of the permanent neighbour entries on the bridge.
+    neigh: dict[IPAddress, str] = field(default_factory=dict)
 
 
 class NetlinkLinks:
@@ -176,6 +265,19 @@ class NetlinkLinks:
 
     def remove_endpoint(self, endpoint: Endpoint) -> None:
         self._run(f"remove endpoint {endpoint.host_veth}", self._remove_endpoint, endpoint)
+
+    def sync_remotes(self, network: Network, flood: set[IPAddress], remotes: list[RemoteEndpoint]) -> None:
+        wanted_flood = {_checked_address(vtep, "a flood VTEP") for vtep in flood}
+        wanted: dict[str, RemoteEndpoint] = {}
+        for remote in remotes:  # a MAC listed twice: the last one wins, as a later event would
+            wanted[_unicast_mac(remote.mac)] = remote
+            _checked_address(remote.vtep, f"the VTEP of {remote.mac}")
+            for address in remote.addresses:
+                _checked_address(address, f"an address of {remote.mac}")
+        self._run(f"program the remote endpoints of {network.vxlan}", self._sync_remotes, network, wanted_flood, wanted)
+
+    def remote_entries(self, network: Network) -> tuple[set[IPAddress], list[RemoteEndpoint]]:
+        return self._run(f"read the remote endpoints of {network.vxlan}", self._remote_entries, network)
 
     def remove_link(self, name: str) -> None:
         self._run(f"remove interface {name}", self._remove_link, name)
@@ -379,25 +481,174 @@ class NetlinkLinks:
             self._ipr.brport("set", index=vxlan["index"], neigh_suppress=1)
 
     def _ensure_peers(self, network: Network, vxlan: Msg) -> None:
-        config = network.config
+        """Add the all-zero entries of the static peers that are missing.
+
+        Nothing is removed here: in multi-host mode `sync_remotes` owns the flood list, and reconciliation
+        calls this again; a peer dropped from the options goes with the next `sync_remotes`."""
+        present = self._read_remotes(network, vxlan, None).flood
+        for peer in sorted(set(network.config.peers) - present, key=str):
+            self._add_flood(network, vxlan, peer)
+
+    # -- remote endpoints (multi-host mode) ---------------------------------------------------------------
+
+    def _network_links(self, network: Network) -> tuple[Msg, Msg] | None:
+        """The network's VXLAN device and bridge, None if either is gone; the VXLAN device must be a port."""
+        vxlan = self._owned_link(network.vxlan, _VNI_REMEDY)
+        bridge = self._owned_link(network.bridge, _VNI_REMEDY)
+        if vxlan is None or bridge is None:
+            return None
+        if vxlan.get("master") != bridge["index"]:
+            raise DataplaneError(
+                f"{network.vxlan} is not a port of bridge {network.bridge}; "
+                "restart the plugin so that it reconciles the network"
+            )
+        return vxlan, bridge
+
+    def _sync_remotes(self, network: Network, flood: set[IPAddress], wanted: dict[str, RemoteEndpoint]) -> None:
+        found = self._network_links(network)
+        if found is None:
+            raise DataplaneError(
+                f"cannot program remote endpoints: {network.vxlan} or {network.bridge} does not exist; "
+                "recreate the network or restart the plugin so that it reconciles"
+            )
+        vxlan, bridge = found
+        present = self._read_remotes(network, vxlan, bridge)
+        neigh = {address: mac for mac, remote in wanted.items() for address in remote.addresses}
+
+        # Retire first what is no longer wanted, in the order that never leaves an answer without a path:
+        # neighbour entries, then the bridge's static entries, then the VXLAN entries and flood VTEPs.
+        for address in sorted(present.neigh.keys() - neigh.keys(), key=lambda a: (a.version, a)):
+            self._remove_neigh(network, bridge, address)
+        for mac in sorted(present.static - wanted.keys()):
+            self._remove_bridge_static(network, vxlan, mac)
+        for mac in sorted(present.vxlan.keys() - wanted.keys()):
+            self._remove_vxlan_entry(network, vxlan, mac)
+        for vtep in sorted(present.flood - flood - _default_destinations(network.config), key=str):
+            self._remove_flood(network, vxlan, vtep)
+
+        # Then add or correct what is missing, the forwarding path before the neighbour entry it serves.
+        for vtep in sorted(flood - present.flood, key=str):
+            self._add_flood(network, vxlan, vtep)
+        for mac, remote in sorted(wanted.items()):
+            vteps = present.vxlan.get(mac, set())
+            if vteps == {remote.vtep}:
+                continue
+            if len(vteps) > 1:  # a replace only changes the first destination: start over
+                self._remove_vxlan_entry(network, vxlan, mac)
+            self._set_vxlan_entry(network, vxlan, mac, remote.vtep)
+        for mac in sorted(wanted.keys() - present.static):
+            self._set_bridge_static(network, vxlan, mac)
+        for address, mac in sorted(neigh.items(), key=lambda item: (item[0].version, item[0])):
+            if present.neigh.get(address) != mac:
+                self._set_neigh(network, bridge, address, mac)
+
+    def _remote_entries(self, network: Network) -> tuple[set[IPAddress], list[RemoteEndpoint]]:
+        found = self._network_links(network)
+        if found is None:
+            return set(), []
+        vxlan, bridge = found
+        present = self._read_remotes(network, vxlan, bridge)
+        flood = present.flood - _default_destinations(network.config)
+        by_mac: dict[str, list[IPAddress]] = {}
+        for address, mac in present.neigh.items():
+            by_mac.setdefault(mac, []).append(address)
+        remotes = [
+            RemoteEndpoint(
+                mac=mac, vtep=min(vteps, key=lambda a: (a.version, a)), addresses=_addresses_sorted(by_mac.get(mac, ()))
+            )
+            for mac, vteps in sorted(present.vxlan.items())
+        ]
+        return flood, remotes
+
+    def _read_remotes(self, network: Network, vxlan: Msg, bridge: Msg | None) -> _RemoteState:
+        """One FDB dump of the VXLAN port (its own entries and the bridge's for it), one neighbour dump of
+        the bridge (skipped when `bridge` is None): both filtered by the kernel, as `bridge fdb show dev`."""
+        state = _RemoteState()
+        index = vxlan["index"]
+        request = ifinfmsg()  # an ifinfomsg header is how the kernel takes a port filter for an FDB dump
+        request["family"] = socket.AF_BRIDGE
+        request["index"] = index
         with _netlink(f"cannot read the forwarding database of {network.vxlan}"):
-            entries = self._ipr.fdb("dump", ifindex=vxlan["index"])
-        present = {
-            ipaddress.ip_address(entry.get("dst"))
-            for entry in entries
-            if entry.get("lladdr") == ALL_ZEROS_MAC and entry.get("dst") and entry["ifindex"] == vxlan["index"]
-        }
-        wanted = set(config.peers)
-        # The kernel keeps the remote/group default destination as an all-zero entry of its own.
-        kernel_owned = {address for address in (config.remote, config.group) if address is not None}
-        for peer in sorted(wanted - present, key=str):
-            with _netlink(f"cannot add peer {peer} to {network.vxlan}"):
-                self._ipr.fdb(
-                    "append", ifindex=vxlan["index"], lladdr=ALL_ZEROS_MAC, dst=str(peer), state=NUD_PERMANENT
-                )
-        for peer in sorted(present - wanted - kernel_owned, key=str):
-            with _netlink(f"cannot remove former peer {peer} from {network.vxlan}"):
-                self._ipr.fdb("del", ifindex=vxlan["index"], lladdr=ALL_ZEROS_MAC, dst=str(peer))
+            entries = self._dump(request)
+        for entry in entries:
+            mac = str(entry.get("lladdr") or "").lower()
+            if entry["ifindex"] != index or not mac:
+                continue
+            if entry["flags"] & NTF_SELF:
+                dst = _address_or_none(entry.get("dst"))
+                if dst is None or entry.get("vni") not in (None, network.vni):
+                    continue
+                if mac == ALL_ZEROS_MAC:
+                    state.flood.add(dst)
+                elif entry["state"] & NUD_PERMANENT:
+                    state.vxlan.setdefault(mac, set()).add(dst)
+            elif entry.get("master") is not None and entry.get("vlan") is None:
+                # Permanent is the bridge's own (local) entry for the port's MAC; without NOARP it is learned.
+                static = entry["state"] & (NUD_PERMANENT | NUD_NOARP) == NUD_NOARP
+                if static and not entry["flags"] & NTF_EXT_LEARNED:
+                    state.static.add(mac)
+        if bridge is None:
+            return state
+        request = ndmsg()
+        request["family"] = socket.AF_UNSPEC  # IPv4 and IPv6 in one dump
+        request["attrs"] = [("NDA_IFINDEX", bridge["index"])]
+        with _netlink(f"cannot read the neighbour table of {network.bridge}"):
+            entries = self._dump(request)
+        for entry in entries:
+            dst, mac = entry.get("dst"), entry.get("lladdr")
+            if entry["ifindex"] != bridge["index"] or not dst or not mac:
+                continue
+            if entry["state"] & NUD_PERMANENT:
+                state.neigh[ipaddress.ip_address(dst)] = str(mac).lower()
+        return state
+
+    def _dump(self, request: Msg) -> list[Msg]:
+        request["header"]["type"] = RTM_GETNEIGH
+        request["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
+        # nlm_request_batch sends the message as built: fdb()/neigh() would only filter a full dump here.
+        return list(self._ipr.nlm_request_batch([request]))
+
+    def _add_flood(self, network: Network, vxlan: Msg, vtep: IPAddress) -> None:
+        with _netlink(f"cannot add flood VTEP {vtep} to {network.vxlan}", _FAMILY_REMEDY):
+            self._ipr.fdb(
+                "append",
+                ifindex=vxlan["index"],
+                lladdr=ALL_ZEROS_MAC,
+                dst=str(vtep),
+                state=_VXLAN_ENTRY_STATE,
+                flags=NTF_SELF,
+            )
+
+    def _remove_flood(self, network: Network, vxlan: Msg, vtep: IPAddress) -> None:
+        with _gone_ok(f"cannot remove former flood VTEP {vtep} from {network.vxlan}"):
+            self._ipr.fdb("del", ifindex=vxlan["index"], lladdr=ALL_ZEROS_MAC, dst=str(vtep), flags=NTF_SELF)
+
+    def _set_vxlan_entry(self, network: Network, vxlan: Msg, mac: str, vtep: IPAddress) -> None:
+        with _netlink(f"cannot point {mac} at VTEP {vtep} on {network.vxlan}", _FAMILY_REMEDY):
+            self._ipr.fdb(
+                "replace", ifindex=vxlan["index"], lladdr=mac, dst=str(vtep), state=_VXLAN_ENTRY_STATE, flags=NTF_SELF
+            )
+
+    def _remove_vxlan_entry(self, network: Network, vxlan: Msg, mac: str) -> None:
+        with _gone_ok(f"cannot remove remote {mac} from {network.vxlan}"):
+            self._ipr.fdb("del", ifindex=vxlan["index"], lladdr=mac, flags=NTF_SELF)
+
+    def _set_bridge_static(self, network: Network, vxlan: Msg, mac: str) -> None:
+        with _netlink(f"cannot add static entry {mac} on port {network.vxlan} to bridge {network.bridge}"):
+            self._ipr.fdb("replace", ifindex=vxlan["index"], lladdr=mac, state=_BRIDGE_STATIC_STATE, flags=NTF_MASTER)
+
+    def _remove_bridge_static(self, network: Network, vxlan: Msg, mac: str) -> None:
+        with _gone_ok(f"cannot remove static entry {mac} from bridge {network.bridge}"):
+            self._ipr.fdb("del", ifindex=vxlan["index"], lladdr=mac, state=_BRIDGE_STATIC_STATE, flags=NTF_MASTER)
+
+    def _set_neigh(self, network: Network, bridge: Msg, address: IPAddress, mac: str) -> None:
+        remedies = {errno.EINVAL: f" (is IPv{address.version} disabled on {network.bridge}?)"}
+        with _netlink(f"cannot add neighbour {address} -> {mac} to bridge {network.bridge}", remedies):
+            self._ipr.neigh("replace", ifindex=bridge["index"], dst=str(address), lladdr=mac, state=NUD_PERMANENT)
+
+    def _remove_neigh(self, network: Network, bridge: Msg, address: IPAddress) -> None:
+        with _gone_ok(f"cannot remove neighbour {address} from bridge {network.bridge}"):
+            self._ipr.neigh("del", ifindex=bridge["index"], dst=str(address))
 
     # -- veth --------------------------------------------------------------------------------------------
 

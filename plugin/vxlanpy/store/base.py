@@ -8,7 +8,36 @@ from typing import Protocol
 from ..models import Endpoint, Network
 
 
-class Store(Protocol):
+class AddressBook(Protocol):
+    """The IPAM driver's records: pools and the addresses reserved in them, shared by every host of a store.
+
+    Pool ids are opaque strings made by the IPAM layer from validated CIDRs; holders name who reserved an
+    address (`host/endpoint-or-label`), so that a refusal can say which host holds it. Every method is atomic."""
+
+    def claim_pool(self, pool_id: str, holder: str, exclusive: bool) -> bool:
+        """Record `holder` as a user of the pool. Returns False, changing nothing, when `exclusive` is set and
+        the pool already has any holder (used to pick automatic pools no one else uses)."""
+        ...
+
+    def release_pool(self, pool_id: str, holder: str) -> None:
+        """Drop `holder`; when no holder remains, forget the pool and every address reserved in it."""
+        ...
+
+    def pool_holders(self, pool_id: str) -> set[str]: ...
+
+    def reserve_address(self, pool_id: str, address: str, holder: str) -> str | None:
+        """Reserve `address` for `holder` if it is free. Returns None on success (or when `holder` already
+        holds it), else the holder that has it."""
+        ...
+
+    def release_address(self, pool_id: str, address: str) -> None: ...
+
+    def reserved_addresses(self, pool_id: str) -> dict[str, str]:
+        """address -> holder, for every address reserved in the pool."""
+        ...
+
+
+class Store(AddressBook, Protocol):
     """Networks and endpoints, keyed by Docker's ids.  VNIs are unique per store.
 
     Implementations raise `errors.Conflict` for a VNI already in use and `errors.StoreError` when the

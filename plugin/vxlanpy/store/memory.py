@@ -15,6 +15,8 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._networks: dict[str, Network] = {}
         self._endpoints: dict[str, Endpoint] = {}
+        self._pool_holders: dict[str, set[str]] = {}
+        self._addresses: dict[str, dict[str, str]] = {}  # pool id -> address -> holder
 
     def _check_free(self, network: Network) -> None:
         if network.network_id in self._networks:
@@ -68,6 +70,46 @@ class MemoryStore:
     def delete_endpoint(self, endpoint_id: str) -> None:
         with self._lock:
             self._endpoints.pop(endpoint_id, None)
+
+    # -- AddressBook (the IPAM driver's records) -------------------------------------------------------------
+
+    def claim_pool(self, pool_id: str, holder: str, exclusive: bool) -> bool:
+        with self._lock:
+            holders = self._pool_holders.setdefault(pool_id, set())
+            if exclusive and holders:
+                return False
+            holders.add(holder)
+            return True
+
+    def release_pool(self, pool_id: str, holder: str) -> None:
+        with self._lock:
+            holders = self._pool_holders.get(pool_id, set())
+            holders.discard(holder)
+            if not holders:
+                self._pool_holders.pop(pool_id, None)
+                self._addresses.pop(pool_id, None)
+
+    def pool_holders(self, pool_id: str) -> set[str]:
+        with self._lock:
+            return set(self._pool_holders.get(pool_id, ()))
+
+    def reserve_address(self, pool_id: str, address: str, holder: str) -> str | None:
+        with self._lock:
+            addresses = self._addresses.setdefault(pool_id, {})
+            current = addresses.setdefault(address, holder)
+            return None if current == holder else current
+
+    def release_address(self, pool_id: str, address: str) -> None:
+        with self._lock:
+            addresses = self._addresses.get(pool_id)
+            if addresses is not None:
+                addresses.pop(address, None)
+                if not addresses:
+                    del self._addresses[pool_id]
+
+    def reserved_addresses(self, pool_id: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._addresses.get(pool_id, {}))
 
     def close(self) -> None:
         pass

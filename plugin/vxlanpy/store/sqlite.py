@@ -30,6 +30,17 @@ CREATE TABLE IF NOT EXISTS endpoints (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS endpoints_by_network ON endpoints (network_id);
+CREATE TABLE IF NOT EXISTS ipam_pools (
+    pool_id TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    PRIMARY KEY (pool_id, holder)
+);
+CREATE TABLE IF NOT EXISTS ipam_addresses (
+    pool_id TEXT NOT NULL,
+    address TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    PRIMARY KEY (pool_id, address)
+);
 """
 
 
@@ -121,15 +132,53 @@ class SqliteStore:
         with self._transaction() as db:
             db.execute("DELETE FROM endpoints WHERE endpoint_id = ?", (endpoint_id,))
 
+    # -- AddressBook (the IPAM driver's records) -------------------------------------------------------------
+
+    def claim_pool(self, pool_id: str, holder: str, exclusive: bool) -> bool:
+        with self._transaction() as db:
+            if exclusive and db.execute("SELECT 1 FROM ipam_pools WHERE pool_id = ?", (pool_id,)).fetchone():
+                return False
+            db.execute("INSERT OR IGNORE INTO ipam_pools (pool_id, holder) VALUES (?, ?)", (pool_id, holder))
+            return True
+
+    def release_pool(self, pool_id: str, holder: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM ipam_pools WHERE pool_id = ? AND holder = ?", (pool_id, holder))
+            if db.execute("SELECT 1 FROM ipam_pools WHERE pool_id = ?", (pool_id,)).fetchone() is None:
+                db.execute("DELETE FROM ipam_addresses WHERE pool_id = ?", (pool_id,))
+
+    def pool_holders(self, pool_id: str) -> set[str]:
+        return {row[0] for row in self._query_all("SELECT holder FROM ipam_pools WHERE pool_id = ?", (pool_id,))}
+
+    def reserve_address(self, pool_id: str, address: str, holder: str) -> str | None:
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT holder FROM ipam_addresses WHERE pool_id = ? AND address = ?", (pool_id, address)
+            ).fetchone()
+            if row is not None:
+                return None if row[0] == holder else str(row[0])
+            db.execute(
+                "INSERT INTO ipam_addresses (pool_id, address, holder) VALUES (?, ?, ?)", (pool_id, address, holder)
+            )
+            return None
+
+    def release_address(self, pool_id: str, address: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM ipam_addresses WHERE pool_id = ? AND address = ?", (pool_id, address))
+
+    def reserved_addresses(self, pool_id: str) -> dict[str, str]:
+        rows = self._query_all("SELECT address, holder FROM ipam_addresses WHERE pool_id = ?", (pool_id,))
+        return {str(row[0]): str(row[1]) for row in rows}
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _query_one(self, sql: str, args: tuple[object, ...]) -> tuple[str] | None:
+    def _query_one(self, sql: str, args: tuple[object, ...]) -> tuple[str, ...] | None:
         rows = self._query_all(sql, args)
         return rows[0] if rows else None
 
-    def _query_all(self, sql: str, args: tuple[object, ...]) -> list[tuple[str]]:
+    def _query_all(self, sql: str, args: tuple[object, ...]) -> list[tuple[str, ...]]:
         with self._lock:
             try:
                 return list(self._db.execute(sql, args).fetchall())

@@ -1,0 +1,266 @@
+"""Multi-host mode: publish this host's VTEPs and endpoints in etcd, and program the kernel from what others publish.
+
+Each host keeps one etcd lease alive and puts under it, per segment (VNI), its VTEP address and the MAC and
+addresses of each local endpoint.  A watcher thread reads everything under `live/` once, programs the kernel
+statically (FDB: MAC -> remote VTEP, neighbour: IP -> MAC, all-zero FDB entries to each remote VTEP, and the
+VTEP allow-list in the host firewall), then follows the watch from the revision it read.  When a host dies its
+lease expires, its keys vanish, and every other host removes its entries.  When etcd is unreachable the kernel
+state stays as it is (containers keep talking); on reconnection the thread republishes and resyncs in full.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .dataplane.base import Firewall, Links, RemoteEndpoint
+from .errors import Conflict, StoreError, VxlanpyError
+from .models import Endpoint, IPAddress, Network
+from .store.etcd import EtcdKV, EtcdStore, KeyValue, key_part
+
+log = logging.getLogger(__name__)
+
+WATCH_IDLE = 10.0
+MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+
+
+@dataclass
+class SegmentView:
+    """What other hosts publish for one VNI."""
+
+    vteps: dict[str, IPAddress] = field(default_factory=dict)  # host -> VTEP
+    endpoints: dict[tuple[str, str], RemoteEndpoint] = field(default_factory=dict)  # (host, endpoint id) -> entry
+
+
+class EtcdCluster:
+    def __init__(
+        self,
+        kv: EtcdKV,
+        store: EtcdStore,
+        links: Links,
+        firewall: Firewall,
+        lease_ttl: int = 10,
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
+        self.kv = kv
+        self.store = store
+        self.host = store.host
+        self.links = links
+        self.firewall = firewall
+        self.lease_ttl = lease_ttl
+        self.on_reconnect = on_reconnect
+        self._lease = 0
+        self._lease_lock = threading.Lock()
+        self._view: defaultdict[int, SegmentView] = defaultdict(SegmentView)
+        self._view_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.synced = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for target, name in ((self._watch_loop, "vxlanpy-watch"), (self._keepalive_loop, "vxlanpy-lease")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- publishing (called by the driver, under its network lock) -----------------------------------------
+
+    def _live(self, vni: int, *parts: str) -> str:
+        return self.kv.key("live", str(vni), *parts)
+
+    def lease(self) -> int:
+        """The current lease, granted on first use; a lost lease is replaced by the keepalive thread."""
+        with self._lease_lock:
+            if not self._lease:
+                self._lease = self.kv.grant(self.lease_ttl)
+            return self._lease
+
+    def publish_network(self, network: Network) -> None:
+        if network.config.local is None:
+            raise Conflict(f"network vni {network.vni} has no local VTEP address; set -o local=ADDRESS or -o dev=...")
+        self.kv.put(self._live(network.vni, "vtep", self.host), str(network.config.local), self.lease())
+        self._apply(network.vni)
+
+    def unpublish_network(self, network: Network) -> None:
+        self.kv.delete(self._live(network.vni, "vtep", self.host))
+        self.kv.delete_prefix(self._live(network.vni, "ep", self.host, ""))
+        self._apply_filter()
+
+    def publish_endpoint(self, network: Network, endpoint: Endpoint) -> None:
+        """Claim the endpoint's addresses on the segment and announce it; Conflict names the host holding one."""
+        lease = self.lease()
+        addresses = [str(address.ip) for address in (endpoint.ipv4, endpoint.ipv6) if address is not None]
+        claimed: list[str] = []
+        holder = f"{self.host}/{endpoint.endpoint_id}"
+        for address in addresses:
+            key = self.kv.key("addresses", str(network.vni), key_part(address))
+            existing = self.kv.create(key, holder, lease)
+            if existing is not None and existing != holder:
+                for done in claimed:
+                    self.kv.delete(self.kv.key("addresses", str(network.vni), key_part(done)))
+                other_host, _, other_endpoint = existing.partition("/")
+                raise Conflict(
+                    f"address {address} is already used on host {other_host} (endpoint {other_endpoint[:12]}) "
+                    f"in vni {network.vni}; choose another --ip, or use --ipam-driver vxlanpy for addresses that are "
+                    "unique across hosts"
+                )
+            claimed.append(address)
+        record = {"mac": endpoint.mac, "vtep": str(network.config.local), "addresses": addresses}
+        self.kv.put(self._live(network.vni, "ep", self.host, endpoint.endpoint_id), json.dumps(record), lease)
+
+    def unpublish_endpoint(self, network: Network, endpoint: Endpoint) -> None:
+        self.kv.delete(self._live(network.vni, "ep", self.host, endpoint.endpoint_id))
+        holder = f"{self.host}/{endpoint.endpoint_id}"
+        for address in (endpoint.ipv4, endpoint.ipv6):
+            if address is None:
+                continue
+            key = self.kv.key("addresses", str(network.vni), key_part(str(address.ip)))
+            if self.kv.get(key) == holder:
+                self.kv.delete(key)
+
+    def republish(self) -> None:
+        """Put every local VTEP and endpoint back under the current lease (after a lost lease or a restart)."""
+        endpoints = self.store.list_endpoints()
+        for network in self.store.list_networks():
+            if network.config.local is None:
+                continue
+            self.kv.put(self._live(network.vni, "vtep", self.host), str(network.config.local), self.lease())
+            for endpoint in endpoints:
+                if endpoint.network_id == network.network_id:
+                    try:
+                        self.publish_endpoint(network, endpoint)
+                    except Conflict as exc:  # someone took the address while we were away: say so, keep going
+                        log.error("cannot republish endpoint %s: %s", endpoint.endpoint_id[:12], exc)
+
+    # -- reading what other hosts publish -------------------------------------------------------------------
+
+    def remote_view(self, vni: int) -> SegmentView:
+        with self._view_lock:
+            view = self._view.get(vni, SegmentView())
+            return SegmentView(dict(view.vteps), dict(view.endpoints))
+
+    def _watch_loop(self) -> None:
+        prefix = self.kv.key("live", "")
+        while not self._stop.is_set():
+            try:
+                self.lease()
+                self.republish()
+                items, revision = self.kv.range(prefix)
+                with self._view_lock:
+                    self._view.clear()
+                    for kv in items:
+                        self._update_view("PUT", kv, prefix)
+                self._apply_all()
+                self.synced.set()
+                if self.on_reconnect is not None:
+                    self.on_reconnect()
+                while not self._stop.is_set():
+                    # An idle watch ends after WATCH_IDLE seconds and is resumed from the last revision seen;
+                    # a broken one raises StoreError and leads to a full resync.
+                    for kind, kv in self.kv.watch(prefix, revision + 1, idle_timeout=WATCH_IDLE):
+                        revision = max(revision, kv.mod_revision)
+                        with self._view_lock:
+                            vni = self._update_view(kind, kv, prefix)
+                        if vni is not None:
+                            self._apply(vni)
+            except StoreError as exc:
+                self.synced.clear()
+                log.warning("etcd sync interrupted: %s; retrying", exc)
+                self._stop.wait(1.0)
+            except Exception:  # keep following the cluster whatever a single event did
+                log.exception("etcd sync failed; resyncing")
+                self._stop.wait(1.0)
+
+    def _update_view(self, kind: str, kv: KeyValue, prefix: str) -> int | None:
+        """Apply one key change to the view; returns the VNI it concerns, None for our own keys or junk."""
+        parts = kv.key.removeprefix(prefix).split("/")
+        try:
+            vni = int(parts[0])
+            host = parts[2]
+            if host == self.host:
+                return None
+            segment = self._view[vni]
+            if parts[1] == "vtep" and len(parts) == 3:
+                if kind == "DELETE":
+                    segment.vteps.pop(host, None)
+                else:
+                    segment.vteps[host] = ipaddress.ip_address(kv.value)
+            elif parts[1] == "ep" and len(parts) == 4:
+                if kind == "DELETE":
+                    segment.endpoints.pop((host, parts[3]), None)
+                else:
+                    record = json.loads(kv.value)
+                    if not MAC.match(str(record["mac"])):
+                        raise ValueError("bad MAC")
+                    segment.endpoints[(host, parts[3])] = RemoteEndpoint(
+                        mac=str(record["mac"]).lower(),
+                        vtep=ipaddress.ip_address(record["vtep"]),
+                        addresses=tuple(ipaddress.ip_address(address) for address in record["addresses"]),
+                    )
+            else:
+                return None
+        except (IndexError, KeyError, ValueError, TypeError):
+            log.warning("ignoring malformed key %s in etcd", kv.key)
+            return None
+        return vni
+
+    # -- programming the kernel -----------------------------------------------------------------------------
+
+    def _apply_all(self) -> None:
+        for network in self.store.list_networks():
+            self._apply_network(network)
+        self._apply_filter()
+
+    def _apply(self, vni: int) -> None:
+        for network in self.store.list_networks():
+            if network.vni == vni:
+                self._apply_network(network)
+        self._apply_filter()
+
+    def _apply_network(self, network: Network) -> None:
+        view = self.remote_view(network.vni)
+        flood = set(network.config.peers) | set(view.vteps.values())
+        try:
+            self.links.sync_remotes(network, flood, list(view.endpoints.values()))
+        except VxlanpyError as exc:  # e.g. the network is being deleted right now
+            log.warning("cannot program remote entries of vni %d: %s", network.vni, exc)
+
+    def _apply_filter(self) -> None:
+        networks = self.store.list_networks()
+        ports = {network.config.dstport for network in networks}
+        with self._view_lock:
+            vteps = {vtep for segment in self._view.values() for vtep in segment.vteps.values()}
+        try:
+            self.firewall.sync_vtep_filter(ports, vteps)
+        except VxlanpyError as exc:
+            log.warning("cannot update the VTEP filter: %s", exc)
+
+    # -- the lease ------------------------------------------------------------------------------------------
+
+    def _keepalive_loop(self) -> None:
+        interval = max(self.lease_ttl / 3, 0.5)
+        while not self._stop.wait(interval):
+            with self._lease_lock:
+                lease = self._lease
+            if not lease:
+                continue
+            try:
+                if self.kv.keepalive(lease) > 0:
+                    continue
+                log.warning("etcd lease %x expired; publishing again under a new lease", lease)
+                with self._lease_lock:
+                    self._lease = 0
+                self.republish()
+            except StoreError as exc:
+                log.warning("cannot refresh the etcd lease: %s", exc)

@@ -1,0 +1,152 @@
+"""Multi-host mode on a real (throwaway, unprivileged) etcd with fake kernels: two "hosts" in one process."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from vxlanpy.cluster import EtcdCluster
+from vxlanpy.dataplane.base import Underlay
+from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
+from vxlanpy.driver import Driver
+from vxlanpy.errors import Conflict, InvalidOption, StoreError
+from vxlanpy.models import Subnet
+from vxlanpy.store.etcd import EtcdConfig, EtcdKV, EtcdStore
+
+from ..etcd_server import EtcdServer
+
+SUBNET = (Subnet(ipaddress.ip_network("10.60.0.0/24"), ipaddress.ip_interface("10.60.0.1/24")),)
+
+
+@pytest.fixture
+def etcd(etcd_server: EtcdServer) -> EtcdServer:
+    return etcd_server
+
+
+class Host:
+    def __init__(self, url: str, prefix: str, name: str, address: str) -> None:
+        self.kv = EtcdKV(EtcdConfig.from_url(url, prefix=prefix, timeout=2))
+        self.store = EtcdStore(self.kv, name)
+        self.links = FakeLinks({"eth0": Underlay("eth0", 1500, (ipaddress.ip_address(address),))})
+        self.firewall = FakeFirewall()
+        self.cluster = EtcdCluster(self.kv, self.store, self.links, self.firewall, lease_ttl=2)
+        self.driver = Driver(
+            self.store,
+            self.links,
+            self.firewall,
+            vni_range=(300, 310),
+            cluster=self.cluster,
+            port_is_free=lambda mapping: True,
+        )
+        self.cluster.start()
+        assert self.cluster.synced.wait(5)
+
+
+@pytest.fixture
+def hosts(etcd: EtcdServer) -> Iterator[Callable[[str, str], Host]]:
+    prefix = f"/test-{uuid.uuid4().hex[:8]}"
+    made: list[Host] = []
+
+    def make(name: str, address: str) -> Host:
+        made.append(Host(etcd.url, prefix, name, address))
+        return made[-1]
+
+    yield make
+    for host in made:
+        host.cluster.stop()
+
+
+def eventually(check: Callable[[], bool], within: float = 3.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def net(n: int) -> str:
+    return f"{n:064x}"
+
+
+def test_endpoints_and_vteps_reach_the_other_host(hosts: Callable[[str, str], Host]) -> None:
+    a, b = hosts("ha", "192.0.2.1"), hosts("hb", "192.0.2.2")
+    a.driver.create_network(net(1), {"vni": "300"}, SUBNET)
+    b.driver.create_network(net(2), {"vni": "300"}, SUBNET)
+    a.driver.create_endpoint(net(1), net(11), ipaddress.IPv4Interface("10.60.0.2/24"), None, None)
+
+    def b_sees_a() -> bool:
+        flood, remotes = b.links.remote_entries(b.store.list_networks()[0])
+        return flood == {ipaddress.ip_address("192.0.2.1")} and [r.mac for r in remotes] == ["02:42:0a:3c:00:02"]
+
+    assert eventually(b_sees_a, within=1.0)
+    _, remotes = b.links.remote_entries(b.store.list_networks()[0])
+    assert remotes[0].vtep == ipaddress.ip_address("192.0.2.1")
+    assert remotes[0].addresses == (ipaddress.ip_address("10.60.0.2"),)
+    assert b.firewall.vtep_filter == ({4789}, {ipaddress.ip_address("192.0.2.1")})
+    assert b.store.list_networks()[0].config.learning is False  # static FDB: learning off by default
+
+    a.driver.delete_endpoint(net(1), net(11))
+    assert eventually(lambda: b.links.remote_entries(b.store.list_networks()[0])[1] == [], within=1.0)
+
+
+def test_a_different_subnet_for_the_same_vni_is_refused(hosts: Callable[[str, str], Host]) -> None:
+    a, b = hosts("ha", "192.0.2.1"), hosts("hb", "192.0.2.2")
+    a.driver.create_network(net(1), {"vni": "301"}, SUBNET)
+    other = (Subnet(ipaddress.ip_network("10.61.0.0/24"), ipaddress.ip_interface("10.61.0.1/24")),)
+    with pytest.raises(Conflict, match=r"subnet 10.60.0.0/24 gateway 10.60.0.1/24 \(this host asked for 10.61.0.0/24"):
+        b.driver.create_network(net(2), {"vni": "301"}, other)
+    assert b.store.list_networks() == [] and b.links.networks == {}
+
+
+def test_duplicate_address_names_the_host_that_holds_it(hosts: Callable[[str, str], Host]) -> None:
+    a, b = hosts("ha", "192.0.2.1"), hosts("hb", "192.0.2.2")
+    a.driver.create_network(net(1), {"vni": "302"}, SUBNET)
+    b.driver.create_network(net(2), {"vni": "302"}, SUBNET)
+    a.driver.create_endpoint(net(1), net(11), ipaddress.IPv4Interface("10.60.0.2/24"), None, None)
+    with pytest.raises(Conflict, match="address 10.60.0.2 is already used on host ha"):
+        b.driver.create_endpoint(net(2), net(12), ipaddress.IPv4Interface("10.60.0.2/24"), None, None)
+    assert b.store.list_endpoints() == [] and b.links.endpoints == {}
+
+
+def test_vni_is_allocated_cluster_wide(hosts: Callable[[str, str], Host]) -> None:
+    a, b = hosts("ha", "192.0.2.1"), hosts("hb", "192.0.2.2")
+    first = a.driver.create_network(net(1), {}, SUBNET)
+    other = (Subnet(ipaddress.ip_network("10.62.0.0/24"), ipaddress.ip_interface("10.62.0.1/24")),)
+    second = b.driver.create_network(net(2), {}, other)
+    assert first.vni != second.vni
+
+
+def test_a_dead_hosts_entries_expire_with_its_lease(hosts: Callable[[str, str], Host]) -> None:
+    a, b = hosts("ha", "192.0.2.1"), hosts("hb", "192.0.2.2")
+    a.driver.create_network(net(1), {"vni": "303"}, SUBNET)
+    b.driver.create_network(net(2), {"vni": "303"}, SUBNET)
+    a.driver.create_endpoint(net(1), net(11), ipaddress.IPv4Interface("10.60.0.2/24"), None, None)
+    assert eventually(lambda: len(b.links.remote_entries(b.store.list_networks()[0])[1]) == 1)
+    a.cluster.stop()  # no more keepalives: as if the host died
+    assert eventually(lambda: b.links.remote_entries(b.store.list_networks()[0]) == (set(), []), within=8.0)
+
+
+def test_static_peer_modes_are_refused_with_etcd(hosts: Callable[[str, str], Host]) -> None:
+    a = hosts("ha", "192.0.2.1")
+    with pytest.raises(InvalidOption, match="option remote does not apply with an etcd store"):
+        a.driver.create_network(net(1), {"remote": "192.0.2.9"}, SUBNET)
+
+
+def test_unreachable_etcd_fails_fast_and_clearly() -> None:
+    kv = EtcdKV(EtcdConfig.from_url("etcd://127.0.0.1:9", timeout=1))
+    store = EtcdStore(kv, "ha")
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="etcd at 127.0.0.1:9 is unreachable"):
+        store.list_networks()
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("url", ["etcd://", "etcd://host:port", "etcd://h:70000"])
+def test_bad_etcd_url(url: str) -> None:
+    with pytest.raises(InvalidOption, match="use etcd://HOST:PORT"):
+        EtcdConfig.from_url(url)
