@@ -213,6 +213,7 @@ def create_network(docker_client: Any, plugin: PluginProcess) -> Callable[..., A
         options: dict[str, str] | None = None,
         internal: bool = False,
         name: str | None = None,
+        ipam_driver: str | None = None,
     ) -> Any:
         opts = dict(options or {})
         if vni is not None:
@@ -222,7 +223,11 @@ def create_network(docker_client: Any, plugin: PluginProcess) -> Callable[..., A
             pools.append(docker.types.IPAMPool(subnet=subnet, gateway=gateway, iprange=ip_range))
         if subnet6 is not None:
             pools.append(docker.types.IPAMPool(subnet=subnet6))
-        ipam = docker.types.IPAMConfig(pool_configs=pools) if pools else None
+        ipam = (
+            docker.types.IPAMConfig(driver=ipam_driver or "default", pool_configs=pools)
+            if pools or ipam_driver
+            else None
+        )
         return docker_client.networks.create(
             name or unique_name("vxt-net"),
             driver=DRIVER,
