@@ -1,0 +1,45 @@
+"""Checks that apply to every tier: vxlanpy code never starts a shell, nor `ip`, `bridge` or `brctl`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+FORBIDDEN_PROGRAMS = {"sh", "bash", "dash", "zsh", "ip", "bridge", "brctl"}
+PLUGIN_DIR = os.sep + os.path.join("plugin", "vxlanpy") + os.sep
+_violations: list[str] = []
+
+
+def _called_from_plugin() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if PLUGIN_DIR in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event == "subprocess.Popen":
+        executable, argv = args[0], args[1]
+        first = argv[0] if isinstance(argv, list | tuple) and argv else argv
+        names = {os.path.basename(str(executable or "")), os.path.basename(str(first or ""))}
+        if names & FORBIDDEN_PROGRAMS and _called_from_plugin():
+            _violations.append(f"vxlanpy ran {argv!r}")
+    elif event in ("os.system", "os.exec", "os.spawn") and _called_from_plugin():
+        _violations.append(f"vxlanpy called {event} {args!r}")
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture(autouse=True)
+def no_shell_from_vxlanpy() -> Iterator[None]:
+    """Fails the test during which vxlanpy's code started a shell or an iproute2 tool."""
+    before = len(_violations)
+    yield
+    assert _violations[before:] == [], "vxlanpy must use netlink and argv lists, never a shell"

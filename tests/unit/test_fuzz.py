@@ -1,0 +1,285 @@
+"""Property-based bad input for every call of both protocols (hypothesis, seeded and bounded).
+
+Whatever the body, the plugin answers JSON: 200, or a 4xx/5xx carrying only `Err` (`Error` for IPAM) with a
+message; never an internal error (which would mean an unhandled exception), never a half-made object: the store,
+the fake kernel and the fake firewall always agree afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vxlanpy.app import create_app
+from vxlanpy.config import Settings
+from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
+from vxlanpy.driver import Driver
+from vxlanpy.ipam import Ipam
+from vxlanpy.store.memory import MemoryStore
+
+NET = "a" * 64
+EP = "c" * 64
+
+NETWORK_METHODS = [
+    "Plugin.Activate",
+    "NetworkDriver.GetCapabilities",
+    "NetworkDriver.CreateNetwork",
+    "NetworkDriver.DeleteNetwork",
+    "NetworkDriver.AllocateNetwork",
+    "NetworkDriver.FreeNetwork",
+    "NetworkDriver.CreateEndpoint",
+    "NetworkDriver.EndpointOperInfo",
+    "NetworkDriver.DeleteEndpoint",
+    "NetworkDriver.Join",
+    "NetworkDriver.Leave",
+    "NetworkDriver.DiscoverNew",
+    "NetworkDriver.DiscoverDelete",
+    "NetworkDriver.ProgramExternalConnectivity",
+    "NetworkDriver.RevokeExternalConnectivity",
+]
+IPAM_METHODS = [
+    "IpamDriver.GetCapabilities",
+    "IpamDriver.GetDefaultAddressSpaces",
+    "IpamDriver.RequestPool",
+    "IpamDriver.ReleasePool",
+    "IpamDriver.RequestAddress",
+    "IpamDriver.ReleaseAddress",
+]
+FIELDS = [
+    "NetworkID",
+    "EndpointID",
+    "Options",
+    "IPv4Data",
+    "IPv6Data",
+    "Interface",
+    "SandboxKey",
+    "Address",
+    "AddressIPv6",
+    "MacAddress",
+    "Pool",
+    "Gateway",
+    "AddressSpace",
+    "SubPool",
+    "V6",
+    "PoolID",
+    "DiscoveryType",
+    "com.docker.network.generic",
+    "com.docker.network.portmap",
+    "vni",
+    "mtu",
+    "peers",
+    "HostPort",
+    "Proto",
+]
+
+nasty_text = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        [
+            NET,
+            EP,
+            "",
+            "../../etc/passwd",
+            "a/b",
+            "10.0.0.0/33",
+            "10.0.0.1/24",
+            "fd00::/64",
+            "::1",
+            "256.1.1.1",
+            "not-a-cidr",
+            "é" * 64,
+            "0" * 64,
+            "A" * 64,
+            "x" * 5000,
+            "vxlanpy-local",
+            "02:42:ac:11:00:02",
+            "\x00",
+            "com.docker.network.gateway",
+            "4789",
+            "-1",
+            "1e9",
+        ]
+    ),
+)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(), nasty_text)
+json_values = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(FIELDS) | nasty_text, children, max_size=5)
+    ),
+    max_leaves=12,
+)
+bodies = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6)
+
+
+def objects_with(*keys: str) -> st.SearchStrategy[dict[str, Any]]:
+    """Objects whose keys are the ones a handler reads, each present or not, with any JSON value."""
+    return st.fixed_dictionaries({}, optional={key: json_values for key in keys})
+
+
+port_bindings = st.lists(objects_with("Proto", "IP", "Port", "HostIP", "HostPort", "HostPortEnd"), max_size=3)
+interfaces = objects_with("Address", "AddressIPv6", "MacAddress")
+raw_bodies = st.one_of(
+    bodies.map(lambda body: json.dumps(body).encode()),
+    st.binary(max_size=64),
+    st.sampled_from([b"", b"null", b"[]", b'"x"', b"{", b"{}" * 3, '{"NetworkID": "é"}'.encode()]),
+)
+
+
+def make_app() -> tuple[Any, MemoryStore, FakeLinks, FakeFirewall]:
+    store, links, firewall = MemoryStore(), FakeLinks(), FakeFirewall()
+    driver = Driver(store, links, firewall, vni_range=(100, 200), port_is_free=lambda mapping: True)
+    app = create_app(driver, Settings(), reconcile=False, ipam=Ipam(store, host="fuzz"))
+    # a network and an endpoint to aim at, so that calls on existing objects are exercised too
+    client = app.test_client()
+    client.post(
+        "/NetworkDriver.CreateNetwork",
+        data=json.dumps(
+            {
+                "NetworkID": NET,
+                "Options": {},
+                "IPv4Data": [{"AddressSpace": "x", "Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}],
+            }
+        ),
+    )
+    client.post(
+        "/NetworkDriver.CreateEndpoint",
+        data=json.dumps(
+            {
+                "NetworkID": NET,
+                "EndpointID": EP,
+                "Interface": {"Address": "10.1.0.2/24"},
+            }
+        ),
+    )
+    return client, store, links, firewall
+
+
+def assert_consistent(store: MemoryStore, links: FakeLinks, firewall: FakeFirewall) -> None:
+    networks = store.list_networks()
+    assert {network.bridge for network in networks} == set(links.networks)
+    assert {network.vni for network in networks} == set(firewall.networks)
+    assert {endpoint.host_veth for endpoint in store.list_endpoints()} == set(links.endpoints)
+
+
+def check(method: str, raw: bytes) -> None:
+    client, store, links, firewall = make_app()
+    response = client.post(f"/{method}", data=raw)
+    body = json.loads(response.data)
+    error_key = "Error" if method.startswith("IpamDriver.") else "Err"
+    assert isinstance(body, dict)
+    if response.status_code != 200:
+        assert 400 <= response.status_code < 600
+        assert list(body) == [error_key] and isinstance(body[error_key], str) and body[error_key]
+        assert "internal error" not in body[error_key], body
+        assert "Traceback" not in body[error_key]
+    assert_consistent(store, links, firewall)
+
+
+fuzz_settings = settings(
+    max_examples=int(os.environ.get("VXLANPY_FUZZ_EXAMPLES", "40")),
+    derandomize=not os.environ.get("VXLANPY_FUZZ_RANDOM"),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+@fuzz_settings
+@given(method=st.sampled_from(NETWORK_METHODS), raw=raw_bodies)
+def test_network_driver_calls_survive_any_body(method: str, raw: bytes) -> None:
+    check(method, raw)
+
+
+@fuzz_settings
+@given(method=st.sampled_from(IPAM_METHODS), raw=raw_bodies)
+def test_ipam_calls_survive_any_body(method: str, raw: bytes) -> None:
+    check(method, raw)
+
+
+@fuzz_settings
+@given(
+    method=st.sampled_from(IPAM_METHODS),
+    body=objects_with("AddressSpace", "Pool", "SubPool", "Options", "V6", "PoolID", "Address"),
+)
+def test_ipam_calls_survive_any_field_values(method: str, body: dict[str, Any]) -> None:
+    check(method, json.dumps(body).encode())
+
+
+@fuzz_settings
+@given(
+    method=st.sampled_from(NETWORK_METHODS),
+    body=objects_with("NetworkID", "EndpointID", "Options", "IPv4Data", "IPv6Data", "Interface", "SandboxKey"),
+    ids=st.booleans(),
+)
+def test_network_calls_survive_any_field_values(method: str, body: dict[str, Any], ids: bool) -> None:
+    if ids:  # aim at the existing network and endpoint, so that the handlers get past the id checks
+        body = {**body, "NetworkID": NET, "EndpointID": EP}
+    check(method, json.dumps(body).encode())
+
+
+@fuzz_settings
+@given(
+    generic=st.dictionaries(
+        st.sampled_from(
+            [
+                "vni",
+                "mtu",
+                "dstport",
+                "ttl",
+                "learning",
+                "remote",
+                "peers",
+                "group",
+                "local",
+                "dev",
+                "com.docker.network.driver.mtu",
+                "bogus",
+            ]
+        ),
+        json_values,
+        max_size=4,
+    )
+)
+def test_any_network_options_are_refused_cleanly_or_accepted_whole(generic: dict[str, Any]) -> None:
+    client, store, links, firewall = make_app()
+    body = {
+        "NetworkID": "b" * 64,
+        "Options": {"com.docker.network.generic": generic},
+        "IPv4Data": [{"AddressSpace": "x", "Pool": "10.2.0.0/24", "Gateway": "10.2.0.1/24"}],
+    }
+    response = client.post("/NetworkDriver.CreateNetwork", data=json.dumps(body))
+    reply = json.loads(response.data)
+    if response.status_code == 200:
+        assert store.get_network("b" * 64) is not None
+    else:
+        assert response.status_code in (400, 409) and "internal error" not in reply["Err"], reply
+        assert store.get_network("b" * 64) is None
+    assert_consistent(store, links, firewall)
+
+
+@fuzz_settings
+@given(portmap=st.one_of(port_bindings, json_values))
+def test_any_port_bindings_are_refused_cleanly(portmap: Any) -> None:
+    client, store, links, firewall = make_app()
+    body = {"NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": portmap}}
+    response = client.post("/NetworkDriver.ProgramExternalConnectivity", data=json.dumps(body))
+    reply = json.loads(response.data)
+    assert response.status_code == 200 or "internal error" not in reply["Err"], reply
+    assert_consistent(store, links, firewall)
+
+
+@fuzz_settings
+@given(interface=st.one_of(interfaces, json_values))
+def test_any_endpoint_interface_is_refused_cleanly(interface: Any) -> None:
+    client, store, links, firewall = make_app()
+    body = {"NetworkID": NET, "EndpointID": "d" * 64, "Interface": interface}
+    response = client.post("/NetworkDriver.CreateEndpoint", data=json.dumps(body))
+    reply = json.loads(response.data)
+    if response.status_code != 200:
+        assert "internal error" not in reply["Err"], reply
+        assert store.get_endpoint("d" * 64) is None
+    assert_consistent(store, links, firewall)
