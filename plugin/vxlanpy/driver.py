@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +39,9 @@ from .store.base import Store
 log = logging.getLogger(__name__)
 
 EPHEMERAL_PORTS = (49153, 60999)  # Docker's bridge driver uses the same range
+# libnetwork joins an endpoint right after creating it; one still unjoined after this long was left behind by
+# a start that failed while the plugin was down, and nothing will ever delete it but reconciliation.
+STALE_UNJOINED_SECONDS = 60.0
 DST_PREFIX = "eth"
 
 
@@ -69,13 +74,15 @@ class ReconcileReport:
     recreated_networks: list[int] = field(default_factory=list)
     reattached_endpoints: list[str] = field(default_factory=list)
     lost_endpoints: list[str] = field(default_factory=list)
+    removed_endpoints: list[str] = field(default_factory=list)
     removed_links: list[str] = field(default_factory=list)
     removed_chains: list[int] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
             f"networks ensured {len(self.recreated_networks)}, endpoints reattached {len(self.reattached_endpoints)}, "
-            f"endpoints lost {len(self.lost_endpoints)}, orphan links removed {len(self.removed_links)}, "
+            f"endpoints lost {len(self.lost_endpoints)}, stale endpoints removed {len(self.removed_endpoints)}, "
+            f"orphan links removed {len(self.removed_links)}, "
             f"orphan chains removed {len(self.removed_chains)}"
         )
 
@@ -105,9 +112,13 @@ class Driver:
         default_dev: str | None = None,
         port_is_free: Callable[[PortMapping], bool] | None = None,
         cluster: Cluster | None = None,
+        clock: Callable[[], float] = time.time,
+        sandbox_exists: Callable[[str], bool | None] | None = None,
     ) -> None:
         self.store = store
         self.cluster = cluster
+        self.clock = clock
+        self.sandbox_exists = sandbox_exists or sandbox_path_exists
         self.links = links
         self.firewall = firewall
         self.vni_range = vni_range
@@ -211,7 +222,8 @@ class Driver:
                 return existing
             _check_in_subnets("address", ipv4, network.ipv4)
             _check_in_subnets("IPv6 address", ipv6, network.ipv6)
-            endpoint = Endpoint(endpoint_id, network_id, mac or endpoint_mac(ipv4, endpoint_id), ipv4, ipv6)
+            mac = mac or endpoint_mac(ipv4, endpoint_id)
+            endpoint = Endpoint(endpoint_id, network_id, mac, ipv4, ipv6, created=self.clock())
             self.store.put_endpoint(endpoint)
             try:
                 if self.cluster is not None:  # before the kernel: a duplicate address is refused cleanly
@@ -393,12 +405,17 @@ class Driver:
     def _reconcile_endpoint(
         self, network: Network, endpoint: Endpoint, links: dict[str, str], report: ReconcileReport, dry_run: bool
     ) -> None:
-        if endpoint.host_veth in links:
-            # The bridge may have been recreated: put the surviving veth back on it.
-            report.reattached_endpoints.append(endpoint.endpoint_id)
+        if self._is_stale(endpoint):
+            report.removed_endpoints.append(endpoint.endpoint_id)
             if not dry_run:
-                self.links.ensure_endpoint(network, endpoint)
-        elif endpoint.sandbox_key is None:
+                self.links.remove_endpoint(endpoint)
+                if endpoint.ports:
+                    self._refresh_firewall(network.network_id, drop=endpoint.endpoint_id)
+                if self.cluster is not None:
+                    self.cluster.unpublish_endpoint(network, endpoint)
+                self.store.delete_endpoint(endpoint.endpoint_id)
+        elif endpoint.host_veth in links or endpoint.sandbox_key is None:
+            # Put a surviving veth back on a recreated bridge, or recreate one Docker has not used yet.
             report.reattached_endpoints.append(endpoint.endpoint_id)
             if not dry_run:
                 self.links.ensure_endpoint(network, endpoint)
@@ -410,6 +427,20 @@ class Driver:
                 endpoint.endpoint_id[:12],
                 endpoint.host_veth,
             )
+
+    def _is_stale(self, endpoint: Endpoint) -> bool:
+        """An endpoint Docker will never delete: its container's sandbox is gone, or it was never joined."""
+        if endpoint.sandbox_key is not None:
+            return self.sandbox_exists(endpoint.sandbox_key) is False
+        return self.clock() - endpoint.created > STALE_UNJOINED_SECONDS
+
+
+def sandbox_path_exists(path: str) -> bool | None:
+    """Whether a sandbox (network namespace file) still exists; None when we cannot tell, e.g. inside a managed
+    plugin that does not see Docker's netns directory."""
+    if not os.path.isdir(os.path.dirname(path)):
+        return None
+    return os.path.exists(path)
 
 
 def _check_in_subnets(

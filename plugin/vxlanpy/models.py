@@ -205,6 +205,7 @@ class Endpoint:
     ipv6: ipaddress.IPv6Interface | None = None
     ports: tuple[PortMapping, ...] = field(default=())
     sandbox_key: str | None = None
+    created: float = 0.0  # time.time() at CreateEndpoint: tells a stale, never-joined endpoint from a new one
 
     @property
     def host_veth(self) -> str:
@@ -230,6 +231,7 @@ class Endpoint:
             "ipv6": str(self.ipv6) if self.ipv6 else None,
             "ports": [port.to_dict() for port in self.ports],
             "sandbox_key": self.sandbox_key,
+            "created": self.created,
         }
 
     @classmethod
@@ -242,4 +244,5 @@ class Endpoint:
             ipv6=ipaddress.IPv6Interface(data["ipv6"]) if data.get("ipv6") else None,
             ports=tuple(PortMapping.from_dict(item) for item in data.get("ports", ())),
             sandbox_key=data.get("sandbox_key"),
+            created=float(data.get("created", 0.0)),
         )

@@ -29,12 +29,16 @@ class Harness:
         self.links = FakeLinks()
         self.firewall = FakeFirewall()
         self.busy_ports: set[int] = set()
+        self.live_sandboxes: set[str] = set()
+        self.now = 1000.0
         self.driver = Driver(
             self.store,
             self.links,
             self.firewall,
             vni_range=(100, 102),
             port_is_free=lambda mapping: mapping.host_port not in self.busy_ports,
+            clock=lambda: self.now,
+            sandbox_exists=lambda path: path in self.live_sandboxes,
         )
         self.client: FlaskClient = create_app(self.driver, Settings(), reconcile=False).test_client()
 

@@ -125,7 +125,37 @@ def test_reconcile_dry_run_changes_nothing(harness: Harness) -> None:
 def test_reconcile_does_not_fake_a_joined_endpoints_interface(harness: Harness) -> None:
     harness.create_network(generic={"vni": "42"})
     harness.create_endpoint()
+    harness.live_sandboxes.add("/var/run/docker/netns/abc")
     harness.driver.join(NET, EP, "/var/run/docker/netns/abc")
     harness.links.endpoints.clear()  # the veth died with the sandbox's side
     report = harness.driver.reconcile()
     assert report.lost_endpoints == [EP] and harness.links.endpoints == {}
+
+
+def test_reconcile_removes_endpoints_docker_will_never_delete(harness: Harness) -> None:
+    from vxlanpy.models import PortMapping
+
+    harness.create_network(generic={"vni": "42"})
+    harness.create_endpoint(EP)  # joined, but its container's sandbox is gone (it died while we were down)
+    harness.driver.join(NET, EP, "/var/run/docker/netns/gone")
+    harness.driver.program_external_connectivity(NET, EP, [PortMapping("tcp", 80, 8080)])
+    harness.create_endpoint(EP2, Address="10.1.0.3/24")  # created, never joined: a start that failed
+    harness.now += 30
+    harness.create_endpoint("e" * 64, Address="10.1.0.4/24")  # created just now: its Join is on the way
+
+    report = harness.driver.reconcile()
+    assert report.removed_endpoints == [EP]  # EP2 is not stale yet
+    harness.now += 31  # EP2 is now 61 s old, the newest one 31 s
+    report = harness.driver.reconcile()
+    assert report.removed_endpoints == [EP2]
+    assert [e.endpoint_id for e in harness.store.list_endpoints()] == ["e" * 64]
+    assert set(harness.links.endpoints) == {"vxh-eeeeeeeeeee"}
+    assert harness.firewall.published() == set()
+
+
+def test_unknown_sandbox_visibility_keeps_the_endpoint(harness: Harness) -> None:
+    harness.driver.sandbox_exists = lambda path: None  # e.g. a managed plugin that cannot see Docker's netns dir
+    harness.create_network(generic={"vni": "42"})
+    harness.create_endpoint()
+    harness.driver.join(NET, EP, "/var/run/docker/netns/x")
+    assert harness.driver.reconcile().removed_endpoints == []
