@@ -17,7 +17,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from .config import Settings
-from .driver import Driver
+from .driver import STALE_UNJOINED_SECONDS, Driver
 from .errors import BadRequest, StoreError, VxlanpyError
 from .ipam import Ipam
 from .protocol import Body, Handler, NetworkDriverProtocol
@@ -49,7 +49,8 @@ def create_app(
     if ipam is None:
         ipam = build_ipam(driver, settings)
     if reconcile:
-        _reconcile(driver, tolerate_store_errors=cluster is not None)
+        # Not serving yet: an endpoint still unjoined now belongs to a start that failed while we were down.
+        _reconcile(driver, tolerate_store_errors=cluster is not None, unjoined_grace=0.0)
     if cluster is not None:
         # After every (re)connection to etcd: etcd may have been down when we started, or lost our lease.
         cluster.on_reconnect = lambda: _reconcile(driver, tolerate_store_errors=True)
@@ -99,10 +100,10 @@ def _error_key(method: str) -> str:
     return "Error" if method.startswith(IPAM_PREFIX) else "Err"
 
 
-def _reconcile(driver: Driver, tolerate_store_errors: bool) -> None:
+def _reconcile(driver: Driver, tolerate_store_errors: bool, unjoined_grace: float = STALE_UNJOINED_SECONDS) -> None:
     started = time.monotonic()
     try:
-        report = driver.reconcile()
+        report = driver.reconcile(unjoined_grace=unjoined_grace)
     except StoreError as exc:
         if not tolerate_store_errors:
             raise

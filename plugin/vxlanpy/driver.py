@@ -349,12 +349,14 @@ class Driver:
 
     # -- restart --------------------------------------------------------------------------------------------
 
-    def reconcile(self, dry_run: bool = False) -> ReconcileReport:
+    def reconcile(self, dry_run: bool = False, unjoined_grace: float = STALE_UNJOINED_SECONDS) -> ReconcileReport:
         """Make the kernel match the store: recreate what is missing, remove vxlanpy objects no row owns.
 
         Safe while requests run: the kernel is read before the store, and requests write a row before they touch
         the kernel, so whatever this snapshot holds without a row is a real orphan; each network is then
-        re-read and repaired under its lock, so a network deleted meanwhile is not brought back."""
+        re-read and repaired under its lock, so a network deleted meanwhile is not brought back.
+        Endpoints never joined for `unjoined_grace` seconds are removed: at start-up, before serving, that is all
+        of them (0), since the start that created them cannot have succeeded."""
         report = ReconcileReport()
         links = self.links.owned_links()
         chains = self.firewall.owned_vnis()
@@ -375,7 +377,7 @@ class Driver:
         known_endpoints = {endpoint.endpoint_id for endpoint in endpoints}
         for network in networks:
             with self._network_locks.hold(network.network_id):
-                self._reconcile_network(network.network_id, links, known_endpoints, report, dry_run)
+                self._reconcile_network(network.network_id, links, known_endpoints, report, dry_run, unjoined_grace)
         network_ids = {network.network_id for network in networks}
         for endpoint in endpoints:
             if endpoint.network_id not in network_ids:  # its network's row is gone: nothing can use it
@@ -386,7 +388,13 @@ class Driver:
         return report
 
     def _reconcile_network(
-        self, network_id: str, links: dict[str, str], known_endpoints: set[str], report: ReconcileReport, dry_run: bool
+        self,
+        network_id: str,
+        links: dict[str, str],
+        known_endpoints: set[str],
+        report: ReconcileReport,
+        dry_run: bool,
+        unjoined_grace: float,
     ) -> None:
         network = self.store.get_network(network_id)
         if network is None:
@@ -398,14 +406,20 @@ class Driver:
         endpoints = self.store.list_endpoints(network_id)
         for endpoint in endpoints:
             if endpoint.endpoint_id in known_endpoints:  # newer ones are being set up by their own request
-                self._reconcile_endpoint(network, endpoint, links, report, dry_run)
+                self._reconcile_endpoint(network, endpoint, links, report, dry_run, unjoined_grace)
         if not dry_run:
             self.firewall.ensure_network(network, endpoints)
 
     def _reconcile_endpoint(
-        self, network: Network, endpoint: Endpoint, links: dict[str, str], report: ReconcileReport, dry_run: bool
+        self,
+        network: Network,
+        endpoint: Endpoint,
+        links: dict[str, str],
+        report: ReconcileReport,
+        dry_run: bool,
+        unjoined_grace: float,
     ) -> None:
-        if self._is_stale(endpoint):
+        if self._is_stale(endpoint, unjoined_grace):
             report.removed_endpoints.append(endpoint.endpoint_id)
             if not dry_run:
                 self.links.remove_endpoint(endpoint)
@@ -428,11 +442,11 @@ class Driver:
                 endpoint.host_veth,
             )
 
-    def _is_stale(self, endpoint: Endpoint) -> bool:
+    def _is_stale(self, endpoint: Endpoint, unjoined_grace: float) -> bool:
         """An endpoint Docker will never delete: its container's sandbox is gone, or it was never joined."""
         if endpoint.sandbox_key is not None:
             return self.sandbox_exists(endpoint.sandbox_key) is False
-        return self.clock() - endpoint.created > STALE_UNJOINED_SECONDS
+        return self.clock() - endpoint.created >= unjoined_grace
 
 
 def sandbox_path_exists(path: str) -> bool | None:
