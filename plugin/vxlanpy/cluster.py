@@ -18,13 +18,15 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .dataplane.base import Firewall, Links, RemoteEndpoint
 from .errors import Conflict, StoreError, VxlanpyError
 from .models import Endpoint, IPAddress, Network
-from .store.etcd import EtcdKV, EtcdStore, KeyValue, key_part
+from .store.etcd import EtcdKV, EtcdStore, KeyValue, LeaseNotFound, key_part
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WATCH_IDLE = 10.0
 MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
@@ -86,10 +88,23 @@ class EtcdCluster:
                 self._lease = self.kv.grant(self.lease_ttl)
             return self._lease
 
+    def _leased(self, action: Callable[[int], T]) -> T:
+        """Run `action(lease)`; if etcd has forgotten the lease (it was unreachable for longer than the TTL), take
+        a new one, put everything back under it and try once more, instead of failing the user's request."""
+        try:
+            return action(self.lease())
+        except LeaseNotFound:
+            with self._lease_lock:
+                self._lease = 0
+            log.warning("etcd lease expired while etcd was unreachable; publishing again under a new lease")
+            self.republish()
+            return action(self.lease())
+
     def publish_network(self, network: Network) -> None:
         if network.config.local is None:
             raise Conflict(f"network vni {network.vni} has no local VTEP address; set -o local=ADDRESS or -o dev=...")
-        self.kv.put(self._live(network.vni, "vtep", self.host), str(network.config.local), self.lease())
+        vtep = str(network.config.local)
+        self._leased(lambda lease: self.kv.put(self._live(network.vni, "vtep", self.host), vtep, lease))
         self._apply(network.vni)
 
     def unpublish_network(self, network: Network) -> None:
@@ -99,14 +114,18 @@ class EtcdCluster:
 
     def publish_endpoint(self, network: Network, endpoint: Endpoint) -> None:
         """Claim the endpoint's addresses on the segment and announce it; Conflict names the host holding one."""
-        lease = self.lease()
+        self._leased(lambda lease: self._publish_endpoint(network, endpoint, lease))
+
+    def _publish_endpoint(self, network: Network, endpoint: Endpoint, lease: int) -> None:
         addresses = [str(address.ip) for address in (endpoint.ipv4, endpoint.ipv6) if address is not None]
         claimed: list[str] = []
         holder = f"{self.host}/{endpoint.endpoint_id}"
         for address in addresses:
             key = self.kv.key("addresses", str(network.vni), key_part(address))
             existing = self.kv.create(key, holder, lease)
-            if existing is not None and existing != holder:
+            if existing == holder:  # ours from before a restart or a lost lease: move it under the current lease
+                self.kv.put(key, holder, lease)
+            elif existing is not None:
                 for done in claimed:
                     self.kv.delete(self.kv.key("addresses", str(network.vni), key_part(done)))
                 other_host, _, other_endpoint = existing.partition("/")
@@ -135,11 +154,12 @@ class EtcdCluster:
         for network in self.store.list_networks():
             if network.config.local is None:
                 continue
-            self.kv.put(self._live(network.vni, "vtep", self.host), str(network.config.local), self.lease())
+            lease = self.lease()
+            self.kv.put(self._live(network.vni, "vtep", self.host), str(network.config.local), lease)
             for endpoint in endpoints:
                 if endpoint.network_id == network.network_id:
                     try:
-                        self.publish_endpoint(network, endpoint)
+                        self._publish_endpoint(network, endpoint, lease)
                     except Conflict as exc:  # someone took the address while we were away: say so, keep going
                         log.error("cannot republish endpoint %s: %s", endpoint.endpoint_id[:12], exc)
 

@@ -61,6 +61,10 @@ def key_part(value: str) -> str:
     return value
 
 
+class LeaseNotFound(StoreError):
+    """The lease expired (etcd was out of reach for longer than its TTL): get a new one and publish again."""
+
+
 @dataclass(frozen=True)
 class EtcdConfig:
     endpoints: tuple[tuple[str, int], ...]
@@ -140,7 +144,10 @@ class EtcdKV:
                 last = exc
                 continue
             except exceptions.Etcd3Exception as exc:
-                raise StoreError(f"etcd at {self.where} refused {path}: {exc}") from exc
+                detail = exc.detail_text or str(exc)
+                if "lease not found" in detail:
+                    raise LeaseNotFound(f"etcd at {self.where} no longer knows our lease") from exc
+                raise StoreError(f"etcd at {self.where} refused {path}: {detail[:200]}") from exc
             with self._lock:
                 self._current = index
             return result
