@@ -16,12 +16,16 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from . import api
 from .config import Settings
 from .driver import STALE_UNJOINED_SECONDS, Driver
 from .errors import BadRequest, StoreError, VxlanpyError
 from .ipam import Ipam
+from .metrics import Metrics
+from .operations import Operations
 from .protocol import Body, Handler, NetworkDriverProtocol
 from .protocol_ipam import IpamDriverProtocol
+from .sandbox import NetlinkSandboxes, Sandboxes
 from .wiring import build
 
 log = logging.getLogger("vxlanpy.requests")
@@ -40,8 +44,10 @@ def create_app(
     settings: Settings | None = None,
     reconcile: bool = True,
     ipam: Ipam | None = None,
+    sandboxes: Sandboxes | None = None,
 ) -> Flask:
     settings = settings or Settings.from_env()
+    metrics = Metrics()
     cluster = None
     if driver is None:
         components = build(settings)
@@ -50,16 +56,22 @@ def create_app(
         ipam = build_ipam(driver, settings)
     if reconcile:
         # Not serving yet: an endpoint still unjoined now belongs to a start that failed while we were down.
-        _reconcile(driver, tolerate_store_errors=cluster is not None, unjoined_grace=0.0)
+        _reconcile(driver, tolerate_store_errors=cluster is not None, unjoined_grace=0.0, metrics=metrics)
     if cluster is not None:
         # After every (re)connection to etcd: etcd may have been down when we started, or lost our lease.
-        cluster.on_reconnect = lambda: _reconcile(driver, tolerate_store_errors=True)
+        cluster.on_reconnect = lambda: _reconcile(driver, tolerate_store_errors=True, metrics=metrics, trigger="etcd")
         cluster.start()
     routes: dict[str, Handler] = {**NetworkDriverProtocol(driver).routes, **IpamDriverProtocol(ipam).routes}
     app = Flask("vxlanpy")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["vxlanpy.driver"] = driver
     app.extensions["vxlanpy.ipam"] = ipam
+    # The operator's private endpoints (/vxlanpy/...), metrics and health: see api.py and metrics.py.
+    operations = Operations(driver, ipam.book, ipam.host, sandboxes or NetlinkSandboxes(), metrics)
+    metrics.watch_state(operations.metrics_state)
+    app.extensions["vxlanpy.metrics"] = metrics
+    app.extensions["vxlanpy.operations"] = operations
+    api.register(app, operations, metrics)
 
     @app.post("/<path:method>")
     def dispatch(method: str) -> Response:
@@ -68,6 +80,7 @@ def create_app(
         if handler is None:
             family = method.partition(".")[0] + "."
             known = [name for name in routes if name.startswith(family)] or list(routes)
+            metrics.observe_request("unknown", 404, 0.0)
             return _reply({error_key: f"unknown method {method[:80]!r}: vxlanpy implements {', '.join(known)}"}, 404)
         started = time.monotonic()
         body: Body = {}
@@ -82,7 +95,9 @@ def create_app(
             log.exception("%s crashed", method)
             result = {error_key: f"internal error in vxlanpy ({type(exc).__name__}); see the plugin log"}
             status = 500
-        _log_request(method, body, status, result, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        metrics.observe_request(method, status, seconds)
+        _log_request(method, body, status, result, seconds)
         return _reply(result, status)
 
     @app.errorhandler(404)
@@ -100,15 +115,25 @@ def _error_key(method: str) -> str:
     return "Error" if method.startswith(IPAM_PREFIX) else "Err"
 
 
-def _reconcile(driver: Driver, tolerate_store_errors: bool, unjoined_grace: float = STALE_UNJOINED_SECONDS) -> None:
+def _reconcile(
+    driver: Driver,
+    tolerate_store_errors: bool,
+    unjoined_grace: float = STALE_UNJOINED_SECONDS,
+    metrics: Metrics | None = None,
+    trigger: str = "startup",
+) -> None:
     started = time.monotonic()
     try:
         report = driver.reconcile(unjoined_grace=unjoined_grace)
-    except StoreError as exc:
-        if not tolerate_store_errors:
+    except Exception as exc:
+        if metrics is not None:
+            metrics.observe_reconcile(trigger, None)
+        if not isinstance(exc, StoreError) or not tolerate_store_errors:
             raise
         logging.getLogger("vxlanpy").warning("reconciliation postponed until the store is reachable: %s", exc)
         return
+    if metrics is not None:
+        metrics.observe_reconcile(trigger, report)
     logging.getLogger("vxlanpy").info(
         "reconciliation: %s (%.0f ms)", report.summary(), (time.monotonic() - started) * 1000
     )

@@ -30,8 +30,10 @@ def configure_logging(level: str) -> None:
 
 
 class PluginServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics_addr: tuple[str, int] | None = None) -> None:
         self.settings = settings
+        self.metrics_addr = metrics_addr
+        self.metrics_server: Any = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -58,11 +60,19 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
         configure_logging(self.settings.log_level)
         from .app import create_app
 
-        return create_app(settings=self.settings)
+        app = create_app(settings=self.settings)
+        if self.metrics_addr is not None:
+            # In the worker, beside the app whose counters it shows (VXLANPY_METRICS_ADDR; off by default).
+            from .metrics import MetricsServer
+
+            operations = app.extensions["vxlanpy.operations"]
+            self.metrics_server = MetricsServer(self.metrics_addr, app.extensions["vxlanpy.metrics"], operations.health)
+            self.metrics_server.start()
+        return app
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> None:
     Path(settings.socket).parent.mkdir(parents=True, exist_ok=True)
     Path(settings.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     os.environ.setdefault("SERVER_SOFTWARE", "vxlanpy")
-    PluginServer(settings).run()
+    PluginServer(settings, metrics_addr).run()

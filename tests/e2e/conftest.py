@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -115,9 +116,44 @@ def busybox_image(docker_client: Any) -> str:
     return IMAGE
 
 
+METRICS_ENV = "VXLANPY_METRICS_ADDR"
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class MetricsPluginProcess(PluginProcess):
+    """The plugin with its Prometheus listener on a loopback port (VXLANPY_METRICS_ADDR), for every (re)start.
+
+    The variable is set in this process's environment only while the plugin starts (PluginProcess passes its
+    environment on), so nothing else the tests run sees it."""
+
+    def __init__(self, workdir: Path, metrics_port: int) -> None:
+        super().__init__(workdir)
+        self.metrics_port = metrics_port
+
+    @property
+    def metrics_addr(self) -> str:
+        return f"127.0.0.1:{self.metrics_port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        previous = os.environ.get(METRICS_ENV)
+        os.environ[METRICS_ENV] = self.metrics_addr
+        try:
+            super().start(timeout)
+        finally:
+            if previous is None:
+                os.environ.pop(METRICS_ENV, None)
+            else:
+                os.environ[METRICS_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def plugin(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterator[PluginProcess]:
-    process = PluginProcess(tmp_path_factory.mktemp("vxlanpy-plugin"))
+    process = MetricsPluginProcess(tmp_path_factory.mktemp("vxlanpy-plugin"), free_loopback_port())
     process.start()
     yield process
     process.stop()

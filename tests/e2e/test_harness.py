@@ -35,4 +35,4 @@ def test_testhost_answers_ping_from_root_namespace(testhost: TestHost) -> None:
 def test_plugin_activates_as_network_driver(plugin: PluginProcess) -> None:
     status, body = plugin_call(str(plugin.socket_path), "/Plugin.Activate")
     assert status == 200
-    assert body == {"Implements": ["NetworkDriver"]}
+    assert body == {"Implements": ["NetworkDriver", "IpamDriver"]}

@@ -1,0 +1,153 @@
+"""The plugin's private endpoints on its socket, for the `vxlanpy` CLI and health probes (never used by dockerd):
+
+    GET  /vxlanpy/health            200 healthy / 503 unhealthy, with the result of each check
+    GET  /vxlanpy/ls                networks, their devices, peers and endpoints as the plugin holds them
+    GET  /vxlanpy/peers/<network>   remote VTEPs and entries: the store's view against the kernel's
+    POST /vxlanpy/gc                {"dry_run": bool, "forget": [network ids]}: reconciliation on demand
+    POST /vxlanpy/attach            {"network", "target", "netns": [paths], "ipv4"?, "ipv6"?, "ifname"?}
+    POST /vxlanpy/detach            {"network", "target"}
+
+Errors are {"Err": message} with the error's status, as for the network driver.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, request
+
+from .errors import BadRequest, VxlanpyError
+from .metrics import Metrics
+from .models import IPAddress
+from .operations import Operations
+
+log = logging.getLogger("vxlanpy.requests")
+
+PREFIX = "/vxlanpy"
+MAX_BODY = 1 << 16
+DOCKER_ID = re.compile(r"^[0-9a-f]{64}$")
+Body = dict[str, Any]
+
+
+def _reply(body: Body, status: int) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def _body() -> Body:
+    raw = request.get_data(cache=False)
+    if len(raw) > MAX_BODY:
+        raise BadRequest("request body too large")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _network_id(value: object) -> str:
+    if not isinstance(value, str) or not DOCKER_ID.match(value):
+        raise BadRequest("network must be a full network id (64 lowercase hex characters)")
+    return value
+
+
+def _optional_address(body: Body, name: str) -> IPAddress | None:
+    value = body.get(name)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise BadRequest(f"{name} {value[:64]!r} is not an IP address") from None
+
+
+def register(app: Flask, operations: Operations, metrics: Metrics) -> None:
+    def run(name: str, action: Callable[[], tuple[Body, int]]) -> Response:
+        started = time.monotonic()
+        try:
+            body, status = action()
+        except VxlanpyError as exc:
+            body, status = {"Err": exc.message}, exc.status
+        except Exception as exc:  # a bug: keep the worker alive and say where to look
+            log.exception("%s/%s crashed", PREFIX, name)
+            body, status = {"Err": f"internal error in vxlanpy ({type(exc).__name__}); see the plugin log"}, 500
+        seconds = time.monotonic() - started
+        metrics.observe_request(f"vxlanpy.{name}", status, seconds)
+        if name != "health" or status != 200:  # probes every few seconds would drown the log
+            outcome = "ok" if status < 300 else f"error {status}: {body.get('Err') or body.get('status')}"
+            level = logging.INFO if status < 500 else logging.ERROR
+            log.log(level, "vxlanpy.%s %s %.1fms", name, outcome, seconds * 1000)
+        return _reply(body, status)
+
+    @app.route(f"{PREFIX}/health", methods=["GET", "POST"])
+    def health() -> Response:
+        def action() -> tuple[Body, int]:
+            healthy, body = operations.health()
+            return body, 200 if healthy else 503
+
+        return run("health", action)
+
+    @app.get(f"{PREFIX}/ls")
+    def listing() -> Response:
+        return run("ls", lambda: (operations.listing(), 200))
+
+    @app.get(f"{PREFIX}/peers/<network>")
+    def peers(network: str) -> Response:
+        return run("peers", lambda: (operations.peers(_network_id(network)), 200))
+
+    @app.post(f"{PREFIX}/gc")
+    def gc() -> Response:
+        def action() -> tuple[Body, int]:
+            body = _body()
+            dry_run = body.get("dry_run", False)
+            if not isinstance(dry_run, bool):
+                raise BadRequest("dry_run must be true or false")
+            forget = body.get("forget") or []
+            if not isinstance(forget, list):
+                raise BadRequest("forget must be a list of network ids")
+            return operations.gc(dry_run, [_network_id(item) for item in forget]), 200
+
+        return run("gc", action)
+
+    @app.post(f"{PREFIX}/attach")
+    def attach() -> Response:
+        def action() -> tuple[Body, int]:
+            body = _body()
+            netns = body.get("netns")
+            if isinstance(netns, str):
+                netns = [netns]
+            if not isinstance(netns, list):
+                raise BadRequest("netns must be a list of namespace paths")
+            ifname = body.get("ifname")
+            if ifname is not None and not isinstance(ifname, str):
+                raise BadRequest("ifname must be a string")
+            result = operations.attach(
+                _network_id(body.get("network")),
+                str(body.get("target") or ""),
+                netns,
+                ipv4=_optional_address(body, "ipv4"),
+                ipv6=_optional_address(body, "ipv6"),
+                ifname=ifname or None,
+            )
+            return result, 200
+
+        return run("attach", action)
+
+    @app.post(f"{PREFIX}/detach")
+    def detach() -> Response:
+        def action() -> tuple[Body, int]:
+            body = _body()
+            return operations.detach(_network_id(body.get("network")), str(body.get("target") or "")), 200
+
+        return run("detach", action)

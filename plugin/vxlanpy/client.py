@@ -1,0 +1,262 @@
+"""What the `vxlanpy` CLI talks to: the running plugin (HTTP on its Unix socket) and Docker (the docker SDK).
+
+Both are small classes behind plain interfaces, so the CLI's unit tests inject fakes (or the real Flask app
+through a transport function) instead of patching anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import json
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a check failed, or the plugin refused or failed the operation
+EXIT_USAGE = 2  # bad arguments (Click's own usage errors use 2 as well)
+EXIT_UNREACHABLE = 3  # the plugin or Docker cannot be reached
+
+NETNS_DIR = Path("/run/netns")
+Body = dict[str, Any]
+# (HTTP method, path, JSON body or None, timeout) -> (status, raw response body)
+Transport = Callable[[str, str, bytes | None, float], tuple[int, bytes]]
+
+
+class CliError(Exception):
+    """One line for the user, and the exit code that goes with it."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def unix_transport(path: str) -> Transport:
+    def send(method: str, url: str, data: bytes | None, timeout: float) -> tuple[int, bytes]:
+        connection = _UnixHTTPConnection(path, timeout)
+        try:
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            connection.request(method, url, body=data, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    return send
+
+
+def unreachable_message(path: str, exc: BaseException) -> str:
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, FileNotFoundError) or code == errno.ENOENT:
+        return (
+            f"cannot reach the plugin: {path} does not exist; is it running? "
+            "(start it with `sudo vxlanpy serve` or scripts/run, or point VXLANPY_SOCKET/--socket at its socket)"
+        )
+    if isinstance(exc, PermissionError) or code in (errno.EACCES, errno.EPERM):
+        return f"cannot reach the plugin: permission denied on {path}; run as root (or a member of its group)"
+    if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED:
+        return f"cannot reach the plugin: nothing answers on {path} (a stale socket: restart the plugin)"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"cannot reach the plugin: no answer on {path} in time (is it stuck? see its log)"
+    return f"cannot reach the plugin on {path}: {exc}"
+
+
+class PluginClient:
+    def __init__(self, socket_path: str, timeout: float = 30.0, transport: Transport | None = None) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self.transport = transport or unix_transport(socket_path)
+
+    def request(
+        self, method: str, path: str, body: Body | None = None, timeout: float | None = None
+    ) -> tuple[int, Any]:
+        """(status, decoded JSON); raises CliError(EXIT_UNREACHABLE) when the socket does not answer."""
+        data = json.dumps(body).encode() if body is not None else None
+        try:
+            status, raw = self.transport(method, path, data, timeout or self.timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            raise CliError(unreachable_message(self.socket_path, exc), EXIT_UNREACHABLE) from None
+        try:
+            decoded = json.loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError):
+            raise CliError(
+                f"the plugin on {self.socket_path} answered {path} with something that is not JSON (HTTP {status}); "
+                "is it vxlanpy, and as new as this CLI?",
+                EXIT_FAILED,
+            ) from None
+        return status, decoded
+
+    def call(self, method: str, path: str, body: Body | None = None, timeout: float | None = None) -> Body:
+        status, decoded = self.request(method, path, body, timeout)
+        if status >= 400:
+            message = decoded.get("Err") if isinstance(decoded, dict) else None
+            if status == 404 and not message:
+                message = f"the plugin does not know {path}: is it older than this CLI? restart it"
+            code = EXIT_USAGE if status == 400 else EXIT_FAILED  # 400: a bad option or address, as given
+            raise CliError(str(message or f"the plugin answered HTTP {status}"), code)
+        if not isinstance(decoded, dict):
+            raise CliError(f"the plugin answered {path} with an unexpected body", EXIT_FAILED)
+        return decoded
+
+
+# -- Docker --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DockerNetwork:
+    id: str
+    name: str
+    driver: str
+    ipam_driver: str = "default"
+    subnets: list[str] = field(default_factory=list)
+    # endpoint id -> (container id, container name)
+    endpoints: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+@dataclass
+class DockerContainer:
+    id: str
+    name: str
+    running: bool
+    pid: int
+    network_mode: str
+    sandbox_key: str
+
+
+class DockerView(Protocol):
+    def vxlanpy_networks(self) -> list[DockerNetwork]: ...
+
+    def network(self, ref: str) -> DockerNetwork | None: ...
+
+    def container(self, ref: str) -> DockerContainer | None: ...
+
+    def containers(self) -> list[tuple[str, str]]:
+        """(id, name) of every container, running or not."""
+        ...
+
+
+def _network_from(attrs: dict[str, Any]) -> DockerNetwork:
+    ipam = attrs.get("IPAM") or {}
+    endpoints = {
+        str(info.get("EndpointID")): (str(cid), str(info.get("Name") or cid[:12]))
+        for cid, info in (attrs.get("Containers") or {}).items()
+        if isinstance(info, dict) and info.get("EndpointID")
+    }
+    return DockerNetwork(
+        id=str(attrs["Id"]),
+        name=str(attrs.get("Name") or ""),
+        driver=str(attrs.get("Driver") or ""),
+        ipam_driver=str(ipam.get("Driver") or "default"),
+        subnets=[str(c.get("Subnet")) for c in ipam.get("Config") or () if c.get("Subnet")],
+        endpoints=endpoints,
+    )
+
+
+class SdkDocker:
+    """DockerView on the docker SDK's low-level client, connected on first use (DOCKER_HOST etc. honoured)."""
+
+    def __init__(self, timeout: float = 30.0, driver: str = "vxlanpy") -> None:
+        self.timeout = timeout
+        self.driver = driver
+        self._api: Any = None
+
+    def _client(self) -> Any:
+        if self._api is None:
+            try:
+                import docker
+            except ImportError:
+                raise CliError("the docker SDK is not installed: pip install docker", EXIT_UNREACHABLE) from None
+            try:
+                self._api = docker.APIClient(**docker.utils.kwargs_from_env(), version="auto", timeout=self.timeout)
+            except docker.errors.DockerException as exc:
+                raise CliError(f"cannot reach Docker: {_docker_reason(exc)}", EXIT_UNREACHABLE) from None
+        return self._api
+
+    def _call(self, action: Callable[[Any], Any]) -> Any:
+        import docker.errors
+        import requests.exceptions
+
+        try:
+            return action(self._client())
+        except docker.errors.NotFound:
+            return None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise CliError(f"cannot reach Docker: {_docker_reason(exc)}", EXIT_UNREACHABLE) from None
+
+    def vxlanpy_networks(self) -> list[DockerNetwork]:
+        listed = self._call(lambda api: api.networks(filters={"driver": self.driver})) or []
+        networks = []
+        for item in listed:
+            ref = str(item["Id"])
+            attrs = self._call(lambda api, ref=ref: api.inspect_network(ref))  # type: ignore[misc]
+            if attrs is not None:
+                networks.append(_network_from(attrs))
+        return networks
+
+    def network(self, ref: str) -> DockerNetwork | None:
+        attrs = self._call(lambda api: api.inspect_network(ref))
+        return _network_from(attrs) if attrs else None
+
+    def container(self, ref: str) -> DockerContainer | None:
+        attrs = self._call(lambda api: api.inspect_container(ref))
+        if not attrs:
+            return None
+        state = attrs.get("State") or {}
+        return DockerContainer(
+            id=str(attrs["Id"]),
+            name=str(attrs.get("Name") or "").lstrip("/"),
+            running=bool(state.get("Running")),
+            pid=int(state.get("Pid") or 0),
+            network_mode=str((attrs.get("HostConfig") or {}).get("NetworkMode") or ""),
+            sandbox_key=str((attrs.get("NetworkSettings") or {}).get("SandboxKey") or ""),
+        )
+
+    def containers(self) -> list[tuple[str, str]]:
+        listed = self._call(lambda api: api.containers(all=True)) or []
+        return [(str(c["Id"]), str((c.get("Names") or ["/?"])[0]).lstrip("/")) for c in listed]
+
+
+def _docker_reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if "Permission denied" in text:
+        return "permission denied on the Docker socket; run as root or a member of the docker group"
+    if "No such file" in text or "Connection refused" in text or "Connection aborted" in text:
+        return "dockerd does not answer (is it running? is DOCKER_HOST right?)"
+    return text[:200]
+
+
+def netns_names(directory: Path = NETNS_DIR) -> list[str]:
+    """Names of the `ip netns` namespaces on this host."""
+    try:
+        return sorted(entry.name for entry in directory.iterdir())
+    except OSError:
+        return []
+
+
+def proc_netns(pid: int) -> str:
+    return f"/proc/{pid}/ns/net"
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

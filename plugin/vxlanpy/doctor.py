@@ -1,0 +1,643 @@
+"""`vxlanpy doctor`: what can keep vxlanpy networks from working on this host, each with why and how to fix it.
+
+The checks read the host (files under /proc and /sys, `iptables -S`, the plugin's socket) and never change
+anything.  They are a generator of Findings, so the CLI prints each one as soon as it is known.  Everything the
+checks touch goes through `Probe`, which the unit tests replace.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .attach import is_attachment_id
+from .client import CliError, DockerView, PluginClient
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+MODULES = ("vxlan", "bridge", "br_netfilter")
+PLUGIN_DIRS = ("/run/docker/plugins/", "/var/run/docker/plugins/")
+DOCKER_CHAINS_BEFORE_OURS = {"DOCKER-USER", "DOCKER-ISOLATION-STAGE-1"}
+OVERHEAD = {4: 50, 6: 70}
+
+
+@dataclass
+class Finding:
+    status: str
+    check: str
+    summary: str
+    why: str = ""
+    fix: str = ""
+
+
+class Probe(Protocol):
+    def read(self, path: str) -> str | None: ...
+
+    def stat(self, path: str) -> os.stat_result | None: ...
+
+    def run(self, argv: list[str]) -> tuple[int, str, str]: ...
+
+    def is_root(self) -> bool: ...
+
+
+class LocalProbe:
+    def read(self, path: str) -> str | None:
+        try:
+            with open(path) as handle:
+                return handle.read()
+        except OSError:
+            return None
+
+    def stat(self, path: str) -> os.stat_result | None:
+        try:
+            return os.stat(path)
+        except OSError:
+            return None
+
+    def run(self, argv: list[str]) -> tuple[int, str, str]:
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        except FileNotFoundError:
+            return 127, "", f"{argv[0]}: not installed"
+        except subprocess.TimeoutExpired:
+            return 124, "", f"{argv[0]} did not finish within 30 s"
+        return result.returncode, result.stdout, result.stderr
+
+    def is_root(self) -> bool:
+        return os.geteuid() == 0
+
+
+# -- iptables -S parsing -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ruleset:
+    policies: dict[str, str]
+    rules: dict[str, list[list[str]]]  # chain -> rules (the tokens after `-A CHAIN`)
+
+    @classmethod
+    def parse(cls, text: str) -> Ruleset:
+        policies: dict[str, str] = {}
+        rules: dict[str, list[list[str]]] = {}
+        for line in text.splitlines():
+            tokens = line.split()
+            if len(tokens) >= 3 and tokens[0] == "-P":
+                policies[tokens[1]] = tokens[2]
+                rules.setdefault(tokens[1], [])
+            elif len(tokens) >= 2 and tokens[0] == "-N":
+                rules.setdefault(tokens[1], [])
+            elif len(tokens) >= 2 and tokens[0] == "-A":
+                rules.setdefault(tokens[1], []).append(tokens[2:])
+        return cls(policies, rules)
+
+    def has(self, chain: str, rule: list[str]) -> bool:
+        return rule in self.rules.get(chain, [])
+
+
+def target_of(rule: list[str]) -> str | None:
+    for flag in ("-j", "-g"):
+        if flag in rule and rule.index(flag) + 1 < len(rule):
+            return rule[rule.index(flag) + 1]
+    return None
+
+
+def _ports(spec: str) -> list[tuple[int, int]]:
+    ranges = []
+    for part in spec.split(","):
+        low, _, high = part.partition(":")
+        if low.isdigit():
+            ranges.append((int(low), int(high) if high.isdigit() else int(low)))
+    return ranges
+
+
+def rule_matches_vxlan(rule: list[str], port: int) -> str:
+    """'all': the rule matches every VXLAN packet to `port`; 'some': some of them; 'none': none."""
+    conditions = rule[: rule.index("-j")] if "-j" in rule else rule[: rule.index("-g")] if "-g" in rule else rule
+    partial = False
+    index = 0
+    while index < len(conditions):
+        token = conditions[index]
+        value = conditions[index + 1] if index + 1 < len(conditions) else ""
+        if token == "!":
+            partial = True
+            index += 2
+            continue
+        if token == "-p":
+            if value not in ("udp", "17", "all"):
+                return "none"
+            index += 2
+        elif token in ("--dport", "--destination-port", "--dports", "--destination-ports"):
+            if not any(low <= port <= high for low, high in _ports(value)):
+                return "none"
+            index += 2
+        elif token == "-i" and value == "lo":
+            return "none"
+        elif token in ("--ctstate", "--state"):
+            states = set(value.split(","))
+            if states <= {"INVALID", "UNTRACKED"}:
+                return "none"
+            partial = True
+            index += 2
+        elif token == "-m":
+            index += 2  # the match's own options follow and are judged one by one
+        elif token.startswith("-"):
+            partial = True
+            index += 2 if value and not value.startswith("-") else 1
+        else:
+            index += 1
+    return "some" if partial else "all"
+
+
+def input_verdict(ruleset: Ruleset, chain: str, port: int, depth: int = 0) -> tuple[str, list[str], list[str]]:
+    """Walk `chain` for a VXLAN packet to `port`: (verdict, the deciding rule, partial drops on the way).
+
+    verdict: 'accept', 'drop', 'return' (fell through a user chain) or 'policy:<POLICY>' for a built-in chain."""
+    partial: list[str] = []
+    for rule in ruleset.rules.get(chain, []):
+        target = target_of(rule)
+        if target is None or target == "VXLANPY-INPUT":
+            continue
+        match = rule_matches_vxlan(rule, port)
+        if match == "none":
+            continue
+        text = f"-A {chain} {' '.join(rule)}"
+        if target == "ACCEPT" and match == "all":
+            return "accept", [text], partial
+        if target in ("DROP", "REJECT"):
+            if match == "all":
+                return "drop", [text], partial
+            partial.append(text)
+        elif target == "RETURN" and match == "all":
+            return "return", [text], partial
+        elif target in ruleset.rules and target not in ruleset.policies and depth < 5:
+            verdict, deciding, more = input_verdict(ruleset, target, port, depth + 1)
+            partial += more
+            if verdict in ("accept", "drop") and match == "all":
+                return verdict, [text, *deciding], partial
+            if verdict == "drop":
+                partial += [text, *deciding]
+    if chain in ruleset.policies:
+        return f"policy:{ruleset.policies[chain]}", [f"-P {chain} {ruleset.policies[chain]}"], partial
+    return "return", [], partial
+
+
+# -- the checks ----------------------------------------------------------------------------------------------
+
+
+class Doctor:
+    def __init__(
+        self,
+        probe: Probe,
+        plugin: PluginClient,
+        docker: Callable[[], DockerView],
+    ) -> None:
+        self.probe = probe
+        self.plugin = plugin
+        self.docker = docker
+        self.networks: list[dict[str, Any]] | None = None
+        self.plugin_ok = False
+
+    def run(self) -> Iterator[Finding]:
+        yield from self.modules()
+        yield from self.socket()
+        yield from self.health()
+        yield from self.docker_state()
+        yield from self.forwarding()
+        yield from self.firewall()
+        yield from self.mtu()
+        yield from self.peers()
+        yield from self.orphans()
+        yield from self.vxlan_port()
+
+    def modules(self) -> Iterator[Finding]:
+        for module in MODULES:
+            check = f"kernel module {module}"
+            if module == "br_netfilter":
+                present = self.probe.stat("/proc/sys/net/bridge") is not None
+            else:
+                present = self.probe.stat(f"/sys/module/{module}") is not None
+            if present:
+                yield Finding(OK, check, "loaded")
+                continue
+            code, _, _ = self.probe.run(["modprobe", "-n", "-q", module])
+            if module == "br_netfilter":
+                yield Finding(
+                    WARN,
+                    check,
+                    "not loaded",
+                    why="without it bridged frames bypass iptables; Docker normally loads it, and vxlanpy's rules "
+                    "for traffic inside a network then never apply",
+                    fix="modprobe br_netfilter (and add it to /etc/modules-load.d/)",
+                )
+            elif code == 0:
+                yield Finding(OK, check, "not loaded yet; the kernel loads it when vxlanpy creates the first device")
+            else:
+                yield Finding(
+                    FAIL,
+                    check,
+                    "not loaded and not available",
+                    why=f"vxlanpy cannot create {'VXLAN devices' if module == 'vxlan' else 'bridges'} without it",
+                    fix="install the kernel's extra modules (e.g. linux-modules-extra-$(uname -r)), "
+                    f"then modprobe {module}",
+                )
+
+    def socket(self) -> Iterator[Finding]:
+        path = self.plugin.socket_path
+        check = "plugin socket"
+        info = self.probe.stat(path)
+        if info is None:
+            yield Finding(
+                FAIL,
+                check,
+                f"{path} does not exist",
+                why="dockerd finds the plugin by this socket: no socket, no vxlanpy networks",
+                fix="start the plugin: sudo vxlanpy serve (or scripts/run), or set VXLANPY_SOCKET/--socket",
+            )
+            return
+        if not stat.S_ISSOCK(info.st_mode):
+            yield Finding(FAIL, check, f"{path} is not a socket", fix=f"remove {path} and restart the plugin")
+            return
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o006:
+            yield Finding(
+                WARN,
+                check,
+                f"{path} has mode {mode:04o}",
+                why="any local user can drive the plugin through it (create devices, attach namespaces)",
+                fix="restart the plugin: it creates its socket with mode 0660",
+            )
+        else:
+            yield Finding(OK, check, f"{path} (mode {mode:04o}, owner uid {info.st_uid})")
+        if not path.startswith(PLUGIN_DIRS):
+            yield Finding(
+                WARN,
+                "plugin discovery",
+                f"{path} is outside /run/docker/plugins",
+                why="dockerd looks for plugin sockets in /run/docker/plugins only",
+                fix="serve on /run/docker/plugins/vxlanpy.sock (the default VXLANPY_SOCKET)",
+            )
+        try:
+            status, body = self.plugin.request("POST", "/Plugin.Activate", {}, timeout=10)
+        except CliError as exc:
+            yield Finding(
+                FAIL,
+                "plugin answers dockerd",
+                exc.message,
+                why="dockerd's requests to the plugin fail, so does every vxlanpy network command",
+                fix="restart the plugin and look at its log",
+            )
+            return
+        implements = body.get("Implements") if isinstance(body, dict) else None
+        if status == 200 and isinstance(implements, list) and "NetworkDriver" in implements:
+            self.plugin_ok = True
+            yield Finding(OK, "plugin answers dockerd", f"Plugin.Activate: {', '.join(map(str, implements))}")
+        else:
+            yield Finding(
+                FAIL,
+                "plugin answers dockerd",
+                f"Plugin.Activate answered HTTP {status}: {str(body)[:120]}",
+                why="dockerd does not take it for a network driver",
+                fix="check that vxlanpy (not another program) serves this socket; restart it",
+            )
+
+    def health(self) -> Iterator[Finding]:
+        if not self.plugin_ok:
+            yield Finding(SKIP, "state store", "needs the plugin")
+            return
+        try:
+            status, body = self.plugin.request("GET", "/vxlanpy/health")
+        except CliError as exc:
+            yield Finding(FAIL, "state store", exc.message)
+            return
+        checks = body.get("checks") if isinstance(body, dict) else None
+        if status == 404 or not isinstance(checks, dict):
+            yield Finding(
+                WARN,
+                "state store",
+                "the plugin has no /vxlanpy/health: it is older than this CLI",
+                fix="restart the plugin from this version",
+            )
+            return
+        for name, result in checks.items():
+            label = {"store": "state store", "netlink": "netlink", "etcd": "etcd sync"}.get(name, str(name))
+            if result.get("ok"):
+                yield Finding(OK, label, f"{result.get('detail')} ({result.get('ms')} ms)")
+            else:
+                fixes = {
+                    "store": "check VXLANPY_STORE / VXLANPY_STATE_DIR (disk full? permissions? etcd endpoints up?)",
+                    "etcd": "check that the etcd endpoints answer from this host (VXLANPY_STORE, TLS files)",
+                }
+                fix = fixes.get(name, "see the plugin log")
+                yield Finding(FAIL, label, str(result.get("detail")), why="new containers and networks fail", fix=fix)
+        try:
+            self.networks = self.plugin.call("GET", "/vxlanpy/ls").get("networks", [])
+        except CliError as exc:
+            yield Finding(FAIL, "plugin state", exc.message)
+
+    def docker_state(self) -> Iterator[Finding]:
+        if self.networks is None:
+            yield Finding(SKIP, "Docker and plugin agree", "needs the plugin's state")
+            return
+        try:
+            docker_networks = self.docker().vxlanpy_networks()
+        except CliError as exc:
+            yield Finding(WARN, "Docker and plugin agree", exc.message, fix="start dockerd, or run as root")
+            return
+        ours = {network["id"]: network for network in self.networks}
+        theirs = {network.id: network for network in docker_networks}
+        problems = 0
+        for network_id, docker_network in sorted(theirs.items(), key=lambda item: item[1].name):
+            if network_id not in ours:
+                problems += 1
+                yield Finding(
+                    FAIL,
+                    "Docker and plugin agree",
+                    f"Docker network {docker_network.name} ({network_id[:12]}) has no state in the plugin",
+                    why="its containers cannot start (the plugin's state was lost or is another store)",
+                    fix=f"docker network rm {docker_network.name}, then create it again; check VXLANPY_STORE",
+                )
+        for network_id, network in sorted(ours.items()):
+            if network_id not in theirs:
+                problems += 1
+                yield Finding(
+                    WARN,
+                    "Docker and plugin agree",
+                    f"the plugin holds network {network_id[:12]} (vni {network['vni']}) that Docker does not know",
+                    why="its devices and VNI stay taken for nothing (Docker's state was reset?)",
+                    fix=f"vxlanpy gc --forget {network_id[:12]}",
+                )
+        if not problems:
+            yield Finding(OK, "Docker and plugin agree", f"{len(theirs)} vxlanpy networks in both")
+
+    def forwarding(self) -> Iterator[Finding]:
+        value = (self.probe.read("/proc/sys/net/ipv4/ip_forward") or "").strip()
+        if value == "1":
+            yield Finding(OK, "IPv4 forwarding", "on")
+        else:
+            yield Finding(
+                FAIL,
+                "IPv4 forwarding",
+                f"net.ipv4.ip_forward is {value or 'unreadable'}",
+                why="containers cannot reach anything beyond their network, published ports fail",
+                fix="sysctl -w net.ipv4.ip_forward=1 (the plugin sets it at start: restart it)",
+            )
+
+    def _ruleset(self, family: int, table: str) -> Ruleset | str:
+        tool = "iptables" if family == 4 else "ip6tables"
+        code, out, err = self.probe.run([tool, "-w", "10", "-t", table, "-S"])
+        if code != 0:
+            return " ".join(err.split())[:160] or f"{tool} exit status {code}"
+        return Ruleset.parse(out)
+
+    def firewall(self) -> Iterator[Finding]:
+        if not self.probe.is_root():
+            yield Finding(SKIP, "firewall", "reading iptables needs root: run `sudo vxlanpy doctor`")
+            return
+        filter4 = self._ruleset(4, "filter")
+        if isinstance(filter4, str):
+            yield Finding(FAIL, "firewall", f"cannot read iptables: {filter4}", fix="install iptables; run as root")
+            return
+        policy = filter4.policies.get("FORWARD", "?")
+        yield Finding(
+            OK,
+            "FORWARD policy",
+            f"{policy}" + (" (Docker's): a bridge forwards only what rules allow" if policy == "DROP" else ""),
+        )
+        forward = filter4.rules.get("FORWARD", [])
+        hook = ["-j", "VXLANPY-FORWARD"]
+        if hook not in forward:
+            yield Finding(
+                FAIL,
+                "vxlanpy's FORWARD hook",
+                "missing (was the firewall flushed, or Docker restarted without vxlanpy?)",
+                why="with the DROP policy containers get nothing through; with ACCEPT networks are not isolated",
+                fix="vxlanpy gc (reconciliation puts vxlanpy's chains and hooks back)",
+            )
+        else:
+            before = [rule for rule in forward[: forward.index(hook)]]
+            strangers = [rule for rule in before if target_of(rule) not in DOCKER_CHAINS_BEFORE_OURS]
+            if strangers:
+                yield Finding(
+                    WARN,
+                    "vxlanpy's FORWARD hook",
+                    f"at position {len(before) + 1}, after: " + "; ".join(" ".join(r) for r in strangers[:3]),
+                    why="these rules decide first (Docker re-added its own rules above vxlanpy's on a restart?); "
+                    "e.g. `-i docker0 ! -o docker0 -j ACCEPT` lets containers on docker0 into vxlanpy networks",
+                    fix="iptables -D FORWARD -j VXLANPY-FORWARD && iptables -I FORWARD 1 -j VXLANPY-FORWARD "
+                    "(ip6tables too)",
+                )
+            else:
+                yield Finding(OK, "vxlanpy's FORWARD hook", f"in place (position {len(before) + 1})")
+        nat4 = self._ruleset(4, "nat")
+        for network in self.networks or []:
+            yield self._network_rules(network, filter4, nat4)
+
+    def _network_rules(self, network: dict[str, Any], filter4: Ruleset, nat4: Ruleset | str) -> Finding:
+        vni = network["vni"]
+        bridge, chain = f"vxbr-{vni}", f"VXP-{vni}"
+        missing = []
+        if chain not in filter4.rules:
+            missing.append(f"filter {chain}")
+        for direction in ("-i", "-o"):
+            if not filter4.has("VXLANPY-FORWARD", [direction, bridge, "-j", chain]):
+                missing.append(f"VXLANPY-FORWARD {direction} {bridge}")
+        if isinstance(nat4, Ruleset):
+            if chain not in nat4.rules or f"VXPD-{vni}" not in nat4.rules:
+                missing.append(f"nat {chain}/VXPD-{vni}")
+            if not network.get("internal") and not nat4.has("VXLANPY-POSTROUTING", ["-j", chain]):
+                missing.append("masquerade hook")
+        check = f"firewall of vni {vni}"
+        if missing:
+            return Finding(
+                FAIL,
+                check,
+                "missing: " + ", ".join(missing),
+                why="the network's containers lose isolation, egress or published ports",
+                fix="vxlanpy gc (reconciliation rewrites the network's chains)",
+            )
+        return Finding(OK, check, f"{chain} and its hooks in place")
+
+    def mtu(self) -> Iterator[Finding]:
+        if self.networks is None:
+            yield Finding(SKIP, "MTU", "needs the plugin's state")
+            return
+        for network in self.networks:
+            vxlan: dict[str, Any] = next((d for d in network["devices"] if d["kind"] == "vxlan"), {})
+            dev, local = vxlan.get("dev"), vxlan.get("local")
+            check = f"MTU of vni {network['vni']}"
+            if not dev:
+                yield Finding(SKIP, check, "no underlay recorded")
+                continue
+            raw = (self.probe.read(f"/sys/class/net/{dev}/mtu") or "").strip()
+            if not raw.isdigit():
+                yield Finding(
+                    FAIL,
+                    check,
+                    f"underlay {dev} does not exist",
+                    why="the VXLAN device has no way out",
+                    fix=f"bring {dev} back, or recreate the network with -o dev=<interface>",
+                )
+                continue
+            overhead = OVERHEAD[6 if local and ":" in local else 4]
+            underlay, mtu = int(raw), int(network["mtu"])
+            if mtu + overhead > underlay:
+                yield Finding(
+                    FAIL,
+                    check,
+                    f"network MTU {mtu} + {overhead} bytes of VXLAN > underlay {dev} MTU {underlay}",
+                    why="full-size packets between hosts are dropped: small pings work, bulk transfers hang",
+                    fix=f"raise the MTU of {dev} to {mtu + overhead}, "
+                    f"or recreate the network with -o mtu={underlay - overhead}",
+                )
+                continue
+            wrong = []
+            for device in network["devices"]:
+                actual = (self.probe.read(f"/sys/class/net/{device['name']}/mtu") or "").strip()
+                if actual.isdigit() and int(actual) != mtu:
+                    wrong.append(f"{device['name']} has {actual}")
+            if wrong:
+                yield Finding(
+                    FAIL, check, f"network MTU {mtu} but " + ", ".join(wrong), fix="vxlanpy gc (restores the MTU)"
+                )
+            else:
+                yield Finding(OK, check, f"{mtu} + {overhead} <= {dev} {underlay}")
+
+    def peers(self) -> Iterator[Finding]:
+        for network in self.networks or []:
+            check = f"peers of vni {network['vni']}"
+            try:
+                peers = self.plugin.call("GET", f"/vxlanpy/peers/{network['id']}")
+            except CliError as exc:
+                yield Finding(FAIL, check, exc.message)
+                continue
+            if peers.get("match"):
+                yield Finding(OK, check, f"the kernel's FDB and neighbour entries match the {peers.get('source')}")
+                continue
+            wrong = [
+                f"VTEP {v['address']} {'missing in kernel' if v['store'] else 'not in store'}"
+                for v in peers.get("vteps", [])
+                if v["store"] != v["kernel"]
+            ]
+            wrong += [
+                f"entry {e['mac']} {'missing in kernel' if e['kernel'] is None else 'differs'}"
+                for e in peers.get("entries", [])
+                if not e["match"]
+            ]
+            wrong += [f"{peers['device']['name']} {d}" for d in peers.get("device", {}).get("differences", [])]
+            yield Finding(
+                FAIL,
+                check,
+                "; ".join(wrong[:4]) + (f" (+{len(wrong) - 4} more)" if len(wrong) > 4 else ""),
+                why="traffic to the hosts concerned is lost or flooded",
+                fix="vxlanpy gc (static peers), or restart the plugin (etcd); "
+                f"details: vxlanpy peers {network['id'][:12]}",
+            )
+
+    def _names(self) -> dict[str, str]:
+        from .views import report_names
+
+        try:
+            docker = self.docker()
+            return report_names(self.networks or [], docker.vxlanpy_networks(), docker.containers(), [])
+        except CliError:
+            return {}
+
+    def orphans(self) -> Iterator[Finding]:
+        if not self.plugin_ok:
+            yield Finding(SKIP, "orphans", "needs the plugin")
+            return
+        try:
+            report = self.plugin.call("POST", "/vxlanpy/gc", {"dry_run": True}).get("report", {})
+        except CliError as exc:
+            yield Finding(FAIL, "orphans", f"reconciliation dry run failed: {exc.message}")
+            return
+        problems = describe_report(report, dry_run=True, names=self._names())
+        if not problems:
+            yield Finding(OK, "orphans", "none: the kernel matches the store (reconciliation dry run)")
+        for line in problems:
+            yield Finding(
+                WARN if line.startswith("lost") else FAIL,
+                "orphans",
+                line,
+                why="left behind by a crash, a reboot or a manual change",
+                fix="vxlanpy gc" if not line.startswith("lost") else "restart that container",
+            )
+
+    def vxlan_port(self) -> Iterator[Finding]:
+        if not self.probe.is_root():
+            yield Finding(SKIP, "VXLAN port", "reading iptables needs root")
+            return
+        networks = self.networks or []
+        remote = [n for n in networks if n.get("mode") not in (None, "local")]
+        devices = [next(d for d in n["devices"] if d["kind"] == "vxlan") for n in remote]
+        ports = sorted({int(device["dstport"]) for device in devices}) or [4789]
+        families = {6 if ":" in (device.get("local") or "") else 4 for device in devices} or {4}
+        severity = FAIL if remote else WARN
+        for family in sorted(families):
+            ruleset = self._ruleset(family, "filter")
+            if isinstance(ruleset, str):
+                yield Finding(WARN, f"VXLAN port (IPv{family})", f"cannot read the firewall: {ruleset}")
+                continue
+            for port in ports:
+                check = f"VXLAN port udp/{port}" + (" (IPv6)" if family == 6 else "")
+                verdict, deciding, partial = input_verdict(ruleset, "INPUT", port)
+                ours = ruleset.has("INPUT", ["-j", "VXLANPY-INPUT"])
+                note = "; vxlanpy's VTEP allow-list is in front" if ours else ""
+                if verdict == "drop" or verdict in ("policy:DROP", "policy:REJECT"):
+                    yield Finding(
+                        severity,
+                        check,
+                        "dropped by " + " -> ".join(deciding) + note,
+                        why="VXLAN from other hosts never arrives: containers on other hosts are unreachable"
+                        + ("" if remote else " (no network uses other hosts yet)"),
+                        fix=f"allow it before that rule: "
+                        f"iptables -I INPUT -p udp --dport {port} -s <peer VTEP> -j ACCEPT",
+                    )
+                elif partial:
+                    yield Finding(
+                        WARN,
+                        check,
+                        "dropped for some sources or interfaces: " + "; ".join(partial[:3]) + note,
+                        why="VTEPs these rules match cannot reach this host",
+                        fix="check that no peer VTEP matches them",
+                    )
+                else:
+                    how = "accepted by " + " -> ".join(deciding) if deciding else verdict
+                    yield Finding(OK, check, f"not filtered ({how}){note}")
+
+
+def describe_report(report: dict[str, Any], dry_run: bool, names: dict[str, str] | None = None) -> list[str]:
+    """One line per thing a reconciliation did (or would do); ensured endpoints are not actions."""
+    names = names or {}
+    verb = (lambda now, later: later) if dry_run else (lambda now, later: now)  # noqa: E731
+    lines = []
+    attached = {item["id"] for item in report.get("removed_attachments", [])}
+    for vni in report.get("recreated_networks", []):
+        name = names.get(f"vni:{vni}")
+        lines.append(f"{verb('recreated', 'would recreate')} the devices of vni {vni}" + (f" ({name})" if name else ""))
+    for link in report.get("removed_links", []):
+        lines.append(f"{verb('removed', 'would remove')} orphan link {link}")
+    for vni in report.get("removed_chains", []):
+        lines.append(f"{verb('removed', 'would remove')} orphan firewall chains of vni {vni}")
+    for endpoint in report.get("removed_endpoints", []):
+        if endpoint in attached:
+            continue
+        if is_attachment_id(endpoint):
+            who = names.get(endpoint, endpoint[:12])
+            lines.append(f"{verb('removed', 'would remove')} attachment {who}: its namespace is gone")
+        else:
+            lines.append(f"{verb('removed', 'would remove')} stale endpoint {endpoint[:12]} (its sandbox is gone)")
+    for item in report.get("removed_attachments", []):
+        who = names.get(item["id"], item["id"][:12])
+        lines.append(f"{verb('removed', 'would remove')} attachment {who}: {item['reason']}")
+    for item in report.get("forgotten_networks", []):
+        lines.append(f"{verb('forgot', 'would forget')} network {item['id'][:12]} (vni {item['vni']})")
+    for item in report.get("released_addresses", []):
+        lines.append(f"{verb('released', 'would release')} address {item['address']} held by {item['holder']}")
+    for endpoint in report.get("lost_endpoints", []):
+        if endpoint not in attached:
+            lines.append(f"lost endpoint {endpoint[:12]}: its veth is gone while joined; restart its container")
+    return lines

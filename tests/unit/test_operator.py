@@ -1,0 +1,275 @@
+"""Metrics, the health check, the peers comparison in etcd mode, attachment ids and doctor's rule reading."""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+import threading
+from typing import Any
+
+import pytest
+
+from vxlanpy.attach import (
+    attachment_id,
+    container_target,
+    first_free,
+    is_attachment_id,
+    is_host_address,
+    netns_target,
+    valid_netns_path,
+)
+from vxlanpy.cluster import SegmentView
+from vxlanpy.dataplane.base import RemoteEndpoint
+from vxlanpy.doctor import Ruleset, input_verdict, rule_matches_vxlan
+from vxlanpy.errors import InvalidOption
+from vxlanpy.metrics import Metrics, MetricsServer, parse_metrics_addr
+from vxlanpy.models import Subnet
+
+from .cli_fakes import CliHarness
+from .conftest import EP, NET, Harness
+
+# -- attachment ids and addresses --------------------------------------------------------------------------------
+
+
+def test_attachment_ids_are_derived_and_recognisable() -> None:
+    first = attachment_id(container_target("a" * 64), NET)
+    assert len(first) == 64 and is_attachment_id(first)
+    assert first == attachment_id(container_target("a" * 64), NET)
+    assert first != attachment_id(container_target("b" * 64), NET) != attachment_id(netns_target("blue"), NET)
+    tampered = first[:-1] + ("1" if first[-1] == "0" else "0")
+    assert not is_attachment_id("c" * 64) and not is_attachment_id(tampered)
+    assert first[:11] != attachment_id(netns_target("blue"), NET)[:11]  # veth names differ
+
+
+def test_address_helpers() -> None:
+    subnet = Subnet(ipaddress.ip_network("10.1.0.0/29"), ipaddress.ip_interface("10.1.0.1/29"))
+    taken = {ipaddress.ip_address("10.1.0.6")}
+    assert str(first_free(subnet, taken, highest_first=True)) == "10.1.0.5/29"
+    assert str(first_free(subnet, taken, highest_first=False)) == "10.1.0.2/29"
+    full = {ipaddress.ip_address(f"10.1.0.{i}") for i in range(2, 7)}
+    assert first_free(subnet, full, highest_first=True) is None
+    assert not is_host_address(ipaddress.ip_address("10.1.0.7"), subnet.pool)  # broadcast
+    assert not is_host_address(ipaddress.ip_address("10.1.0.0"), subnet.pool)
+    v6 = Subnet(ipaddress.ip_network("fd00::/64"), ipaddress.ip_interface("fd00::1/64"))
+    assert str(first_free(v6, set(), highest_first=True)) == "fd00::ffff:ffff:ffff:ffff/64"
+
+
+@pytest.mark.parametrize(
+    ("path", "ok"),
+    [
+        ("/var/run/docker/netns/0123abcd", True),
+        ("/run/netns/blue", True),
+        ("/proc/4242/ns/net", True),
+        ("/etc/passwd", False),
+        ("/run/netns/../../etc", False),
+        ("/proc/self/ns/net", False),
+    ],
+)
+def test_only_namespace_paths_are_accepted(path: str, ok: bool) -> None:
+    assert valid_netns_path(path) is ok
+
+
+# -- metrics ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("127.0.0.1:9478", ("127.0.0.1", 9478)),
+        ("[::1]:9478", ("::1", 9478)),
+        (":9478", ("0.0.0.0", 9478)),
+        ("localhost:80", ("localhost", 80)),
+    ],
+)
+def test_parse_metrics_addr(raw: str | None, expected: tuple[str, int] | None) -> None:
+    assert parse_metrics_addr(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["9478", "127.0.0.1:0", "127.0.0.1:70000", "example.com:80", "1.2.3.4:x"])
+def test_parse_metrics_addr_refuses(raw: str) -> None:
+    with pytest.raises(InvalidOption, match="VXLANPY_METRICS_ADDR"):
+        parse_metrics_addr(raw)
+
+
+def _scrape(cli: CliHarness) -> str:
+    metrics: Metrics = cli.app.extensions["vxlanpy.metrics"]
+    return metrics.exposition().decode()
+
+
+def test_requests_state_and_reconcile_actions_are_counted(harness: Harness) -> None:
+    harness.create_network(NET, generic={"vni": "42", "peers": "192.0.2.20"})
+    cli = CliHarness(harness)
+    cli.flask.post("/NetworkDriver.CreateEndpoint", json={"NetworkID": NET, "EndpointID": EP, "Interface": {}})
+    cli.flask.post("/NetworkDriver.CreateEndpoint", json={"NetworkID": "x"})
+    cli.flask.post("/NetworkDriver.Nonsense", json={})
+    harness.firewall.networks[77] = harness.firewall.networks[42]
+    assert cli.run("gc").exit_code == 0
+    text = _scrape(cli)
+    assert 'vxlanpy_requests_total{method="NetworkDriver.CreateEndpoint",outcome="ok"} 1.0' in text
+    assert 'vxlanpy_requests_total{method="NetworkDriver.CreateEndpoint",outcome="bad_request"} 1.0' in text
+    assert 'vxlanpy_requests_total{method="unknown",outcome="not_found"} 1.0' in text
+    assert 'vxlanpy_requests_total{method="vxlanpy.gc",outcome="ok"} 1.0' in text
+    assert 'vxlanpy_request_duration_seconds_bucket{le="0.005",method="NetworkDriver.CreateEndpoint"' in text
+    assert "vxlanpy_networks 1.0" in text
+    assert 'vxlanpy_endpoints{kind="docker"} 1.0' in text
+    assert 'vxlanpy_network_endpoints{vni="42"} 1.0' in text
+    assert 'vxlanpy_peers{vni="42"} 1.0' in text
+    assert 'vxlanpy_reconcile_actions_total{action="removed_chains"} 1.0' in text
+    assert 'vxlanpy_reconcile_runs_total{outcome="ok",trigger="gc"} 1.0' in text
+    assert "vxlanpy_store_up 1.0" in text
+
+
+def test_a_failing_store_shows_as_store_up_0(harness: Harness) -> None:
+    cli = CliHarness(harness)
+
+    def broken(*_: Any) -> Any:
+        from vxlanpy.errors import StoreError
+
+        raise StoreError("database is on fire")
+
+    harness.store.list_networks = broken  # type: ignore[method-assign]
+    assert "vxlanpy_store_up 0.0" in _scrape(cli)
+    assert cli.run("health").exit_code == 1
+
+
+def test_metrics_and_health_over_http(harness: Harness) -> None:
+    cli = CliHarness(harness)
+    operations = cli.app.extensions["vxlanpy.operations"]
+    server = MetricsServer(("127.0.0.1", 0), cli.app.extensions["vxlanpy.metrics"], operations.health)
+    server.start()
+    try:
+        assert server.bound.wait(5)
+
+        def get(path: str) -> tuple[int, str]:
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+
+        status, text = get("/metrics")
+        assert status == 200 and "vxlanpy_store_up 1.0" in text and "vxlanpy_start_time_seconds" in text
+        status, text = get("/health")
+        assert status == 200 and json.loads(text)["status"] == "healthy"
+        assert get("/nope")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_metrics_server_retries_a_busy_port(harness: Harness) -> None:
+    import socket
+
+    cli = CliHarness(harness)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    server = MetricsServer(("127.0.0.1", port), cli.app.extensions["vxlanpy.metrics"], lambda: (True, {}), retry=0.1)
+    server.start()
+    try:
+        assert not server.bound.is_set()
+        holder.close()
+        assert server.bound.wait(5)
+    finally:
+        server.stop()
+
+
+# -- etcd mode: the peers comparison and health use the cluster's view --------------------------------------------
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.synced = threading.Event()
+        self.view = SegmentView()
+
+    def publish_network(self, network: Any) -> None: ...
+
+    def unpublish_network(self, network: Any) -> None: ...
+
+    def publish_endpoint(self, network: Any, endpoint: Any) -> None: ...
+
+    def unpublish_endpoint(self, network: Any, endpoint: Any) -> None: ...
+
+    def remote_view(self, vni: int) -> SegmentView:
+        return self.view
+
+
+def test_peers_against_the_etcd_view(harness: Harness) -> None:
+    harness.create_network(NET, generic={"vni": "42"})
+    cluster = FakeCluster()
+    harness.driver.cluster = cluster
+    cli = CliHarness(harness)
+    cli.docker_network(NET, "demo")
+    vtep = ipaddress.ip_address("192.0.2.11")
+    remote = RemoteEndpoint("02:42:0a:01:00:09", vtep, (ipaddress.ip_address("10.1.0.9"),))
+    cluster.view.vteps["hostb"] = vtep
+    cluster.view.endpoints[("hostb", "9" * 64)] = remote
+    harness.links.remotes[42] = ({vtep}, [remote])
+    result = cli.run("peers", "demo")
+    assert result.exit_code == 0, result.output
+    assert "mode etcd" in result.stdout and "compared with the etcd" in result.stdout
+    assert "02:42:0a:01:00:09  192.0.2.11  10.1.0.9   hostb  ok" in result.stdout
+    rows = json.loads(cli.run("ls", "--json").stdout)
+    assert rows[0]["peers"] == [{"address": "192.0.2.11", "host": "hostb", "source": "etcd"}]
+
+    harness.links.remotes[42] = ({vtep}, [])  # the kernel lost the entry
+    result = cli.run("peers", "demo")
+    assert result.exit_code == 1 and "missing in kernel" in result.stdout
+
+    result = cli.run("health")
+    assert result.exit_code == 1 and "etcd FAILED" in result.stdout
+    cluster.synced.set()
+    assert cli.run("health").exit_code == 0
+
+
+def test_attach_on_the_etcd_segment_avoids_remote_addresses(harness: Harness) -> None:
+    harness.create_network(NET, generic={"vni": "42"})
+    cluster = FakeCluster()
+    harness.driver.cluster = cluster
+    remote = RemoteEndpoint("02:42:0a:01:00:fe", ipaddress.ip_address("192.0.2.11"), (ipaddress.ip_address("10.1.0.254"),))
+    cluster.view.endpoints[("hostb", "9" * 64)] = remote
+    cli = CliHarness(harness)
+    cli.docker_network(NET, "demo")
+    cli.container("solo", "1" * 64)
+    result = cli.run("attach", "solo", "demo")
+    assert result.exit_code == 0 and "10.1.0.253/24" in result.stdout
+
+
+# -- doctor's reading of iptables -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        ("-j DROP", "all"),
+        ("-p udp -m udp --dport 4789 -j DROP", "all"),
+        ("-p udp -m multiport --dports 4000:5000 -j DROP", "all"),
+        ("-p tcp -j DROP", "none"),
+        ("-p udp -m udp --dport 53 -j DROP", "none"),
+        ("-i lo -j ACCEPT", "none"),
+        ("-m conntrack --ctstate INVALID -j DROP", "none"),
+        ("-s 10.0.0.0/8 -p udp -j DROP", "some"),
+        ("-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "some"),
+    ],
+)
+def test_rule_matching(rule: str, expected: str) -> None:
+    assert rule_matches_vxlan(rule.split(), 4789) == expected
+
+
+def test_input_verdicts() -> None:
+    def verdict(text: str) -> tuple[str, list[str], list[str]]:
+        return input_verdict(Ruleset.parse(text), "INPUT", 4789)
+
+    assert verdict("-P INPUT ACCEPT\n")[0] == "policy:ACCEPT"
+    assert verdict("-P INPUT DROP\n-A INPUT -p udp --dport 4789 -j ACCEPT\n")[0] == "accept"
+    assert verdict("-P INPUT DROP\n-A INPUT -p tcp --dport 22 -j ACCEPT\n")[0] == "policy:DROP"
+    # through a user chain, as ufw does
+    dropped = verdict("-P INPUT ACCEPT\n-N ufw-in\n-A INPUT -j ufw-in\n-A ufw-in -p udp -j DROP\n")
+    assert dropped[0] == "drop" and dropped[1] == ["-A INPUT -j ufw-in", "-A ufw-in -p udp -j DROP"]
+    partial = verdict("-P INPUT ACCEPT\n-A INPUT -s 192.0.2.0/24 -p udp -j DROP\n")
+    assert partial[0] == "policy:ACCEPT" and partial[2] == ["-A INPUT -s 192.0.2.0/24 -p udp -j DROP"]
+    # vxlanpy's own allow-list is not counted against it
+    ours = verdict("-P INPUT ACCEPT\n-N VXLANPY-INPUT\n-A INPUT -j VXLANPY-INPUT\n-A VXLANPY-INPUT -p udp -j DROP\n")
+    assert ours[0] == "policy:ACCEPT"
