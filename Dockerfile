@@ -1,0 +1,42 @@
+# The root filesystem of the vxlanpy managed plugin (see config.json and scripts/build-plugin).
+#
+# The build needs no network when the base already holds iptables: the Python packages come as wheels from
+# the build context (wheels/), never from an index.  scripts/build-plugin prepares that context (the wheels
+# of vxlanpy and of its dependencies, for the base's Python, plus pip's own wheel) and, by default, builds
+# the base itself with debootstrap (Debian bookworm + python3 + iptables) so that no registry is needed:
+#
+#   scripts/build-plugin                                   # base vxlanpy-base:bookworm, offline
+#   VXLANPY_BASE_IMAGE=python:3.12-slim scripts/build-plugin   # a base from a registry (apt needs network)
+#
+# By hand:  pip wheel -w wheels '.[etcd]' pip && docker build -t vxlanpy-rootfs .
+ARG BASE=python:3.12-slim
+FROM ${BASE}
+
+# iptables from the base's Debian release (bookworm for vxlanpy-base:bookworm; python:3.12-slim follows
+# Debian's current release, python:3.12-slim-bookworm stays on bookworm), with the nft backend like the
+# host's dockerd: vxlanpy's chains must live in the same tables as Docker's.  apt runs only when it is missing.
+RUN set -eu; \
+    if ! command -v iptables-nft >/dev/null 2>&1; then \
+        apt-get update; \
+        apt-get install -y --no-install-recommends iptables; \
+        rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
+    fi; \
+    update-alternatives --set iptables /usr/sbin/iptables-nft; \
+    update-alternatives --set ip6tables /usr/sbin/ip6tables-nft
+
+# vxlanpy with its etcd extra (multi-host mode), in a venv of its own with no pip left in it, installed from
+# the wheels only (pip runs from its own wheel).
+COPY wheels/ /tmp/wheels/
+RUN set -eu; \
+    python3 -m venv --without-pip /opt/vxlanpy; \
+    pip_wheel=$(ls /tmp/wheels/pip-*.whl); vxlanpy_wheel=$(ls /tmp/wheels/vxlanpy-*.whl); \
+    /opt/vxlanpy/bin/python "$pip_wheel/pip" install --no-index --no-cache-dir --disable-pip-version-check \
+        --find-links /tmp/wheels "${vxlanpy_wheel}[etcd]"; \
+    rm -rf /tmp/wheels; \
+    /opt/vxlanpy/bin/python -c 'import vxlanpy.app, etcd3gw'; \
+    /opt/vxlanpy/bin/vxlanpy --help >/dev/null
+
+# A managed plugin takes its entrypoint and environment from config.json, not from here; these serve
+# `docker run` of this image for debugging.  gunicorn serves /run/docker/plugins/vxlanpy.sock.
+ENV VXLANPY_SOCKET=/run/docker/plugins/vxlanpy.sock VXLANPY_STATE_DIR=/var/lib/vxlanpy
+ENTRYPOINT ["/opt/vxlanpy/bin/vxlanpy", "serve"]

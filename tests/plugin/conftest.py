@@ -1,0 +1,87 @@
+"""The managed-plugin suite: vxlanpy as Docker users install it (see harness.py for the layout).
+
+* Tests that need the engine (or root) are skipped, with the reason, when not root or when dockerd,
+  debootstrap, docker-registry or docker-compose are missing (scripts/test installs them).
+* `engine` (session): the namespace, its dockerd (with the busybox image) and the registry on its loopback.
+* `built` (session): scripts/build-plugin creates vxlanpy/vxlanpy:latest and 127.0.0.1:5000/vxlanpy/vxlanpy:test
+  in that engine; the second is pushed to the registry and removed, so that installing it really pulls.
+* Each test enables one plugin at a time through `engine.active(...)`, which removes every container and
+  network and disables the plugin afterwards, pass or fail.  At the end everything is torn down: plugins,
+  containers, networks, dockerd and its containerd, the registry, the namespace and /tmp/vxpl-<hex>.
+* The timings (build, plugin start, image size) are printed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .harness import (
+    LOCAL_PLUGIN,
+    REGISTRY_PLUGIN,
+    TIMINGS,
+    Engine,
+    build_plugins,
+    missing_prerequisites,
+    remove_stale_engines,
+)
+
+PLUGIN_TESTS_DIR = Path(__file__).resolve().parent
+ROOT_FIXTURES = {"engine", "built"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    ours = [item for item in items if PLUGIN_TESTS_DIR in Path(str(item.path)).resolve().parents]
+    reason = missing_prerequisites()
+    for item in ours:
+        if ROOT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            if reason is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
+        elif item.get_closest_marker("needs_root") and os.geteuid() != 0:
+            item.add_marker(pytest.mark.skip(reason="needs root (namespaces, mounts): run it with sudo"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_root: needs root (namespaces, mounts)")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TIMINGS:
+        terminalreporter.section("managed plugin (tests/plugin)")
+        for key, value in TIMINGS.items():
+            terminalreporter.write_line(f"{key}: {value}")
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    remove_stale_engines()
+    started = time.monotonic()
+    built = Engine()
+    try:
+        built.build()
+    except BaseException:
+        problems = built.teardown()
+        if problems:
+            print("tests/plugin teardown after a failed start:\n  " + "\n  ".join(problems))
+        raise
+    TIMINGS["test engine up (netns, dockerd, registry)"] = f"{time.monotonic() - started:.1f} s"
+    yield built
+    problems = built.teardown()
+    assert not problems, "tests/plugin teardown:\n  " + "\n  ".join(problems)
+
+
+@pytest.fixture(scope="session")
+def built(engine: Engine) -> str:
+    """The plugins, built once; returns scripts/build-plugin's report."""
+    report = build_plugins(engine, LOCAL_PLUGIN, REGISTRY_PLUGIN)
+    size = int(engine.client.images.get("vxlanpy-plugin-rootfs:latest").attrs["Size"])
+    TIMINGS["image vxlanpy-plugin-rootfs:latest"] = f"{size / 1e6:.0f} MB"
+    started = time.monotonic()
+    engine.docker("plugin", "push", REGISTRY_PLUGIN, timeout=300)
+    TIMINGS["docker plugin push (local registry)"] = f"{time.monotonic() - started:.1f} s"
+    engine.docker("plugin", "rm", REGISTRY_PLUGIN)
+    return report
