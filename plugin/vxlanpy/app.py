@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ from .wiring import build
 
 log = logging.getLogger("vxlanpy.requests")
 
+HOOK_CHECK_SECONDS = 10.0
 MAX_BODY = 1 << 20  # libnetwork's largest request is a few KiB
 IPAM_PREFIX = "IpamDriver."
 
@@ -61,6 +63,8 @@ def create_app(
         # After every (re)connection to etcd: etcd may have been down when we started, or lost our lease.
         cluster.on_reconnect = lambda: _reconcile(driver, tolerate_store_errors=True, metrics=metrics, trigger="etcd")
         cluster.start()
+    if reconcile:
+        _watch_firewall_hooks(driver)
     routes: dict[str, Handler] = {**NetworkDriverProtocol(driver).routes, **IpamDriverProtocol(ipam).routes}
     app = Flask("vxlanpy")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -137,6 +141,20 @@ def _reconcile(
     logging.getLogger("vxlanpy").info(
         "reconciliation: %s (%.0f ms)", report.summary(), (time.monotonic() - started) * 1000
     )
+
+
+def _watch_firewall_hooks(driver: Driver, interval: float = HOOK_CHECK_SECONDS) -> None:
+    """dockerd puts its own FORWARD rules above ours whenever it (re)starts; put ours back on top soon after."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                driver.firewall.ensure_base()
+            except VxlanpyError as exc:
+                logging.getLogger("vxlanpy").warning("cannot check the firewall hooks: %s", exc)
+
+    threading.Thread(target=loop, name="vxlanpy-hooks", daemon=True).start()
 
 
 def _decode(raw: bytes) -> Body:

@@ -137,6 +137,35 @@ def test_forward_hook_goes_first_before_existing_rules(make_netns: Callable[[], 
     assert rules(ns, chain="FORWARD") == ["-A FORWARD -j VXLANPY-FORWARD", "-A FORWARD -j DROP"]
 
 
+def test_a_displaced_forward_hook_is_moved_back_first_and_docker_user_gets_one(host: str, fw: IptablesFirewall) -> None:
+    # what dockerd does when it (re)starts: its own rules at the top of FORWARD, DOCKER-USER first of all
+    run(host, "iptables", "-w", "-N", "DOCKER-USER")
+    run(host, "iptables", "-w", "-A", "DOCKER-USER", "-j", "RETURN")
+    run(host, "iptables", "-w", "-I", "FORWARD", "1", "-i", "docker0", "!", "-o", "docker0", "-j", "ACCEPT")
+    run(host, "iptables", "-w", "-I", "FORWARD", "1", "-j", "DOCKER-USER")
+    fw.ensure_base()
+    assert rules(host, chain="FORWARD")[0] == "-A FORWARD -j VXLANPY-FORWARD"
+    assert rules(host, chain="FORWARD").count("-A FORWARD -j VXLANPY-FORWARD") == 1
+    assert rules(host, chain="DOCKER-USER") == [
+        "-N DOCKER-USER",
+        "-A DOCKER-USER -j VXLANPY-FORWARD",
+        "-A DOCKER-USER -j RETURN",
+    ]
+    fw.ensure_base()
+    assert rules(host, chain="DOCKER-USER").count("-A DOCKER-USER -j VXLANPY-FORWARD") == 1
+
+
+def test_gateway_frames_are_kept_off_the_vxlan_port(host: str, fw: IptablesFirewall) -> None:
+    net = network(301)
+    fw.ensure_network(net, [])
+    fw.ensure_network(net, [])
+    listing = run(host, "ebtables", "-L", "VXLANPY-OUT").stdout
+    assert listing.count("-s 02:76:78:00:01:2d -o vxlan-301 -j DROP") == 1, listing
+    assert "-j VXLANPY-OUT" in run(host, "ebtables", "-L", "OUTPUT").stdout
+    fw.remove_network(301)
+    assert "vxlan-301" not in run(host, "ebtables", "-L", "VXLANPY-OUT").stdout
+
+
 def test_network_rules_are_installed(host: str, fw: IptablesFirewall) -> None:
     net = network(101)
     fw.ensure_network(net, [endpoint(net, "192.168.77.2", tcp(80, 8080))])

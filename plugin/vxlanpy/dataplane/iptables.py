@@ -6,6 +6,14 @@ Layout (filter in IPv4 and IPv6, nat in IPv4 only):
     nat    POSTROUTING            -> VXLANPY-POSTROUTING -> VXP-<vni>   MASQUERADE
     nat    PREROUTING, OUTPUT     -> VXLANPY-DNAT        -> VXPD-<vni>  published ports
     filter INPUT (position 1)     -> VXLANPY-INPUT                      VXLAN only from known VTEPs (multi-host)
+    filter DOCKER-USER (pos. 1)   -> VXLANPY-FORWARD                    when dockerd runs (see ensure_base)
+    ebtables filter OUTPUT        -> VXLANPY-OUT                        the anycast gateway's own frames stay home
+
+dockerd inserts its own FORWARD rules at the top when it starts (`-i docker0 ! -o docker0 -j ACCEPT` would let
+docker0's containers into a vxlanpy network), but it always keeps its DOCKER-USER chain first and never flushes
+it: so the FORWARD hook is also put first in DOCKER-USER, and `ensure_base` moves a displaced hook back to the
+top (the app calls it periodically).  The bridge itself sends ARP, IPv6 RS and MLD from the gateway MAC, which
+every host shares; VXLANPY-OUT drops those frames at the VXLAN port so no host hears its own MAC from another.
 
 A network's nat rules need two chains: the kernel refuses a rule jumping to a chain that holds DNAT from
 POSTROUTING, and one holding MASQUERADE or `-o` from PREROUTING (both fail with EINVAL).
@@ -32,7 +40,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import DataplaneError
-from ..models import PROTOCOL_NUMBERS, Endpoint, IPAddress, Network, bridge_name
+from ..models import PROTOCOL_NUMBERS, Endpoint, IPAddress, Network, bridge_name, gateway_mac, vxlan_name
 
 Family = Literal[4, 6]
 Rule = list[str]
@@ -42,6 +50,10 @@ POSTROUTING_CHAIN = "VXLANPY-POSTROUTING"
 DNAT_CHAIN = "VXLANPY-DNAT"
 INPUT_CHAIN = "VXLANPY-INPUT"
 INPUT_HOOK: list[str] = ["-j", INPUT_CHAIN]
+FORWARD_HOOK: list[str] = ["-j", FORWARD_CHAIN]
+DOCKER_USER_CHAIN = "DOCKER-USER"
+BRIDGE_OUT_CHAIN = "VXLANPY-OUT"
+_EBTABLES = ("ebtables", "ebtables-nft")
 
 _IPTABLES: dict[Family, str] = {4: "iptables", 6: "ip6tables"}
 _RESTORE: dict[Family, str] = {4: "iptables-restore", 6: "ip6tables-restore"}
@@ -159,6 +171,7 @@ class IptablesFirewall:
         self._prefix = [] if netns is None else ["nsenter", f"--net=/run/netns/{netns}"]
         # Check-then-add is not atomic: serialise this process's own changes so no jump is added twice.
         self._lock = threading.Lock()
+        self._bridge_out_ready = False
 
     # -- Firewall ------------------------------------------------------------------------------------
 
@@ -167,7 +180,10 @@ class IptablesFirewall:
             self._set_sysctl("net/ipv4/ip_forward", "1", missing_ok=False)
             for family in (4, 6):
                 self._ensure_chain(family, "filter", FORWARD_CHAIN)
-                self._ensure_rule(family, "filter", "FORWARD", ["-j", FORWARD_CHAIN], first=True)
+                self._ensure_first(family, "FORWARD", FORWARD_HOOK)
+                if self._iptables(family, "-S", DOCKER_USER_CHAIN).returncode == 0:
+                    self._ensure_first(family, DOCKER_USER_CHAIN, FORWARD_HOOK)
+            self._ensure_bridge_out_chain()
             self._ensure_chain(4, "nat", POSTROUTING_CHAIN)
             self._ensure_chain(4, "nat", DNAT_CHAIN)
             self._ensure_rule(4, "nat", "POSTROUTING", ["-j", POSTROUTING_CHAIN])
@@ -190,6 +206,7 @@ class IptablesFirewall:
                 # Lets a connection DNATed from 127.0.0.1 leave through the bridge instead of being dropped
                 # as martian.  The links layer creates the bridge; without it there is nothing to set yet.
                 self._set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1", missing_ok=True)
+            self._bridge_out(network, "-A")
 
     def remove_network(self, vni: int) -> None:
         bridge, chain, dnat = self._names(vni)
@@ -202,6 +219,7 @@ class IptablesFirewall:
             self._delete_rule(4, "nat", DNAT_CHAIN, ["-j", dnat])
             self._delete_chain(4, "nat", chain)
             self._delete_chain(4, "nat", dnat)
+            self._bridge_out_rule(vni, "-D")
 
     def sync_vtep_filter(self, ports: set[int], vteps: set[IPAddress]) -> None:
         rules: dict[Family, list[Rule]] = {family: vtep_filter_rules(ports, vteps, family) for family in (4, 6)}
@@ -262,6 +280,54 @@ class IptablesFirewall:
         result = self._run([_RESTORE[family], "--noflush", *_WAIT], stdin="\n".join(lines) + "\n")
         if result.returncode != 0:
             raise _error(f"{_RESTORE[family]} of {', '.join(chains)} in table {table}", result)
+
+    def _ensure_first(self, family: Family, chain: str, rule: Rule) -> None:
+        """Make `rule` the first rule of the filter `chain`, moving it there if something was put above it."""
+        result = self._iptables(family, "-S", chain)
+        if result.returncode != 0:
+            raise _error(f"{_IPTABLES[family]} -S {chain}", result)
+        rules = [line for line in result.stdout.splitlines() if line.startswith(f"-A {chain} ")]
+        if rules and rules[0] == " ".join(["-A", chain, *rule]):
+            return
+        self._delete_rule(family, "filter", chain, rule)
+        inserted = self._iptables(family, "-I", chain, "1", *rule)
+        if inserted.returncode != 0:
+            raise _error(f"{_IPTABLES[family]} -I {chain} 1 {' '.join(rule)}", inserted)
+
+    # -- ebtables: the gateway's own frames never leave through the VXLAN port ------------------------------
+
+    def _ebtables(self, *args: str) -> subprocess.CompletedProcess[str] | None:
+        """Run ebtables; None when it is not installed (the guard is then skipped: it only stops log noise)."""
+        for binary in _EBTABLES:
+            try:
+                return self._run([binary, *args])
+            except DataplaneError:
+                continue
+        return None
+
+    def _ensure_bridge_out_chain(self) -> None:
+        listing = self._ebtables("-L", "OUTPUT")
+        self._bridge_out_ready = True
+        if listing is None:
+            return
+        self._ebtables("-N", BRIDGE_OUT_CHAIN)  # "already exists" is fine
+        if f"-j {BRIDGE_OUT_CHAIN}" not in listing.stdout:
+            result = self._ebtables("-I", "OUTPUT", "1", "-j", BRIDGE_OUT_CHAIN)
+            if result is not None and result.returncode != 0:
+                raise _error("ebtables -I OUTPUT 1 -j VXLANPY-OUT", result)
+
+    def _bridge_out(self, network: Network, action: str) -> None:
+        if not self._bridge_out_ready:
+            self._ensure_bridge_out_chain()
+        self._bridge_out_rule(network.vni, "-D")  # delete, then add: idempotent without ebtables' missing -C
+        if action == "-A":
+            self._bridge_out_rule(network.vni, "-A")
+
+    def _bridge_out_rule(self, vni: int, action: str) -> None:
+        rule = ["-o", _safe(vxlan_name(vni)), "-s", gateway_mac(vni), "-j", "DROP"]
+        result = self._ebtables(action, BRIDGE_OUT_CHAIN, *rule)
+        if result is not None and result.returncode != 0 and action == "-A":
+            raise _error(f"ebtables -A {BRIDGE_OUT_CHAIN} {' '.join(rule)}", result)
 
     def _has_rule(self, family: Family, table: str, chain: str, rule: Rule) -> bool:
         result = self._iptables(family, "-t", table, "-C", chain, *rule)
