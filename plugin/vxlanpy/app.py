@@ -56,6 +56,11 @@ def create_app(
         driver, cluster = components.driver, components.cluster
     if ipam is None:
         ipam = build_ipam(driver, settings)
+    if cluster is not None:
+        try:  # first of all, before the other hosts give up on us
+            cluster.resume_lease()
+        except StoreError as exc:
+            logging.getLogger("vxlanpy").warning("cannot reach etcd at start-up: %s", exc)
     if reconcile:
         # Not serving yet: an endpoint still unjoined now belongs to a start that failed while we were down.
         _reconcile(driver, tolerate_store_errors=cluster is not None, unjoined_grace=0.0, metrics=metrics)

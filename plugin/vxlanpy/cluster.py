@@ -18,6 +18,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from .dataplane.base import Firewall, Links, RemoteEndpoint
@@ -49,6 +50,7 @@ class EtcdCluster:
         firewall: Firewall,
         lease_ttl: int = 10,
         on_reconnect: Callable[[], None] | None = None,
+        lease_file: Path | None = None,
     ) -> None:
         self.kv = kv
         self.store = store
@@ -57,6 +59,7 @@ class EtcdCluster:
         self.firewall = firewall
         self.lease_ttl = lease_ttl
         self.on_reconnect = on_reconnect
+        self.lease_file = lease_file
         self._lease = 0
         self._lease_lock = threading.Lock()
         self._view: defaultdict[int, SegmentView] = defaultdict(SegmentView)
@@ -86,7 +89,25 @@ class EtcdCluster:
         with self._lease_lock:
             if not self._lease:
                 self._lease = self.kv.grant(self.lease_ttl)
+                if self.lease_file is not None:
+                    self.lease_file.write_text(str(self._lease))
             return self._lease
+
+    def resume_lease(self) -> bool:
+        """Keep the lease of the previous run alive, if it has not expired yet, so that a quick restart (even after
+        kill -9) does not make every other host drop this host's entries and then learn them again."""
+        if self.lease_file is None or not self.lease_file.exists():
+            return False
+        try:
+            previous = int(self.lease_file.read_text().strip())
+        except ValueError:
+            return False
+        if self.kv.keepalive(previous) <= 0:
+            return False
+        with self._lease_lock:
+            self._lease = previous
+        log.info("kept the etcd lease %x of the previous run", previous)
+        return True
 
     def _leased(self, action: Callable[[int], T]) -> T:
         """Run `action(lease)`; if etcd has forgotten the lease (it was unreachable for longer than the TTL), take

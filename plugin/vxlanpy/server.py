@@ -20,6 +20,11 @@ SOCKET_UMASK = 0o117  # socket mode 0660: root and the docker group only
 
 
 def configure_logging(level: str) -> None:
+    # pyroute2 resets its logger to NOTSET (inherit the root's level) when it is first imported: import it before
+    # setting the level below, or at debug level every netlink message is formatted and logged (repr of every
+    # attribute), which doubled the latency of each request.
+    import pyroute2  # noqa: F401
+
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

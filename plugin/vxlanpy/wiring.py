@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Settings
@@ -44,7 +45,8 @@ def build(settings: Settings) -> Components:
     )
     kv = EtcdKV(config)
     etcd_store = EtcdStore(kv, settings.host)
-    cluster = EtcdCluster(kv, etcd_store, links, firewall, lease_ttl=settings.lease_ttl)
+    lease_file = Path(settings.state_dir) / "etcd-lease"
+    cluster = EtcdCluster(kv, etcd_store, links, firewall, lease_ttl=settings.lease_ttl, lease_file=lease_file)
     driver = Driver(
         etcd_store, links, firewall, vni_range=settings.vni_range, default_dev=settings.default_dev, cluster=cluster
     )

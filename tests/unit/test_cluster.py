@@ -6,6 +6,7 @@ import ipaddress
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,12 +29,13 @@ def etcd(etcd_server: EtcdServer) -> EtcdServer:
 
 
 class Host:
-    def __init__(self, url: str, prefix: str, name: str, address: str) -> None:
+    def __init__(self, url: str, prefix: str, name: str, address: str, lease_file: Path | None = None) -> None:
         self.kv = EtcdKV(EtcdConfig.from_url(url, prefix=prefix, timeout=2))
         self.store = EtcdStore(self.kv, name)
         self.links = FakeLinks({"eth0": Underlay("eth0", 1500, (ipaddress.ip_address(address),))})
         self.firewall = FakeFirewall()
-        self.cluster = EtcdCluster(self.kv, self.store, self.links, self.firewall, lease_ttl=2)
+        self.cluster = EtcdCluster(self.kv, self.store, self.links, self.firewall, lease_ttl=2, lease_file=lease_file)
+        self.resumed = self.cluster.resume_lease()
         self.driver = Driver(
             self.store,
             self.links,
@@ -47,12 +49,12 @@ class Host:
 
 
 @pytest.fixture
-def hosts(etcd: EtcdServer) -> Iterator[Callable[[str, str], Host]]:
+def hosts(etcd: EtcdServer) -> Iterator[Callable[..., Host]]:
     prefix = f"/test-{uuid.uuid4().hex[:8]}"
     made: list[Host] = []
 
-    def make(name: str, address: str) -> Host:
-        made.append(Host(etcd.url, prefix, name, address))
+    def make(name: str, address: str, lease_file: Path | None = None) -> Host:
+        made.append(Host(etcd.url, prefix, name, address, lease_file))
         return made[-1]
 
     yield make
@@ -150,3 +152,24 @@ def test_unreachable_etcd_fails_fast_and_clearly() -> None:
 def test_bad_etcd_url(url: str) -> None:
     with pytest.raises(InvalidOption, match="use etcd://HOST:PORT"):
         EtcdConfig.from_url(url)
+
+
+def test_a_quick_restart_keeps_the_lease_so_other_hosts_keep_the_entries(
+    hosts: Callable[..., Host], tmp_path: Path
+) -> None:
+    lease_file = tmp_path / "etcd-lease"
+    a, b = hosts("ha", "192.0.2.1", lease_file), hosts("hb", "192.0.2.2")
+    assert a.resumed is False  # nothing to resume on a first start
+    a.driver.create_network(net(1), {"vni": "304"}, SUBNET)
+    b.driver.create_network(net(2), {"vni": "304"}, SUBNET)
+    a.driver.create_endpoint(net(1), net(11), ipaddress.IPv4Interface("10.60.0.2/24"), None, None)
+    assert eventually(lambda: len(b.links.remote_entries(b.store.list_networks()[0])[1]) == 1)
+    a.cluster.stop()  # kill -9 ...
+    again = hosts("ha", "192.0.2.1", lease_file)  # ... and a restart within the lease TTL
+    assert again.resumed is True
+    seen = []
+    deadline = time.monotonic() + 3  # longer than the TTL of 2 s: a new lease would have meant a gap
+    while time.monotonic() < deadline:
+        seen.append(len(b.links.remote_entries(b.store.list_networks()[0])[1]))
+        time.sleep(0.02)
+    assert set(seen) == {1}, "host b dropped host a's endpoint during the restart"
