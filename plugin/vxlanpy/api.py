@@ -26,6 +26,7 @@ from .errors import BadRequest, VxlanpyError
 from .metrics import Metrics
 from .models import IPAddress
 from .operations import Operations
+from .protocol import decode_body
 
 log = logging.getLogger("vxlanpy.requests")
 
@@ -43,15 +44,7 @@ def _body() -> Body:
     raw = request.get_data(cache=False)
     if len(raw) > MAX_BODY:
         raise BadRequest("request body too large")
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
+    return decode_body(raw)
 
 
 def _network_id(value: object) -> str:

@@ -20,11 +20,11 @@ from werkzeug.exceptions import HTTPException
 from . import api
 from .config import Settings
 from .driver import STALE_UNJOINED_SECONDS, Driver
-from .errors import BadRequest, StoreError, VxlanpyError
+from .errors import StoreError, VxlanpyError
 from .ipam import Ipam
 from .metrics import Metrics
 from .operations import Operations
-from .protocol import Body, Handler, NetworkDriverProtocol
+from .protocol import Body, Handler, NetworkDriverProtocol, decode_body
 from .protocol_ipam import IpamDriverProtocol
 from .sandbox import NetlinkSandboxes, Sandboxes
 from .wiring import build
@@ -94,7 +94,7 @@ def create_app(
         started = time.monotonic()
         body: Body = {}
         try:
-            body = _decode(request.get_data(cache=False))
+            body = decode_body(request.get_data(cache=False))
             result, status = handler(body), 200
         except VxlanpyError as exc:
             result, status = {error_key: exc.message}, exc.status
@@ -160,19 +160,6 @@ def _watch_firewall_hooks(driver: Driver, interval: float = HOOK_CHECK_SECONDS) 
                 logging.getLogger("vxlanpy").warning("cannot check the firewall hooks: %s", exc)
 
     threading.Thread(target=loop, name="vxlanpy-hooks", daemon=True).start()
-
-
-def _decode(raw: bytes) -> Body:
-    """dockerd sends no Content-Type, and some calls have an empty body."""
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
 
 
 def _reply(body: Body, status: int) -> Response:

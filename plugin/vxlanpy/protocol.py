@@ -8,6 +8,7 @@ response body.  Reference: moby daemon/libnetwork/docs/remote.md and drivers/rem
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,19 @@ DOCKER_ID = re.compile(r"^[0-9a-f]{64}$")
 GENERIC_OPTIONS = "com.docker.network.generic"
 INTERNAL_OPTION = "com.docker.network.internal"
 PORTMAP_OPTION = "com.docker.network.portmap"
+
+
+def decode_body(raw: bytes) -> Body:
+    """dockerd sends no Content-Type, and some calls have an empty body."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
 
 
 def field(body: Body, name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:

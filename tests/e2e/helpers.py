@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import io
 import ipaddress
-import json
 import os
 import shutil
 import signal
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.plugin_socket import plugin_call, plugin_get  # noqa: F401  (re-exported for the suites)
 
 try:
     import docker
@@ -181,36 +182,6 @@ def busybox_rootfs_tar(busybox: bytes, applets: list[str]) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------- plugin
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
-def plugin_call(path: str, endpoint: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
-    """POST a libnetwork request over the plugin's Unix socket; returns (HTTP status, decoded JSON or text)."""
-    connection = _UnixHTTPConnection(path, timeout)
-    try:
-        payload = json.dumps(body if body is not None else {})
-        connection.request(
-            "POST", endpoint, body=payload, headers={"Content-Type": "application/vnd.docker.plugins.v1.2+json"}
-        )
-        response = connection.getresponse()
-        raw = response.read().decode("utf-8", "replace")
-        try:
-            return response.status, json.loads(raw)
-        except ValueError:
-            return response.status, raw
-    finally:
-        connection.close()
 
 
 def socket_answers(path: Path) -> bool:

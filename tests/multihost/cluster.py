@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.plugin_socket import plugin_call, plugin_get  # noqa: F401  (re-exported for the suites)
+
 try:
     import docker
     import docker.errors
@@ -186,51 +188,6 @@ def netns_http(
             return response.status, raw
     finally:
         connection.close()
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
-def plugin_call(path: str, endpoint: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
-    """POST a plugin request over the Unix socket `path`; returns (HTTP status, decoded JSON or text)."""
-    connection = _UnixHTTPConnection(path, timeout)
-    try:
-        connection.request("POST", endpoint, body=json.dumps(body if body is not None else {}))
-        response = connection.getresponse()
-        raw = response.read().decode("utf-8", "replace")
-        try:
-            return response.status, json.loads(raw)
-        except ValueError:
-            return response.status, raw
-    finally:
-        connection.close()
-
-
-def plugin_get(path: str, endpoint: str, timeout: float = 5.0) -> tuple[int, Any]:
-    """GET an operator endpoint (e.g. /vxlanpy/peers/NETWORK_ID) over the Unix socket `path`."""
-    connection = _UnixHTTPConnection(path, timeout)
-    try:
-        connection.request("GET", endpoint)
-        response = connection.getresponse()
-        raw = response.read().decode("utf-8", "replace")
-        try:
-            return response.status, json.loads(raw)
-        except ValueError:
-            return response.status, raw
-    finally:
-        connection.close()
-
-
-# --------------------------------------------------------------------------------------------- VXLAN / ICMP
 
 
 def vxlan_packet(vni: int, inner_frame: bytes) -> bytes:
