@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
@@ -306,6 +307,188 @@ def test_without_netns_it_works_in_the_current_namespace() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:3] == ["[77, 78]", "1", "1"]
+
+
+def test_remove_network_deletes_every_copy_of_a_jump(host: str, fw: IptablesFirewall) -> None:
+    baseline = everything(host)
+    fw.ensure_network(network(101), [])
+    # An older version (or a crash between check and add) left a jump twice; a reconciliation reads it.
+    run(host, "iptables", "-w", "-A", "VXLANPY-FORWARD", "-i", "vxbr-101", "-j", "VXP-101")
+    run(host, "iptables", "-w", "-t", "nat", "-A", "VXLANPY-DNAT", "-j", "VXPD-101")
+    fw.owned_vnis()
+    fw.remove_network(101)
+    assert everything(host) == baseline
+
+
+def test_remove_network_copes_with_rules_removed_behind_its_back(
+    host: str, fw: IptablesFirewall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fw.ensure_network(network(201), [])
+    baseline = everything(host)
+    fw.ensure_network(network(202, "192.168.77.128/25"), [])
+    # Gone since the firewall last read the tables: its first restore fails, the second from a fresh read works.
+    run(host, "iptables", "-w", "-D", "VXLANPY-FORWARD", "-i", "vxbr-202", "-j", "VXP-202")
+    run(host, "iptables", "-w", "-t", "nat", "-D", "VXLANPY-DNAT", "-j", "VXPD-202")
+    run(host, "iptables", "-w", "-t", "nat", "-X", "VXPD-202")
+    for way in ("-i", "-o"):
+        run(host, "ip6tables", "-w", "-D", "VXLANPY-FORWARD", way, "vxbr-202", "-j", "VXP-202")
+    run(host, "ip6tables", "-w", "-F", "VXP-202")
+    run(host, "ip6tables", "-w", "-X", "VXP-202")
+    counts = processes(fw, monkeypatch, lambda: fw.remove_network(202))
+    assert everything(host) == baseline
+    # IPv4: the restore fails, both tables are read again, the second restore works; IPv6: read, then removed.
+    assert iptables_only(counts) == {"iptables-restore": 2, "iptables": 2, "ip6tables": 1, "ip6tables-restore": 1}
+    fw.remove_network(202)
+    assert everything(host) == baseline
+    assert fw.owned_vnis() == {201}
+
+
+def test_a_jump_is_never_added_twice(host: str, fw: IptablesFirewall) -> None:
+    net = network(101)
+    for _ in range(2):
+        fw.ensure_network(net, [])
+        fw.ensure_network(net, [])
+        fw.owned_vnis()
+        fw.ensure_base()
+        fw.ensure_network(net, [])
+        IptablesFirewall(netns=host).ensure_network(net, [])  # a restarted plugin reads what is there first
+    for table, family in (("filter", 4), ("nat", 4), ("filter", 6)):
+        jumps = [line for line in rules(host, table, family) if line.startswith("-A VXLANPY-") and "-j VXP" in line]
+        assert len(jumps) == 2, jumps
+        assert len(set(jumps)) == 2, jumps
+
+
+@pytest.mark.parametrize("how", ["flushed", "wiped"])
+def test_rules_changed_behind_its_back_come_back_with_ensure_base_and_ensure_network(
+    host: str, fw: IptablesFirewall, how: str
+) -> None:
+    net = network(101)
+    endpoints = [endpoint(net, "192.168.77.2", tcp(80, 8080))]
+    fw.ensure_network(net, endpoints)
+    fw.ensure_network(network(102, "192.168.77.128/25"), [])
+    before = everything(host)
+    if how == "flushed":  # someone flushed vxlanpy's chains
+        for tool in ("iptables", "ip6tables"):
+            run(host, tool, "-w", "-F", "VXLANPY-FORWARD")
+            run(host, tool, "-w", "-F", "VXP-101")
+        run(host, "iptables", "-w", "-t", "nat", "-F", "VXLANPY-POSTROUTING")
+        run(host, "iptables", "-w", "-t", "nat", "-F", "VXPD-101")
+    else:  # the host's firewall was reloaded from scratch
+        for tool, table in (("iptables", "filter"), ("iptables", "nat"), ("ip6tables", "filter")):
+            run(host, tool, "-w", "-t", table, "-F")
+            run(host, tool, "-w", "-t", table, "-X")
+    fw.ensure_base()  # what the app runs periodically and at every reconciliation
+    fw.ensure_network(net, endpoints)
+    fw.ensure_network(network(102, "192.168.77.128/25"), [])
+    assert everything(host) == before
+
+
+# -- what a network costs ----------------------------------------------------------------------------------
+
+
+def spawned(fw: IptablesFirewall, monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> list[list[str]]:
+    """Every command line `action` runs through the firewall (nsenter left out)."""
+    commands: list[list[str]] = []
+    real_run = fw._run
+
+    def recording(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        commands.append(argv)
+        return real_run(argv, stdin)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fw, "_run", recording)
+        action()
+    return commands
+
+
+def processes(fw: IptablesFirewall, monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> dict[str, int]:
+    """The programs `action` runs through the firewall, by name, and how many times each."""
+    return dict(Counter(argv[0] for argv in spawned(fw, monkeypatch, action)))
+
+
+def iptables_only(counts: dict[str, int]) -> dict[str, int]:
+    return {name: count for name, count in counts.items() if name.startswith(("iptables", "ip6tables"))}
+
+
+def install_directly(ns: str, vnis: range) -> None:
+    """Networks laid out like vxlanpy's, with one restore per family: far faster than one by one."""
+    v4, v6 = ["*filter"], ["*filter"]
+    nat = ["*nat"]
+    for vni in vnis:
+        chain = [f":VXP-{vni} - [0:0]", f"-A VXP-{vni} -i vxbr-{vni} -o vxbr-{vni} -j ACCEPT"]
+        chain += [f"-A VXLANPY-FORWARD -{way} vxbr-{vni} -j VXP-{vni}" for way in "io"]
+        v4 += chain
+        v6 += chain
+        nat += [f":VXP-{vni} - [0:0]", f":VXPD-{vni} - [0:0]", f"-A VXP-{vni} -o vxbr-{vni} -j MASQUERADE"]
+        nat += [f"-A VXLANPY-POSTROUTING -j VXP-{vni}", f"-A VXLANPY-DNAT -j VXPD-{vni}"]
+    for tool, lines in (("iptables-restore", [*v4, "COMMIT", *nat, "COMMIT"]), ("ip6tables-restore", [*v6, "COMMIT"])):
+        result = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{ns}", tool, "--noflush", "-w", "10"],
+            input="\n".join(lines) + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_a_network_costs_the_same_few_processes_with_10_or_200_networks(
+    host: str, fw: IptablesFirewall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = network(9999)
+    web = [endpoint(net, "192.168.77.2", tcp(80, 8080))]
+
+    def lifecycle() -> list[dict[str, int]]:
+        before = everything(host)
+        costs = [
+            processes(fw, monkeypatch, lambda: fw.ensure_network(net, [])),  # docker network create
+            processes(fw, monkeypatch, lambda: fw.ensure_network(net, web)),  # a container publishes a port
+            processes(fw, monkeypatch, lambda: fw.ensure_network(net, web)),  # reconciliation: nothing changed
+            processes(fw, monkeypatch, lambda: fw.remove_network(net.vni)),  # docker network rm
+            processes(fw, monkeypatch, lambda: fw.remove_network(net.vni)),  # ... retried
+        ]
+        assert everything(host) == before
+        return costs
+
+    install_directly(host, range(1, 11))
+    assert fw.owned_vnis() == set(range(1, 11))  # a reconciliation reads the tables again
+    with_10 = lifecycle()
+    install_directly(host, range(11, 201))
+    assert len(fw.owned_vnis()) == 200
+    fw.ensure_base()
+    with_200 = lifecycle()
+
+    assert with_200 == with_10, "the cost of a network must not grow with the number of networks"
+    create, publish, unchanged, remove, remove_again = (iptables_only(cost) for cost in with_200)
+    one_restore_per_family = {"iptables-restore": 1, "ip6tables-restore": 1}  # no -C, -A, -D or -S at all
+    assert create == publish == unchanged == remove == one_restore_per_family
+    assert remove_again == {}
+    # Besides: the ebtables guard (-D then -A; -D when removing) and, inside a namespace only, sysctl.
+    assert with_200[0] == {**one_restore_per_family, "ebtables": 2, "sysctl": 1}
+    assert with_200[3] == {**one_restore_per_family, "ebtables": 1}
+    assert with_200[4] == {"ebtables": 1}
+
+
+def test_reconciliation_reads_the_tables_and_changes_nothing_in_place(
+    host: str, fw: IptablesFirewall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fw.ensure_network(network(101), [])
+    # owned_vnis: `-S` of each whole table (filter and nat; filter), which is what it has to report on
+    assert processes(fw, monkeypatch, fw.owned_vnis) == {"iptables": 2, "ip6tables": 1}
+    # ensure_base: `-S` of the chains it hooks into and of the chains holding the jumps, and nothing else
+    # when all is in place (ip_forward is already 1: the sysctl inside a namespace only reads it back)
+    base = [argv for argv in spawned(fw, monkeypatch, fw.ensure_base) if argv[0].startswith(("iptables", "ip6"))]
+    assert all(argv[-2] == "-S" for argv in base), base
+    assert sorted((argv[0], argv[-1]) for argv in base) == sorted(
+        [(tool, chain) for tool in ("iptables", "ip6tables") for chain in ("VXLANPY-FORWARD", "FORWARD", "DOCKER-USER")]
+        + [
+            ("iptables", chain)
+            for chain in ("VXLANPY-POSTROUTING", "VXLANPY-DNAT", "POSTROUTING", "PREROUTING", "OUTPUT")
+        ]
+    )
+    fresh = IptablesFirewall(netns=host)  # a restarted plugin: reads each table once, on first use
+    counts = processes(fresh, monkeypatch, lambda: fresh.ensure_network(network(101), []))
+    assert iptables_only(counts) == {"iptables": 2, "ip6tables": 1, "iptables-restore": 1, "ip6tables-restore": 1}
 
 
 def test_failure_is_a_dataplane_error_with_the_reason(make_netns: Callable[[], str]) -> None:

@@ -18,12 +18,23 @@ every host shares; VXLANPY-OUT drops those frames at the VXLAN port so no host h
 A network's nat rules need two chains: the kernel refuses a rule jumping to a chain that holds DNAT from
 POSTROUTING, and one holding MASQUERADE or `-o` from PREROUTING (both fail with EINVAL).
 
-Each per-network chain is rewritten whole by one `iptables-restore --noflush` per table and family:
-declaring `:CHAIN - [0:0]` there flushes only that chain, and the restore is one transaction, so the
-rules of a network are never half-applied and calling `ensure_network` again changes nothing.
+A network's chains are rewritten whole by one `iptables-restore --noflush` per family (filter and nat
+in the IPv4 one, one COMMIT each): declaring `:CHAIN - [0:0]` there flushes only that chain, and each table
+is one transaction, so the rules of a network are never half-applied and calling `ensure_network` again
+changes nothing.  Removing a network is the same two restores, with `-D`, `-F` and `-X` lines.
 VXLANPY-INPUT is rewritten the same way, hook included when it is missing, so a host never accepts
 VXLAN from everyone between two states of the VTEP list.
 Nothing here touches a chain vxlanpy did not create, apart from adding and deleting its own jumps.
+
+With the nf_tables backend an iptables process loads what it works on, so the cost of `-C`, `-D` or a
+whole-table `-S` grows with the number of networks, and every process costs its start-up: checking each
+jump with `-C` made creating and removing networks slower the more there were.  Instead the firewall keeps
+in memory which per-network chains exist and which jumps their parent chains hold (`_Known`, per family and
+table): read with one `iptables -S` per table on first use and at every reconciliation (`owned_vnis`), the
+jumps again with `-S` of their parent chains in `ensure_base` (reconciliation, and periodically), updated
+after each successful change, and forgotten after any failed one.  The lock serialises this process's
+changes, so no jump is added twice; a change made behind vxlanpy's back (a flushed chain) is seen at the
+next `ensure_base`, and the next `ensure_network` repairs it.
 """
 
 from __future__ import annotations
@@ -36,6 +47,8 @@ import socket
 import struct
 import subprocess
 import threading
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -62,7 +75,10 @@ _WAIT = ["-w", "10"]
 _TIMEOUT = 30.0
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-_OWNED_CHAIN = re.compile(r"^-N VXPD?-(\d+)$", re.MULTILINE)
+_OWNED_CHAIN = re.compile(r"^-N (VXPD?-(\d+))$")
+# The tables vxlanpy uses, and in each the chains that hold the jumps to the per-network chains.
+_TABLES: tuple[tuple[Family, str], ...] = ((4, "filter"), (4, "nat"), (6, "filter"))
+_PARENTS = {"filter": (FORWARD_CHAIN,), "nat": (POSTROUTING_CHAIN, DNAT_CHAIN)}
 # How iptables says "no such rule or chain": rc 1 "Bad rule" (nft, also for a missing chain),
 # "No chain/target/match by that name" (legacy), "Chain 'X' does not exist" (nft, missing jump target).
 _ABSENT = ("Bad rule", "No chain/target/match", "does not exist", "Couldn't load target")
@@ -163,14 +179,58 @@ def vtep_filter_rules(ports: set[int], vteps: set[IPAddress], family: Family) ->
     return rules
 
 
+def _line(chain: str, rule: Rule, action: str = "-A") -> str:
+    """A rule as `iptables -S` prints it, or as a restore file adds (`-A`, `-I`) or deletes it (`-D`)."""
+    return " ".join([action, chain, *rule])
+
+
+def _section(table: str, chains: dict[str, list[Rule]], commands: list[str]) -> list[str]:
+    """One table of a restore file: `chains` declared (so flushed) and filled, then `commands`, then COMMIT."""
+    lines = [f"*{table}", *(f":{chain} - [0:0]" for chain in chains)]
+    lines += [_line(chain, rule) for chain, rules in chains.items() for rule in rules]
+    return [*lines, *commands, "COMMIT"]
+
+
+def _first(listing: list[str], chain: str) -> list[str]:
+    """Restore commands that put the FORWARD hook first in `chain` (as `listing` shows it) when it is not."""
+    rules = [line for line in listing if line.startswith(f"-A {chain} ")]
+    hook = _line(chain, FORWARD_HOOK)
+    if rules[:1] == [hook]:
+        return []
+    return [_line(chain, FORWARD_HOOK, "-D")] * rules.count(hook) + [" ".join(["-I", chain, "1", *FORWARD_HOOK])]
+
+
+@dataclass
+class _Known:
+    """What one table holds of vxlanpy's per-network state, as the firewall believes it: the VXP-/VXPD-
+    chains, and how many times each rule of the chains jumping to them is there (a jump added twice by an
+    older version is deleted twice)."""
+
+    chains: set[str] = field(default_factory=set)
+    jumps: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def parse(cls, listing: list[str], table: str) -> _Known:
+        """From `iptables -t TABLE -S`, or from `-S PARENT` of its parent chains (the chains are then unknown)."""
+        chains = {owned[1] for owned in map(_OWNED_CHAIN.fullmatch, listing) if owned is not None}
+        prefixes = tuple(f"-A {parent} " for parent in _PARENTS[table])
+        return cls(chains, Counter(line for line in listing if line.startswith(prefixes)))
+
+
+# Per table: the network's chains there, and its jumps to them as (parent chain, rule).
+_Layout = dict[tuple[Family, str], tuple[tuple[str, ...], list[tuple[str, Rule]]]]
+
+
 class IptablesFirewall:
     """`Firewall` through the iptables tools; `netns` names a namespace under /run/netns (tests)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self._netns = None if netns is None else _safe(netns)
         self._prefix = [] if netns is None else ["nsenter", f"--net=/run/netns/{netns}"]
-        # Check-then-add is not atomic: serialise this process's own changes so no jump is added twice.
+        # Held for every change and every read of the tables into `_known`: no jump is added twice, and
+        # `_known` never misses a change this process made while it was being read.
         self._lock = threading.Lock()
+        self._known: dict[tuple[Family, str], _Known] = {}  # empty: read again on next use
         self._bridge_out_ready = False
 
     # -- Firewall ------------------------------------------------------------------------------------
@@ -178,30 +238,51 @@ class IptablesFirewall:
     def ensure_base(self) -> None:
         with self._lock:
             self._set_sysctl("net/ipv4/ip_forward", "1", missing_ok=False)
+            # One `-S CHAIN` per chain involved: unlike a whole table, its cost hardly grows with the networks.
             for family in (4, 6):
-                self._ensure_chain(family, "filter", FORWARD_CHAIN)
-                self._ensure_first(family, "FORWARD", FORWARD_HOOK)
-                if self._iptables(family, "-S", DOCKER_USER_CHAIN).returncode == 0:
-                    self._ensure_first(family, DOCKER_USER_CHAIN, FORWARD_HOOK)
+                jumps = self._list_chain(family, "filter", FORWARD_CHAIN)
+                commands = [] if jumps is not None else [f"-N {FORWARD_CHAIN}"]
+                commands += _first(self._list_chain(family, "filter", "FORWARD", missing_ok=False) or [], "FORWARD")
+                docker_user = self._list_chain(family, "filter", DOCKER_USER_CHAIN)
+                if docker_user is not None:
+                    commands += _first(docker_user, DOCKER_USER_CHAIN)
+                if commands:
+                    self._restore_sections(family, [_section("filter", {}, commands)], "the FORWARD hooks")
+                self._relearn_jumps(family, "filter", jumps or [])
             self._ensure_bridge_out_chain()
-            self._ensure_chain(4, "nat", POSTROUTING_CHAIN)
-            self._ensure_chain(4, "nat", DNAT_CHAIN)
-            self._ensure_rule(4, "nat", "POSTROUTING", ["-j", POSTROUTING_CHAIN])
-            for hook in ("PREROUTING", "OUTPUT"):
-                self._ensure_rule(4, "nat", hook, ["-m", "addrtype", "--dst-type", "LOCAL", "-j", DNAT_CHAIN])
+            parents = {chain: self._list_chain(4, "nat", chain) for chain in _PARENTS["nat"]}
+            commands = [f"-N {chain}" for chain, listing in parents.items() if listing is None]
+            hooks = [("POSTROUTING", ["-j", POSTROUTING_CHAIN])]
+            hooks += [
+                (hook, ["-m", "addrtype", "--dst-type", "LOCAL", "-j", DNAT_CHAIN]) for hook in ("PREROUTING", "OUTPUT")
+            ]
+            for hook, rule in hooks:
+                if _line(hook, rule) not in (self._list_chain(4, "nat", hook, missing_ok=False) or []):
+                    commands.append(_line(hook, rule))
+            if commands:
+                self._restore_sections(4, [_section("nat", {}, commands)], "the nat hooks")
+            self._relearn_jumps(4, "nat", [line for listing in parents.values() for line in listing or []])
 
     def ensure_network(self, network: Network, endpoints: list[Endpoint]) -> None:
         bridge, chain, dnat = self._names(network.vni)
-        rules = filter_rules(network)
-        nat = {chain: masquerade_rules(network), dnat: dnat_rules(network, endpoints)}
+        contents = {
+            "filter": {chain: filter_rules(network)},
+            "nat": {chain: masquerade_rules(network), dnat: dnat_rules(network, endpoints)},
+        }
+        layout = self._layout(network.vni)
         with self._lock:
             for family in (4, 6):
-                self._restore(family, "filter", {chain: rules})
-                self._ensure_rule(family, "filter", FORWARD_CHAIN, ["-i", bridge, "-j", chain])
-                self._ensure_rule(family, "filter", FORWARD_CHAIN, ["-o", bridge, "-j", chain])
-            self._restore(4, "nat", nat)
-            self._ensure_rule(4, "nat", POSTROUTING_CHAIN, ["-j", chain])
-            self._ensure_rule(4, "nat", DNAT_CHAIN, ["-j", dnat])
+                # One process per family, no `-C`: the jumps `_known` lacks are added in the same restore.
+                tables = [(self._known_table(family, table), table) for table in self._tables(family)]
+                added = {
+                    table: [_line(*jump) for jump in layout[(family, table)][1] if not known.jumps[_line(*jump)]]
+                    for known, table in tables
+                }
+                sections = [_section(table, contents[table], added[table]) for _, table in tables]
+                self._restore_sections(family, sections, f"network {network.vni}")
+                for known, table in tables:
+                    known.chains.update(contents[table])
+                    known.jumps.update(added[table])
             if not network.internal:
                 # Lets a connection DNATed from 127.0.0.1 leave through the bridge instead of being dropped
                 # as martian.  The links layer creates the bridge; without it there is nothing to set yet.
@@ -209,16 +290,15 @@ class IptablesFirewall:
             self._bridge_out(network, "-A")
 
     def remove_network(self, vni: int) -> None:
-        bridge, chain, dnat = self._names(vni)
+        layout = self._layout(vni)
         with self._lock:
             for family in (4, 6):
-                self._delete_rule(family, "filter", FORWARD_CHAIN, ["-i", bridge, "-j", chain])
-                self._delete_rule(family, "filter", FORWARD_CHAIN, ["-o", bridge, "-j", chain])
-                self._delete_chain(family, "filter", chain)
-            self._delete_rule(4, "nat", POSTROUTING_CHAIN, ["-j", chain])
-            self._delete_rule(4, "nat", DNAT_CHAIN, ["-j", dnat])
-            self._delete_chain(4, "nat", chain)
-            self._delete_chain(4, "nat", dnat)
+                try:
+                    self._remove_chains(family, layout)
+                except DataplaneError:
+                    # Something vanished meanwhile (a jump deleted, a chain flushed and deleted by hand):
+                    # `_known` was forgotten with the failure, so the second try works from a fresh read.
+                    self._remove_chains(family, layout)
             self._bridge_out_rule(vni, "-D")
 
     def sync_vtep_filter(self, ports: set[int], vteps: set[IPAddress]) -> None:
@@ -230,20 +310,14 @@ class IptablesFirewall:
                     self._delete_chain(family, "filter", INPUT_CHAIN)
                     continue
                 # Hooking in the same restore as the chain's rules: never a hook without its rules.
-                hook = (
-                    [] if self._has_rule(family, "filter", "INPUT", INPUT_HOOK) else [["-I", "INPUT", "1", *INPUT_HOOK]]
-                )
-                self._restore(family, "filter", {INPUT_CHAIN: rules[family]}, hook)
+                hooked = self._has_rule(family, "filter", "INPUT", INPUT_HOOK)
+                hook = [] if hooked else [" ".join(["-I", "INPUT", "1", *INPUT_HOOK])]
+                self._restore_sections(family, [_section("filter", {INPUT_CHAIN: rules[family]}, hook)], INPUT_CHAIN)
 
     def owned_vnis(self) -> set[int]:
-        vnis: set[int] = set()
-        tables: tuple[tuple[Family, str], ...] = ((4, "filter"), (4, "nat"), (6, "filter"))
-        for family, table in tables:
-            result = self._iptables(family, "-t", table, "-S")
-            if result.returncode != 0:
-                raise _error(f"{_IPTABLES[family]} -t {table} -S", result)
-            vnis.update(int(vni) for vni in _OWNED_CHAIN.findall(result.stdout))
-        return vnis
+        with self._lock:
+            self._refresh()
+            return {int(chain.rpartition("-")[2]) for known in self._known.values() for chain in known.chains}
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -251,6 +325,80 @@ class IptablesFirewall:
     def _names(vni: int) -> tuple[str, str, str]:
         vni = int(vni)
         return _safe(bridge_name(vni)), _safe(f"VXP-{vni}"), _safe(f"VXPD-{vni}")
+
+    @classmethod
+    def _layout(cls, vni: int) -> _Layout:
+        bridge, chain, dnat = cls._names(vni)
+        forward = [(FORWARD_CHAIN, ["-i", bridge, "-j", chain]), (FORWARD_CHAIN, ["-o", bridge, "-j", chain])]
+        return {
+            (4, "filter"): ((chain,), forward),
+            (6, "filter"): ((chain,), forward),
+            (4, "nat"): ((chain, dnat), [(POSTROUTING_CHAIN, ["-j", chain]), (DNAT_CHAIN, ["-j", dnat])]),
+        }
+
+    @staticmethod
+    def _tables(family: Family) -> list[str]:
+        return [table for known_family, table in _TABLES if known_family == family]
+
+    def _remove_chains(self, family: Family, layout: _Layout) -> None:
+        """One restore deleting the jumps `_known` counts, then the chains it knows of; none if nothing is left."""
+        plans: list[tuple[_Known, tuple[str, ...], list[str]]] = []
+        sections = []
+        for table in self._tables(family):
+            known = self._known_table(family, table)
+            chains, jumps = layout[(family, table)]
+            present = tuple(chain for chain in chains if chain in known.chains)
+            deleted = [_line(*jump) for jump in jumps if known.jumps[_line(*jump)]]
+            if not present and not deleted:
+                continue
+            commands = [_line(*jump, "-D") for jump in jumps for _ in range(known.jumps[_line(*jump)])]
+            commands += [f"-F {chain}" for chain in present] + [f"-X {chain}" for chain in present]
+            sections.append(_section(table, {}, commands))
+            plans.append((known, present, deleted))
+        if not sections:
+            return
+        self._restore_sections(family, sections, "removal of " + ", ".join(layout[(4, "nat")][0]))
+        for known, present, deleted in plans:
+            known.chains.difference_update(present)
+            for line in deleted:
+                del known.jumps[line]
+
+    def _refresh(self, tables: tuple[tuple[Family, str], ...] = _TABLES) -> dict[tuple[Family, str], list[str]]:
+        """Read `tables` (`iptables -S`, one process each) into `_known`; returns the listings."""
+        listings = {}
+        for family, table in tables:
+            result = self._iptables(family, "-t", table, "-S")
+            if result.returncode != 0:
+                raise self._fail(f"{_IPTABLES[family]} -t {table} -S", result)
+            listing = [" ".join(line.split()) for line in result.stdout.splitlines()]
+            self._known[(family, table)] = _Known.parse(listing, table)
+            listings[(family, table)] = listing
+        return listings
+
+    def _list_chain(self, family: Family, table: str, chain: str, missing_ok: bool = True) -> list[str] | None:
+        """`iptables -t TABLE -S CHAIN`, one line a rule; None when it fails and `missing_ok` (no such chain)."""
+        result = self._iptables(family, "-t", table, "-S", chain)
+        if result.returncode == 0:
+            return [" ".join(line.split()) for line in result.stdout.splitlines()]
+        if missing_ok:
+            return None
+        raise self._fail(f"{_IPTABLES[family]} -t {table} -S {chain}", result)
+
+    def _relearn_jumps(self, family: Family, table: str, listing: list[str]) -> None:
+        """Replace the jumps `_known` has for a table with those in `listing` (its parent chains, just read)."""
+        known = self._known.get((family, table))
+        if known is not None:  # otherwise the whole table is read on first use
+            known.jumps = _Known.parse(listing, table).jumps
+
+    def _known_table(self, family: Family, table: str) -> _Known:
+        if (family, table) not in self._known:
+            self._refresh(((family, table),))
+        return self._known[(family, table)]
+
+    def _fail(self, what: str, result: subprocess.CompletedProcess[str]) -> DataplaneError:
+        """The error for a failed command; `_known` may be wrong after it, so it is read again on next use."""
+        self._known.clear()
+        return _error(what, result)
 
     def _run(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         try:
@@ -269,30 +417,19 @@ class IptablesFirewall:
     def _iptables(self, family: Family, *args: str) -> subprocess.CompletedProcess[str]:
         return self._run([_IPTABLES[family], *_WAIT, *args])
 
-    def _restore(
-        self, family: Family, table: str, chains: dict[str, list[Rule]], commands: list[Rule] | None = None
-    ) -> None:
-        """Rewrite `chains` whole in one transaction, then run `commands` (full rule commands) in it too."""
-        lines = [f"*{table}", *(f":{chain} - [0:0]" for chain in chains)]
-        lines += [" ".join(["-A", chain, *rule]) for chain, rules in chains.items() for rule in rules]
-        lines += [" ".join(command) for command in commands or ()]
-        lines.append("COMMIT")
-        result = self._run([_RESTORE[family], "--noflush", *_WAIT], stdin="\n".join(lines) + "\n")
+    def _restore_sections(self, family: Family, sections: list[list[str]], what: str) -> None:
+        """Run one `iptables-restore --noflush` of `sections` (one transaction per table, in order)."""
+        lines = [line for section in sections for line in section]
+        try:
+            result = self._run([_RESTORE[family], "--noflush", *_WAIT], stdin="\n".join(lines) + "\n")
+        except DataplaneError:
+            self._known.clear()
+            raise
         if result.returncode != 0:
-            raise _error(f"{_RESTORE[family]} of {', '.join(chains)} in table {table}", result)
-
-    def _ensure_first(self, family: Family, chain: str, rule: Rule) -> None:
-        """Make `rule` the first rule of the filter `chain`, moving it there if something was put above it."""
-        result = self._iptables(family, "-S", chain)
-        if result.returncode != 0:
-            raise _error(f"{_IPTABLES[family]} -S {chain}", result)
-        rules = [line for line in result.stdout.splitlines() if line.startswith(f"-A {chain} ")]
-        if rules and rules[0] == " ".join(["-A", chain, *rule]):
-            return
-        self._delete_rule(family, "filter", chain, rule)
-        inserted = self._iptables(family, "-I", chain, "1", *rule)
-        if inserted.returncode != 0:
-            raise _error(f"{_IPTABLES[family]} -I {chain} 1 {' '.join(rule)}", inserted)
+            failed = re.search(r"line (\d+) failed", result.stderr)
+            if failed is not None and 0 < int(failed[1]) <= len(lines):
+                what += f" (line {failed[1]}: {lines[int(failed[1]) - 1]})"
+            raise self._fail(f"{_RESTORE[family]} of {what}", result)
 
     # -- ebtables: the gateway's own frames never leave through the VXLAN port ------------------------------
 
@@ -335,32 +472,19 @@ class IptablesFirewall:
             return True
         if result.returncode in (1, 2) and any(text in result.stderr for text in _ABSENT):
             return False
-        raise _error(f"{_IPTABLES[family]} -t {table} -C {chain} {' '.join(rule)}", result)
-
-    def _ensure_rule(self, family: Family, table: str, chain: str, rule: Rule, first: bool = False) -> None:
-        if self._has_rule(family, table, chain, rule):
-            return
-        where = ["-I", chain, "1"] if first else ["-A", chain]
-        result = self._iptables(family, "-t", table, *where, *rule)
-        if result.returncode != 0:
-            raise _error(f"{_IPTABLES[family]} -t {table} {' '.join(where)} {' '.join(rule)}", result)
+        raise self._fail(f"{_IPTABLES[family]} -t {table} -C {chain} {' '.join(rule)}", result)
 
     def _delete_rule(self, family: Family, table: str, chain: str, rule: Rule) -> None:
         while self._has_rule(family, table, chain, rule):  # a jump may have been added more than once
             result = self._iptables(family, "-t", table, "-D", chain, *rule)
             if result.returncode != 0:
-                raise _error(f"{_IPTABLES[family]} -t {table} -D {chain} {' '.join(rule)}", result)
-
-    def _ensure_chain(self, family: Family, table: str, chain: str) -> None:
-        result = self._iptables(family, "-t", table, "-N", chain)
-        if result.returncode != 0 and "already exists" not in result.stderr:
-            raise _error(f"{_IPTABLES[family]} -t {table} -N {chain}", result)
+                raise self._fail(f"{_IPTABLES[family]} -t {table} -D {chain} {' '.join(rule)}", result)
 
     def _delete_chain(self, family: Family, table: str, chain: str) -> None:
         for action in ("-F", "-X"):
             result = self._iptables(family, "-t", table, action, chain)
             if result.returncode != 0 and not any(text in result.stderr for text in _ABSENT):
-                raise _error(f"{_IPTABLES[family]} -t {table} {action} {chain}", result)
+                raise self._fail(f"{_IPTABLES[family]} -t {table} {action} {chain}", result)
 
     def _set_sysctl(self, key: str, value: str, missing_ok: bool) -> None:
         if self._netns is None:
