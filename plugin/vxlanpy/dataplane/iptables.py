@@ -67,6 +67,7 @@ FORWARD_HOOK: list[str] = ["-j", FORWARD_CHAIN]
 DOCKER_USER_CHAIN = "DOCKER-USER"
 BRIDGE_OUT_CHAIN = "VXLANPY-OUT"
 _EBTABLES = ("ebtables", "ebtables-nft")
+_GUARD_RULE = re.compile(r"-o vxlan-(\d+) -j DROP")
 
 _IPTABLES: dict[Family, str] = {4: "iptables", 6: "ip6tables"}
 _RESTORE: dict[Family, str] = {4: "iptables-restore", 6: "ip6tables-restore"}
@@ -231,7 +232,7 @@ class IptablesFirewall:
         # `_known` never misses a change this process made while it was being read.
         self._lock = threading.Lock()
         self._known: dict[tuple[Family, str], _Known] = {}  # empty: read again on next use
-        self._bridge_out_ready = False
+        self._guarded: set[int] | None = None  # VNIs whose gateway guard is in VXLANPY-OUT; None: read it
 
     # -- Firewall ------------------------------------------------------------------------------------
 
@@ -287,7 +288,7 @@ class IptablesFirewall:
                 # Lets a connection DNATed from 127.0.0.1 leave through the bridge instead of being dropped
                 # as martian.  The links layer creates the bridge; without it there is nothing to set yet.
                 self._set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1", missing_ok=True)
-            self._bridge_out(network, "-A")
+            self._bridge_out(network.vni, "-A")
 
     def remove_network(self, vni: int) -> None:
         layout = self._layout(vni)
@@ -299,7 +300,7 @@ class IptablesFirewall:
                     # Something vanished meanwhile (a jump deleted, a chain flushed and deleted by hand):
                     # `_known` was forgotten with the failure, so the second try works from a fresh read.
                     self._remove_chains(family, layout)
-            self._bridge_out_rule(vni, "-D")
+            self._bridge_out(vni, "-D")
 
     def sync_vtep_filter(self, ports: set[int], vteps: set[IPAddress]) -> None:
         rules: dict[Family, list[Rule]] = {family: vtep_filter_rules(ports, vteps, family) for family in (4, 6)}
@@ -443,28 +444,38 @@ class IptablesFirewall:
         return None
 
     def _ensure_bridge_out_chain(self) -> None:
+        """Create and hook VXLANPY-OUT if needed, and learn which VNIs already have their guard in it."""
+        self._guarded = set()
         listing = self._ebtables("-L", "OUTPUT")
-        self._bridge_out_ready = True
         if listing is None:
             return
         self._ebtables("-N", BRIDGE_OUT_CHAIN)  # "already exists" is fine
         if f"-j {BRIDGE_OUT_CHAIN}" not in listing.stdout:
             result = self._ebtables("-I", "OUTPUT", "1", "-j", BRIDGE_OUT_CHAIN)
             if result is not None and result.returncode != 0:
+                self._guarded = None
                 raise _error("ebtables -I OUTPUT 1 -j VXLANPY-OUT", result)
+        rules = self._ebtables("-L", BRIDGE_OUT_CHAIN)
+        if rules is not None:
+            self._guarded = {int(vni) for vni in _GUARD_RULE.findall(rules.stdout)}
 
-    def _bridge_out(self, network: Network, action: str) -> None:
-        if not self._bridge_out_ready:
+    def _bridge_out(self, vni: int, action: str) -> None:
+        """Add (`-A`) or delete (`-D`) the network's guard; a no-op when it is already so (no process run)."""
+        if self._guarded is None:
             self._ensure_bridge_out_chain()
-        self._bridge_out_rule(network.vni, "-D")  # delete, then add: idempotent without ebtables' missing -C
-        if action == "-A":
-            self._bridge_out_rule(network.vni, "-A")
-
-    def _bridge_out_rule(self, vni: int, action: str) -> None:
+        guarded = self._guarded if self._guarded is not None else set()
+        if (action == "-A") == (vni in guarded):
+            return
         rule = ["-o", _safe(vxlan_name(vni)), "-s", gateway_mac(vni), "-j", "DROP"]
         result = self._ebtables(action, BRIDGE_OUT_CHAIN, *rule)
-        if result is not None and result.returncode != 0 and action == "-A":
-            raise _error(f"ebtables -A {BRIDGE_OUT_CHAIN} {' '.join(rule)}", result)
+        if result is None:
+            return
+        if result.returncode != 0:
+            self._guarded = None  # read it again next time
+            if action == "-A":
+                raise _error(f"ebtables -A {BRIDGE_OUT_CHAIN} {' '.join(rule)}", result)
+            return
+        (guarded.add if action == "-A" else guarded.discard)(vni)
 
     def _has_rule(self, family: Family, table: str, chain: str, rule: Rule) -> bool:
         result = self._iptables(family, "-t", table, "-C", chain, *rule)
