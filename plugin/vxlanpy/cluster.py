@@ -131,7 +131,17 @@ class EtcdCluster:
     def unpublish_network(self, network: Network) -> None:
         self.kv.delete(self._live(network.vni, "vtep", self.host))
         self.kv.delete_prefix(self._live(network.vni, "ep", self.host, ""))
+        self._release_addresses(network.vni, keep=set())
         self._apply_filter()
+
+    def _release_addresses(self, vni: int, keep: set[str]) -> None:
+        """Drop this host's address claims on the segment, except those of the endpoints in `keep`: a claim must
+        not outlive its endpoint, e.g. one whose DeleteEndpoint failed while etcd was unreachable."""
+        items, _ = self.kv.range(self.kv.key("addresses", str(vni), ""))
+        for kv in items:
+            host, _, endpoint_id = kv.value.partition("/")
+            if host == self.host and endpoint_id not in keep:
+                self.kv.delete(kv.key)
 
     def publish_endpoint(self, network: Network, endpoint: Endpoint) -> None:
         """Claim the endpoint's addresses on the segment and announce it; Conflict names the host holding one."""
@@ -177,12 +187,13 @@ class EtcdCluster:
                 continue
             lease = self.lease()
             self.kv.put(self._live(network.vni, "vtep", self.host), str(network.config.local), lease)
-            for endpoint in endpoints:
-                if endpoint.network_id == network.network_id:
-                    try:
-                        self._publish_endpoint(network, endpoint, lease)
-                    except Conflict as exc:  # someone took the address while we were away: say so, keep going
-                        log.error("cannot republish endpoint %s: %s", endpoint.endpoint_id[:12], exc)
+            mine = [endpoint for endpoint in endpoints if endpoint.network_id == network.network_id]
+            self._release_addresses(network.vni, keep={endpoint.endpoint_id for endpoint in mine})
+            for endpoint in mine:
+                try:
+                    self._publish_endpoint(network, endpoint, lease)
+                except Conflict as exc:  # someone took the address while we were away: say so, keep going
+                    log.error("cannot republish endpoint %s: %s", endpoint.endpoint_id[:12], exc)
 
     # -- reading what other hosts publish -------------------------------------------------------------------
 

@@ -173,3 +173,14 @@ def test_a_quick_restart_keeps_the_lease_so_other_hosts_keep_the_entries(
         seen.append(len(b.links.remote_entries(b.store.list_networks()[0])[1]))
         time.sleep(0.02)
     assert set(seen) == {1}, "host b dropped host a's endpoint during the restart"
+
+
+def test_removing_a_network_releases_every_address_claim_of_this_host(hosts: Callable[..., Host]) -> None:
+    a, b = hosts("ha", "192.0.2.1"), hosts("hb", "192.0.2.2")
+    a.driver.create_network(net(1), {"vni": "305"}, SUBNET)
+    b.driver.create_network(net(2), {"vni": "305"}, SUBNET)
+    a.driver.create_endpoint(net(1), net(11), ipaddress.IPv4Interface("10.60.0.2/24"), None, None)
+    # Docker's DeleteEndpoint never reached us (etcd was down, say); then the network is removed
+    a.driver.delete_network(net(1))
+    b.driver.create_endpoint(net(2), net(12), ipaddress.IPv4Interface("10.60.0.2/24"), None, None)
+    assert [e.endpoint_id for e in b.store.list_endpoints()] == [net(12)]
