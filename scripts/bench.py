@@ -49,6 +49,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.docker_cleanup import remove_labelled  # noqa: E402
 from tests.e2e.helpers import (  # noqa: E402 - needs the repository on sys.path
     HOST_BUSYBOX,
     SOCKET_PATH,
@@ -419,31 +420,6 @@ def _quiet(action: Callable[[], Any]) -> None:
         pass
 
 
-def remove_labelled(client: Any) -> list[str]:
-    import docker.errors
-
-    problems = []
-    for container in client.containers.list(all=True, filters={"label": f"{BENCH_LABEL}=1"}):
-        try:
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            problems.append(f"container {container.name}: {exc}")
-    for network in client.networks.list(filters={"label": f"{BENCH_LABEL}=1"}):
-        for attempt in range(3):
-            try:
-                network.remove()
-                break
-            except docker.errors.NotFound:
-                break
-            except docker.errors.APIError as exc:
-                if attempt == 2:
-                    problems.append(f"network {network.name}: {exc}")
-                time.sleep(0.5)
-    return problems
-
-
 def create_docker_network(client: Any, name: str, driver: str, subnet: str, options: dict[str, str]) -> Any:
     import docker.types
 
@@ -628,7 +604,7 @@ class Bench:
         if self._client is None:
             self._client = docker_client()
             self.stack.callback(self._client.close)
-            leftovers = remove_labelled(self._client)  # from a run that was killed
+            leftovers = remove_labelled(self._client, BENCH_LABEL)  # from a run that was killed
             if leftovers:
                 say("WARNING: could not remove objects of an earlier run: " + "; ".join(leftovers))
             self.stack.callback(self._remove_docker_objects)
@@ -636,7 +612,7 @@ class Bench:
         return self._client
 
     def _remove_docker_objects(self) -> None:
-        problems = remove_labelled(self._client)
+        problems = remove_labelled(self._client, BENCH_LABEL)
         if problems:
             say("WARNING: cleanup: " + "; ".join(problems))
 

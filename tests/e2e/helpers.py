@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests.docker_cleanup import remove_labelled  # noqa: F401  (re-exported for the suites)
 from tests.plugin_socket import plugin_call, plugin_get  # noqa: F401  (re-exported for the suites)
 
 try:
@@ -415,30 +416,6 @@ def ip_cmd(*argv: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- cleanup
-
-
-def remove_labelled(client: Any) -> list[str]:
-    """Force-remove every container and network labelled vxlanpy.test=1; returns what could not be removed."""
-    problems: list[str] = []
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
-        try:
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            problems.append(f"container {container.name}: {exc}")
-    for network in client.networks.list(filters={"label": f"{LABEL}=1"}):
-        for attempt in range(3):
-            try:
-                network.remove()
-                break
-            except docker.errors.NotFound:
-                break
-            except docker.errors.APIError as exc:
-                if attempt == 2:
-                    problems.append(f"network {network.name}: {exc}")
-                time.sleep(1)
-    return problems
 
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.docker_cleanup import remove_labelled
 from tests.plugin_socket import plugin_call, plugin_get  # noqa: F401  (re-exported for the suites)
 
 try:
@@ -806,32 +807,6 @@ class Host:
 
     def remove_labelled(self) -> list[str]:
         return remove_labelled(self.docker)
-
-
-def remove_labelled(client: Any, containers: bool = True, networks: bool = True) -> list[str]:
-    """Force-remove the containers and networks labelled vxlanpy.test=1; returns what could not be removed."""
-    problems: list[str] = []
-    if containers:
-        for container in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
-            try:
-                container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as exc:
-                problems.append(f"container {container.name}: {exc}")
-    if networks:
-        for network in client.networks.list(filters={"label": f"{LABEL}=1"}):
-            for attempt in range(3):
-                try:
-                    network.remove()
-                    break
-                except docker.errors.NotFound:
-                    break
-                except docker.errors.APIError as exc:
-                    if attempt == 2:
-                        problems.append(f"network {network.name}: {exc}")
-                    time.sleep(0.5)
-    return problems
 
 
 # --------------------------------------------------------------------------------------------- image
