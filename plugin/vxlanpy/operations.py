@@ -230,17 +230,7 @@ class Operations:
         }
 
     def _device_check(self, network: Network) -> Body:
-        config = network.config
-        destination = config.remote or config.group
-        expected = {
-            "vni": config.vni,
-            "port": config.dstport,
-            "local": str(config.local) if config.local else None,
-            "destination": str(destination) if destination else None,
-            "learning": config.learning,
-            "mtu": config.mtu,
-            "up": True,
-        }
+        expected = expected_vxlan_device(network)
         actual = self.sandboxes.vxlan_device(network.vxlan)
         if actual is None:
             return {"name": network.vxlan, "expected": expected, "kernel": None, "differences": ["missing"]}
@@ -529,3 +519,18 @@ class Operations:
                 raise NotFound(f"{target.partition(':')[2][:12]} is not attached to network {network_id[:12]}")
             self._remove_attachment(endpoint)
         return {"endpoint": endpoint_view(endpoint, None)}
+
+
+def expected_vxlan_device(network: Network) -> Body:
+    """The VXLAN device's settings as `vxlanpy peers` compares them with the kernel's."""
+    config = network.config
+    destination = config.remote or config.group
+    return {
+        "vni": config.vni,
+        "port": config.dstport,
+        "local": str(config.local) if config.local else None,
+        "destination": str(destination) if destination else None,
+        "learning": config.learning,
+        "mtu": config.mtu,
+        "up": True,
+    }

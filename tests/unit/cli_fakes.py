@@ -18,6 +18,7 @@ from vxlanpy.cli import Env, main
 from vxlanpy.client import CliError, DockerContainer, DockerNetwork, PluginClient
 from vxlanpy.config import Settings
 from vxlanpy.errors import DataplaneError
+from vxlanpy.operations import expected_vxlan_device
 from vxlanpy.sandbox import Plumbed, Plumbing, choose_ifname
 
 from .conftest import Harness
@@ -48,17 +49,7 @@ class FakeSandboxes:
     def vxlan_device(self, name: str) -> dict[str, Any] | None:
         for network in self.harness.links.networks.values():
             if network.vxlan == name:
-                config = network.config
-                destination = config.remote or config.group
-                return {
-                    "vni": config.vni,
-                    "port": config.dstport,
-                    "local": str(config.local) if config.local else None,
-                    "destination": str(destination) if destination else None,
-                    "learning": config.learning,
-                    "mtu": config.mtu,
-                    "up": True,
-                }
+                return expected_vxlan_device(network)
         return None
 
     def stop(self, path: str) -> None:
