@@ -289,6 +289,14 @@ class PingLoop:
 # --------------------------------------------------------------------------------------------- tests
 
 
+def new_container_talks(cluster: Cluster, h1: Host, name: str, remote: Any, remote_ip: str) -> Any:
+    """Start a new container on h1 and assert it pings h2's container both ways; returns it."""
+    newcomer = run(h1, name)
+    assert_pings(newcomer, remote_ip, "a new container on h1 -> h2", cluster)
+    assert_pings(remote, container_address(newcomer, name)[0], "h2 -> a new container on h1", cluster)
+    return newcomer
+
+
 def test_dockerd_restart_without_live_restore(
     vx_cluster: Cluster, h1: Host, create_network: CreateNetwork, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -325,9 +333,7 @@ def test_dockerd_restart_without_live_restore(
                  vx_cluster)  # fmt: skip
     always_ip = container_address(h1.docker.containers.get(always.id), name)[0]
     assert_pings(remote, always_ip, "h2 -> the restarted --restart always container", vx_cluster)
-    newcomer = run(h1, name)
-    assert_pings(newcomer, remote_ip, "a new container on h1 -> h2", vx_cluster)
-    assert_pings(remote, container_address(newcomer, name)[0], "h2 -> a new container on h1", vx_cluster)
+    new_container_talks(vx_cluster, h1, name, remote, remote_ip)
     assert_converges(vx_cluster, h1, h2, name, "with a new container after the restart")
 
 
@@ -389,9 +395,7 @@ def test_dockerd_restart_with_live_restore_keeps_containers_talking(
     assert old_mac not in macs and old_ip not in neighbours, (old_mac, old_ip, macs, neighbours)
     h1.docker.containers.get(old.id).remove()
     assert_pings(h1.docker.containers.get(stay.id), remote_ip, "a restored container -> h2", vx_cluster)
-    newcomer = run(h1, name)
-    assert_pings(newcomer, remote_ip, "a new container on h1 -> h2", vx_cluster)
-    assert_pings(remote, container_address(newcomer, name)[0], "h2 -> a new container on h1", vx_cluster)
+    new_container_talks(vx_cluster, h1, name, remote, remote_ip)
     assert_converges(vx_cluster, h1, h2, name, "with a new container after the live-restore restart")
 
 
@@ -428,10 +432,7 @@ def test_plugin_restarted_while_dockerd_is_down(
     assert_converges(vx_cluster, h1, h2, name, "after the plugin and dockerd restarts")
     always = h1.docker.containers.get(always.id)
     assert_pings(always, remote_ip, "the restarted --restart always container -> h2", vx_cluster)
-    newcomer = run(h1, name)
-    newcomer_ip = container_address(newcomer, name)[0]
-    assert_pings(newcomer, remote_ip, "a new container on h1 -> h2", vx_cluster)
-    assert_pings(remote, newcomer_ip, "h2 -> a new container on h1", vx_cluster)
+    newcomer = new_container_talks(vx_cluster, h1, name, remote, remote_ip)
     assert_pings(remote, container_address(always, name)[0], "h2 -> the --restart always container", vx_cluster)
     assert_converges(vx_cluster, h1, h2, name, "with a new container")
     newcomer.remove(force=True)
