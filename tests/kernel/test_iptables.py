@@ -22,7 +22,7 @@ from dataclasses import replace
 import pytest
 
 import vxlanpy
-from vxlanpy.dataplane.iptables import IptablesFirewall
+from vxlanpy.dataplane.iptables import IptablesFirewall, filter_rules
 from vxlanpy.errors import DataplaneError
 from vxlanpy.models import Endpoint, Network, NetworkConfig, PortMapping, Subnet
 
@@ -156,15 +156,68 @@ def test_a_displaced_forward_hook_is_moved_back_first_and_docker_user_gets_one(h
     assert rules(host, chain="DOCKER-USER").count("-A DOCKER-USER -j VXLANPY-FORWARD") == 1
 
 
-def test_gateway_frames_are_kept_off_the_vxlan_port(host: str, fw: IptablesFirewall) -> None:
+def ebtables_rules(ns: str, chain: str) -> list[str]:
+    return [line for line in run(ns, "ebtables", "-L", chain).stdout.splitlines() if line.startswith("-")]
+
+
+def tx_packets(ns: str, dev: str) -> int:
+    stats = run(ns, "ip", "-s", "-j", "link", "show", "dev", dev).stdout
+    return int(json.loads(stats)[0]["stats64"]["tx"]["packets"])
+
+
+GUARD = "-s 02:76:78:00:00:00/ff:ff:ff:00:00:00 -o vxlan-+ -j DROP"
+
+
+@pytest.mark.skipif(shutil.which("ebtables") is None, reason="needs ebtables")
+def test_one_guard_keeps_every_gateways_frames_off_the_vxlan_ports(
+    host: str, fw: IptablesFirewall, make_netns: Callable[[], str]
+) -> None:
+    for vni in (301, 302):
+        fw.ensure_network(network(vni), [])
+    assert ebtables_rules(host, "VXLANPY-OUT") == [GUARD], "one rule for all networks, none per network"
+    assert "-j VXLANPY-OUT" in ebtables_rules(host, "OUTPUT")
+    # A network as the links layer builds it: the bridge has the anycast gateway's MAC, the VXLAN port floods
+    # to a neighbour namespace on an underlay.
     net = network(301)
-    fw.ensure_network(net, [])
-    fw.ensure_network(net, [])
-    listing = run(host, "ebtables", "-L", "VXLANPY-OUT").stdout
-    assert listing.count("-s 02:76:78:00:01:2d -o vxlan-301 -j DROP") == 1, listing
-    assert "-j VXLANPY-OUT" in run(host, "ebtables", "-L", "OUTPUT").stdout
+    neighbour = make_netns()
+    run(host, "ip", "link", "add", "under", "type", "veth", "peer", "name", "eth0", "netns", neighbour)
+    run(host, "ip", "addr", "add", "10.99.0.1/24", "dev", "under")
+    run(host, "ip", "link", "set", "under", "up")
+    run(neighbour, "ip", "addr", "add", "10.99.0.2/24", "dev", "eth0")
+    run(neighbour, "ip", "link", "set", "eth0", "up")
+    run(host, "ip", "link", "add", net.bridge, "address", net.gateway_mac, "type", "bridge")
+    run(host, "ip", "addr", "add", str(net.ipv4[0].gateway), "dev", net.bridge)
+    run(host, "ip", "link", "add", "vxlan-301", "type", "vxlan", "id", "301", "dstport", "4789", "local", "10.99.0.1",
+        "remote", "10.99.0.2", "dev", "under")  # fmt: skip
+    # Without IPv6 on the port: the VXLAN device's own MLD reports (from its own MAC) would count as sent.
+    run(host, "sysctl", "-q", "-w", "net.ipv6.conf.vxlan-301.disable_ipv6=1")
+    run(host, "ip", "link", "set", "vxlan-301", "master", net.bridge, "up")
+    run(host, "ip", "link", "set", net.bridge, "up")
+    # The bridge asks for an address nobody has: its ARP broadcast, from the gateway MAC, stays home ...
+    ping(host, "192.168.77.5", timeout=0.5)
+    assert tx_packets(host, "vxlan-301") == 0
+    assert "pcnt = 0 " not in run(host, "ebtables", "-L", "VXLANPY-OUT", "--Lc").stdout, "the guard dropped them"
+    # ... while a container's ARP broadcast, from its own MAC, leaves through the VXLAN port.
+    container = make_netns()
+    run(host, "ip", "link", "add", "vxh-guard", "type", "veth", "peer", "name", "eth0", "netns", container)
+    run(host, "ip", "link", "set", "vxh-guard", "master", net.bridge, "up")
+    run(container, "ip", "addr", "add", "192.168.77.9/25", "dev", "eth0")
+    run(container, "ip", "link", "set", "eth0", "up")
+    ping(container, "192.168.77.5", timeout=0.5)
+    assert eventually(lambda: tx_packets(host, "vxlan-301") > 0)
     fw.remove_network(301)
-    assert "vxlan-301" not in run(host, "ebtables", "-L", "VXLANPY-OUT").stdout
+    fw.remove_network(302)
+    assert ebtables_rules(host, "VXLANPY-OUT") == [GUARD], "the guard stays for the networks to come"
+
+
+@pytest.mark.skipif(shutil.which("ebtables") is None, reason="needs ebtables")
+def test_per_network_guards_of_older_versions_become_the_one_guard(host: str) -> None:
+    run(host, "ebtables", "-N", "VXLANPY-OUT")
+    run(host, "ebtables", "-A", "OUTPUT", "-j", "VXLANPY-OUT")
+    run(host, "ebtables", "-A", "VXLANPY-OUT", "-o", "vxlan-301", "-s", "02:76:78:00:01:2d", "-j", "DROP")
+    IptablesFirewall(netns=host).ensure_base()
+    assert ebtables_rules(host, "VXLANPY-OUT") == [GUARD]
+    assert ebtables_rules(host, "OUTPUT") == ["-j VXLANPY-OUT"]
 
 
 def test_network_rules_are_installed(host: str, fw: IptablesFirewall) -> None:
@@ -281,7 +334,7 @@ def test_owned_vnis_reports_what_is_installed(host: str, fw: IptablesFirewall) -
 
 IN_OWN_NAMESPACE = r"""
 import subprocess
-from vxlanpy.dataplane.iptables import IptablesFirewall
+from vxlanpy.dataplane.iptables import IptablesFirewall, filter_rules
 from vxlanpy.models import NetworkConfig, Network
 subprocess.run(["ip", "link", "add", "vxbr-77", "type", "bridge"], check=True)
 firewall = IptablesFirewall()
@@ -342,6 +395,18 @@ def test_remove_network_copes_with_rules_removed_behind_its_back(
     fw.remove_network(202)
     assert everything(host) == baseline
     assert fw.owned_vnis() == {201}
+
+
+def test_a_chain_made_behind_its_back_is_taken_over(host: str, fw: IptablesFirewall) -> None:
+    fw.owned_vnis()  # the firewall has read the tables: VXP-101 is not there
+    run(host, "iptables", "-w", "-N", "VXP-101")
+    run(host, "iptables", "-w", "-A", "VXP-101", "-j", "ACCEPT")
+    net = network(101)
+    fw.ensure_network(net, [])  # its `-N VXP-101` fails; the retry reads the tables and declares it instead
+    assert rules(host, chain="VXP-101") == [
+        "-N VXP-101",
+        *(f"-A VXP-101 {' '.join(rule)}" for rule in filter_rules(net)),
+    ]
 
 
 def test_a_jump_is_never_added_twice(host: str, fw: IptablesFirewall) -> None:
@@ -464,10 +529,9 @@ def test_a_network_costs_the_same_few_processes_with_10_or_200_networks(
     one_restore_per_family = {"iptables-restore": 1, "ip6tables-restore": 1}  # no -C, -A, -D or -S at all
     assert create == publish == unchanged == remove == one_restore_per_family
     assert remove_again == {}
-    # Besides: the ebtables guard, added once and deleted once, and inside a namespace only, sysctl.
-    assert with_200[0] == {**one_restore_per_family, "ebtables": 1, "sysctl": 1}
-    assert "ebtables" not in with_200[1] and "ebtables" not in with_200[2]
-    assert with_200[3] == {**one_restore_per_family, "ebtables": 1}
+    # Besides, inside a namespace only: sysctl.  No ebtables: one guard, set up once, serves every network.
+    assert with_200[0] == {**one_restore_per_family, "sysctl": 1}
+    assert with_200[3] == one_restore_per_family
     assert with_200[4] == {}
 
 
