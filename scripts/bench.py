@@ -24,6 +24,7 @@ Ctrl-C included.  Traffic only goes to container addresses and namespaces made h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
@@ -78,12 +79,14 @@ SUBNETS = {
     "calls": "10.237.0.0/16",
     "cross-vxlanpy": "10.61.0.0/24",
     "cross-ref": "10.62.0.0/24",
+    "cross-ref-docker": "10.63.0.0/24",
 }
 # Networks made by direct socket calls get VNIs from here (far from VXLANPY_VNI_RANGE's default start).
 FAKE_VNI_BASE = 700000
 SCALE_POOL = ipaddress.ip_network("10.128.0.0/12")  # /24 per scale network: 4096 of them
 CROSS_VNI = 610
 REF_VNI = 620
+REF_ON_DOCKER = "reference on Docker hosts"  # the same hand-built topology, inside h1 and h2
 SANDBOX = "/var/run/docker/netns/vxlanpy-bench-fake"  # never exists: only recorded by Join
 
 
@@ -145,6 +148,10 @@ QUICK = Params(
     convergence_runs=3,
 )
 
+# The scale section's kernel baseline: the devices of a network, and of an endpoint, made straight with
+# netlink by the benchmark (no vxlanpy): how much of vxlanpy's growth the kernel itself shows.
+KERNEL_METRICS = ("kernel: bridge+vxlan by hand", "kernel: veth by hand")
+
 SECTIONS = ("dataplane-local", "control", "calls", "scale", "dataplane-cross", "convergence")
 
 
@@ -153,7 +160,7 @@ def expected_cases(params: Params) -> list[tuple[str, str, str]]:
     rows = []
     for case in ("veth", "bridge", "vxlanpy"):
         rows += [("dataplane-local", case, "throughput"), ("dataplane-local", case, "rtt")]
-    for case in ("reference", "vxlanpy"):
+    for case in ("reference", REF_ON_DOCKER, "vxlanpy"):
         rows += [("dataplane-cross", case, "throughput"), ("dataplane-cross", case, "rtt")]
     for case in ("vxlanpy", "bridge", "macvlan"):
         rows += [("control", case, "network create"), ("control", case, "docker run --rm")]
@@ -161,6 +168,7 @@ def expected_cases(params: Params) -> list[tuple[str, str, str]]:
     rows += [("calls", "vxlanpy", "CreateEndpoint+Join"), ("calls", "vxlanpy", "Leave+DeleteEndpoint")]
     for level in params.scale_levels:
         rows += [("scale", f"{level} networks", "network create"), ("scale", f"{level} networks", "endpoint join")]
+        rows += [("scale", f"{level} networks", metric) for metric in KERNEL_METRICS]
     rows.append(("scale", f"{params.endpoints_total} endpoints", "endpoint join"))
     rows.append(("convergence", "vxlanpy etcd", "convergence"))
     return rows
@@ -904,6 +912,8 @@ class Bench:
                     made.remove(network_id)
                 self.results.add("scale", f"{level} networks", "network create", "ms", create_at[level])
                 self.results.add("scale", f"{level} networks", "endpoint join", "ms", join_at[level])
+                for metric, values in zip(KERNEL_METRICS, kernel_devices(p.scale_samples, next(subnets)), strict=True):
+                    self.results.add("scale", f"{level} networks", metric, "ms", values)
             # 1000+ endpoints, spread over networks of at most 256 (a bridge takes 1024 ports at most)
             per_network = 256
             started = time.monotonic()
@@ -929,11 +939,12 @@ class Bench:
             sock.close()
         low = min(p.scale_levels)
         for level in p.scale_levels:
-            for metric in ("network create", "endpoint join"):
+            for metric in ("network create", "endpoint join", *KERNEL_METRICS):
                 row = self.results.get("scale", f"{level} networks", metric)
                 base = self.results.get("scale", f"{low} networks", metric)
                 if row is not None and level != low:
-                    self.results.compare(row, base, 1.2, False, f"{low} networks")
+                    target = None if metric in KERNEL_METRICS else 1.2
+                    self.results.compare(row, base, target, False, f"{low} networks")
         row = self.results.get("scale", f"{p.endpoints_total} endpoints", "endpoint join")
         if row is not None:
             self.results.compare(row, self.results.get("scale", f"{low} networks", "endpoint join"), 1.2, False,
@@ -989,6 +1000,34 @@ class Bench:
             paths.append(f"/run/netns/{guest}")
         return paths[0], paths[1], str(net[1])
 
+    def _reference_on_docker_hosts(self) -> tuple[str, str, str]:
+        """The same recipe built by hand inside the host namespaces of h1 and h2, next to vxlanpy and dockerd:
+        the host's firewall as vxlanpy sees it (br_netfilter on, conntrack, FORWARD policy DROP, so the hand-made
+        bridge needs an ACCEPT rule, as it would on any Docker host), without vxlanpy's devices or rules."""
+        cluster = self.cluster
+        hosts = [cluster["h1"], cluster["h2"]]
+        net = ipaddress.ip_network(SUBNETS["cross-ref-docker"])
+        mtu = 1500 - 50
+        paths = []
+        for index, host in enumerate(hosts):
+            remote = hosts[1 - index].ip
+            ns = host.netns
+            run(["ip", "-n", ns, "link", "add", "refbr0", "type", "bridge"])
+            run(["ip", "-n", ns, "link", "add", "refvx0", "type", "vxlan", "id", str(REF_VNI + 1), "local", host.ip,
+                 "remote", remote, "dstport", "4789", "dev", "eth0"])  # fmt: skip
+            run(["ip", "-n", ns, "link", "set", "refvx0", "master", "refbr0", "up"])
+            run(["ip", "-n", ns, "link", "set", "refbr0", "up"])
+            run(["nsenter", f"--net=/run/netns/{ns}", "iptables", "-w", "10", "-I", "FORWARD", "1", "-i", "refbr0",
+                 "-o", "refbr0", "-j", "ACCEPT"])  # fmt: skip
+            guest = self.ns.add(f"d{index}")
+            run(["ip", "-n", ns, "link", "add", "refv0", "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",
+                 "netns", guest])  # fmt: skip
+            run(["ip", "-n", ns, "link", "set", "refv0", "master", "refbr0", "up"])
+            run(["ip", "-n", guest, "addr", "add", f"{net[index + 1]}/{net.prefixlen}", "dev", "eth0"])
+            run(["ip", "-n", guest, "link", "set", "eth0", "mtu", str(mtu), "up"])
+            paths.append(f"/run/netns/{guest}")
+        return paths[0], paths[1], str(net[1])
+
     def dataplane_cross(self) -> None:
         p = self.params
         say("data plane across two namespace hosts: hand-built VXLAN vs vxlanpy (etcd mode)")
@@ -1000,12 +1039,16 @@ class Bench:
         vx = PathCase("vxlanpy", container_netns(server), container_netns(client_c), ip, 5311)
         ref_server, ref_client, ref_ip = self._reference_hosts()
         ref = PathCase("reference", ref_server, ref_client, ref_ip, 5310)
-        measure_paths(self.results, "dataplane-cross", [ref, vx], p, "")
+        on_docker = PathCase(REF_ON_DOCKER, *self._reference_on_docker_hosts(), 5312)
+        measure_paths(self.results, "dataplane-cross", [ref, on_docker, vx], p, "")
         for metric, target, higher in (("throughput", 0.97, True), ("rtt", None, False)):
+            reference = self.results.get("dataplane-cross", "reference", metric)
             row = self.results.get("dataplane-cross", "vxlanpy", metric)
             if row is not None:
-                self.results.compare(row, self.results.get("dataplane-cross", "reference", metric), target, higher,
-                                     "reference")  # fmt: skip
+                self.results.compare(row, reference, target, higher, "reference")
+            row = self.results.get("dataplane-cross", REF_ON_DOCKER, metric)
+            if row is not None:
+                self.results.compare(row, reference, None, higher, "reference")
         for container in (server, client_c):
             _quiet(lambda container=container: container.remove(force=True))
 
@@ -1030,6 +1073,41 @@ class Bench:
 
 
 # --------------------------------------------------------------------------------------------- output
+
+
+def kernel_devices(samples: int, subnet: ipaddress.IPv4Network) -> tuple[list[float], list[float]]:
+    """The kernel's own cost of what vxlanpy builds, made straight with netlink in the host namespace (no
+    vxlanpy, no firewall): per sample, a bridge with an address, up, and a VXLAN port on it as vxlanpy makes
+    them (ms), then a veth pair on that bridge, up (ms); each removed before the next sample."""
+    from pyroute2 import IPRoute
+
+    dev_index = None
+    network_times, veth_times = [], []
+    with IPRoute() as ipr:
+        for route in ipr.get_default_routes(family=socket.AF_INET)[:1]:
+            dev_index = route.get("oif")
+        for sample in range(samples):
+            names = [f"vxk-{kind}{sample}" for kind in ("br", "vx", "h", "c")]
+            try:
+                started = time.perf_counter()
+                ipr.link("add", ifname=names[0], kind="bridge", mtu=1450, br_stp_state=0, br_forward_delay=0)
+                bridge = ipr.link_lookup(ifname=names[0])[0]
+                ipr.addr("add", index=bridge, address=str(subnet[1]), prefixlen=subnet.prefixlen)
+                ipr.link("set", index=bridge, state="up")
+                vxlan = {"vxlan_id": FAKE_VNI_BASE - 1 - sample, "vxlan_port": 4789, "vxlan_learning": 0}
+                if dev_index is not None:
+                    vxlan["vxlan_link"] = dev_index
+                ipr.link("add", ifname=names[1], kind="vxlan", mtu=1450, master=bridge, state="up", **vxlan)
+                network_times.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                ipr.link("add", ifname=names[2], kind="veth", mtu=1450, master=bridge, state="up",
+                         peer={"ifname": names[3], "mtu": 1450})  # fmt: skip
+                veth_times.append((time.perf_counter() - started) * 1000)
+            finally:
+                for name in names[2::-1]:
+                    with contextlib.suppress(Exception):
+                        ipr.link("del", ifname=name)
+    return network_times, veth_times
 
 
 def machine() -> dict[str, Any]:
@@ -1121,6 +1199,7 @@ def write_png(results: Results, path: Path, title: str) -> None:
         ("bridge (1 host)", get("dataplane-local", "bridge", "throughput")),
         ("vxlanpy (1 host)", get("dataplane-local", "vxlanpy", "throughput")),
         ("hand-built (2 hosts)", get("dataplane-cross", "reference", "throughput")),
+        ("hand-built on Docker hosts", get("dataplane-cross", REF_ON_DOCKER, "throughput")),
         ("vxlanpy (2 hosts)", get("dataplane-cross", "vxlanpy", "throughput")),
     ], "Gbit/s", "iperf3 TCP throughput (median)")  # fmt: skip
     bars(axes[0][1], [
@@ -1128,6 +1207,7 @@ def write_png(results: Results, path: Path, title: str) -> None:
         ("bridge (1 host)", get("dataplane-local", "bridge", "rtt")),
         ("vxlanpy (1 host)", get("dataplane-local", "vxlanpy", "rtt")),
         ("hand-built (2 hosts)", get("dataplane-cross", "reference", "rtt")),
+        ("hand-built on Docker hosts", get("dataplane-cross", REF_ON_DOCKER, "rtt")),
         ("vxlanpy (2 hosts)", get("dataplane-cross", "vxlanpy", "rtt")),
     ], "microseconds", "ping RTT (median, p99)", p99=True)  # fmt: skip
     ax = axes[0][2]
@@ -1153,12 +1233,17 @@ def write_png(results: Results, path: Path, title: str) -> None:
     axes[1][1].axhline(500, color="#d62728", linestyle="--", linewidth=0.8)
     ax = axes[1][2]
     levels = sorted({int(row.case.split()[0]) for row in results.rows if row.case.endswith(" networks")})
-    for metric, color in (("network create", "#1f77b4"), ("endpoint join", "#d62728")):
+    for metric, color, style in (
+        ("network create", "#1f77b4", "-"),
+        ("endpoint join", "#d62728", "-"),
+        (KERNEL_METRICS[0], "#1f77b4", ":"),
+        (KERNEL_METRICS[1], "#d62728", ":"),
+    ):
         points = [(level, get("scale", f"{level} networks", metric)) for level in levels]
         xs = [level for level, row in points if row is not None]
         ys = [row.value for _, row in points if row is not None]
         if xs:
-            ax.plot(xs, ys, marker="o", label=metric, color=color)
+            ax.plot(xs, ys, marker="o", linestyle=style, label=metric, color=color)
     endpoints = [row for row in results.rows if row.section == "scale" and row.case.endswith(" endpoints")]
     for row in endpoints:
         ax.scatter([int(row.case.split()[0])], [row.value], marker="s", color="#ff7f0e", label=f"join, {row.case}")

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from .attach import is_attachment_id
 from .client import CliError, DockerView, PluginClient
+from .dataplane.iptables import FORWARD_CHAIN, INTERNAL_CHAIN, forward_rules
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 MODULES = ("vxlan", "bridge", "br_netfilter")
@@ -431,6 +432,16 @@ class Doctor:
                 )
             else:
                 yield Finding(OK, "vxlanpy's FORWARD hook", f"in place (position {len(before) + 1})")
+        if filter4.rules.get(FORWARD_CHAIN) != forward_rules():
+            yield Finding(
+                FAIL,
+                "vxlanpy's isolation rules",
+                f"{FORWARD_CHAIN} does not hold them (flushed, edited, or an older vxlanpy's layout)",
+                why="containers get nothing through, or networks are not isolated from each other",
+                fix="vxlanpy gc (reconciliation rewrites the chain)",
+            )
+        else:
+            yield Finding(OK, "vxlanpy's isolation rules", f"{FORWARD_CHAIN} in place")
         nat4 = self._ruleset(4, "nat")
         for network in self.networks or []:
             yield self._network_rules(network, filter4, nat4)
@@ -439,11 +450,10 @@ class Doctor:
         vni = network["vni"]
         bridge, chain = f"vxbr-{vni}", f"VXP-{vni}"
         missing = []
-        if chain not in filter4.rules:
-            missing.append(f"filter {chain}")
-        for direction in ("-i", "-o"):
-            if not filter4.has("VXLANPY-FORWARD", [direction, bridge, "-j", chain]):
-                missing.append(f"VXLANPY-FORWARD {direction} {bridge}")
+        if network.get("internal"):
+            for direction in ("-i", "-o"):
+                if not filter4.has(INTERNAL_CHAIN, [direction, bridge, "-j", "DROP"]):
+                    missing.append(f"{INTERNAL_CHAIN} {direction} {bridge}")
         if isinstance(nat4, Ruleset):
             if chain not in nat4.rules or f"VXPD-{vni}" not in nat4.rules:
                 missing.append(f"nat {chain}/VXPD-{vni}")
@@ -458,7 +468,7 @@ class Doctor:
                 why="the network's containers lose isolation, egress or published ports",
                 fix="vxlanpy gc (reconciliation rewrites the network's chains)",
             )
-        return Finding(OK, check, f"{chain} and its hooks in place")
+        return Finding(OK, check, f"nat chains {chain}, VXPD-{vni} and their hooks in place")
 
     def mtu(self) -> Iterator[Finding]:
         if self.networks is None:

@@ -188,7 +188,19 @@ def test_attach_on_vxlanpy_ipam_reserves_the_address_and_a_named_namespace_works
         assert f"attached namespace {namespace}" in result.stdout
         address = result.stdout.split(": eth0 ")[1].split("/")[0]
         ping = subprocess.run(
-            ["ip", "netns", "exec", namespace, "/bin/busybox", "ping", "-c", "1", "-W", "2", container_ip(other, network)],
+            [
+                "ip",
+                "netns",
+                "exec",
+                namespace,
+                "/bin/busybox",
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                container_ip(other, network),
+            ],
             capture_output=True,
             text=True,
             check=False,

@@ -112,7 +112,11 @@ def test_parallel_docker_runs_on_one_network(
 
     def start(index: int) -> Any:
         return docker_client.containers.run(
-            busybox_image, ["sleep", "3600"], detach=True, network=network.name, labels=dict(LABELS),
+            busybox_image,
+            ["sleep", "3600"],
+            detach=True,
+            network=network.name,
+            labels=dict(LABELS),
             name=f"vxt-par-{SEED % 1000}-{index}",
         )
 
@@ -162,9 +166,11 @@ def test_churn_with_kill9_at_random_points_leaves_nothing_behind(
                     mine.pop(local.randrange(len(mine))).remove(force=True)
                 else:
                     network = local.choice(networks)
-                    mine.append(docker_client.containers.run(
-                        busybox_image, ["sleep", "3600"], detach=True, network=network.name, labels=dict(LABELS)
-                    ))
+                    mine.append(
+                        docker_client.containers.run(
+                            busybox_image, ["sleep", "3600"], detach=True, network=network.name, labels=dict(LABELS)
+                        )
+                    )
             except docker.errors.APIError as exc:
                 text = str(exc)
                 with lock:
@@ -196,8 +202,11 @@ def test_churn_with_kill9_at_random_points_leaves_nothing_behind(
     # and the survivors still talk to each other on every network
     for network in networks:
         network.reload()
-        members = [c for c in docker_client.containers.list(filters={"label": "vxlanpy.test=1"})
-                   if network.id in {s["NetworkID"] for s in c.attrs["NetworkSettings"]["Networks"].values()}]
+        members = [
+            c
+            for c in docker_client.containers.list(filters={"label": "vxlanpy.test=1"})
+            if network.id in {s["NetworkID"] for s in c.attrs["NetworkSettings"]["Networks"].values()}
+        ]
         if len(members) >= 2:
             ok, output = ping_ok(members[0], container_ip(members[1], network))
             assert ok, output

@@ -22,7 +22,7 @@ from dataclasses import replace
 import pytest
 
 import vxlanpy
-from vxlanpy.dataplane.iptables import IptablesFirewall, filter_rules
+from vxlanpy.dataplane.iptables import IptablesFirewall
 from vxlanpy.errors import DataplaneError
 from vxlanpy.models import Endpoint, Network, NetworkConfig, PortMapping, Subnet
 
@@ -223,22 +223,23 @@ def test_per_network_guards_of_older_versions_become_the_one_guard(host: str) ->
 def test_network_rules_are_installed(host: str, fw: IptablesFirewall) -> None:
     net = network(101)
     fw.ensure_network(net, [endpoint(net, "192.168.77.2", tcp(80, 8080))])
-    expected_filter = [
-        "-N VXP-101",
-        "-A VXP-101 -i vxbr-101 -o vxbr-101 -j ACCEPT",
-        "-A VXP-101 -o vxbr-101 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        "-A VXP-101 -o vxbr-101 -m conntrack --ctstate DNAT -j ACCEPT",
-        "-A VXP-101 -o vxbr-101 -j DROP",
-        "-A VXP-101 -i vxbr-101 -o vxbr-+ -j DROP",
-        "-A VXP-101 -i vxbr-101 -o docker0 -j DROP",
-        "-A VXP-101 -i vxbr-101 -o br-+ -j DROP",
-        "-A VXP-101 -i vxbr-101 -j ACCEPT",
+    # Isolation is the same few rules for every network, in both families: nothing per network in filter.
+    forward = [
+        "-N VXLANPY-FORWARD",
+        "-A VXLANPY-FORWARD -i vxbr-+ -o vxbr-+ -m physdev --physdev-is-bridged -j ACCEPT",
+        "-A VXLANPY-FORWARD -i vxbr-+ -j VXLANPY-INTERNAL",
+        "-A VXLANPY-FORWARD -o vxbr-+ -j VXLANPY-INTERNAL",
+        "-A VXLANPY-FORWARD -o vxbr-+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A VXLANPY-FORWARD -o vxbr-+ -m conntrack --ctstate DNAT -j ACCEPT",
+        "-A VXLANPY-FORWARD -o vxbr-+ -j DROP",
+        "-A VXLANPY-FORWARD -i vxbr-+ -o docker0 -j DROP",
+        "-A VXLANPY-FORWARD -i vxbr-+ -o br-+ -j DROP",
+        "-A VXLANPY-FORWARD -i vxbr-+ -j ACCEPT",
     ]
-    assert rules(host, chain="VXP-101") == expected_filter
-    assert rules(host, family=6, chain="VXP-101") == expected_filter
-    jumps = ["-A VXLANPY-FORWARD -i vxbr-101 -j VXP-101", "-A VXLANPY-FORWARD -o vxbr-101 -j VXP-101"]
-    assert rules(host, chain="VXLANPY-FORWARD")[1:] == jumps
-    assert rules(host, family=6, chain="VXLANPY-FORWARD")[1:] == jumps
+    for family in (4, 6):
+        assert rules(host, family=family, chain="VXLANPY-FORWARD") == forward
+        assert rules(host, family=family, chain="VXLANPY-INTERNAL") == ["-N VXLANPY-INTERNAL"]
+        assert not [line for line in rules(host, family=family) if "101" in line]
     assert rules(host, "nat", chain="VXP-101")[1:] == [
         "-A VXP-101 -s 192.168.77.0/25 ! -o vxbr-101 -j MASQUERADE",
         "-A VXP-101 -o vxbr-101 -m addrtype --src-type LOCAL -j MASQUERADE",
@@ -282,16 +283,12 @@ def test_internal_network_drops_and_never_masquerades(host: str, fw: IptablesFir
     net = network(102, internal=True)
     fw.ensure_network(net, [endpoint(net, "192.168.77.2", tcp(80, 8080))])
     expected = [
-        "-N VXP-102",
-        "-A VXP-102 -i vxbr-102 -o vxbr-102 -j ACCEPT",
-        "-A VXP-102 -o vxbr-102 -j DROP",
-        "-A VXP-102 -i vxbr-102 -o vxbr-+ -j DROP",
-        "-A VXP-102 -i vxbr-102 -o docker0 -j DROP",
-        "-A VXP-102 -i vxbr-102 -o br-+ -j DROP",
-        "-A VXP-102 -i vxbr-102 -j DROP",
+        "-N VXLANPY-INTERNAL",
+        "-A VXLANPY-INTERNAL -i vxbr-102 -j DROP",
+        "-A VXLANPY-INTERNAL -o vxbr-102 -j DROP",
     ]
-    assert rules(host, chain="VXP-102") == expected
-    assert rules(host, family=6, chain="VXP-102") == expected
+    assert rules(host, chain="VXLANPY-INTERNAL") == expected
+    assert rules(host, family=6, chain="VXLANPY-INTERNAL") == expected
     nat = rules(host, "nat")
     assert not [line for line in nat if "MASQUERADE" in line or "DNAT --to" in line]
 
@@ -334,7 +331,7 @@ def test_owned_vnis_reports_what_is_installed(host: str, fw: IptablesFirewall) -
 
 IN_OWN_NAMESPACE = r"""
 import subprocess
-from vxlanpy.dataplane.iptables import IptablesFirewall, filter_rules
+from vxlanpy.dataplane.iptables import IptablesFirewall
 from vxlanpy.models import NetworkConfig, Network
 subprocess.run(["ip", "link", "add", "vxbr-77", "type", "bridge"], check=True)
 firewall = IptablesFirewall()
@@ -364,9 +361,9 @@ def test_without_netns_it_works_in_the_current_namespace() -> None:
 
 def test_remove_network_deletes_every_copy_of_a_jump(host: str, fw: IptablesFirewall) -> None:
     baseline = everything(host)
-    fw.ensure_network(network(101), [])
-    # An older version (or a crash between check and add) left a jump twice; a reconciliation reads it.
-    run(host, "iptables", "-w", "-A", "VXLANPY-FORWARD", "-i", "vxbr-101", "-j", "VXP-101")
+    fw.ensure_network(network(101, internal=True), [])
+    # An older version (or a crash between check and add) left a rule twice; a reconciliation reads it.
+    run(host, "iptables", "-w", "-A", "VXLANPY-INTERNAL", "-i", "vxbr-101", "-j", "DROP")
     run(host, "iptables", "-w", "-t", "nat", "-A", "VXLANPY-DNAT", "-j", "VXPD-101")
     fw.owned_vnis()
     fw.remove_network(101)
@@ -378,15 +375,13 @@ def test_remove_network_copes_with_rules_removed_behind_its_back(
 ) -> None:
     fw.ensure_network(network(201), [])
     baseline = everything(host)
-    fw.ensure_network(network(202, "192.168.77.128/25"), [])
+    fw.ensure_network(network(202, "192.168.77.128/25", internal=True), [])
     # Gone since the firewall last read the tables: its first restore fails, the second from a fresh read works.
-    run(host, "iptables", "-w", "-D", "VXLANPY-FORWARD", "-i", "vxbr-202", "-j", "VXP-202")
+    run(host, "iptables", "-w", "-D", "VXLANPY-INTERNAL", "-i", "vxbr-202", "-j", "DROP")
     run(host, "iptables", "-w", "-t", "nat", "-D", "VXLANPY-DNAT", "-j", "VXPD-202")
     run(host, "iptables", "-w", "-t", "nat", "-X", "VXPD-202")
     for way in ("-i", "-o"):
-        run(host, "ip6tables", "-w", "-D", "VXLANPY-FORWARD", way, "vxbr-202", "-j", "VXP-202")
-    run(host, "ip6tables", "-w", "-F", "VXP-202")
-    run(host, "ip6tables", "-w", "-X", "VXP-202")
+        run(host, "ip6tables", "-w", "-D", "VXLANPY-INTERNAL", way, "vxbr-202", "-j", "DROP")
     counts = processes(fw, monkeypatch, lambda: fw.remove_network(202))
     assert everything(host) == baseline
     # IPv4: the restore fails, both tables are read again, the second restore works.  IPv6: read again
@@ -399,18 +394,18 @@ def test_remove_network_copes_with_rules_removed_behind_its_back(
 
 def test_a_chain_made_behind_its_back_is_taken_over(host: str, fw: IptablesFirewall) -> None:
     fw.owned_vnis()  # the firewall has read the tables: VXP-101 is not there
-    run(host, "iptables", "-w", "-N", "VXP-101")
-    run(host, "iptables", "-w", "-A", "VXP-101", "-j", "ACCEPT")
-    net = network(101)
-    fw.ensure_network(net, [])  # its `-N VXP-101` fails; the retry reads the tables and declares it instead
-    assert rules(host, chain="VXP-101") == [
+    run(host, "iptables", "-w", "-t", "nat", "-N", "VXP-101")
+    run(host, "iptables", "-w", "-t", "nat", "-A", "VXP-101", "-j", "ACCEPT")
+    fw.ensure_network(network(101), [])  # its `-N VXP-101` fails; the retry reads the tables and declares it
+    assert rules(host, "nat", chain="VXP-101") == [
         "-N VXP-101",
-        *(f"-A VXP-101 {' '.join(rule)}" for rule in filter_rules(net)),
+        "-A VXP-101 -s 192.168.77.0/25 ! -o vxbr-101 -j MASQUERADE",
+        "-A VXP-101 -o vxbr-101 -m addrtype --src-type LOCAL -j MASQUERADE",
     ]
 
 
 def test_a_jump_is_never_added_twice(host: str, fw: IptablesFirewall) -> None:
-    net = network(101)
+    net = network(101, internal=True)
     for _ in range(2):
         fw.ensure_network(net, [])
         fw.ensure_network(net, [])
@@ -419,7 +414,7 @@ def test_a_jump_is_never_added_twice(host: str, fw: IptablesFirewall) -> None:
         fw.ensure_network(net, [])
         IptablesFirewall(netns=host).ensure_network(net, [])  # a restarted plugin reads what is there first
     for table, family in (("filter", 4), ("nat", 4), ("filter", 6)):
-        jumps = [line for line in rules(host, table, family) if line.startswith("-A VXLANPY-") and "-j VXP" in line]
+        jumps = [line for line in rules(host, table, family) if line.startswith("-A VXLANPY-") and "101" in line]
         assert len(jumps) == 2, jumps
         assert len(set(jumps)) == 2, jumps
 
@@ -431,12 +426,12 @@ def test_rules_changed_behind_its_back_come_back_with_ensure_base_and_ensure_net
     net = network(101)
     endpoints = [endpoint(net, "192.168.77.2", tcp(80, 8080))]
     fw.ensure_network(net, endpoints)
-    fw.ensure_network(network(102, "192.168.77.128/25"), [])
+    fw.ensure_network(network(102, "192.168.77.128/25", internal=True), [])
     before = everything(host)
     if how == "flushed":  # someone flushed vxlanpy's chains
         for tool in ("iptables", "ip6tables"):
             run(host, tool, "-w", "-F", "VXLANPY-FORWARD")
-            run(host, tool, "-w", "-F", "VXP-101")
+            run(host, tool, "-w", "-F", "VXLANPY-INTERNAL")
         run(host, "iptables", "-w", "-t", "nat", "-F", "VXLANPY-POSTROUTING")
         run(host, "iptables", "-w", "-t", "nat", "-F", "VXPD-101")
     else:  # the host's firewall was reloaded from scratch
@@ -445,7 +440,7 @@ def test_rules_changed_behind_its_back_come_back_with_ensure_base_and_ensure_net
             run(host, tool, "-w", "-t", table, "-X")
     fw.ensure_base()  # what the app runs periodically and at every reconciliation
     fw.ensure_network(net, endpoints)
-    fw.ensure_network(network(102, "192.168.77.128/25"), [])
+    fw.ensure_network(network(102, "192.168.77.128/25", internal=True), [])
     assert everything(host) == before
 
 
@@ -476,15 +471,20 @@ def iptables_only(counts: dict[str, int]) -> dict[str, int]:
     return {name: count for name, count in counts.items() if name.startswith(("iptables", "ip6tables"))}
 
 
-def install_directly(ns: str, vnis: range) -> None:
-    """Networks laid out like vxlanpy's, with one restore per family: far faster than one by one."""
+def install_directly(ns: str, vnis: range, old_layout: bool = False) -> None:
+    """Networks laid out like vxlanpy's, with one restore per family: far faster than one by one.  The old
+    layout (vxlanpy < 0.2) adds a filter chain per network, jumped to from VXLANPY-FORWARD."""
     v4, v6 = ["*filter"], ["*filter"]
-    nat = ["*nat"]
+    nat = ["*nat", ":VXLANPY-POSTROUTING - [0:0]", ":VXLANPY-DNAT - [0:0]"] if old_layout else ["*nat"]
+    if old_layout:
+        v4 += [":VXLANPY-FORWARD - [0:0]"]
+        v6 += [":VXLANPY-FORWARD - [0:0]"]
     for vni in vnis:
-        chain = [f":VXP-{vni} - [0:0]", f"-A VXP-{vni} -i vxbr-{vni} -o vxbr-{vni} -j ACCEPT"]
-        chain += [f"-A VXLANPY-FORWARD -{way} vxbr-{vni} -j VXP-{vni}" for way in "io"]
-        v4 += chain
-        v6 += chain
+        if old_layout:
+            chain = [f":VXP-{vni} - [0:0]", f"-A VXP-{vni} -i vxbr-{vni} -o vxbr-{vni} -j ACCEPT"]
+            chain += [f"-A VXLANPY-FORWARD -{way} vxbr-{vni} -j VXP-{vni}" for way in "io"]
+            v4 += chain
+            v6 += chain
         nat += [f":VXP-{vni} - [0:0]", f":VXPD-{vni} - [0:0]", f"-A VXP-{vni} -o vxbr-{vni} -j MASQUERADE"]
         nat += [f"-A VXLANPY-POSTROUTING -j VXP-{vni}", f"-A VXLANPY-DNAT -j VXPD-{vni}"]
     for tool, lines in (("iptables-restore", [*v4, "COMMIT", *nat, "COMMIT"]), ("ip6tables-restore", [*v6, "COMMIT"])):
@@ -496,6 +496,22 @@ def install_directly(ns: str, vnis: range) -> None:
             timeout=60,
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_the_per_network_filter_chains_of_older_versions_are_removed(make_netns: Callable[[], str]) -> None:
+    host = make_netns()
+    install_directly(host, range(1, 4), old_layout=True)
+    fw = IptablesFirewall(netns=host)
+    assert fw.owned_vnis() == {1, 2, 3}
+    fw.ensure_base()  # at start-up, and at every reconciliation
+    for family in (4, 6):
+        assert not [line for line in rules(host, family=family) if "VXP-" in line]
+        assert rules(host, family=family, chain="VXLANPY-FORWARD")[1] == (
+            "-A VXLANPY-FORWARD -i vxbr-+ -o vxbr-+ -m physdev --physdev-is-bridged -j ACCEPT"
+        )
+    assert fw.owned_vnis() == {1, 2, 3}, "their nat chains are still there, for reconciliation to judge"
+    fw.remove_network(2)
+    assert fw.owned_vnis() == {1, 3}
 
 
 def test_a_network_costs_the_same_few_processes_with_10_or_200_networks(
@@ -526,12 +542,12 @@ def test_a_network_costs_the_same_few_processes_with_10_or_200_networks(
 
     assert with_200 == with_10, "the cost of a network must not grow with the number of networks"
     create, publish, unchanged, remove, remove_again = (iptables_only(cost) for cost in with_200)
-    one_restore_per_family = {"iptables-restore": 1, "ip6tables-restore": 1}  # no -C, -A, -D or -S at all
-    assert create == publish == unchanged == remove == one_restore_per_family
+    one_restore = {"iptables-restore": 1}  # nat only: no -C, -A, -D or -S, and nothing in IPv6 at all
+    assert create == publish == unchanged == remove == one_restore
     assert remove_again == {}
     # Besides, inside a namespace only: sysctl.  No ebtables: one guard, set up once, serves every network.
-    assert with_200[0] == {**one_restore_per_family, "sysctl": 1}
-    assert with_200[3] == one_restore_per_family
+    assert with_200[0] == {**one_restore, "sysctl": 1}
+    assert with_200[3] == one_restore
     assert with_200[4] == {}
 
 
@@ -546,7 +562,11 @@ def test_reconciliation_reads_the_tables_and_changes_nothing_in_place(
     base = [argv for argv in spawned(fw, monkeypatch, fw.ensure_base) if argv[0].startswith(("iptables", "ip6"))]
     assert all(argv[-2] == "-S" for argv in base), base
     assert sorted((argv[0], argv[-1]) for argv in base) == sorted(
-        [(tool, chain) for tool in ("iptables", "ip6tables") for chain in ("VXLANPY-FORWARD", "FORWARD", "DOCKER-USER")]
+        [
+            (tool, chain)
+            for tool in ("iptables", "ip6tables")
+            for chain in ("VXLANPY-FORWARD", "VXLANPY-INTERNAL", "FORWARD", "DOCKER-USER")
+        ]
         + [
             ("iptables", chain)
             for chain in ("VXLANPY-POSTROUTING", "VXLANPY-DNAT", "POSTROUTING", "PREROUTING", "OUTPUT")
@@ -554,12 +574,12 @@ def test_reconciliation_reads_the_tables_and_changes_nothing_in_place(
     )
     fresh = IptablesFirewall(netns=host)  # a restarted plugin: reads each table once, on first use
     counts = processes(fresh, monkeypatch, lambda: fresh.ensure_network(network(101), []))
-    assert iptables_only(counts) == {"iptables": 2, "ip6tables": 1, "iptables-restore": 1, "ip6tables-restore": 1}
+    assert iptables_only(counts) == {"iptables": 2, "ip6tables": 1, "iptables-restore": 1}
 
 
 def test_failure_is_a_dataplane_error_with_the_reason(make_netns: Callable[[], str]) -> None:
     firewall = IptablesFirewall(netns=make_netns())  # ensure_base never called: the base chains are missing
-    with pytest.raises(DataplaneError, match="VXLANPY-FORWARD.*No chain.*Hint: .*restart the plugin"):
+    with pytest.raises(DataplaneError, match="VXLANPY-POSTROUTING.*No chain.*Hint: .*restart the plugin"):
         firewall.ensure_network(network(101), [])
 
 
@@ -755,7 +775,7 @@ def lab(host: str, make_netns: Callable[[], str]) -> Lab:
     return Lab(host, make_netns)
 
 
-def test_containers_of_one_network_talk_only_to_each_other(lab: Lab, fw: IptablesFirewall) -> None:
+def test_containers_of_one_network_talk_only_to_each_other(lab: Lab) -> None:
     red, blue = network(101, "192.168.77.0/25"), network(102, "192.168.77.128/25")
     lab.bridge(red)
     lab.bridge(blue)
@@ -763,6 +783,8 @@ def test_containers_of_one_network_talk_only_to_each_other(lab: Lab, fw: Iptable
     blue1 = lab.container(blue, "192.168.77.130")
     assert not ping(red1, "192.168.77.3"), "FORWARD policy DROP should block bridged traffic before vxlanpy's rules"
 
+    fw = IptablesFirewall(netns=lab.host)
+    fw.ensure_base()
     fw.ensure_network(red, [])
     fw.ensure_network(blue, [])
     assert ping(red1, "192.168.77.3", timeout=3)

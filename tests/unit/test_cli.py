@@ -336,10 +336,17 @@ FILTER_OK = """-P INPUT ACCEPT
 -P FORWARD DROP
 -P OUTPUT ACCEPT
 -N VXLANPY-FORWARD
--N VXP-42
+-N VXLANPY-INTERNAL
 -A FORWARD -j VXLANPY-FORWARD
--A VXLANPY-FORWARD -i vxbr-42 -j VXP-42
--A VXLANPY-FORWARD -o vxbr-42 -j VXP-42
+-A VXLANPY-FORWARD -i vxbr-+ -o vxbr-+ -m physdev --physdev-is-bridged -j ACCEPT
+-A VXLANPY-FORWARD -i vxbr-+ -j VXLANPY-INTERNAL
+-A VXLANPY-FORWARD -o vxbr-+ -j VXLANPY-INTERNAL
+-A VXLANPY-FORWARD -o vxbr-+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A VXLANPY-FORWARD -o vxbr-+ -m conntrack --ctstate DNAT -j ACCEPT
+-A VXLANPY-FORWARD -o vxbr-+ -j DROP
+-A VXLANPY-FORWARD -i vxbr-+ -o docker0 -j DROP
+-A VXLANPY-FORWARD -i vxbr-+ -o br-+ -j DROP
+-A VXLANPY-FORWARD -i vxbr-+ -j ACCEPT
 """
 NAT_OK = """-P PREROUTING ACCEPT
 -N VXLANPY-POSTROUTING
@@ -368,8 +375,16 @@ def test_doctor_on_a_healthy_host_exits_0(cli: CliHarness) -> None:
     result = cli.run("doctor")
     assert result.exit_code == 0, result.output
     assert "[FAIL]" not in result.stdout and "[warn]" not in result.stdout and "checks: all good" in result.stdout
-    for check in ("kernel module vxlan", "plugin answers dockerd", "state store", "FORWARD policy",
-                  "firewall of vni 42", "MTU of vni 42", "orphans", "VXLAN port udp/4789"):
+    for check in (
+        "kernel module vxlan",
+        "plugin answers dockerd",
+        "state store",
+        "FORWARD policy",
+        "firewall of vni 42",
+        "MTU of vni 42",
+        "orphans",
+        "VXLAN port udp/4789",
+    ):
         assert f"] {check}:" in result.stdout, check
 
 
@@ -381,7 +396,8 @@ def test_doctor_explains_each_problem_and_exits_1(cli: CliHarness) -> None:
     probe.files["/sys/class/net/eth0/mtu"] = "1400\n"
     probe.commands[("iptables", "-w", "10", "-t", "filter", "-S")] = (
         0,
-        FILTER_OK.replace("-A FORWARD -j VXLANPY-FORWARD\n", "") + "-A INPUT -p udp -m udp --dport 4789 -j DROP\n",
+        FILTER_OK.replace("-A FORWARD -j VXLANPY-FORWARD\n", "").replace("-A VXLANPY-FORWARD -o vxbr-+ -j DROP\n", "")
+        + "-A INPUT -p udp -m udp --dport 4789 -j DROP\n",
         "",
     )
     cli.harness.links.networks.pop("vxbr-42")
@@ -393,7 +409,8 @@ def test_doctor_explains_each_problem_and_exits_1(cli: CliHarness) -> None:
     assert "has mode 0666" in out
     assert "[FAIL] Docker and plugin agree: Docker network ghost" in out
     assert "[FAIL] vxlanpy's FORWARD hook: missing" in out
-    assert "[FAIL] firewall of vni 42: missing: VXLANPY-FORWARD -i vxbr-42" not in out  # those rules are there
+    assert "[FAIL] vxlanpy's isolation rules: VXLANPY-FORWARD does not hold them" in out  # one rule deleted
+    assert "[FAIL] firewall of vni 42" not in out  # its nat chains and hooks are there
     assert "[FAIL] MTU of vni 42: network MTU 1450 + 50 bytes of VXLAN > underlay eth0 MTU 1400" in out
     assert "fix: raise the MTU of eth0 to 1500, or recreate the network with -o mtu=1350" in out
     assert "[FAIL] orphans: would recreate the devices of vni 42 (demo)" in out

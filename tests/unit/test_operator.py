@@ -228,7 +228,9 @@ def test_attach_on_the_etcd_segment_avoids_remote_addresses(harness: Harness) ->
     harness.create_network(NET, generic={"vni": "42"})
     cluster = FakeCluster()
     harness.driver.cluster = cluster
-    remote = RemoteEndpoint("02:42:0a:01:00:fe", ipaddress.ip_address("192.0.2.11"), (ipaddress.ip_address("10.1.0.254"),))
+    remote = RemoteEndpoint(
+        "02:42:0a:01:00:fe", ipaddress.ip_address("192.0.2.11"), (ipaddress.ip_address("10.1.0.254"),)
+    )
     cluster.view.endpoints[("hostb", "9" * 64)] = remote
     cli = CliHarness(harness)
     cli.docker_network(NET, "demo")

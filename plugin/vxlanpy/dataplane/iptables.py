@@ -2,28 +2,34 @@
 
 Layout (filter in IPv4 and IPv6, nat in IPv4 only):
 
-    filter FORWARD (position 1)   -> VXLANPY-FORWARD     -> VXP-<vni>   isolation, internal networks
-    nat    POSTROUTING            -> VXLANPY-POSTROUTING -> VXP-<vni>   MASQUERADE
-    nat    PREROUTING, OUTPUT     -> VXLANPY-DNAT        -> VXPD-<vni>  published ports
-    filter INPUT (position 1)     -> VXLANPY-INPUT                      VXLAN only from known VTEPs (multi-host)
-    filter DOCKER-USER (pos. 1)   -> VXLANPY-FORWARD                    when dockerd runs (see ensure_base)
-    ebtables filter OUTPUT        -> VXLANPY-OUT                        the anycast gateway's own frames stay home
+    filter FORWARD (position 1)   -> VXLANPY-FORWARD     -> VXLANPY-INTERNAL  isolation; internal networks
+    nat    POSTROUTING            -> VXLANPY-POSTROUTING -> VXP-<vni>         MASQUERADE
+    nat    PREROUTING, OUTPUT     -> VXLANPY-DNAT        -> VXPD-<vni>        published ports
+    filter INPUT (position 1)     -> VXLANPY-INPUT                            VXLAN only from known VTEPs
+    filter DOCKER-USER (pos. 1)   -> VXLANPY-FORWARD                          when dockerd runs (see ensure_base)
+    ebtables filter OUTPUT        -> VXLANPY-OUT                              the gateways' own frames stay home
+
+Isolation takes no rule per network: VXLANPY-FORWARD is the same few rules for every vxlanpy bridge
+(`forward_rules`), so every forwarded packet of the host, Docker's too, crosses a handful of rules whatever
+the number of networks, and creating a network writes nothing in the filter table.  Only an internal network
+adds two rules to VXLANPY-INTERNAL.  (vxlanpy < 0.2 had a VXP-<vni> filter chain per network and two jumps
+to it in VXLANPY-FORWARD: `ensure_base` rewrites that chain and deletes them.)
 
 dockerd inserts its own FORWARD rules at the top when it starts (`-i docker0 ! -o docker0 -j ACCEPT` would let
 docker0's containers into a vxlanpy network), but it always keeps its DOCKER-USER chain first and never flushes
 it: so the FORWARD hook is also put first in DOCKER-USER, and `ensure_base` moves a displaced hook back to the
 top (the app calls it periodically).  The bridge itself sends ARP, IPv6 RS and MLD from the gateway MAC, which
-every host shares; VXLANPY-OUT drops those frames at the VXLAN port so no host hears its own MAC from another.
+every host shares; VXLANPY-OUT drops those frames at the VXLAN ports so no host hears its own MAC from another.
 
 A network's nat rules need two chains: the kernel refuses a rule jumping to a chain that holds DNAT from
 POSTROUTING, and one holding MASQUERADE or `-o` from PREROUTING (both fail with EINVAL).
 
-A network's chains are rewritten whole by one `iptables-restore --noflush` per family (filter and nat
-in the IPv4 one, one COMMIT each): declaring `:CHAIN - [0:0]` there flushes only that chain, and each table
-is one transaction, so the rules of a network are never half-applied and calling `ensure_network` again
-changes nothing.  Removing a network is the same two restores, with `-D`, `-F` and `-X` lines.
-VXLANPY-INPUT is rewritten the same way, hook included when it is missing, so a host never accepts
-VXLAN from everyone between two states of the VTEP list.
+A network's chains are rewritten whole by one `iptables-restore --noflush` (nat, and filter for an internal
+network; IPv6 only for an internal network): a chain vxlanpy knows to exist is declared, `:CHAIN - [0:0]`,
+which flushes only that chain, a new one is made with `-N`; each table is one transaction, so the rules of a
+network are never half-applied and calling `ensure_network` again changes nothing.  Removing a network is the
+same restore with `-D`, `-F` and `-X` lines.  VXLANPY-INPUT is rewritten the same way, hook included when it is
+missing, so a host never accepts VXLAN from everyone between two states of the VTEP list.
 Nothing here touches a chain vxlanpy did not create, apart from adding and deleting its own jumps.
 
 With the nf_tables backend an iptables process loads what it works on, so the cost of `-C`, `-D` or a
@@ -48,7 +54,7 @@ import struct
 import subprocess
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -64,6 +70,8 @@ DNAT_CHAIN = "VXLANPY-DNAT"
 INPUT_CHAIN = "VXLANPY-INPUT"
 INPUT_HOOK: list[str] = ["-j", INPUT_CHAIN]
 FORWARD_HOOK: list[str] = ["-j", FORWARD_CHAIN]
+INTERNAL_CHAIN = "VXLANPY-INTERNAL"
+BRIDGES = "vxbr-+"  # every vxlanpy bridge (models.bridge_name)
 DOCKER_USER_CHAIN = "DOCKER-USER"
 BRIDGE_OUT_CHAIN = "VXLANPY-OUT"
 _EBTABLES = ("ebtables", "ebtables-nft")
@@ -82,7 +90,8 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _OWNED_CHAIN = re.compile(r"^-N (VXPD?-(\d+))$")
 # The tables vxlanpy uses, and in each the chains that hold the jumps to the per-network chains.
 _TABLES: tuple[tuple[Family, str], ...] = ((4, "filter"), (4, "nat"), (6, "filter"))
-_PARENTS = {"filter": (FORWARD_CHAIN,), "nat": (POSTROUTING_CHAIN, DNAT_CHAIN)}
+# (VXLANPY-FORWARD holds the jumps of vxlanpy < 0.2's per-network filter chains, removed by `ensure_base`.)
+_PARENTS = {"filter": (FORWARD_CHAIN, INTERNAL_CHAIN), "nat": (POSTROUTING_CHAIN, DNAT_CHAIN)}
 # How iptables says "no such rule or chain": rc 1 "Bad rule" (nft, also for a missing chain),
 # "No chain/target/match by that name" (legacy), "Chain 'X' does not exist" (nft, missing jump target).
 _ABSENT = ("Bad rule", "No chain/target/match", "does not exist", "Couldn't load target")
@@ -116,20 +125,30 @@ def _error(what: str, result: subprocess.CompletedProcess[str]) -> DataplaneErro
     return DataplaneError(f"{what} failed: {stderr}. Hint: {hint}")
 
 
-def filter_rules(network: Network) -> list[Rule]:
-    """The filter chain of one network; the same for IPv4 and IPv6.  Every packet jumped here ends here."""
-    bridge = _safe(network.bridge)
-    rules = [["-i", bridge, "-o", bridge, "-j", "ACCEPT"]]  # inside the network (FORWARD policy is DROP)
+def forward_rules() -> list[Rule]:
+    """VXLANPY-FORWARD, the same in IPv4 and IPv6 and for every network: isolation needs no rule per network.
+
+    A frame bridged inside one network passes FORWARD (br_netfilter) with the same bridge in and out, which
+    `--physdev-is-bridged` tells apart from a packet routed from one vxlanpy bridge to another."""
+    return [
+        ["-i", BRIDGES, "-o", BRIDGES, "-m", "physdev", "--physdev-is-bridged", "-j", "ACCEPT"],  # in a network
+        ["-i", BRIDGES, "-j", INTERNAL_CHAIN],  # internal networks: nothing else in or out
+        ["-o", BRIDGES, "-j", INTERNAL_CHAIN],
+        ["-o", BRIDGES, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+        ["-o", BRIDGES, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"],  # published ports
+        ["-o", BRIDGES, "-j", "DROP"],  # nothing else enters a network (whatever the FORWARD policy)
+        ["-i", BRIDGES, "-o", "docker0", "-j", "DROP"],  # nor reaches Docker's networks
+        ["-i", BRIDGES, "-o", "br-+", "-j", "DROP"],
+        ["-i", BRIDGES, "-j", "ACCEPT"],  # egress
+    ]
+
+
+def internal_rules(network: Network) -> list[Rule]:
+    """The network's rules in VXLANPY-INTERNAL: an internal network's packets go nowhere but inside it."""
     if not network.internal:
-        rules += [
-            ["-o", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
-            ["-o", bridge, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"],  # published ports
-        ]
-    rules.append(["-o", bridge, "-j", "DROP"])  # nothing else enters the network
-    for other in ("vxbr-+", "docker0", "br-+"):  # isolation from other vxlanpy and Docker networks
-        rules.append(["-i", bridge, "-o", other, "-j", "DROP"])
-    rules.append(["-i", bridge, "-j", "DROP" if network.internal else "ACCEPT"])
-    return rules
+        return []
+    bridge = _safe(network.bridge)
+    return [["-i", bridge, "-j", "DROP"], ["-o", bridge, "-j", "DROP"]]
 
 
 def masquerade_rules(network: Network) -> list[Rule]:
@@ -203,6 +222,12 @@ def _section(
     return [*lines, *commands, "COMMIT"]
 
 
+def _deletions(lines: list[str], known: _Known) -> list[str]:
+    """`-D` commands for rules given as `-A` lines: as many as `known` counts of each (an older version may
+    have added one twice)."""
+    return ["-D" + line[2:] for line in lines for _ in range(known.jumps[line])]
+
+
 def _first(listing: list[str], chain: str) -> list[str]:
     """Restore commands that put the FORWARD hook first in `chain` (as `listing` shows it) when it is not."""
     rules = [line for line in listing if line.startswith(f"-A {chain} ")]
@@ -252,15 +277,7 @@ class IptablesFirewall:
             self._set_sysctl("net/ipv4/ip_forward", "1", missing_ok=False)
             # One `-S CHAIN` per chain involved: unlike a whole table, its cost hardly grows with the networks.
             for family in (4, 6):
-                jumps = self._list_chain(family, "filter", FORWARD_CHAIN)
-                commands = [] if jumps is not None else [f"-N {FORWARD_CHAIN}"]
-                commands += _first(self._list_chain(family, "filter", "FORWARD", missing_ok=False) or [], "FORWARD")
-                docker_user = self._list_chain(family, "filter", DOCKER_USER_CHAIN)
-                if docker_user is not None:
-                    commands += _first(docker_user, DOCKER_USER_CHAIN)
-                if commands:
-                    self._restore_sections(family, [_section("filter", {}, commands)], "the FORWARD hooks")
-                self._relearn_jumps(family, "filter", jumps or [])
+                self._ensure_forward_chains(family)
             self._ensure_bridge_out_chain()
             parents = {chain: self._list_chain(4, "nat", chain) for chain in _PARENTS["nat"]}
             commands = [f"-N {chain}" for chain, listing in parents.items() if listing is None]
@@ -277,19 +294,27 @@ class IptablesFirewall:
 
     def ensure_network(self, network: Network, endpoints: list[Endpoint]) -> None:
         bridge, chain, dnat = self._names(network.vni)
-        contents = {
-            "filter": {chain: filter_rules(network)},
+        contents: dict[str, dict[str, list[Rule]]] = {
+            "filter": {},
             "nat": {chain: masquerade_rules(network), dnat: dnat_rules(network, endpoints)},
         }
-        layout = self._layout(network.vni)
+        # The rules in parent chains: wanted, and those of the other kind of network (the same VNI recreated
+        # internal, or not), deleted where present.
+        internal = [(INTERNAL_CHAIN, rule) for rule in internal_rules(replace(network, internal=True))]
+        wanted, stale = (internal, []) if network.internal else ([], internal)
+        jumps: dict[tuple[Family, str], tuple[list[tuple[str, Rule]], list[tuple[str, Rule]]]] = {
+            (4, "filter"): (wanted, stale),
+            (6, "filter"): (wanted, stale),
+            (4, "nat"): ([(POSTROUTING_CHAIN, ["-j", chain]), (DNAT_CHAIN, ["-j", dnat])], []),
+        }
         with self._lock:
             for family in (4, 6):
                 try:
-                    self._write_network(family, network.vni, contents, layout)
+                    self._write_network(family, network.vni, contents, jumps)
                 except DataplaneError:
                     # `_known` was wrong (a chain made or deleted behind vxlanpy's back): it was forgotten with
                     # the failure, so the second try works from a fresh read of the tables.
-                    self._write_network(family, network.vni, contents, layout)
+                    self._write_network(family, network.vni, contents, jumps)
             if not network.internal:
                 # Lets a connection DNATed from 127.0.0.1 leave through the bridge instead of being dropped
                 # as martian.  The links layer creates the bridge; without it there is nothing to set yet.
@@ -335,8 +360,11 @@ class IptablesFirewall:
 
     @classmethod
     def _layout(cls, vni: int) -> _Layout:
+        """Everything a network may have in each table, as (chains, rules in the parent chains): what removing
+        it deletes, where present.  The filter chain and its jumps are those of vxlanpy < 0.2."""
         bridge, chain, dnat = cls._names(vni)
         forward = [(FORWARD_CHAIN, ["-i", bridge, "-j", chain]), (FORWARD_CHAIN, ["-o", bridge, "-j", chain])]
+        forward += [(INTERNAL_CHAIN, ["-i", bridge, "-j", "DROP"]), (INTERNAL_CHAIN, ["-o", bridge, "-j", "DROP"])]
         return {
             (4, "filter"): ((chain,), forward),
             (6, "filter"): ((chain,), forward),
@@ -348,19 +376,61 @@ class IptablesFirewall:
         return [table for known_family, table in _TABLES if known_family == family]
 
     def _write_network(
-        self, family: Family, vni: int, contents: dict[str, dict[str, list[Rule]]], layout: _Layout
+        self,
+        family: Family,
+        vni: int,
+        contents: dict[str, dict[str, list[Rule]]],
+        jumps: dict[tuple[Family, str], tuple[list[tuple[str, Rule]], list[tuple[str, Rule]]]],
     ) -> None:
-        """One restore of the network's chains in `family`, with the jumps `_known` lacks: one process, no `-C`."""
+        """One restore of the network's chains in `family`, adding the rules in parent chains (`jumps`: wanted,
+        stale) that `_known` lacks and deleting the stale ones it has: one process, no `-C`; none at all when
+        there is nothing to change (IPv6, usually)."""
         tables = [(self._known_table(family, table), table) for table in self._tables(family)]
-        added = {
-            table: [_line(*jump) for jump in layout[(family, table)][1] if not known.jumps[_line(*jump)]]
+        added, deleted = {}, {}
+        for known, table in tables:
+            wanted, stale = jumps[(family, table)]
+            added[table] = [_line(*jump) for jump in wanted if not known.jumps[_line(*jump)]]
+            deleted[table] = [_line(*jump) for jump in stale if known.jumps[_line(*jump)]]
+        sections = [
+            _section(table, contents[table], added[table] + _deletions(deleted[table], known), known.chains)
             for known, table in tables
-        }
-        sections = [_section(table, contents[table], added[table], known.chains) for known, table in tables]
+            if contents[table] or added[table] or deleted[table]
+        ]
+        if not sections:
+            return
         self._restore_sections(family, sections, f"network {vni}")
         for known, table in tables:
             known.chains.update(contents[table])
             known.jumps.update(added[table])
+            for line in deleted[table]:
+                del known.jumps[line]
+
+    def _ensure_forward_chains(self, family: Family) -> None:
+        """VXLANPY-FORWARD holding `forward_rules`, VXLANPY-INTERNAL, and the hooks first in FORWARD and
+        DOCKER-USER.  One `-S CHAIN` per chain involved, whose cost hardly grows with the networks; a restore
+        only when something is missing or displaced.  A VXLANPY-FORWARD of an older layout (jumps to per-network
+        VXP-<vni> chains) is rewritten, and those chains deleted, in the same transaction."""
+        forward = self._list_chain(family, "filter", FORWARD_CHAIN)
+        internal = self._list_chain(family, "filter", INTERNAL_CHAIN)
+        wanted = [_line(FORWARD_CHAIN, rule) for rule in forward_rules()]
+        chains: dict[str, list[Rule]] = {} if internal is not None else {INTERNAL_CHAIN: []}
+        commands: list[str] = []
+        rewrite = forward is None or [line for line in forward if line.startswith("-A ")] != wanted
+        if rewrite:
+            chains[FORWARD_CHAIN] = forward_rules()  # declared, so flushed and filled in one transaction
+            stale = sorted(chain for chain in self._known_table(family, "filter").chains if chain.startswith("VXP-"))
+            commands += [f"-F {chain}" for chain in stale] + [f"-X {chain}" for chain in stale]
+        commands += _first(self._list_chain(family, "filter", "FORWARD", missing_ok=False) or [], "FORWARD")
+        docker_user = self._list_chain(family, "filter", DOCKER_USER_CHAIN)
+        if docker_user is not None:
+            commands += _first(docker_user, DOCKER_USER_CHAIN)
+        if chains or commands:
+            existing = {FORWARD_CHAIN} if forward is not None else set()
+            self._restore_sections(family, [_section("filter", chains, commands, existing)], "the FORWARD chains")
+        if rewrite:
+            self._known.pop((family, "filter"), None)  # read again on next use
+        else:
+            self._relearn_jumps(family, "filter", (forward or []) + (internal or []))
 
     def _remove_chains(self, family: Family, layout: _Layout) -> None:
         """One restore deleting the jumps `_known` counts, then the chains it knows of; none if nothing is left."""
@@ -373,7 +443,7 @@ class IptablesFirewall:
             deleted = [_line(*jump) for jump in jumps if known.jumps[_line(*jump)]]
             if not present and not deleted:
                 continue
-            commands = [_line(*jump, "-D") for jump in jumps for _ in range(known.jumps[_line(*jump)])]
+            commands = _deletions(deleted, known)
             commands += [f"-F {chain}" for chain in present] + [f"-X {chain}" for chain in present]
             sections.append(_section(table, {}, commands))
             plans.append((known, present, deleted))
