@@ -469,12 +469,15 @@ class NetlinkLinks:
     def _ensure_network(self, network: Network) -> None:
         dev_index = self._dev_index(network.config.dev)
         bridge = self._ensure_bridge(network)
+        if self._netns is None:  # the first CreateEndpoint on it (`docker run` right after) skips a lookup
+            self._bridges[network.bridge] = int(bridge["index"])
         self._ensure_gateways(network, bridge)
         vxlan = self._ensure_vxlan(network, bridge, dev_index)
         self._ensure_neigh_suppress(network, vxlan)
         self._ensure_peers(network, vxlan)
 
     def _remove_network(self, network: Network) -> None:
+        self._bridges.pop(network.bridge, None)
         for name in (network.vxlan, network.bridge):
             link = self._link(name)
             if link is not None and _is_owned(link):
