@@ -824,3 +824,41 @@ def test_multi_host_mode_without_static_peers(lab: Lab) -> None:
     resolved = neighbours(container_a, "192.168.77.50")
     assert [entry.get("lladdr") for entry in resolved] == [MAC_X], "the ARP request was not answered locally"
     assert rx_packets(host_b, "vxlan-4242") == received, "the ARP request crossed the VXLAN"
+
+
+# -- IPv6 addresses ----------------------------------------------------------------------------------------
+
+
+def ipv6_addresses(ns: str, name: str) -> list[str]:
+    data = json.loads(run(ns, "ip", "-j", "-6", "addr", "show", "dev", name).stdout)
+    return [a["local"] for entry in data for a in entry.get("addr_info", [])]
+
+
+def test_only_a_bridge_with_an_ipv6_gateway_gets_ipv6_addresses(
+    namespaces: Namespaces, host: str, links: NetlinkLinks
+) -> None:
+    # An address on every bridge port and every bridge meant per device a link-local address, its DAD, its
+    # fe80::/64 route and MLD reports: kernel work that grows with the devices of the host.
+    v4_only, dual = make_network(601), make_network(602, gateway4="192.168.78.1/24", gateway6="fd00:602::1/64")
+    for net in (v4_only, dual):
+        links.ensure_network(net)
+    endpoint = make_endpoint(v4_only, "192.168.77.2/24")
+    links.ensure_endpoint(v4_only, endpoint)
+    # The container end comes up in its sandbox, which gives the host end carrier: the moment the kernel
+    # would make the link-local address.
+    sandbox = namespaces.new()
+    run(host, "ip", "link", "set", endpoint.container_veth, "netns", sandbox)
+    run(sandbox, "ip", "addr", "add", "192.168.77.2/24", "dev", endpoint.container_veth)
+    run(sandbox, "ip", "link", "set", endpoint.container_veth, "up")
+    for name in (v4_only.bridge, v4_only.vxlan, dual.vxlan, endpoint.host_veth):
+        assert must_link(host, name)["inet6_addr_gen_mode"] == "none", name
+    assert "fd00:602::1" in ipv6_addresses(host, dual.bridge)
+    assert must_link(host, dual.bridge)["inet6_addr_gen_mode"] == "eui64"
+
+    def link_locals() -> list[str]:
+        names = (v4_only.bridge, v4_only.vxlan, dual.vxlan, endpoint.host_veth)
+        return [address for name in names for address in ipv6_addresses(host, name)]
+
+    assert ping(sandbox, "192.168.77.1")  # everything up and forwarding, and still no IPv6 address on them
+    assert link_locals() == []
+    assert [a for a in ipv6_addresses(sandbox, endpoint.container_veth) if a.startswith("fe80:")]
