@@ -216,6 +216,29 @@ def test_underlay_defaults_to_the_default_route_interface(host: str, links: Netl
     assert links.underlay("eth0") == expected
 
 
+def test_the_default_route_is_read_again_only_when_a_default_route_changed(
+    host: str, links: NetlinkLinks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dumps: list[int] = []
+    real_dump = links._raw.default_route_oifs
+    monkeypatch.setattr(links._raw, "default_route_oifs", lambda family: dumps.append(family) or real_dump(family))
+    assert links.underlay(None).dev == "eth0"
+    assert len(dumps) == 1
+    links.ensure_network(make_network(611))  # its connected route is no default route
+    assert links.underlay(None).dev == "eth0"
+    assert len(dumps) == 1, "a network's own route must not make it dump the table again"
+    # A second NIC takes over the default route: the next network goes over it.
+    with IPRoute(netns=host, flags=0) as ipr:
+        ipr.link("add", ifname="eth1", kind="veth", peer="eth1p")
+        eth1 = ipr.link_lookup(ifname="eth1")[0]
+        ipr.addr("add", index=eth1, address="10.98.0.1", prefixlen=24)
+        ipr.link("set", index=eth1, state="up")
+        ipr.link("set", ifname="eth1p", state="up")
+        ipr.route("replace", dst="default", gateway="10.98.0.254")
+    assert links.underlay(None).dev == "eth1"
+    assert len(dumps) == 2
+
+
 def test_underlay_falls_back_to_the_ipv6_default_route(namespaces: Namespaces) -> None:
     ns = namespaces.new()
     add_underlay_nic(ns, UNDERLAY_A)

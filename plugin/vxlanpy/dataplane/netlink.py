@@ -202,7 +202,8 @@ def _default_destinations(config: NetworkConfig) -> set[IPAddress]:
 
 _SOL_NETLINK = 270
 _NETLINK_GET_STRICT_CHK = 12
-_RTM_GETADDR, _RTM_GETROUTE = 22, 26
+_RTM_GETADDR, _RTM_NEWROUTE, _RTM_DELROUTE, _RTM_GETROUTE = 22, 24, 25, 26
+_RTMGRP_IPV4_ROUTE, _RTMGRP_IPV6_ROUTE = 0x40, 0x400
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _NLMSGHDR = struct.Struct("=IHHII")
@@ -227,7 +228,7 @@ def _attributes(data: bytes, offset: int) -> dict[int, bytes]:
     return found
 
 
-def _open_raw_socket(netns: str | None) -> socket.socket:
+def _open_raw_socket(netns: str | None, groups: int = 0) -> socket.socket:
     """A NETLINK_ROUTE socket in `netns` (a name under /run/netns) or in this process's namespace.
 
     A socket belongs to the namespace it was created in, so for another namespace a throwaway thread enters it
@@ -235,6 +236,10 @@ def _open_raw_socket(netns: str | None) -> socket.socket:
 
     def make() -> socket.socket:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        if groups:
+            sock.bind((0, groups))  # a listener: the kernel sends it these notifications
+            sock.setblocking(False)
+            return sock
         try:
             sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
         except OSError:
@@ -266,6 +271,42 @@ def _open_raw_socket(netns: str | None) -> socket.socket:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["socket"]  # type: ignore[no-any-return]
+
+
+class _DefaultRouteWatch:
+    """Whether a default route changed since the last look, from the kernel's route notifications.
+
+    Finding the default route means dumping the whole main table, which holds the connected route of every
+    network: its cost grows with the networks.  So the answer is kept, and dumped again only after a default
+    route (or anything, if notifications were lost) changed.  Worker thread only."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def changed(self) -> bool:
+        """Read every pending notification; True when one is about a default route, or some were lost."""
+        changed = False
+        while True:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                return changed
+            except OSError as error:
+                if error.errno != errno.ENOBUFS:
+                    raise
+                changed = True  # the queue overflowed: assume the worst
+                continue
+            offset = 0
+            while offset + 16 + _RTMSG.size <= len(data):
+                length, msg_type, _, _, _ = _NLMSGHDR.unpack_from(data, offset)
+                if length < 16:
+                    break
+                if msg_type in (_RTM_NEWROUTE, _RTM_DELROUTE) and _RTMSG.unpack_from(data, offset + 16)[1] == 0:
+                    changed = True  # rtm_dst_len 0: a default route
+                offset += (length + 3) & ~3
 
 
 class _RawDumps:
@@ -365,6 +406,8 @@ class NetlinkLinks:
         self._closed = False
         self._bridges: dict[str, int] = {}  # bridge name -> index, see _bridge_index (worker thread only)
         self._raw: _RawDumps
+        self._routes: _DefaultRouteWatch
+        self._default_oif: int | None = None  # the default route's interface, while `_routes` sees no change
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vxlanpy-netlink")
         try:
             self._ipr: Any = self._worker.submit(self._open).result()
@@ -386,6 +429,15 @@ class NetlinkLinks:
             except BaseException:
                 ipr.close()
                 raise
+            try:
+                # Listening before the first dump: no change between the two is missed.
+                self._routes = _DefaultRouteWatch(
+                    _open_raw_socket(self._netns, _RTMGRP_IPV4_ROUTE | _RTMGRP_IPV6_ROUTE)
+                )
+            except BaseException:
+                self._raw.close()
+                ipr.close()
+                raise
             return ipr
 
     def close(self) -> None:
@@ -397,6 +449,7 @@ class NetlinkLinks:
                 self._worker.submit(self._ipr.close).result()
             finally:
                 self._raw.close()
+                self._routes.close()
                 self._worker.shutdown(wait=True)
 
     def __enter__(self) -> NetlinkLinks:
@@ -451,25 +504,34 @@ class NetlinkLinks:
     # -- implementations: these run on the worker thread only -------------------------------------------
 
     def _underlay(self, dev: str | None) -> Underlay:
-        if dev is None:
-            dev = self._default_route_dev()
-        link = self._link(dev)
+        link = self._default_route_link() if dev is None else self._link(dev)
         if link is None:
             raise InvalidOption(f"underlay interface {dev!r} does not exist: set -o dev=<interface>")
+        dev = str(link.get("ifname"))
         with _netlink(f"cannot read the addresses of {dev}"):
             addresses = self._raw.addresses(int(link["index"]))
         universe = [address for address, _, scope in addresses if scope == RT_SCOPE_UNIVERSE]
         ordered = sorted(universe, key=lambda address: address.version)
         return Underlay(dev=dev, mtu=int(link.get("mtu")), addresses=tuple(ordered))
 
-    def _default_route_dev(self) -> str:
+    def _default_route_link(self) -> Msg:
+        """The link of the default route: IPv4 first, lowest metric first (see `_DefaultRouteWatch`)."""
+        with _netlink("cannot read the routing table"):
+            if self._routes.changed():
+                self._default_oif = None
+        if self._default_oif is not None:
+            link = self._link_at(self._default_oif)
+            if link is not None:
+                return link
         for family in (socket.AF_INET, socket.AF_INET6):
             with _netlink("cannot read the routing table"):
                 oifs = self._raw.default_route_oifs(family)
             for oif in oifs:
-                name = self._name_of(oif)
-                if name is not None:
-                    return name
+                link = self._link_at(oif)
+                if link is not None:
+                    self._default_oif = oif
+                    return link
+        self._default_oif = None
         raise InvalidOption("no default route to pick the underlay interface from: set -o dev=<interface>")
 
     def _ensure_network(self, network: Network) -> None:
@@ -900,9 +962,9 @@ class NetlinkLinks:
             raise DataplaneError(f"interface {name} vanished right after it was created; retry the request")
         return link
 
-    def _name_of(self, index: int) -> str | None:
+    def _link_at(self, index: int) -> Msg | None:
         try:
-            return str(self._ipr.link("get", index=index)[0].get("ifname"))
+            return self._ipr.link("get", index=index)[0]
         except NetlinkError as error:
             if error.code == errno.ENODEV:
                 return None
