@@ -148,6 +148,8 @@ QUICK = Params(
     convergence_runs=3,
 )
 
+SCALE_SETTLE_SECONDS = 5.0  # after filling up to a level, before measuring at it
+
 # The scale section's kernel baseline: the devices of a network, and of an endpoint, made straight with
 # netlink by the benchmark (no vxlanpy): how much of vxlanpy's growth the kernel itself shows.
 KERNEL_METRICS = ("kernel: bridge+vxlan by hand", "kernel: veth by hand")
@@ -535,6 +537,10 @@ def iperf_once(case: PathCase, params: Params) -> float:
         case.client_ns, "iperf3", "-c", case.server_ip, "-p", str(case.port), "-t", str(params.iperf_seconds)
     )
     argv += ["-J", "--connect-timeout", "3000"]
+    if (os.cpu_count() or 1) >= 2:
+        # Client on CPU 0, server on CPU 1, in every case: where the scheduler put them moved single runs by
+        # a fifth on two cores, more than the differences measured.
+        argv += ["-A", "0,1"]
     if params.iperf_omit:
         argv += ["-O", str(params.iperf_omit)]
     for _attempt in range(20):  # the server may still be starting, or busy with the previous run
@@ -894,6 +900,9 @@ class Bench:
                 while len(made) < level:
                     new_network()
                 say(f"  {level} networks present (filled in {time.monotonic() - fill_started:.1f} s)")
+                # The kernel finishes bringing a burst of new devices up in the background (link state
+                # events, RCU callbacks) for a few seconds; measure the networks present, not that burst.
+                time.sleep(SCALE_SETTLE_SECONDS)
                 create_at[level] = []
                 probes = []
                 for _ in range(p.scale_samples):
