@@ -987,25 +987,14 @@ class Bench:
         cluster = self.cluster
         hosts = [("ra", "10.250.0.21"), ("rb", "10.250.0.22")]
         net = ipaddress.ip_network(SUBNETS["cross-ref"])
-        mtu = 1500 - 50
         paths = []
         for index, (label, underlay_ip) in enumerate(hosts):
             host_ns = f"{mh.PREFIX}-{label}-{cluster.suffix}"
             run(["ip", "netns", "add", host_ns])
             cluster.extra_netns.append(host_ns)  # the harness's teardown deletes it
             cluster._attach(host_ns, f"p-{label}", underlay_ip)
-            remote = hosts[1 - index][1]
-            run(["ip", "-n", host_ns, "link", "add", "br0", "type", "bridge"])
-            run(["ip", "-n", host_ns, "link", "add", "vxlan0", "type", "vxlan", "id", str(REF_VNI), "local",
-                 underlay_ip, "remote", remote, "dstport", "4789", "dev", "eth0"])  # fmt: skip
-            run(["ip", "-n", host_ns, "link", "set", "vxlan0", "master", "br0", "up"])
-            run(["ip", "-n", host_ns, "link", "set", "br0", "up"])
             guest = self.ns.add(f"r{label}")
-            run(["ip", "-n", host_ns, "link", "add", "veth0", "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",
-                 "netns", guest])  # fmt: skip
-            run(["ip", "-n", host_ns, "link", "set", "veth0", "master", "br0", "up"])
-            run(["ip", "-n", guest, "addr", "add", f"{net[index + 1]}/{net.prefixlen}", "dev", "eth0"])
-            run(["ip", "-n", guest, "link", "set", "eth0", "mtu", str(mtu), "up"])
+            build_recipe(host_ns, underlay_ip, hosts[1 - index][1], REF_VNI, guest, f"{net[index + 1]}/{net.prefixlen}")
             paths.append(f"/run/netns/{guest}")
         return paths[0], paths[1], str(net[1])
 
@@ -1013,27 +1002,15 @@ class Bench:
         """The same recipe built by hand inside the host namespaces of h1 and h2, next to vxlanpy and dockerd:
         the host's firewall as vxlanpy sees it (br_netfilter on, conntrack, FORWARD policy DROP, so the hand-made
         bridge needs an ACCEPT rule, as it would on any Docker host), without vxlanpy's devices or rules."""
-        cluster = self.cluster
-        hosts = [cluster["h1"], cluster["h2"]]
+        hosts = [self.cluster["h1"], self.cluster["h2"]]
         net = ipaddress.ip_network(SUBNETS["cross-ref-docker"])
-        mtu = 1500 - 50
         paths = []
         for index, host in enumerate(hosts):
-            remote = hosts[1 - index].ip
-            ns = host.netns
-            run(["ip", "-n", ns, "link", "add", "refbr0", "type", "bridge"])
-            run(["ip", "-n", ns, "link", "add", "refvx0", "type", "vxlan", "id", str(REF_VNI + 1), "local", host.ip,
-                 "remote", remote, "dstport", "4789", "dev", "eth0"])  # fmt: skip
-            run(["ip", "-n", ns, "link", "set", "refvx0", "master", "refbr0", "up"])
-            run(["ip", "-n", ns, "link", "set", "refbr0", "up"])
-            run(["nsenter", f"--net=/run/netns/{ns}", "iptables", "-w", "10", "-I", "FORWARD", "1", "-i", "refbr0",
-                 "-o", "refbr0", "-j", "ACCEPT"])  # fmt: skip
             guest = self.ns.add(f"d{index}")
-            run(["ip", "-n", ns, "link", "add", "refv0", "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",
-                 "netns", guest])  # fmt: skip
-            run(["ip", "-n", ns, "link", "set", "refv0", "master", "refbr0", "up"])
-            run(["ip", "-n", guest, "addr", "add", f"{net[index + 1]}/{net.prefixlen}", "dev", "eth0"])
-            run(["ip", "-n", guest, "link", "set", "eth0", "mtu", str(mtu), "up"])
+            build_recipe(host.netns, host.ip, hosts[1 - index].ip, REF_VNI + 1, guest,
+                         f"{net[index + 1]}/{net.prefixlen}", prefix="ref")  # fmt: skip
+            run(["nsenter", f"--net=/run/netns/{host.netns}", "iptables", "-w", "10", "-I", "FORWARD", "1", "-i",
+                 "refbr0", "-o", "refbr0", "-j", "ACCEPT"])  # fmt: skip
             paths.append(f"/run/netns/{guest}")
         return paths[0], paths[1], str(net[1])
 
@@ -1082,6 +1059,23 @@ class Bench:
 
 
 # --------------------------------------------------------------------------------------------- output
+
+
+def build_recipe(host_ns: str, local: str, remote: str, vni: int, guest: str, address: str, prefix: str = "") -> None:
+    """The seed recipe with iproute2 in `host_ns`: bridge `<prefix>br0`, VXLAN `<prefix>vx0` (or `vxlan0`) to
+    `remote` on eth0, and a veth `<prefix>v0` (or `veth0`) whose other end is eth0 in `guest` with `address`;
+    MTU 1450 (the underlay's 1500 minus VXLAN's 50)."""
+    bridge, vxlan, veth = (f"{prefix}br0", f"{prefix}vx0", f"{prefix}v0") if prefix else ("br0", "vxlan0", "veth0")
+    mtu = str(1500 - 50)
+    run(["ip", "-n", host_ns, "link", "add", bridge, "type", "bridge"])
+    run(["ip", "-n", host_ns, "link", "add", vxlan, "type", "vxlan", "id", str(vni), "local", local, "remote", remote,
+         "dstport", "4789", "dev", "eth0"])  # fmt: skip
+    run(["ip", "-n", host_ns, "link", "set", vxlan, "master", bridge, "up"])
+    run(["ip", "-n", host_ns, "link", "set", bridge, "up"])
+    run(["ip", "-n", host_ns, "link", "add", veth, "mtu", mtu, "type", "veth", "peer", "name", "eth0", "netns", guest])
+    run(["ip", "-n", host_ns, "link", "set", veth, "master", bridge, "up"])
+    run(["ip", "-n", guest, "addr", "add", address, "dev", "eth0"])
+    run(["ip", "-n", guest, "link", "set", "eth0", "mtu", mtu, "up"])
 
 
 def kernel_devices(samples: int, subnet: ipaddress.IPv4Network) -> tuple[list[float], list[float]]:

@@ -205,7 +205,11 @@ _NETLINK_GET_STRICT_CHK = 12
 _RTM_GETADDR, _RTM_NEWROUTE, _RTM_DELROUTE, _RTM_GETROUTE = 22, 24, 25, 26
 _RTMGRP_IPV4_ROUTE, _RTMGRP_IPV6_ROUTE = 0x40, 0x400
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_DUMP = 0x1, 0x4, 0x300
+_RTM_SETLINK = 19
+_IFINFOMSG = struct.Struct("=BxHiII")
+_IFLA_IFNAME, _IFLA_IFALIAS, _IFLA_AF_SPEC = 3, 20, 26
+_IFLA_INET6_ADDR_GEN_MODE, _IN6_ADDR_GEN_MODE_NONE = 8, 1
 _NLMSGHDR = struct.Struct("=IHHII")
 _NLATTR = struct.Struct("=HH")
 _IFADDRMSG = struct.Struct("=BBBBI")
@@ -226,6 +230,21 @@ def _attributes(data: bytes, offset: int) -> dict[int, bytes]:
         found[kind & 0x3FFF] = data[offset + 4 : offset + length]
         offset += (length + 3) & ~3
     return found
+
+
+def _nlattr(kind: int, payload: bytes) -> bytes:
+    length = _NLATTR.size + len(payload)
+    return _NLATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
+
+
+def _label_request(seq: int, name: str, alias: str, no_ipv6: bool) -> bytes:
+    """RTM_SETLINK of the link called `name`: its alias and, with `no_ipv6`, `addrgenmode none`."""
+    attrs = _nlattr(_IFLA_IFNAME, name.encode() + b"\0") + _nlattr(_IFLA_IFALIAS, alias.encode())
+    if no_ipv6:
+        mode = _nlattr(_IFLA_INET6_ADDR_GEN_MODE, bytes([_IN6_ADDR_GEN_MODE_NONE]))
+        attrs += _nlattr(_IFLA_AF_SPEC, _nlattr(socket.AF_INET6, mode))
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attrs
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), _RTM_SETLINK, _NLM_F_REQUEST | _NLM_F_ACK, seq, 0) + body
 
 
 def _open_raw_socket(netns: str | None, groups: int = 0) -> socket.socket:
@@ -310,7 +329,7 @@ class _DefaultRouteWatch:
 
 
 class _RawDumps:
-    """Filtered dumps on a socket of their own; used from the netlink worker thread only."""
+    """Filtered dumps, and batched labels, on a socket of their own; used from the netlink worker thread only."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -318,6 +337,32 @@ class _RawDumps:
 
     def close(self) -> None:
         self._sock.close()
+
+    def label(self, links: list[tuple[str, str, bool]]) -> dict[str, int]:
+        """Label each (name, alias, no_ipv6) link (`_label_request`): all requests in one send, then every
+        answer read.  Returns the errno of each link whose request failed."""
+        seqs = {}
+        batch = b""
+        for name, alias, no_ipv6 in links:
+            self._seq += 1
+            seqs[self._seq] = name
+            batch += _label_request(self._seq, name, alias, no_ipv6)
+        self._sock.send(batch)
+        failed = {}
+        while seqs:
+            data = self._sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, msg_type, _, msg_seq, _ = _NLMSGHDR.unpack_from(data, offset)
+                if length < 16:
+                    break
+                if msg_type == _NLMSG_ERROR and msg_seq in seqs:
+                    code = -struct.unpack_from("=i", data, offset + 16)[0]
+                    name = seqs.pop(msg_seq)
+                    if code:
+                        failed[name] = code
+                offset += (length + 3) & ~3
+        return failed
 
     def _dump(self, kind: int, header: bytes, attrs: bytes = b"") -> Iterator[bytes]:
         """The payload of each message of one dump."""
@@ -911,11 +956,18 @@ class NetlinkLinks:
             action = f"cannot create veth pair {endpoint.host_veth}/{endpoint.container_veth}"
             raise _dataplane_error(action, error, {}) from error
         try:
-            # The kernel ignores IFLA_IFALIAS in a create request, so the labels need requests of their own.
-            # The container end is down until dockerd moves it into the sandbox: the host end has no carrier.
-            for name, no_ipv6 in ((endpoint.host_veth, True), (endpoint.container_veth, False)):
-                with _netlink(f"cannot label interface {name} as vxlanpy's"):
-                    self._label(endpoint.alias, no_ipv6, ifname=name)
+            # The kernel ignores IFLA_IFALIAS in a create request, so the labels need requests of their own:
+            # both sent at once.  The container end is down until dockerd moves it into the sandbox, so the
+            # host end has no carrier yet (see `_label`).
+            host, container = endpoint.host_veth, endpoint.container_veth
+            with _netlink(f"cannot label interfaces {host} and {container} as vxlanpy's"):
+                failed = self._raw.label([(host, endpoint.alias, True), (container, endpoint.alias, False)])
+                if failed.get(host) == errno.EAFNOSUPPORT:  # a kernel without IPv6: the label alone
+                    del failed[host]
+                    failed.update(self._raw.label([(host, endpoint.alias, False)]))
+                if failed:
+                    code = next(iter(failed.values()))
+                    raise OSError(code, os.strerror(code))
         except DataplaneError:
             # An unlabelled link would be taken for someone else's and block every later attempt.
             self._delete_name(endpoint.host_veth)
