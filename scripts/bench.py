@@ -148,7 +148,7 @@ QUICK = Params(
     convergence_runs=3,
 )
 
-SCALE_SETTLE_SECONDS = 5.0  # after filling up to a level, before measuring at it
+SCALE_SETTLE_SECONDS = 30.0  # at most, after filling up to a level, before measuring at it
 
 # The scale section's kernel baseline: the devices of a network, and of an endpoint, made straight with
 # netlink by the benchmark (no vxlanpy): how much of vxlanpy's growth the kernel itself shows.
@@ -900,9 +900,10 @@ class Bench:
                 while len(made) < level:
                     new_network()
                 say(f"  {level} networks present (filled in {time.monotonic() - fill_started:.1f} s)")
-                # The kernel finishes bringing a burst of new devices up in the background (link state
-                # events, RCU callbacks) for a few seconds; measure the networks present, not that burst.
-                time.sleep(SCALE_SETTLE_SECONDS)
+                # The kernel finishes bringing a burst of new devices up (or down) in the background (link
+                # state events, RCU callbacks, kworkers) for seconds; measure the networks present, not that.
+                settled = wait_until_idle(SCALE_SETTLE_SECONDS)
+                say(f"  machine idle after {settled:.1f} s")
                 create_at[level] = []
                 probes = []
                 for _ in range(p.scale_samples):
@@ -1076,6 +1077,25 @@ def build_recipe(host_ns: str, local: str, remote: str, vni: int, guest: str, ad
     run(["ip", "-n", host_ns, "link", "set", veth, "master", bridge, "up"])
     run(["ip", "-n", guest, "addr", "add", address, "dev", "eth0"])
     run(["ip", "-n", guest, "link", "set", "eth0", "mtu", mtu, "up"])
+
+
+def wait_until_idle(limit: float, busy_below: float = 0.1) -> float:
+    """Wait (at most `limit` seconds, at least 2) until the CPUs were less than `busy_below` busy over a second,
+    as /proc/stat counts it; returns the seconds waited."""
+    started = time.monotonic()
+
+    def busy_and_total() -> tuple[int, int]:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields) - fields[3] - fields[4], sum(fields)  # all but idle and iowait
+
+    time.sleep(1.0)
+    while True:
+        busy0, total0 = busy_and_total()
+        time.sleep(1.0)
+        busy1, total1 = busy_and_total()
+        waited = time.monotonic() - started
+        if (busy1 - busy0) < busy_below * max(1, total1 - total0) or waited >= limit:
+            return waited
 
 
 def kernel_devices(samples: int, subnet: ipaddress.IPv4Network) -> tuple[list[float], list[float]]:
