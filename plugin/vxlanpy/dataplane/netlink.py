@@ -232,6 +232,17 @@ def _attributes(data: bytes, offset: int) -> dict[int, bytes]:
     return found
 
 
+def _messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(type, sequence number, payload) of each netlink message in one buffer read from a socket."""
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, msg_type, _, seq, _ = _NLMSGHDR.unpack_from(data, offset)
+        if length < _NLMSGHDR.size:
+            return  # malformed: nothing after it can be trusted
+        yield msg_type, seq, data[offset + _NLMSGHDR.size : offset + length]
+        offset += (length + 3) & ~3
+
+
 def _nlattr(kind: int, payload: bytes) -> bytes:
     length = _NLATTR.size + len(payload)
     return _NLATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
@@ -318,14 +329,9 @@ class _DefaultRouteWatch:
                     raise
                 changed = True  # the queue overflowed: assume the worst
                 continue
-            offset = 0
-            while offset + 16 + _RTMSG.size <= len(data):
-                length, msg_type, _, _, _ = _NLMSGHDR.unpack_from(data, offset)
-                if length < 16:
-                    break
-                if msg_type in (_RTM_NEWROUTE, _RTM_DELROUTE) and _RTMSG.unpack_from(data, offset + 16)[1] == 0:
-                    changed = True  # rtm_dst_len 0: a default route
-                offset += (length + 3) & ~3
+            for msg_type, _, payload in _messages(data):
+                if msg_type in (_RTM_NEWROUTE, _RTM_DELROUTE) and len(payload) >= _RTMSG.size:
+                    changed = changed or _RTMSG.unpack_from(payload)[1] == 0  # rtm_dst_len 0: a default route
 
 
 class _RawDumps:
@@ -350,18 +356,12 @@ class _RawDumps:
         self._sock.send(batch)
         failed = {}
         while seqs:
-            data = self._sock.recv(1 << 16)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, msg_type, _, msg_seq, _ = _NLMSGHDR.unpack_from(data, offset)
-                if length < 16:
-                    break
+            for msg_type, msg_seq, payload in _messages(self._sock.recv(1 << 16)):
                 if msg_type == _NLMSG_ERROR and msg_seq in seqs:
-                    code = -struct.unpack_from("=i", data, offset + 16)[0]
+                    code = -struct.unpack_from("=i", payload)[0]
                     name = seqs.pop(msg_seq)
                     if code:
                         failed[name] = code
-                offset += (length + 3) & ~3
         return failed
 
     def _dump(self, kind: int, header: bytes, attrs: bytes = b"") -> Iterator[bytes]:
@@ -371,14 +371,7 @@ class _RawDumps:
         body = header + attrs
         self._sock.send(_NLMSGHDR.pack(16 + len(body), kind, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0) + body)
         while True:
-            data = self._sock.recv(1 << 20)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, msg_type, _, msg_seq, _ = _NLMSGHDR.unpack_from(data, offset)
-                if length < 16:
-                    return
-                payload = data[offset + 16 : offset + length]
-                offset += (length + 3) & ~3
+            for msg_type, msg_seq, payload in _messages(self._sock.recv(1 << 20)):
                 if msg_seq != seq:
                     continue  # a late answer to an earlier, abandoned request
                 if msg_type == _NLMSG_DONE:
