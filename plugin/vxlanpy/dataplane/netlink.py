@@ -81,12 +81,6 @@ _VNI_REMEDY = "remove it or choose another vni"
 _VETH_REMEDY = "remove it (vxlanpy derives veth names from the endpoint id)"
 
 
-# IFLA_AF_SPEC / AF_INET6 / IFLA_INET6_ADDR_GEN_MODE = IN6_ADDR_GEN_MODE_NONE (`ip link set X addrgenmode none`).
-_NO_IPV6_ADDRESSES: dict[str, Any] = {
-    "IFLA_AF_SPEC": {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
-}
-
-
 def _errno_of(error: Exception) -> int:
     if isinstance(error, NetlinkError):
         return int(error.code)
@@ -954,13 +948,7 @@ class NetlinkLinks:
             # host end has no carrier yet (see `_label`).
             host, container = endpoint.host_veth, endpoint.container_veth
             with _netlink(f"cannot label interfaces {host} and {container} as vxlanpy's"):
-                failed = self._raw.label([(host, endpoint.alias, True), (container, endpoint.alias, False)])
-                if failed.get(host) == errno.EAFNOSUPPORT:  # a kernel without IPv6: the label alone
-                    del failed[host]
-                    failed.update(self._raw.label([(host, endpoint.alias, False)]))
-                if failed:
-                    code = next(iter(failed.values()))
-                    raise OSError(code, os.strerror(code))
+                self._label([(host, endpoint.alias, True), (container, endpoint.alias, False)])
         except DataplaneError:
             # An unlabelled link would be taken for someone else's and block every later attempt.
             self._delete_name(endpoint.host_veth)
@@ -1040,29 +1028,32 @@ class NetlinkLinks:
         # The kernel ignores IFLA_IFALIAS in a create request, so the alias needs a second one.
         try:
             with _netlink(f"cannot label interface {spec['ifname']} as vxlanpy's"):
-                self._label(alias, no_ipv6, index=link["index"])
+                self._label([(spec["ifname"], alias, no_ipv6)])
         except DataplaneError:
             # An unlabelled link would be taken for someone else's and block every later attempt.
             self._delete(link)
             raise
         return self._require(spec["ifname"])
 
-    def _label(self, alias: str, no_ipv6: bool, **link: Any) -> None:
-        """Set the alias on `link` (index= or ifname=) and, with `no_ipv6`, turn IPv6 address generation off.
+    def _label(self, links: list[tuple[str, str, bool]]) -> None:
+        """Set the alias of each (name, alias, no_ipv6) link and, with `no_ipv6`, turn its IPv6 address
+        generation off (`addrgenmode none`); all requests in one send on the raw socket.  Raises OSError.
 
         A bridge port (VXLAN device, host end of a veth) needs no IPv6 address, nor does the bridge of an
         IPv4-only network.  Without one the kernel skips, per device, the link-local address, its DAD, its
         fe80::/64 route and the MLD reports: kworker time that grows with the devices on the host and slowed
         every netlink request by half at 1000 networks.  It must be set before the link has carrier (it is
         still down, or a veth whose peer is), when the kernel would make the link-local address."""
-        if no_ipv6:
-            try:
-                self._ipr.link("set", ifalias=alias, **link, **_NO_IPV6_ADDRESSES)
-                return
-            except NetlinkError as error:
-                if error.code != errno.EAFNOSUPPORT:  # a kernel without IPv6: then the alias is all there is
-                    raise
-        self._ipr.link("set", ifalias=alias, **link)
+        failed = self._raw.label(links)
+        # A kernel without IPv6 refuses the address generation mode: then the alias is all there is.
+        retry = [(name, alias, False) for name, alias, _ in links if failed.get(name) == errno.EAFNOSUPPORT]
+        for name, _, _ in retry:
+            del failed[name]
+        if retry:
+            failed.update(self._raw.label(retry))
+        if failed:
+            code = next(iter(failed.values()))
+            raise OSError(code, os.strerror(code))
 
     def _converge(
         self,
