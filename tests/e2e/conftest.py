@@ -61,12 +61,34 @@ def _skip_reason() -> str | None:
     return None
 
 
+def _engine_major() -> int:
+    client = docker.from_env(version="auto", timeout=10)
+    try:
+        return int(str(client.version().get("Version", "0")).split(".")[0])
+    finally:
+        client.close()
+
+
+def _deselect_for_older_engines(config: pytest.Config, items: list[pytest.Item], ours: list[pytest.Item]) -> None:
+    """Tests marked `min_engine(N)` exercise what engine N added: on an older engine they are deselected (they
+    do not apply there), not skipped.  scripts/test runs the tier on every engine the README lists."""
+    marked = [item for item in ours if item.get_closest_marker("min_engine") is not None]
+    if not marked:
+        return
+    major = _engine_major()
+    dropped = [item for item in marked if int(item.get_closest_marker("min_engine").args[0]) > major]  # type: ignore[union-attr]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     ours = [item for item in items if E2E_DIR in Path(str(item.path)).resolve().parents]
     if not ours:
         return
     reason = _skip_reason()
     if reason is None:
+        _deselect_for_older_engines(config, items, ours)
         return
     marker = pytest.mark.skip(reason=reason)
     for item in ours:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.docker_cleanup import remove_labelled
+from tests.engines import dockerd_environment
 from tests.plugin_socket import plugin_call, plugin_get  # noqa: F401  (re-exported for the suites)
 
 try:
@@ -521,6 +522,8 @@ class Dockerd(ManagedProcess):
         # The content of daemon.json, written at every start: {} unless a test asks for e.g. live-restore
         # (see restart()).
         self.config: dict[str, Any] = {}
+        # Docker's default bridge network (docker0), as on a user's host; the multi-host hosts go without.
+        self.default_bridge = False
 
     def write_script(self) -> None:
         for directory in (self.data_root, self.exec_root, self.plugins_dir):
@@ -552,21 +555,24 @@ class Dockerd(ManagedProcess):
             "--exec-root", str(self.exec_root),
             "-H", f"unix://{self.socket_path}",
             "--pidfile", str(self.pidfile),
-            "--iptables=true", "--ip-forward=true", "--bridge=none", "--log-level=info",
+            "--iptables=true", "--ip-forward=true", "--log-level=info",
+            *([] if self.default_bridge else ["--bridge=none"]),
         ]  # fmt: skip
 
     def start(self, timeout: float = 60.0, mount_namespace: str | None = None) -> None:
         """Start dockerd in a new private mount namespace (see write_script), or, with `mount_namespace` (a
-        namespace file such as /proc/PID/fd/N), in that existing one, where the mounts are already in place."""
+        namespace file such as /proc/PID/fd/N), in that existing one, where the mounts are already in place.
+        The engine is the one VXLANPY_TEST_ENGINE names (tests/engines.py), the system's by default."""
+        env = dockerd_environment()
         if mount_namespace is None:
             self.write_script()
             # `ip netns exec` execs `unshare`, which execs the script, which execs dockerd: one pid throughout.
-            self._spawn(["ip", "netns", "exec", self.netns, "unshare", "-m", "--", str(self.script)])
+            self._spawn(["ip", "netns", "exec", self.netns, "unshare", "-m", "--", str(self.script)], env=env)
         else:
             self.write_config()
             # nsenter (mount namespace only) execs dockerd: one pid throughout here too.
             argv = ["ip", "netns", "exec", self.netns, "nsenter", f"--mount={mount_namespace}", "--"]
-            self._spawn([*argv, *self.dockerd_argv()])
+            self._spawn([*argv, *self.dockerd_argv()], env=env)
         client = docker.DockerClient(base_url=f"unix://{self.socket_path}", version="1.41", timeout=120)
         deadline = time.monotonic() + timeout
         last = "no answer"

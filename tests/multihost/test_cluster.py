@@ -116,6 +116,7 @@ def api_error_text(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------- segment
 
 
+@pytest.mark.smoke
 def test_network_on_three_hosts_joins_one_segment(vx_cluster: Cluster, create_network: CreateNetwork) -> None:
     nets = create_network(subnet=SUBNET, vni=VNI)
     assert set(nets) == {"h1", "h2", "h3"}
@@ -152,6 +153,7 @@ def test_different_subnet_on_another_host_is_refused(vx_cluster: Cluster, create
 # --------------------------------------------------------------------------------------------- addresses
 
 
+@pytest.mark.smoke
 def test_vxlanpy_ipam_gives_unique_addresses_and_one_gateway(
     vx_cluster: Cluster, create_network: CreateNetwork
 ) -> None:
@@ -208,6 +210,7 @@ def test_default_ipam_same_address_on_two_hosts_is_refused_naming_the_holder(
 # --------------------------------------------------------------------------------------------- dataplane
 
 
+@pytest.mark.smoke
 def test_containers_ping_across_hosts(vx_cluster: Cluster, create_network: CreateNetwork) -> None:
     name = create_network(subnet=SUBNET, vni=VNI)["h1"].name
     containers = {host.name: host.run_container(name) for host in vx_cluster.hosts}
@@ -247,6 +250,7 @@ def test_fdb_and_neighbour_entries_match_remote_containers(vx_cluster: Cluster, 
         assert data["learning"] is False
 
 
+@pytest.mark.smoke
 def test_removed_container_disappears_from_other_hosts_within_1s(
     vx_cluster: Cluster, create_network: CreateNetwork
 ) -> None:
@@ -327,6 +331,7 @@ def test_dead_host_entries_expire_within_lease_ttl(vx_cluster: Cluster, create_n
     assert ok, f"h1 -> h2 broke when h3 died: {output}"
 
 
+@pytest.mark.smoke
 def test_networks_with_different_vnis_are_isolated_across_hosts(
     vx_cluster: Cluster, create_network: CreateNetwork
 ) -> None:

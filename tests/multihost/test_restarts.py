@@ -337,6 +337,7 @@ def test_dockerd_restart_without_live_restore(
     assert_converges(vx_cluster, h1, h2, name, "with a new container after the restart")
 
 
+@pytest.mark.smoke
 def test_dockerd_restart_with_live_restore_keeps_containers_talking(
     vx_cluster: Cluster, h1: Host, create_network: CreateNetwork, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.engines import compose_command, compose_versions
 from tests.multihost.cluster import (
     Dockerd,
     ManagedProcess,
@@ -135,6 +136,8 @@ class Engine:
     netns: str = field(init=False)
     dockerd: Dockerd = field(init=False)
     registry: Registry = field(init=False)
+    # Which docker-compose `compose()` runs: "v1" or "v2" (tests/engines.py); test_compose runs each asked for.
+    compose_version: str = field(default_factory=lambda: compose_versions()[0])
 
     def __post_init__(self) -> None:
         self.workdir = Path(f"/tmp/{PREFIX}-{self.suffix}")  # short: Unix socket paths are limited
@@ -213,12 +216,13 @@ class Engine:
     def compose(
         self, directory: Path, project: str, *args: str, driver: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """docker-compose -p PROJECT ARGS in `directory`, with VXLANPY_DRIVER=driver (None: the file's default)."""
+        """docker-compose -p PROJECT ARGS in `directory`, with VXLANPY_DRIVER=driver (None: the file's default).
+        Compose v1 or v2: `compose_version`."""
         env = self.env
         if driver is not None:
             env["VXLANPY_DRIVER"] = driver
         result = subprocess.run(
-            ["docker-compose", "--no-ansi", "-p", project, *args],
+            [*compose_command(self.compose_version), "-p", project, *args],
             cwd=directory,
             env=env,
             capture_output=True,

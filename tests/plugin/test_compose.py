@@ -1,4 +1,4 @@
-"""The Compose files of examples/ with Debian's docker-compose (1.29) and the managed plugin."""
+"""The Compose files of examples/ with the managed plugin, under Compose v1 (1.29) or v2 (VXLANPY_TEST_COMPOSE)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.engines import compose_versions
 from tests.multihost.cluster import exec_text, ping
 
 from .harness import LOCAL_PLUGIN, REPO_ROOT, TIMINGS, Engine
@@ -17,10 +18,15 @@ from .harness import LOCAL_PLUGIN, REPO_ROOT, TIMINGS, Engine
 EXAMPLES = REPO_ROOT / "examples"
 
 
-@pytest.fixture(scope="module")
-def managed(engine: Engine, built: str) -> Iterator[Engine]:
-    with engine.active(LOCAL_PLUGIN, engine.workdir / "state-compose"):
-        yield engine
+@pytest.fixture(scope="module", params=compose_versions(), ids=lambda version: f"compose-{version}")
+def managed(request: pytest.FixtureRequest, engine: Engine, built: str) -> Iterator[Engine]:
+    """The managed plugin enabled, and docker-compose of each version VXLANPY_TEST_COMPOSE asks for."""
+    previous, engine.compose_version = engine.compose_version, request.param
+    try:
+        with engine.active(LOCAL_PLUGIN, engine.workdir / "state-compose"):
+            yield engine
+    finally:
+        engine.compose_version = previous
 
 
 def service(engine: Engine, example: str, project: str, name: str, driver: str | None) -> Any:
@@ -45,7 +51,9 @@ def compose_web(engine: Engine, driver: str | None) -> None:
     started = time.monotonic()
     try:
         engine.compose(EXAMPLES / "web", project, "up", "-d", driver=driver)
-        TIMINGS[f"docker-compose up examples/web ({driver or 'vxlanpy'})"] = f"{time.monotonic() - started:.1f} s"
+        TIMINGS[f"docker-compose {engine.compose_version} up examples/web ({driver or 'vxlanpy'})"] = (
+            f"{time.monotonic() - started:.1f} s"
+        )
         client = service(engine, "web", project, "client", driver)
         assert wget(client, "http://web/") == "hello from web\n"
         ok, output = ping(client, "web")
