@@ -67,6 +67,14 @@ class JoinInfo:
     gateway_v6: ipaddress.IPv6Address | None
 
 
+@dataclass(frozen=True)
+class GatewaySkip:
+    """Which gateway addresses Docker need not reserve for a new network (Docker 28's GwAllocCheck)."""
+
+    ipv4: bool
+    ipv6: bool
+
+
 @dataclass
 class ReconcileReport:
     """What a reconciliation did (or, in a dry run, would do)."""
@@ -129,6 +137,18 @@ class Driver:
 
     # -- networks -------------------------------------------------------------------------------------------
 
+    def check_gateway_allocation(self, options: dict[str, object], internal: bool) -> GatewaySkip:
+        """Asked before Docker allocates a new network's addresses: the options are checked now, so a bad one
+        is refused before any pool or address is taken, and Docker reserves every gateway address.
+
+        vxlanpy needs them all.  On a non-internal network the gateway sits on the bridge of every host (the
+        anycast gateway) and Join returns it; without one Docker would attach docker_gwbridge instead.  An
+        internal network's gateway gives no default route, but the host keeps it on the bridge to reach its
+        containers, as with Docker's bridge; and hosts sharing a VNI must record the same gateway whatever
+        their engine version (one before 28 always reserves it), or the segment would be refused."""
+        parse_network_options(options, self.links.underlay, self.default_dev, multi_host=self.cluster is not None)
+        return GatewaySkip(ipv4=False, ipv6=False)
+
     def create_network(
         self,
         network_id: str,
@@ -136,11 +156,17 @@ class Driver:
         ipv4: tuple[Subnet, ...] = (),
         ipv6: tuple[Subnet, ...] = (),
         internal: bool = False,
+        ipv4_enabled: bool | None = None,
+        ipv6_enabled: bool | None = None,
     ) -> Network:
+        """`ipv4_enabled`/`ipv6_enabled`: Docker's --ipv4/--ipv6 when it sends them (28+), None otherwise.
+        A network with IPv6 only (`--ipv4=false --ipv6`) has no IPv4 subnet: no masquerade, no published ports."""
         with self._network_locks.hold(network_id):
             existing = self.store.get_network(network_id)
             if existing is not None:
                 return existing  # dockerd retried a call that had succeeded
+            if not ipv4 and not ipv6:
+                raise InvalidOption(_no_subnet_message(ipv4_enabled, ipv6_enabled))
             requested = parse_network_options(
                 options, self.links.underlay, self.default_dev, multi_host=self.cluster is not None
             )
@@ -289,11 +315,27 @@ class Driver:
     # -- published ports ------------------------------------------------------------------------------------
 
     def program_external_connectivity(self, network_id: str, endpoint_id: str, ports: list[PortMapping]) -> Endpoint:
+        """Publish `ports` on this endpoint, which Docker (28+) only asks of the container's gateway endpoint;
+        Revoke follows when it stops being the gateway.  Docker 29 may ask again without a Revoke in between
+        (the endpoint became the gateway of the other IP family too): the ports are then set again, keeping the
+        host ports chosen before."""
         with self._network_locks.hold(network_id):
             network = self.get_network(network_id)
             endpoint = self.get_endpoint(network_id, endpoint_id)
             if network.internal or not ports:
                 return endpoint  # like Docker's bridge: an internal network publishes nothing
+            if endpoint.ipv4 is None:
+                # Ports are DNATed to the container's IPv4 address only.  Not an error: Docker sends the same
+                # port list to an IPv6-only gateway endpoint when another network of the container is its
+                # IPv4 gateway (and publishes there), and refusing would fail that `docker network connect`.
+                log.warning(
+                    "endpoint %s on network %s has no IPv4 address: ports %s are not published through it "
+                    "(vxlanpy publishes ports over IPv4 only; give the network an IPv4 subnet to publish them)",
+                    endpoint_id[:12],
+                    network_id[:12],
+                    ", ".join(f"{p.host_port or '(any)'}->{p.container_port}/{p.proto}" for p in ports),
+                )
+                return endpoint
             with self._ports_lock:
                 chosen = self._allocate_ports(endpoint, ports)
                 updated = endpoint.with_ports(chosen)
@@ -320,9 +362,15 @@ class Driver:
             if other.endpoint_id != endpoint.endpoint_id
             for port in other.ports
         }
+        # Set again without a Revoke (Docker 29): a port chosen by vxlanpy stays the same.
+        before = {(port.proto, port.container_port, port.host_ip): port.host_port for port in endpoint.ports}
         chosen: list[PortMapping] = []
         for mapping in wanted:
-            if mapping.host_port:
+            kept = None if mapping.host_port else before.get((mapping.proto, mapping.container_port, mapping.host_ip))
+            again = replace(mapping, host_port=kept or 0)
+            if kept is not None and (mapping.proto, kept) not in taken and self.port_is_free(again):
+                chosen.append(again)
+            elif mapping.host_port:
                 key = (mapping.proto, mapping.host_port)
                 if key in taken or not self.port_is_free(mapping):
                     raise Conflict(
@@ -455,6 +503,15 @@ def sandbox_path_exists(path: str) -> bool | None:
     if not os.path.isdir(os.path.dirname(path)):
         return None
     return os.path.exists(path)
+
+
+def _no_subnet_message(ipv4_enabled: bool | None, ipv6_enabled: bool | None) -> str:
+    if ipv4_enabled is False and not ipv6_enabled:
+        return (
+            "the network would have no addresses: --ipv4=false turns IPv4 off and IPv6 is off too; "
+            "add --ipv6 (and --subnet with an IPv6 prefix if Docker has no default IPv6 pool), or drop --ipv4=false"
+        )
+    return "Docker gave the network neither an IPv4 nor an IPv6 subnet; create it with --subnet"
 
 
 def _check_in_subnets(

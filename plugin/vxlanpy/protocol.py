@@ -11,10 +11,11 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from .driver import Driver
-from .errors import BadRequest
+from .driver import DST_PREFIX, Driver
+from .errors import BadRequest, InvalidOption
 from .models import PROTOCOL_NAMES, PortMapping, Subnet
 
 Body = dict[str, Any]
@@ -23,7 +24,15 @@ Handler = Callable[[Body], Body]
 DOCKER_ID = re.compile(r"^[0-9a-f]{64}$")
 GENERIC_OPTIONS = "com.docker.network.generic"
 INTERNAL_OPTION = "com.docker.network.internal"
+ENABLE_IPV4_OPTION = "com.docker.network.enable_ipv4"  # Docker 28: False with --ipv4=false
+ENABLE_IPV6_OPTION = "com.docker.network.enable_ipv6"
 PORTMAP_OPTION = "com.docker.network.portmap"
+# Endpoint options (`--driver-opt` of `docker network connect`, `driver-opt=` of `docker run --network`) come in
+# CreateEndpoint's Options.  Docker 28 applies com.docker.network.endpoint.sysctls itself, for every driver, to
+# the interface it moves into the container: nothing to do here.  It names that interface from a remote driver's
+# Join reply by SrcName and DstPrefix only (DstName is not read), so the ifname option would be silently
+# ignored: it is refused (`_refuse_ifname`).
+IFNAME_OPTION = "com.docker.network.endpoint.ifname"
 
 
 def decode_body(raw: bytes) -> Body:
@@ -93,6 +102,7 @@ class NetworkDriverProtocol:
         self.routes: dict[str, Handler] = {
             "Plugin.Activate": self.activate,
             "NetworkDriver.GetCapabilities": self.get_capabilities,
+            "NetworkDriver.GwAllocCheck": self.gw_alloc_check,
             "NetworkDriver.CreateNetwork": self.create_network,
             "NetworkDriver.DeleteNetwork": self.delete_network,
             "NetworkDriver.AllocateNetwork": self.allocate_network,
@@ -112,19 +122,27 @@ class NetworkDriverProtocol:
         return {"Implements": ["NetworkDriver", "IpamDriver"]}
 
     def get_capabilities(self, body: Body) -> Body:
-        return {"Scope": "local", "ConnectivityScope": "local"}
+        # GwAllocChecker: Docker 28+ then asks GwAllocCheck before it allocates a new network's addresses.
+        return {"Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": True}
+
+    def gw_alloc_check(self, body: Body) -> Body:
+        """Docker 28+: which gateway addresses Docker need not reserve for a network created with these Options
+        (the same Options CreateNetwork will get, without the address data)."""
+        options = _network_options(body)
+        skip = self.driver.check_gateway_allocation(options.generic, options.internal)
+        return {"SkipIPv4": skip.ipv4, "SkipIPv6": skip.ipv6}
 
     def create_network(self, body: Body) -> Body:
         network_id = docker_id(body, "NetworkID")
-        options = field(body, "Options", dict, required=False) or {}
-        generic = options.get(GENERIC_OPTIONS) or {}
-        if not isinstance(generic, dict):
-            raise BadRequest(f"{GENERIC_OPTIONS} must be an object")
-        internal = options.get(INTERNAL_OPTION, False)
-        if not isinstance(internal, bool):
-            raise BadRequest(f"{INTERNAL_OPTION} must be a boolean")
+        options = _network_options(body)
         self.driver.create_network(
-            network_id, generic, _subnets(body, "IPv4Data", 4), _subnets(body, "IPv6Data", 6), internal
+            network_id,
+            options.generic,
+            _subnets(body, "IPv4Data", 4),
+            _subnets(body, "IPv6Data", 6),
+            options.internal,
+            ipv4_enabled=options.enable_ipv4,
+            ipv6_enabled=options.enable_ipv6,
         )
         return {}
 
@@ -153,6 +171,7 @@ class NetworkDriverProtocol:
             raise BadRequest("Address must be IPv4 and AddressIPv6 must be IPv6")
         if mac and not re.match(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$", mac):
             raise BadRequest(f"MacAddress {mac[:32]!r} is not a MAC address")
+        _refuse_ifname(field(body, "Options", dict, required=False) or {})
         endpoint = self.driver.create_endpoint(network_id, endpoint_id, ipv4, ipv6, mac or None)
         # libnetwork fails the call if we echo a field it supplied: return only what we chose.
         return {"Interface": {} if mac else {"MacAddress": endpoint.mac}}
@@ -209,6 +228,50 @@ class NetworkDriverProtocol:
     def revoke_external_connectivity(self, body: Body) -> Body:
         self.driver.revoke_external_connectivity(docker_id(body, "NetworkID"), docker_id(body, "EndpointID"))
         return {}
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    """The top-level Options of CreateNetwork and GwAllocCheck that vxlanpy reads."""
+
+    generic: dict[str, object]  # the `-o KEY=VALUE` driver options
+    internal: bool
+    enable_ipv4: bool | None  # None: not sent (Docker before 28 has no --ipv4)
+    enable_ipv6: bool | None
+
+
+def _network_options(body: Body) -> NetworkOptions:
+    options = field(body, "Options", dict, required=False) or {}
+    generic = options.get(GENERIC_OPTIONS) or {}
+    if not isinstance(generic, dict):
+        raise BadRequest(f"{GENERIC_OPTIONS} must be an object")
+    flags: dict[str, bool | None] = {}
+    for name in (INTERNAL_OPTION, ENABLE_IPV4_OPTION, ENABLE_IPV6_OPTION):
+        value = options.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise BadRequest(f"{name} must be a boolean")
+        flags[name] = value
+    return NetworkOptions(
+        generic=generic,
+        internal=bool(flags[INTERNAL_OPTION]),
+        enable_ipv4=flags[ENABLE_IPV4_OPTION],
+        enable_ipv6=flags[ENABLE_IPV6_OPTION],
+    )
+
+
+def _refuse_ifname(options: Body) -> None:
+    """A remote driver cannot choose the container's interface name: Docker reads only SrcName and DstPrefix of
+    the Join reply and names the interface DstPrefix+N itself.  Ignoring the option would give the container
+    an interface named otherwise than asked, so it is refused before anything is made."""
+    ifname = options.get(IFNAME_OPTION)
+    if ifname is None or ifname == "":
+        return
+    shown = ifname[:32] if isinstance(ifname, str) else type(ifname).__name__
+    raise InvalidOption(
+        f"driver option {IFNAME_OPTION}={shown!r} cannot be honoured on a vxlanpy network: Docker names the "
+        f"interfaces of remote network drivers itself ({DST_PREFIX}0, {DST_PREFIX}1, ... in the order the container "
+        "joins its networks); remove that driver option from `docker run --network` or `docker network connect`"
+    )
 
 
 def _port_mapping(raw: object) -> PortMapping:

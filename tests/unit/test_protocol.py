@@ -11,7 +11,7 @@ def test_activate_and_capabilities(harness: Harness) -> None:
     assert harness.call("Plugin.Activate") == (200, {"Implements": ["NetworkDriver", "IpamDriver"]})
     assert harness.call("NetworkDriver.GetCapabilities", raw=b"") == (
         200,
-        {"Scope": "local", "ConnectivityScope": "local"},
+        {"Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": True},
     )
 
 
