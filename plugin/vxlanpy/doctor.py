@@ -7,6 +7,7 @@ checks touch goes through `Probe`, which the unit tests replace.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -16,12 +17,19 @@ from typing import Any, Protocol
 
 from .attach import is_attachment_id
 from .client import CliError, DockerView, PluginClient
-from .dataplane.iptables import FORWARD_CHAIN, INTERNAL_CHAIN, forward_rules
+from .dataplane.iptables import DOCKER_USER_CHAIN, FORWARD_CHAIN, FORWARD_HOOK, INTERNAL_CHAIN, forward_rules
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 MODULES = ("vxlan", "bridge", "br_netfilter")
 PLUGIN_DIRS = ("/run/docker/plugins/", "/var/run/docker/plugins/")
-DOCKER_CHAINS_BEFORE_OURS = {"DOCKER-USER", "DOCKER-ISOLATION-STAGE-1"}
+# Docker's chains that may come before vxlanpy's hook without deciding anything for vxlanpy's bridges: the
+# isolation stages only drop traffic into Docker's own bridges.
+HARMLESS_BEFORE_OURS = {"DOCKER-ISOLATION-STAGE-1"}
+DOCKER_NFT_TABLES = {("ip", "docker-bridges"), ("ip6", "docker-bridges")}
+# What iptables-nft itself makes in nftables: seen (and judged) through `iptables -S` already.
+XTABLES = {"filter", "nat", "mangle", "raw", "security"}
+XTABLES_CHAINS = {"INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"}
+IPTABLES_FILTER_PRIORITY = 0  # NF_IP_PRI_FILTER: where iptables' filter FORWARD runs on the forward hook
 OVERHEAD = {4: 50, 6: 70}
 
 
@@ -183,6 +191,111 @@ def input_verdict(ruleset: Ruleset, chain: str, port: int, depth: int = 0) -> tu
     if chain in ruleset.policies:
         return f"policy:{ruleset.policies[chain]}", [f"-P {chain} {ruleset.policies[chain]}"], partial
     return "return", [], partial
+
+
+@dataclass
+class Precedence:
+    """How a forwarded packet reaches vxlanpy's FORWARD hook (`hook_precedence`)."""
+
+    reached: bool  # whether it does
+    path: list[str]  # the jumps that lead to the hook, the hook last
+    strangers: list[str]  # the rules on the way that may decide before it
+
+
+def hook_precedence(ruleset: Ruleset, chain: str = "FORWARD", depth: int = 0) -> Precedence:
+    """Walk `chain` down to vxlanpy's FORWARD hook.
+
+    An unconditional jump to a chain whose own walk reaches the hook with nothing deciding before it (DOCKER-USER
+    with vxlanpy's hook first) lets vxlanpy decide first; a chain that does not reach it (DOCKER-FORWARD) but
+    holds rules that may decide is one stranger, named by its jump."""
+    strangers: list[str] = []
+    for rule in ruleset.rules.get(chain, []):
+        text = f"-A {chain} {' '.join(rule)}"
+        if rule == FORWARD_HOOK:
+            return Precedence(True, [text], strangers)
+        target = target_of(rule)
+        unconditional = len(rule) == 2
+        if target is None or target in HARMLESS_BEFORE_OURS:
+            continue
+        if target == "RETURN":
+            if unconditional:
+                return Precedence(False, [], strangers)
+            continue
+        if target in ruleset.rules and target not in ruleset.policies and depth < 4:
+            inner = hook_precedence(ruleset, target, depth + 1)
+            if inner.reached:
+                strangers += inner.strangers
+                if unconditional:
+                    return Precedence(True, [text, *inner.path], strangers)
+            elif inner.strangers:
+                strangers.append(text)
+            continue
+        strangers.append(text)
+    return Precedence(False, [], strangers)
+
+
+def firewall_layout(ruleset: Ruleset, nft_tables: set[tuple[str, str]]) -> str:
+    """Which firewall dockerd set up, as `iptables -S` (filter) and nftables' table names show it."""
+    chains = set(ruleset.rules)
+    parts = []
+    if "DOCKER-FORWARD" in chains:
+        parts.append(
+            "docker iptables with DOCKER-USER and DOCKER-FORWARD (28+)"
+            if DOCKER_USER_CHAIN in chains
+            else "docker iptables with DOCKER-FORWARD (28+) but no DOCKER-USER"
+        )
+    elif chains & {"DOCKER", DOCKER_USER_CHAIN, "DOCKER-ISOLATION-STAGE-1"}:
+        parts.append("docker iptables (20.10-27)")
+    docker_nft = sorted(f"{family} {table}" for family, table in nft_tables & DOCKER_NFT_TABLES)
+    if docker_nft:
+        parts.append(f"docker nftables tables present ({', '.join(docker_nft)}: 29+, firewall-backend nftables)")
+    if not parts:
+        parts.append("no docker chains (--iptables=false)")
+    return "; ".join(parts)
+
+
+@dataclass
+class NftChain:
+    family: str
+    table: str
+    name: str
+    hook: str | None
+    priority: int | None
+    policy: str | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.family} {self.table} {self.name}"
+
+
+def parse_nft_chains(text: str) -> list[NftChain]:
+    """The chains in `nft -j list chains`; [] for anything that is not its JSON."""
+    try:
+        items = json.loads(text).get("nftables", [])
+    except (ValueError, AttributeError):
+        return []
+    chains = []
+    for item in items if isinstance(items, list) else []:
+        chain = item.get("chain") if isinstance(item, dict) else None
+        if not isinstance(chain, dict):
+            continue
+        priority = chain.get("prio")
+        chains.append(
+            NftChain(
+                str(chain.get("family", "?")),
+                str(chain.get("table", "?")),
+                str(chain.get("name", "?")),
+                str(chain["hook"]) if "hook" in chain else None,
+                priority if isinstance(priority, int) and not isinstance(priority, bool) else None,
+                str(chain["policy"]) if "policy" in chain else None,
+            )
+        )
+    return chains
+
+
+def is_iptables_own(chain: NftChain) -> bool:
+    """A base chain that iptables-nft made (`table ip filter`, chain FORWARD): `iptables -S` shows it."""
+    return chain.family in ("ip", "ip6") and chain.table in XTABLES and chain.name in XTABLES_CHAINS
 
 
 # -- the checks ----------------------------------------------------------------------------------------------
@@ -382,8 +495,10 @@ class Doctor:
                 FAIL,
                 "IPv4 forwarding",
                 f"net.ipv4.ip_forward is {value or 'unreadable'}",
-                why="containers cannot reach anything beyond their network, published ports fail",
-                fix="sysctl -w net.ipv4.ip_forward=1 (the plugin sets it at start: restart it)",
+                why="containers cannot reach anything beyond their network, published ports fail from other "
+                "hosts (dockerd leaves it off with --ip-forward=false and with its nftables backend)",
+                fix="sysctl -w net.ipv4.ip_forward=1, persisted in /etc/sysctl.d/; the plugin sets it at start "
+                "where /proc/sys is writable (not as a managed plugin): restart it",
             )
 
     def _ruleset(self, family: int, table: str) -> Ruleset | str:
@@ -401,15 +516,17 @@ class Doctor:
         if isinstance(filter4, str):
             yield Finding(FAIL, "firewall", f"cannot read iptables: {filter4}", fix="install iptables; run as root")
             return
+        nft = self._nft_chains()
+        tables = {(chain.family, chain.table) for chain in nft or []}
+        yield Finding(OK, "firewall layout", firewall_layout(filter4, tables))
         policy = filter4.policies.get("FORWARD", "?")
-        yield Finding(
-            OK,
-            "FORWARD policy",
-            f"{policy}" + (" (Docker's): a bridge forwards only what rules allow" if policy == "DROP" else ""),
-        )
-        forward = filter4.rules.get("FORWARD", [])
-        hook = ["-j", "VXLANPY-FORWARD"]
-        if hook not in forward:
+        notes = {
+            "DROP": ": a bridge forwards only what rules allow",
+            "ACCEPT": ": vxlanpy's rules isolate its networks all the same; other interfaces route unfiltered",
+        }
+        yield Finding(OK, "FORWARD policy", policy + notes.get(policy, ""))
+        precedence = hook_precedence(filter4)
+        if not precedence.reached:
             yield Finding(
                 FAIL,
                 "vxlanpy's FORWARD hook",
@@ -417,21 +534,22 @@ class Doctor:
                 why="with the DROP policy containers get nothing through; with ACCEPT networks are not isolated",
                 fix="vxlanpy gc (reconciliation puts vxlanpy's chains and hooks back)",
             )
+        elif precedence.strangers:
+            strangers = precedence.strangers
+            yield Finding(
+                WARN,
+                "vxlanpy's FORWARD hook",
+                "does not decide first: " + "; ".join(strangers[:3]) + (" ..." if len(strangers) > 3 else ""),
+                why="these rules decide before vxlanpy's (Docker re-added its own rules above vxlanpy's on a "
+                "restart?); e.g. `-j DOCKER-FORWARD` or `-i docker0 ! -o docker0 -j ACCEPT` lets containers on "
+                "docker0 into vxlanpy networks. The plugin moves its hook back within seconds: if this stays, "
+                "is it running?",
+                fix="iptables -D FORWARD -j VXLANPY-FORWARD && iptables -I FORWARD 1 -j VXLANPY-FORWARD "
+                "(ip6tables too), or restart the plugin",
+            )
         else:
-            before = [rule for rule in forward[: forward.index(hook)]]
-            strangers = [rule for rule in before if target_of(rule) not in DOCKER_CHAINS_BEFORE_OURS]
-            if strangers:
-                yield Finding(
-                    WARN,
-                    "vxlanpy's FORWARD hook",
-                    f"at position {len(before) + 1}, after: " + "; ".join(" ".join(r) for r in strangers[:3]),
-                    why="these rules decide first (Docker re-added its own rules above vxlanpy's on a restart?); "
-                    "e.g. `-i docker0 ! -o docker0 -j ACCEPT` lets containers on docker0 into vxlanpy networks",
-                    fix="iptables -D FORWARD -j VXLANPY-FORWARD && iptables -I FORWARD 1 -j VXLANPY-FORWARD "
-                    "(ip6tables too)",
-                )
-            else:
-                yield Finding(OK, "vxlanpy's FORWARD hook", f"in place (position {len(before) + 1})")
+            yield Finding(OK, "vxlanpy's FORWARD hook", "decides first: " + " -> ".join(precedence.path))
+        yield from self._nft_forward(nft)
         if filter4.rules.get(FORWARD_CHAIN) != forward_rules():
             yield Finding(
                 FAIL,
@@ -445,6 +563,60 @@ class Doctor:
         nat4 = self._ruleset(4, "nat")
         for network in self.networks or []:
             yield self._network_rules(network, filter4, nat4)
+
+    def _nft_chains(self) -> list[NftChain] | None:
+        """Every nftables chain (`nft -j list chains`), or None when nft is missing or fails."""
+        code, out, _ = self.probe.run(["nft", "-j", "list", "chains"])
+        return parse_nft_chains(out) if code == 0 else None
+
+    def _nft_forward(self, chains: list[NftChain] | None) -> Iterator[Finding]:
+        """nftables base chains on the forward hook besides iptables' own: a drop there is final whatever
+        vxlanpy's iptables rules accept."""
+        check = "nftables forward chains"
+        if chains is None:
+            yield Finding(SKIP, check, "no `nft` command: other nftables tables are not checked")
+            return
+        legacy = "legacy" in self.probe.run(["iptables", "--version"])[1]
+        others = [
+            chain
+            for chain in chains
+            if chain.hook == "forward"
+            and chain.family in ("ip", "ip6", "inet")
+            and (legacy or not is_iptables_own(chain))
+        ]
+        if not others:
+            yield Finding(OK, check, "none besides iptables' own")
+            return
+        for chain in sorted(others, key=lambda c: (c.priority or 0, c.label)):
+            priority = chain.priority if chain.priority is not None else 0
+            order = (
+                "before iptables'"
+                if priority < IPTABLES_FILTER_PRIORITY
+                else "after iptables'"
+                if priority > IPTABLES_FILTER_PRIORITY
+                else "at the same priority as iptables'"
+            )
+            summary = f"{chain.label}: priority {priority} ({order}), policy {chain.policy or '?'}"
+            if chain.policy != "drop":
+                yield Finding(OK, check, summary + ": only its drop rules could stop what vxlanpy accepts")
+                continue
+            docker = (chain.family, chain.table) in DOCKER_NFT_TABLES
+            yield Finding(
+                WARN,
+                check,
+                summary,
+                why="an nftables accept only ends its own chain: what vxlanpy's rules accept (egress, published "
+                "ports, traffic inside a network) is still dropped by this chain's policy, at any priority; "
+                "vxlanpy's drops, hence isolation, hold all the same"
+                + (". Docker sets this policy when it had to turn IP forwarding on itself" if docker else ""),
+                fix=(
+                    "set net.ipv4.ip_forward=1 in /etc/sysctl.d/ before dockerd starts, and restart dockerd"
+                    if docker
+                    else f"accept vxlanpy's bridges first in that chain: nft insert rule {chain.label} iifname "
+                    f'"vxbr-*" accept; nft insert rule {chain.label} oifname "vxbr-*" accept '
+                    "(vxlanpy's iptables rules still drop what must not pass)"
+                ),
+            )
 
     def _network_rules(self, network: dict[str, Any], filter4: Ruleset, nat4: Ruleset | str) -> Finding:
         vni = network["vni"]

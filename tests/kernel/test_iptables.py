@@ -23,6 +23,7 @@ import pytest
 
 import vxlanpy
 from vxlanpy.dataplane.iptables import IptablesFirewall
+from vxlanpy.doctor import Doctor, Finding, LocalProbe
 from vxlanpy.errors import DataplaneError
 from vxlanpy.models import Endpoint, Network, NetworkConfig, PortMapping, Subnet
 
@@ -900,3 +901,233 @@ def test_vtep_filter_drops_vxlan_from_unknown_sources(
     fw.sync_vtep_filter(set(), set())
     send("10.99.0.3")
     assert eventually(lambda: vxlan_rx(host, "vxlan-42") == 3)
+
+
+# -- firewall layouts: Docker 20.10-27, 28+, none (--iptables=false), nftables beside it ---------------------
+
+
+def iptables(ns: str, *argv: str) -> None:
+    run(ns, "iptables", "-w", *argv)
+
+
+def docker_27_starts(ns: str) -> None:
+    """What dockerd 20.10-27 leaves in filter when it (re)starts with docker0: its rules straight in FORWARD,
+    above anything already there, DOCKER-USER (ending in RETURN) first."""
+    for chain in ("DOCKER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2", "DOCKER-USER"):
+        run(ns, "iptables", "-w", "-N", chain, check=False)  # already there after a first start
+    for chain in ("DOCKER-ISOLATION-STAGE-1", "DOCKER-USER"):
+        if rules(ns, chain=chain) == [f"-N {chain}"]:
+            iptables(ns, "-A", chain, "-j", "RETURN")
+    for rule in (
+        ["-i", "docker0", "-o", "docker0", "-j", "ACCEPT"],
+        ["-i", "docker0", "!", "-o", "docker0", "-j", "ACCEPT"],
+        ["-o", "docker0", "-j", "DOCKER"],
+        ["-o", "docker0", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+        ["-j", "DOCKER-ISOLATION-STAGE-1"],
+        ["-j", "DOCKER-USER"],
+    ):
+        run(ns, "iptables", "-w", "-D", "FORWARD", *rule, check=False)
+        iptables(ns, "-I", "FORWARD", "1", *rule)
+
+
+def docker_28_starts(ns: str) -> None:
+    """What dockerd 28 (28.5 as printed by `iptables -S` after its start, plus docker0) leaves in filter: its
+    rules in DOCKER-FORWARD, whose jump and then DOCKER-USER's (empty since 28.2.2) it puts at the top of
+    FORWARD, each deleted first (libnetwork's EnsureJumpRule)."""
+    fresh = run(ns, "iptables", "-w", "-S", "DOCKER-FORWARD", check=False).returncode != 0
+    for chain in ("DOCKER", "DOCKER-BRIDGE", "DOCKER-CT", "DOCKER-FORWARD", "DOCKER-ISOLATION-STAGE-1",
+                  "DOCKER-ISOLATION-STAGE-2", "DOCKER-USER"):  # fmt: skip
+        run(ns, "iptables", "-w", "-N", chain, check=False)
+    if fresh:
+        for chain, rule in (
+            ("DOCKER-FORWARD", ["-j", "DOCKER-CT"]),
+            ("DOCKER-FORWARD", ["-j", "DOCKER-ISOLATION-STAGE-1"]),
+            ("DOCKER-FORWARD", ["-j", "DOCKER-BRIDGE"]),
+            ("DOCKER-FORWARD", ["-i", "docker0", "-j", "ACCEPT"]),
+            ("DOCKER-CT", ["-o", "docker0", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]),
+            ("DOCKER-BRIDGE", ["-o", "docker0", "-j", "DOCKER"]),
+            ("DOCKER", ["!", "-i", "docker0", "-o", "docker0", "-j", "DROP"]),
+        ):
+            iptables(ns, "-A", chain, *rule)
+    for chain in ("DOCKER-FORWARD", "DOCKER-USER"):
+        run(ns, "iptables", "-w", "-D", "FORWARD", "-j", chain, check=False)
+        iptables(ns, "-I", "FORWARD", "1", "-j", chain)
+
+
+def forward_jumps(ns: str) -> list[str]:
+    return [line for line in rules(ns, chain="FORWARD") if line.startswith("-A FORWARD -j ")]
+
+
+class NetnsProbe(LocalProbe):
+    """doctor's view of the host from inside a test namespace (files are the machine's; commands are not)."""
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+
+    def run(self, argv: list[str]) -> tuple[int, str, str]:
+        return super().run(["nsenter", f"--net=/run/netns/{self.ns}", *argv])
+
+
+def doctor_sees(ns: str) -> dict[str, list[Finding]]:
+    """doctor's firewall findings in `ns`, by check (what `sudo vxlanpy doctor` prints there)."""
+    seen: dict[str, list[Finding]] = {}
+    for finding in Doctor(NetnsProbe(ns), None, None).firewall():  # type: ignore[arg-type]
+        seen.setdefault(finding.check, []).append(finding)
+    return seen
+
+
+def one(seen: dict[str, list[Finding]], check: str) -> Finding:
+    assert len(seen.get(check, [])) == 1, seen
+    return seen[check][0]
+
+
+@pytest.mark.parametrize(
+    ("starts", "layout", "displacing"),
+    [
+        (docker_27_starts, "docker iptables (20.10-27)", "-A FORWARD -i docker0 ! -o docker0 -j ACCEPT"),
+        (docker_28_starts, "docker iptables with DOCKER-USER and DOCKER-FORWARD (28+)", "-A FORWARD -j DOCKER-FORWARD"),
+    ],
+    ids=["docker-27", "docker-28"],
+)
+def test_dockerd_starting_above_the_hook_is_put_back_below_it(
+    host: str, fw: IptablesFirewall, starts: Callable[[str], None], layout: str, displacing: str
+) -> None:
+    hook = "-A FORWARD -j VXLANPY-FORWARD"
+    # dockerd starts after vxlanpy (a host booting, or dockerd restarted): its jumps go above vxlanpy's hook.
+    starts(host)
+    assert rules(host, chain="FORWARD")[0] == "-A FORWARD -j DOCKER-USER"
+    seen = doctor_sees(host)
+    assert one(seen, "firewall layout").summary == layout
+    warned = one(seen, "vxlanpy's FORWARD hook")
+    assert warned.status == "warn" and displacing in warned.summary, warned
+    assert warned.fix.startswith("iptables -D FORWARD -j VXLANPY-FORWARD")
+
+    fw.ensure_base()  # what the plugin's watch does every 10 s
+    assert rules(host, chain="FORWARD")[0] == hook and rules(host, chain="FORWARD").count(hook) == 1
+    assert rules(host, chain="DOCKER-USER")[1] == "-A DOCKER-USER -j VXLANPY-FORWARD"
+    assert rules(host, family=6, chain="FORWARD")[0] == hook
+    ok = one(doctor_sees(host), "vxlanpy's FORWARD hook")
+    assert (ok.status, ok.summary) == ("ok", "decides first: " + hook)
+
+    # Restarted again: dockerd's jumps go back on top, but DOCKER-USER, first, holds vxlanpy's hook first.
+    starts(host)
+    assert rules(host, chain="FORWARD")[0] == "-A FORWARD -j DOCKER-USER"
+    meanwhile = one(doctor_sees(host), "vxlanpy's FORWARD hook")
+    assert meanwhile.status == "ok", meanwhile
+    assert meanwhile.summary == "decides first: -A FORWARD -j DOCKER-USER -> -A DOCKER-USER -j VXLANPY-FORWARD"
+    fw.ensure_base()
+    assert rules(host, chain="FORWARD")[0] == hook and rules(host, chain="FORWARD").count(hook) == 1
+    assert rules(host, chain="DOCKER-USER").count("-A DOCKER-USER -j VXLANPY-FORWARD") == 1
+
+
+@pytest.mark.parametrize("policy", ["ACCEPT", "DROP"])
+def test_without_docker_chains_the_hook_is_first_and_no_docker_chain_is_made(
+    make_netns: Callable[[], str], policy: str
+) -> None:
+    ns = make_netns()  # dockerd --iptables=false: not one Docker chain, the policy as the host has it
+    iptables(ns, "-P", "FORWARD", policy)
+    iptables(ns, "-A", "FORWARD", "-i", "eth9", "-j", "ACCEPT")  # the host's own rule
+    IptablesFirewall(netns=ns).ensure_base()
+    assert rules(ns, chain="FORWARD") == ["-A FORWARD -j VXLANPY-FORWARD", "-A FORWARD -i eth9 -j ACCEPT"]
+    assert run(ns, "iptables", "-w", "-P", "FORWARD", policy).returncode == 0
+    assert f"-P FORWARD {policy}" in run(ns, "iptables", "-w", "-S", "FORWARD").stdout, "the policy is left alone"
+    assert not [line for line in everything(ns) if "DOCKER" in line]
+    seen = doctor_sees(ns)
+    assert one(seen, "firewall layout").summary == "no docker chains (--iptables=false)"
+    assert one(seen, "FORWARD policy").summary.startswith(policy)
+    assert one(seen, "vxlanpy's FORWARD hook").summary == "decides first: -A FORWARD -j VXLANPY-FORWARD"
+
+
+def test_docker_user_deleted_under_28s_layout(host: str, fw: IptablesFirewall) -> None:
+    """No DOCKER-USER, as with Docker 29's nftables backend: ensure_base works without it and makes none."""
+    docker_28_starts(host)
+    fw.ensure_base()
+    iptables(host, "-D", "FORWARD", "-j", "DOCKER-USER")
+    iptables(host, "-F", "DOCKER-USER")
+    iptables(host, "-X", "DOCKER-USER")
+    iptables(host, "-D", "FORWARD", "-j", "DOCKER-FORWARD")
+    iptables(host, "-I", "FORWARD", "1", "-j", "DOCKER-FORWARD")  # dockerd's jump above the hook again
+    assert one(doctor_sees(host), "vxlanpy's FORWARD hook").status == "warn"
+    fw.ensure_base()
+    assert forward_jumps(host) == ["-A FORWARD -j VXLANPY-FORWARD", "-A FORWARD -j DOCKER-FORWARD"]
+    assert run(host, "iptables", "-w", "-S", "DOCKER-USER", check=False).returncode != 0, "vxlanpy made DOCKER-USER"
+    seen = doctor_sees(host)
+    assert one(seen, "firewall layout").summary == "docker iptables with DOCKER-FORWARD (28+) but no DOCKER-USER"
+    assert one(seen, "vxlanpy's FORWARD hook").status == "ok"
+
+
+def test_isolation_egress_and_published_ports_hold_with_forward_policy_accept(lab: Lab) -> None:
+    """A host without Docker's chains and with the FORWARD policy ACCEPT: only vxlanpy's rules decide."""
+    run(lab.host, "iptables", "-w", "-P", "FORWARD", "ACCEPT")
+    red, blue = network(101, "192.168.77.0/25"), network(102, "192.168.77.128/25")
+    lab.bridge(red)
+    lab.bridge(blue)
+    web, blue1 = lab.container(red, "192.168.77.2"), lab.container(blue, "192.168.77.130")
+    outside = lab.outside()
+    run(outside, "ip", "route", "add", "192.168.77.0/24", "via", "192.168.78.1")  # a route back, to be refused
+    assert ping(blue1, "192.168.77.2", timeout=3), "the policy ACCEPT alone lets everything through"
+    server = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{web}", sys.executable, "-c", SERVE, "80"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        fw = IptablesFirewall(netns=lab.host)
+        fw.ensure_base()
+        fw.ensure_network(red, [endpoint(red, "192.168.77.2", tcp(80, 8080))])
+        fw.ensure_network(blue, [])
+        assert not ping(blue1, "192.168.77.2"), "networks must be isolated from each other"
+        assert not udp_arrives(outside, web, "192.168.77.2"), "nothing enters a network unpublished"
+        assert ping(web, "192.168.78.2", timeout=3), "egress"
+        assert fetch(outside, "192.168.78.1", 8080) == "hello from the container"
+        assert fetch(outside, "192.168.77.2", 80) is None, "only through the published port"
+    finally:
+        server.kill()
+        server.wait()
+
+
+needs_nft = pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft (apt-get install nftables)")
+
+
+def nft(ns: str, *argv: str) -> None:
+    run(ns, "nft", *argv)
+
+
+@needs_nft
+def test_doctor_names_an_nftables_forward_chain_with_policy_drop_and_its_fix_works(lab: Lab) -> None:
+    """An nftables accept only ends its own chain: a forward chain with policy drop, of someone else's, drops what
+    vxlanpy accepts, at any priority, and vxlanpy cannot override it; doctor says so and what to add there."""
+    net = network(101)
+    lab.bridge(net)
+    box = lab.container(net, "192.168.77.2")
+    outside = lab.outside()
+    fw = IptablesFirewall(netns=lab.host)
+    fw.ensure_base()
+    fw.ensure_network(net, [])
+    assert ping(box, "192.168.78.2", timeout=3)
+    # What Docker 29's nftables backend makes (its chain accepts by policy), and a host firewall dropping by policy.
+    nft(lab.host, "add", "table", "ip", "docker-bridges")
+    nft(lab.host, "add", "chain", "ip", "docker-bridges", "filter-FORWARD",
+        "{ type filter hook forward priority 0; policy accept; }")  # fmt: skip
+    nft(lab.host, "add", "table", "inet", "vxt-host")
+    nft(lab.host, "add", "chain", "inet", "vxt-host", "forward",
+        "{ type filter hook forward priority -10; policy drop; }")  # fmt: skip
+    assert not ping(box, "192.168.78.2"), "vxlanpy's iptables ACCEPT does not win over that chain's drop"
+    seen = doctor_sees(lab.host)
+    assert "docker nftables tables present (ip docker-bridges" in one(seen, "firewall layout").summary
+    chains = {finding.summary: finding for finding in seen["nftables forward chains"]}
+    assert set(chains) == {
+        "inet vxt-host forward: priority -10 (before iptables'), policy drop",
+        "ip docker-bridges filter-FORWARD: priority 0 (at the same priority as iptables'), policy accept: only its"
+        " drop rules could stop what vxlanpy accepts",
+    }, "iptables-nft's own chains are left out"
+    warned = chains["inet vxt-host forward: priority -10 (before iptables'), policy drop"]
+    assert warned.status == "warn" and "at any priority" in warned.why
+    # The fix doctor gives, as nft argv: vxlanpy's traffic gets out again, and its isolation still holds.
+    fixes = warned.fix.split(": ", 1)[1].split(" (")[0].split("; ")
+    for fix in fixes:
+        words = fix.split()
+        assert words[:3] == ["nft", "insert", "rule"], fix
+        nft(lab.host, *[word.strip('"') for word in words[1:]])
+    assert ping(box, "192.168.78.2", timeout=3)
+    run(outside, "ip", "route", "add", "192.168.77.0/24", "via", "192.168.78.1")
+    assert not udp_arrives(outside, box, "192.168.77.2"), "vxlanpy's drop still holds"

@@ -21,7 +21,15 @@ from vxlanpy.attach import (
 )
 from vxlanpy.cluster import SegmentView
 from vxlanpy.dataplane.base import RemoteEndpoint
-from vxlanpy.doctor import Ruleset, input_verdict, rule_matches_vxlan
+from vxlanpy.doctor import (
+    Ruleset,
+    firewall_layout,
+    hook_precedence,
+    input_verdict,
+    is_iptables_own,
+    parse_nft_chains,
+    rule_matches_vxlan,
+)
 from vxlanpy.errors import InvalidOption
 from vxlanpy.metrics import Metrics, MetricsServer, parse_metrics_addr
 from vxlanpy.models import Subnet
@@ -275,3 +283,90 @@ def test_input_verdicts() -> None:
     # vxlanpy's own allow-list is not counted against it
     ours = verdict("-P INPUT ACCEPT\n-N VXLANPY-INPUT\n-A INPUT -j VXLANPY-INPUT\n-A VXLANPY-INPUT -p udp -j DROP\n")
     assert ours[0] == "policy:ACCEPT"
+
+
+# -- doctor's reading of the firewall layout ---------------------------------------------------------------------
+
+DOCKER_28 = """-P FORWARD DROP
+-N DOCKER-USER
+-N DOCKER-FORWARD
+-N DOCKER-CT
+-N VXLANPY-FORWARD
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-FORWARD
+-A FORWARD -j VXLANPY-FORWARD
+-A DOCKER-FORWARD -j DOCKER-CT
+-A DOCKER-FORWARD -i docker0 -j ACCEPT
+"""
+
+
+def test_hook_precedence_sees_through_docker_user_and_names_what_decides_first() -> None:
+    displaced = hook_precedence(Ruleset.parse(DOCKER_28))
+    assert displaced.reached and displaced.strangers == ["-A FORWARD -j DOCKER-FORWARD"]
+    fixed = hook_precedence(Ruleset.parse(DOCKER_28 + "-A DOCKER-USER -j VXLANPY-FORWARD\n"))
+    assert (fixed.strangers, fixed.path) == ([], ["-A FORWARD -j DOCKER-USER", "-A DOCKER-USER -j VXLANPY-FORWARD"])
+    # 28.5 without docker0: DOCKER-FORWARD only jumps to empty chains and the isolation stage, deciding nothing
+    quiet = (
+        DOCKER_28.replace("-A DOCKER-FORWARD -i docker0 -j ACCEPT\n", "")
+        + "-A DOCKER-FORWARD -j DOCKER-ISOLATION-STAGE-1\n"
+    )
+    assert hook_precedence(Ruleset.parse(quiet)).strangers == []
+    user_rule = hook_precedence(
+        Ruleset.parse("-P FORWARD ACCEPT\n-A FORWARD -s 10.0.0.0/8 -j ACCEPT\n-A FORWARD -j VXLANPY-FORWARD\n")
+    )
+    assert user_rule.strangers == ["-A FORWARD -s 10.0.0.0/8 -j ACCEPT"]
+    assert not hook_precedence(Ruleset.parse("-P FORWARD DROP\n-A FORWARD -j DOCKER-FORWARD\n")).reached
+
+
+def test_firewall_layouts() -> None:
+    assert (
+        firewall_layout(Ruleset.parse(DOCKER_28), set()) == "docker iptables with DOCKER-USER and DOCKER-FORWARD (28+)"
+    )
+    legacy = "-N DOCKER\n-N DOCKER-ISOLATION-STAGE-1\n-N DOCKER-USER\n"
+    assert firewall_layout(Ruleset.parse(legacy), set()) == "docker iptables (20.10-27)"
+    assert firewall_layout(Ruleset.parse("-P FORWARD ACCEPT\n"), set()) == "no docker chains (--iptables=false)"
+    nft = firewall_layout(Ruleset.parse("-P FORWARD ACCEPT\n"), {("ip", "docker-bridges"), ("inet", "filter")})
+    assert nft == "docker nftables tables present (ip docker-bridges: 29+, firewall-backend nftables)"
+
+
+def test_nft_chains_are_read_from_nfts_json() -> None:
+    text = json.dumps(
+        {
+            "nftables": [
+                {"metainfo": {"json_schema_version": 1}},
+                {
+                    "chain": {
+                        "family": "inet",
+                        "table": "fw",
+                        "name": "fwd",
+                        "hook": "forward",
+                        "prio": -10,
+                        "policy": "drop",
+                        "type": "filter",
+                        "handle": 1,
+                    }
+                },  # fmt: skip
+                {
+                    "chain": {
+                        "family": "ip",
+                        "table": "filter",
+                        "name": "FORWARD",
+                        "hook": "forward",
+                        "prio": 0,
+                        "policy": "accept",
+                        "type": "filter",
+                        "handle": 2,
+                    }
+                },  # fmt: skip
+                {"chain": {"family": "inet", "table": "fw", "name": "helper", "handle": 3}},
+            ]
+        }
+    )
+    chains = parse_nft_chains(text)
+    assert [(c.label, c.hook, c.priority, c.policy) for c in chains] == [
+        ("inet fw fwd", "forward", -10, "drop"),
+        ("ip filter FORWARD", "forward", 0, "accept"),
+        ("inet fw helper", None, None, None),
+    ]
+    assert [is_iptables_own(chain) for chain in chains] == [False, True, False]
+    assert parse_nft_chains("not json") == [] and parse_nft_chains("[]") == []

@@ -15,11 +15,27 @@ the number of networks, and creating a network writes nothing in the filter tabl
 adds two rules to VXLANPY-INTERNAL.  (vxlanpy < 0.2 had a VXP-<vni> filter chain per network and two jumps
 to it in VXLANPY-FORWARD: `ensure_base` rewrites that chain and deletes them.)
 
-dockerd inserts its own FORWARD rules at the top when it starts (`-i docker0 ! -o docker0 -j ACCEPT` would let
-docker0's containers into a vxlanpy network), but it always keeps its DOCKER-USER chain first and never flushes
-it: so the FORWARD hook is also put first in DOCKER-USER, and `ensure_base` moves a displaced hook back to the
-top (the app calls it periodically).  The bridge itself sends ARP, IPv6 RS and MLD from the gateway MAC, which
-every host shares; VXLANPY-OUT drops those frames at the VXLAN ports so no host hears its own MAC from another.
+vxlanpy's isolation does not depend on Docker's firewall, nor on the FORWARD policy: VXLANPY-FORWARD accepts
+what vxlanpy's networks need and drops everything else entering a vxlanpy bridge, so it holds with policy
+ACCEPT or DROP, with dockerd's iptables chains (20.10-27: DOCKER-USER, DOCKER-ISOLATION-STAGE-1 and rules
+straight in FORWARD; 28+: DOCKER-USER and DOCKER-FORWARD), with none (`--iptables=false`) and beside Docker 29's
+nftables backend (tables `ip docker-bridges`, `ip6 docker-bridges`, no DOCKER-USER).  What it needs is to decide
+first.  dockerd (re)inserts its jumps at the top of FORWARD whenever it starts (`-j DOCKER-FORWARD`, or 27's
+`-i docker0 ! -o docker0 -j ACCEPT`, would let docker0's containers into a vxlanpy network), but it keeps
+DOCKER-USER first and never flushes it: so the FORWARD hook is also put first in DOCKER-USER when that chain
+exists, and `ensure_base` moves a displaced hook back to the top of both (the app calls it every few seconds).
+An nftables base chain of someone else's on the forward hook is out of vxlanpy's reach: its drops hold whatever
+vxlanpy accepts (an nftables accept only ends its own chain), at any priority; `vxlanpy doctor` names such a
+chain with policy drop.  Isolation itself never depends on it: a drop is final in every chain.
+
+`ensure_base` also turns net.ipv4.ip_forward on (egress, published ports from other hosts and the replies all
+need it; dockerd with `--ip-forward=false` or 29's nftables backend leaves it to the host).  Where it cannot (a
+read-only /proc/sys, as in a managed plugin) it fails saying what breaks and what to do, after everything else
+is in place, as Docker 29 refuses to start then.  When it turned forwarding on itself while the FORWARD policy
+is ACCEPT it logs so, since the host then routes between all its interfaces.
+
+The bridge itself sends ARP, IPv6 RS and MLD from the gateway MAC, which every host shares; VXLANPY-OUT drops
+those frames at the VXLAN ports so no host hears its own MAC from another.
 
 A network's nat rules need two chains: the kernel refuses a rule jumping to a chain that holds DNAT from
 POSTROUTING, and one holding MASQUERADE or `-o` from PREROUTING (both fail with EINVAL).
@@ -47,6 +63,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import re
 import socket
@@ -61,6 +78,8 @@ from typing import Literal
 from ..errors import DataplaneError
 from ..models import PROTOCOL_NUMBERS, Endpoint, IPAddress, Network, bridge_name, gateway_mac
 
+log = logging.getLogger(__name__)
+
 Family = Literal[4, 6]
 Rule = list[str]
 
@@ -73,6 +92,7 @@ FORWARD_HOOK: list[str] = ["-j", FORWARD_CHAIN]
 INTERNAL_CHAIN = "VXLANPY-INTERNAL"
 BRIDGES = "vxbr-+"  # every vxlanpy bridge (models.bridge_name)
 DOCKER_USER_CHAIN = "DOCKER-USER"
+IP_FORWARD = "net/ipv4/ip_forward"
 BRIDGE_OUT_CHAIN = "VXLANPY-OUT"
 _EBTABLES = ("ebtables", "ebtables-nft")
 # Every anycast gateway MAC is 02:76:78 followed by the VNI (models.gateway_mac): one rule guards all networks.
@@ -269,12 +289,12 @@ class IptablesFirewall:
         self._lock = threading.Lock()
         self._known: dict[tuple[Family, str], _Known] = {}  # empty: read again on next use
         self._guarded = False  # whether VXLANPY-OUT is known to hold the gateway guard
+        self._hooked: set[Family] = set()  # families whose FORWARD hook was put in place by this process
 
     # -- Firewall ------------------------------------------------------------------------------------
 
     def ensure_base(self) -> None:
         with self._lock:
-            self._set_sysctl("net/ipv4/ip_forward", "1", missing_ok=False)
             # One `-S CHAIN` per chain involved: unlike a whole table, its cost hardly grows with the networks.
             for family in (4, 6):
                 self._ensure_forward_chains(family)
@@ -291,6 +311,8 @@ class IptablesFirewall:
             if commands:
                 self._restore_sections(4, [_section("nat", {}, commands)], "the nat hooks")
             self._relearn_jumps(4, "nat", [line for listing in parents.values() for line in listing or []])
+            # Last: where it fails (a read-only /proc/sys), isolation is in place all the same.
+            self._ensure_ip_forward()
 
     def ensure_network(self, network: Network, endpoints: list[Endpoint]) -> None:
         bridge, chain, dnat = self._names(network.vni)
@@ -420,17 +442,72 @@ class IptablesFirewall:
             chains[FORWARD_CHAIN] = forward_rules()  # declared, so flushed and filled in one transaction
             stale = sorted(chain for chain in self._known_table(family, "filter").chains if chain.startswith("VXP-"))
             commands += [f"-F {chain}" for chain in stale] + [f"-X {chain}" for chain in stale]
-        commands += _first(self._list_chain(family, "filter", "FORWARD", missing_ok=False) or [], "FORWARD")
+        hooks = self._list_chain(family, "filter", "FORWARD", missing_ok=False) or []
+        moved = _first(hooks, "FORWARD")
+        if moved and family in self._hooked:
+            self._log_displaced(family, hooks)
+        commands += moved
         docker_user = self._list_chain(family, "filter", DOCKER_USER_CHAIN)
-        if docker_user is not None:
+        if docker_user is not None:  # none with --iptables=false or Docker 29's nftables backend
             commands += _first(docker_user, DOCKER_USER_CHAIN)
         if chains or commands:
             existing = {FORWARD_CHAIN} if forward is not None else set()
             self._restore_sections(family, [_section("filter", chains, commands, existing)], "the FORWARD chains")
+        self._hooked.add(family)
         if rewrite:
             self._known.pop((family, "filter"), None)  # read again on next use
         else:
             self._relearn_jumps(family, "filter", (forward or []) + (internal or []))
+
+    @staticmethod
+    def _log_displaced(family: Family, listing: list[str]) -> None:
+        hook = _line("FORWARD", FORWARD_HOOK)
+        rules = [line for line in listing if line.startswith("-A FORWARD ")]
+        if hook not in rules:
+            log.warning("%s FORWARD had lost vxlanpy's hook (flushed?): put back first", _IPTABLES[family])
+            return
+        above = rules[: rules.index(hook)]
+        log.info(
+            "%s FORWARD had %s above vxlanpy's hook (dockerd restarted?): hook moved back first",
+            _IPTABLES[family],
+            "; ".join(above[:3]) + (f" and {len(above) - 3} more" if len(above) > 3 else ""),
+        )
+
+    def _ensure_ip_forward(self) -> None:
+        """Turn net.ipv4.ip_forward on, or fail saying what it breaks and how to fix it."""
+        if self._read_sysctl(IP_FORWARD) == "1":
+            return
+        try:
+            self._set_sysctl(IP_FORWARD, "1", missing_ok=False)
+        except DataplaneError as exc:
+            raise DataplaneError(
+                f"{exc.message.partition('. Hint:')[0]}: net.ipv4.ip_forward is off, and without it the containers "
+                "of vxlanpy networks reach nothing outside their network and their published ports do not answer "
+                "from other hosts. Hint: on the host, sysctl -w net.ipv4.ip_forward=1 and persist it in "
+                "/etc/sysctl.d/ (dockerd sets it only with its iptables firewall backend and --ip-forward=true)"
+            ) from exc
+        policy = next(
+            (line.split()[2] for line in self._list_chain(4, "filter", "FORWARD") or [] if line.startswith("-P ")),
+            "?",
+        )
+        log.warning(
+            "net.ipv4.ip_forward was off (dockerd with --ip-forward=false or its nftables backend?): vxlanpy turned "
+            "it on for egress and published ports%s",
+            ""
+            if policy != "ACCEPT"
+            else "; the FORWARD policy is ACCEPT, so this host now routes between all its interfaces, which "
+            "vxlanpy's rules (its own bridges only) do not filter: consider `iptables -P FORWARD DROP` "
+            "(vxlanpy accepts its own traffic explicitly)",
+        )
+
+    def _read_sysctl(self, key: str) -> str | None:
+        if self._netns is None:
+            try:
+                return Path("/proc/sys", key).read_text().strip()
+            except OSError:
+                return None
+        result = self._run(["sysctl", "-n", key.replace("/", ".")])
+        return result.stdout.strip() if result.returncode == 0 else None
 
     def _remove_chains(self, family: Family, layout: _Layout) -> None:
         """One restore deleting the jumps `_known` counts, then the chains it knows of; none if nothing is left."""
