@@ -245,6 +245,9 @@ def _network_options(body: Body) -> NetworkOptions:
     generic = options.get(GENERIC_OPTIONS) or {}
     if not isinstance(generic, dict):
         raise BadRequest(f"{GENERIC_OPTIONS} must be an object")
+    # `-o com.docker.network.enable_ipv6=true` (or a daemon's default-network-opts) stays among the driver
+    # options, but Docker has read it and sends the outcome as the top-level flag: not the driver's option.
+    generic = {key: value for key, value in generic.items() if key not in (ENABLE_IPV4_OPTION, ENABLE_IPV6_OPTION)}
     flags: dict[str, bool | None] = {}
     for name in (INTERNAL_OPTION, ENABLE_IPV4_OPTION, ENABLE_IPV6_OPTION):
         value = options.get(name)

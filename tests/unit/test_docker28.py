@@ -75,6 +75,20 @@ def test_new_top_level_options_are_checked(harness: Harness, options: dict[str, 
     assert harness.store.list_networks() == []
 
 
+def test_enable_options_given_with_dash_o_are_docker_s_not_the_driver_s(harness: Harness) -> None:
+    """`docker network create -o com.docker.network.enable_ipv6=true`: Docker applies it and leaves it among the
+    driver options too; it is not refused as an unknown vxlanpy option."""
+    generic = {"vni": "42", "com.docker.network.enable_ipv4": "true", "com.docker.network.enable_ipv6": "true"}
+    body = {"Options": {"com.docker.network.generic": generic, "com.docker.network.enable_ipv6": True}}
+    assert harness.call("NetworkDriver.GwAllocCheck", body)[0] == 200
+    status, _ = harness.create_network(generic=generic, ipv6=V6_POOL)
+    assert status == 200
+    network = harness.store.get_network(NET)
+    assert network is not None and network.vni == 42 and len(network.ipv6) == 1
+    status, body = harness.create_network(NET2, generic={"com.docker.network.enable_ipv4x": "true"})
+    assert status == 400 and "unknown option com.docker.network.enable_ipv4x" in body["Err"]
+
+
 # -- IPv6-only networks -------------------------------------------------------------------------------------
 
 
