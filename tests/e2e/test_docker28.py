@@ -83,14 +83,15 @@ def serves(port: int) -> bool:
 
 
 @pytest.mark.min_engine(28)
+@pytest.mark.parametrize("ipam_driver", ["default", DRIVER])
 def test_ipv6_only_network_containers_ping_over_ipv6(
-    raw_network: Callable[..., Any], run_container: Callable[..., Any]
+    raw_network: Callable[..., Any], run_container: Callable[..., Any], ipam_driver: str
 ) -> None:
     network = raw_network(
         EnableIPv4=False,
         EnableIPv6=True,
         Options={"vni": "7280"},
-        IPAM={"Driver": "default", "Config": [{"Subnet": "fd00:77:280::/64"}]},
+        IPAM={"Driver": ipam_driver, "Config": [{"Subnet": "fd00:77:280::/64"}]},
     )
     first, second = run_container(network), run_container(network)
     settings = first.attrs["NetworkSettings"]["Networks"][network.name]
@@ -100,6 +101,23 @@ def test_ipv6_only_network_containers_ping_over_ipv6(
     ok, output = ping_ok(first, target, family=6)
     assert ok, f"{first.name} cannot ping {second.name} at {target} over IPv6:\n{output}"
     assert "via fd00:77:280::1" in default_route(first, 6)
+
+
+@pytest.mark.min_engine(28)
+def test_published_port_on_an_ipv6_only_network_is_accepted_and_not_published(
+    plugin: PluginProcess, raw_network: Callable[..., Any], run_container: Callable[..., Any]
+) -> None:
+    """vxlanpy publishes over IPv4 only (docs/design.md, Docker 28 and 29): `-p` starts the container, and the
+    plugin reports no port published through its IPv6-only endpoint."""
+    network = raw_network(
+        EnableIPv4=False,
+        EnableIPv6=True,
+        Options={"vni": "7288"},
+        IPAM={"Driver": "default", "Config": [{"Subnet": "fd00:77:288::/64"}]},
+    )
+    server = run_container(network, command=["sh", "-c", HTTPD], ports={f"{CONTAINER_PORT}/tcp": 18288})
+    assert server.status == "running", server.logs()
+    assert published(plugin, server, network) == []
 
 
 @pytest.mark.min_engine(28)
