@@ -7,9 +7,16 @@ from typing import Any
 
 import pytest
 
+from tests.engines import engine_name
+
 from .helpers import LABELS, PluginProcess, TestHost, plugin_call
 
 pytestmark = pytest.mark.e2e
+
+
+def test_the_engine_is_the_one_asked_for(docker_client: Any) -> None:
+    """scripts/test runs this tier on each engine of the README's table: prove which one answered."""
+    assert str(docker_client.version()["Version"]).startswith(engine_name() + "."), docker_client.version()
 
 
 def test_busybox_image_runs_applets(docker_client: Any, busybox_image: str) -> None:

@@ -555,7 +555,9 @@ class Dockerd(ManagedProcess):
             "--exec-root", str(self.exec_root),
             "-H", f"unix://{self.socket_path}",
             "--pidfile", str(self.pidfile),
-            "--iptables=true", "--ip-forward=true", "--log-level=info",
+            # unless daemon.json says otherwise (dockerd refuses an option given both ways)
+            *[f"--{option}=true" for option in ("iptables", "ip-forward") if option not in self.config],
+            "--log-level=info",
             *([] if self.default_bridge else ["--bridge=none"]),
         ]  # fmt: skip
 
@@ -573,7 +575,6 @@ class Dockerd(ManagedProcess):
             # nsenter (mount namespace only) execs dockerd: one pid throughout here too.
             argv = ["ip", "netns", "exec", self.netns, "nsenter", f"--mount={mount_namespace}", "--"]
             self._spawn([*argv, *self.dockerd_argv()], env=env)
-        client = docker.DockerClient(base_url=f"unix://{self.socket_path}", version="1.41", timeout=120)
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
@@ -581,8 +582,8 @@ class Dockerd(ManagedProcess):
                 raise RuntimeError(f"dockerd in {self.netns} exited while starting; its log:\n{self.log_tail()}")
             if self.socket_path.exists():
                 try:
-                    client.ping()
-                    self.client = client
+                    # "auto": the engine's own API version (Docker 29 refuses clients older than 1.44).
+                    self.client = docker.DockerClient(base_url=f"unix://{self.socket_path}", version="auto", timeout=120)
                     return
                 except Exception as exc:  # noqa: BLE001 - not up yet
                     last = repr(exc)

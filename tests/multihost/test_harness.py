@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.engines import engine_name
+
 from .cluster import ETCD_IP, ETCD_PORT, HOST_BUSYBOX, LABELS, Cluster, container_address, exec_text, ping_until
 
 
@@ -22,6 +24,12 @@ def _ipam(subnet: str) -> Any:
     import docker.types
 
     return docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+
+
+@pytest.mark.smoke
+def test_every_host_runs_the_engine_asked_for(cluster: Cluster) -> None:
+    versions = {host.name: str(host.docker.version()["Version"]) for host in cluster.hosts}
+    assert all(version.startswith(engine_name() + ".") for version in versions.values()), versions
 
 
 def test_each_host_has_its_own_namespace_daemon_and_underlay_address(cluster: Cluster) -> None:
