@@ -21,12 +21,13 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import BadRequest, VxlanpyError
 from .metrics import Metrics
 from .models import IPAddress
 from .operations import Operations
-from .protocol import decode_body
+from .protocol import body_too_large, decode_body
 
 log = logging.getLogger("vxlanpy.requests")
 
@@ -41,9 +42,16 @@ def _reply(body: Body, status: int) -> Response:
 
 
 def _body() -> Body:
-    raw = request.get_data(cache=False)
+    """The request's JSON object; a body over MAX_BODY is refused (413) without reading it whole."""
+    too_large = body_too_large(request.path, MAX_BODY, "the vxlanpy CLI sends a few hundred bytes")
+    if (request.content_length or 0) > MAX_BODY:
+        raise too_large
+    try:
+        raw = request.stream.read(MAX_BODY + 1)
+    except RequestEntityTooLarge:  # over the app's MAX_CONTENT_LENGTH, without a Content-Length
+        raise too_large from None
     if len(raw) > MAX_BODY:
-        raise BadRequest("request body too large")
+        raise too_large
     return decode_body(raw)
 
 

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import api
 from .config import Settings
@@ -24,7 +24,7 @@ from .errors import StoreError, VxlanpyError
 from .ipam import Ipam
 from .metrics import Metrics
 from .operations import Operations
-from .protocol import Body, Handler, NetworkDriverProtocol, decode_body
+from .protocol import LIBNETWORK_BODY_HINT, Body, Handler, NetworkDriverProtocol, body_too_large, decode_body
 from .protocol_ipam import IpamDriverProtocol
 from .sandbox import NetlinkSandboxes, Sandboxes
 from .wiring import build
@@ -98,7 +98,9 @@ def create_app(
             result, status = handler(body), 200
         except VxlanpyError as exc:
             result, status = {error_key: exc.message}, exc.status
-        except HTTPException as exc:  # e.g. a body over MAX_BODY
+        except RequestEntityTooLarge:  # a body over MAX_BODY
+            result, status = {error_key: body_too_large(method, MAX_BODY, LIBNETWORK_BODY_HINT).message}, 413
+        except HTTPException as exc:
             result, status = {error_key: f"{exc.name}: {exc.description}"}, exc.code or 400
         except Exception as exc:  # a bug: keep the worker alive and tell the user where to look
             log.exception("%s crashed", method)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .digits import ascii_int
 from .errors import InvalidOption
 
 DEFAULT_SOCKET = "/run/docker/plugins/vxlanpy.sock"
@@ -66,16 +67,23 @@ class Settings:
         return self.store_url.startswith("etcd://")
 
 
+MAX_SETTING = 1 << 31  # far above any sensible thread count, lease or timeout
+
+
 def _parse_positive_int(name: str, raw: str) -> int:
-    if not raw.isdigit() or int(raw) < 1:
-        raise InvalidOption(f"{name}={raw!r} is not valid; use a whole number of at least 1")
-    return int(raw)
+    value = ascii_int(raw, 1, MAX_SETTING)
+    if value is None:
+        raise InvalidOption(f"{name}={raw[:64]!r} is not valid; use a whole number of at least 1")
+    return value
 
 
 def _parse_vni_range(raw: str | None) -> tuple[int, int]:
     if not raw:
         return DEFAULT_VNI_RANGE
-    low, sep, high = raw.partition("-")
-    if not (sep and low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 16777215):
-        raise InvalidOption(f"VXLANPY_VNI_RANGE={raw!r} is not valid; use LOW-HIGH within 1-16777215, e.g. 4096-65535")
-    return int(low), int(high)
+    low_raw, sep, high_raw = raw.partition("-")
+    low, high = ascii_int(low_raw, 1, 16777215), ascii_int(high_raw, 1, 16777215)
+    if not sep or low is None or high is None or low > high:
+        raise InvalidOption(
+            f"VXLANPY_VNI_RANGE={raw[:64]!r} is not valid; use LOW-HIGH within 1-16777215, e.g. 4096-65535"
+        )
+    return low, high

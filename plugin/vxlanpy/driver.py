@@ -33,7 +33,7 @@ from .models import (
     Subnet,
     endpoint_mac,
 )
-from .options import parse_network_options
+from .options import check_subnets_clear_of_underlay, parse_network_options
 from .store.base import Store
 
 log = logging.getLogger(__name__)
@@ -167,9 +167,12 @@ class Driver:
                 return existing  # dockerd retried a call that had succeeded
             if not ipv4 and not ipv6:
                 raise InvalidOption(_no_subnet_message(ipv4_enabled, ipv6_enabled))
+            _refuse_several_subnets(ipv4, ipv6)
             requested = parse_network_options(
                 options, self.links.underlay, self.default_dev, multi_host=self.cluster is not None
             )
+            if requested.underlay is not None:
+                check_subnets_clear_of_underlay(requested.underlay, [subnet.pool for subnet in (*ipv4, *ipv6)])
 
             def build(vni: int) -> Network:
                 return Network(network_id, requested.config_for(vni), ipv4, ipv6, internal)
@@ -512,6 +515,20 @@ def _no_subnet_message(ipv4_enabled: bool | None, ipv6_enabled: bool | None) -> 
             "add --ipv6 (and --subnet with an IPv6 prefix if Docker has no default IPv6 pool), or drop --ipv4=false"
         )
     return "Docker gave the network neither an IPv4 nor an IPv6 subnet; create it with --subnet"
+
+
+def _refuse_several_subnets(ipv4: tuple[Subnet, ...], ipv6: tuple[Subnet, ...]) -> None:
+    """One subnet per IP family, as Docker's bridge driver ("bridge driver doesn't support multiple subnets"):
+    Join gives a container one gateway per family, so one on a second subnet would get the first subnet's
+    gateway, which it has no route to, and could not start."""
+    for family, subnets in (("IPv4", ipv4), ("IPv6", ipv6)):
+        if len(subnets) > 1:
+            pools = ", ".join(str(subnet.pool) for subnet in subnets)
+            raise InvalidOption(
+                f"a vxlanpy network takes one {family} subnet, not {len(subnets)} ({pools}); as with Docker's "
+                "bridge driver, create one network per subnet (containers can join several networks), or give "
+                "one larger --subnet and choose addresses with --ip-range"
+            )
 
 
 def _check_in_subnets(

@@ -51,3 +51,9 @@ class StoreError(VxlanpyError):
     """The state store failed or could not be reached."""
 
     status = 503
+
+
+class PayloadTooLarge(BadRequest):
+    """The request body is larger than the endpoint accepts."""
+
+    status = 413

@@ -31,6 +31,7 @@ import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from .digits import ascii_int
 from .errors import BadRequest, Conflict, InvalidOption, NotFound
 from .models import IPAddress, IPInterface, IPNetwork
 from .store.base import AddressBook
@@ -78,7 +79,8 @@ def parse_auto_pools(raw: str, version: int, name: str | None = None) -> AutoPoo
         return InvalidOption(f"{name}={raw!r} is not valid: {reason}; use CIDR:PREFIXLEN, e.g. {example}")
 
     cidr, sep, length = raw.strip().rpartition(":")
-    if not sep or not cidr or not length.isdigit():
+    prefixlen = ascii_int(length, 0, 128)
+    if not sep or not cidr or prefixlen is None:
         raise invalid("it must end with :PREFIXLEN, the size of each automatic pool")
     try:
         base = ipaddress.ip_network(cidr)
@@ -86,7 +88,6 @@ def parse_auto_pools(raw: str, version: int, name: str | None = None) -> AutoPoo
         raise invalid(f"{cidr!r} is not a CIDR with its host bits clear") from None
     if base.version != version:
         raise invalid(f"{base} is not an IPv{version} network")
-    prefixlen = int(length)
     if not base.prefixlen <= prefixlen <= longest:
         raise invalid(f"the pool size must be between /{base.prefixlen} and /{longest}")
     return AutoPools(base, prefixlen)

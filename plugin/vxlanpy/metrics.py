@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .digits import ascii_int
 from .errors import InvalidOption
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ def parse_metrics_addr(raw: str | None) -> tuple[str, int] | None:
     text = raw.strip()
     host, sep, port = text.rpartition(":")
     example = "use HOST:PORT, e.g. 127.0.0.1:9478 or [::1]:9478"
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidOption(f"{METRICS_ADDR_ENV}={raw!r} is not valid: {example}")
+    number = ascii_int(port, 1, 65535)
+    if not sep or number is None:
+        raise InvalidOption(f"{METRICS_ADDR_ENV}={raw[:64]!r} is not valid: {example}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     host = host or "0.0.0.0"
@@ -61,7 +63,7 @@ def parse_metrics_addr(raw: str | None) -> tuple[str, int] | None:
             raise InvalidOption(
                 f"{METRICS_ADDR_ENV}={raw!r} is not valid: {host!r} is not an IP address; {example}"
             ) from None
-    return host, int(port)
+    return host, number
 
 
 class _StateCollector(Collector):

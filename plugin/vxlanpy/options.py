@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from .dataplane.base import Underlay
+from .digits import ascii_int
 from .errors import InvalidOption
-from .models import VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6, IPAddress, NetworkConfig
+from .models import VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6, IPAddress, IPNetwork, NetworkConfig
 
 DOCKER_MTU_OPTION = "com.docker.network.driver.mtu"
 VALID_OPTIONS = (
@@ -43,6 +44,7 @@ class RequestedNetwork:
 
     vni: int | None
     config_for: Callable[[int], NetworkConfig]
+    underlay: Underlay | None = None  # the interface VXLAN leaves by (see check_subnets_clear_of_underlay)
 
 
 def parse_network_options(
@@ -131,7 +133,28 @@ def parse_network_options(
             mtu=mtu,
         )
 
-    return RequestedNetwork(vni=vni, config_for=config_for)
+    return RequestedNetwork(vni=vni, config_for=config_for, underlay=underlay)
+
+
+def check_subnets_clear_of_underlay(underlay: Underlay, pools: Iterable[IPNetwork]) -> None:
+    """Refuse an overlay subnet holding the underlay's own address or its default gateway: the network's bridge
+    would get a connected route over them, and the host would send its own (VXLAN) traffic into the bridge."""
+    for pool in pools:
+        own = [address for address in underlay.addresses if address in pool]
+        gateways = [gateway for gateway in underlay.gateways if gateway in pool]
+        if not own and not gateways:
+            continue
+        what = []
+        if own:
+            what.append(f"{underlay.dev}'s address{'es' if len(own) > 1 else ''} {', '.join(map(str, own))}")
+        if gateways:
+            plural = "s" if len(gateways) > 1 else ""
+            what.append(f"the default gateway{plural} {', '.join(map(str, gateways))} via {underlay.dev}")
+        raise InvalidOption(
+            f"subnet {pool} overlaps the underlay interface {underlay.dev}: it contains {' and '.join(what)}; "
+            "the host would route its own traffic into the network's bridge. Choose a --subnet that does not "
+            "contain them, or send VXLAN through another interface with -o dev=INTERFACE"
+        )
 
 
 def _as_strings(raw: Mapping[str, object]) -> dict[str, str]:
@@ -147,9 +170,15 @@ def _int_option(options: Mapping[str, str], name: str, low: int, high: int) -> i
     raw = options.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise InvalidOption(f"{name}={raw!r} is not valid; use a whole number from {low} to {high}")
-    return int(raw)
+    value = ascii_int(raw, low, high)
+    if value is None:
+        raise InvalidOption(f"{name}={_shown(raw)} is not valid; use a whole number from {low} to {high}")
+    return value
+
+
+def _shown(raw: str) -> str:
+    """A user's value in a message: quoted, and cut short when it is long."""
+    return repr(raw) if len(raw) <= 64 else f"{raw[:32]!r}... ({len(raw)} characters)"
 
 
 def _bool_option(options: Mapping[str, str], name: str) -> bool | None:
@@ -195,9 +224,9 @@ def _mtu_option(options: Mapping[str, str], default: int, underlay: Underlay, ov
     if not values:
         return default
     name, raw = next(iter(values.items()))
-    if not raw.isdigit():
-        raise InvalidOption(f"{name}={raw!r} is not valid; use a whole number from {MIN_MTU} to {default}")
-    mtu = int(raw)
+    mtu = ascii_int(raw, 0, 1 << 32)
+    if mtu is None:
+        raise InvalidOption(f"{name}={_shown(raw)} is not valid; use a whole number from {MIN_MTU} to {default}")
     if mtu < MIN_MTU:
         raise InvalidOption(f"{name}={mtu} is too small; use at least {MIN_MTU}")
     if mtu > default:

@@ -6,6 +6,7 @@ import ipaddress
 
 import pytest
 
+from vxlanpy.dataplane.base import Underlay
 from vxlanpy.errors import Conflict, DataplaneError
 from vxlanpy.models import Endpoint
 
@@ -159,3 +160,94 @@ def test_unknown_sandbox_visibility_keeps_the_endpoint(harness: Harness) -> None
     harness.create_endpoint()
     harness.driver.join(NET, EP, "/var/run/docker/netns/x")
     assert harness.driver.reconcile().removed_endpoints == []
+
+
+# -- several subnets, and subnets over the underlay (issue 12) ---------------------------------------------------
+
+
+def _pool(cidr: str, gateway: str) -> dict[str, str]:
+    return {"AddressSpace": "LocalDefault", "Pool": cidr, "Gateway": gateway}
+
+
+def _nothing_made(harness: Harness) -> None:
+    assert harness.store.list_networks() == []
+    assert harness.links.networks == {} and harness.firewall.networks == {}
+
+
+def test_two_ipv4_subnets_are_refused_as_docker_bridge_does(harness: Harness) -> None:
+    status, body = harness.create_network(
+        ipv4=[_pool("10.200.137.0/24", "10.200.137.1/24"), _pool("10.200.138.0/24", "10.200.138.1/24")]
+    )
+    assert status == 400
+    assert body["Err"].startswith(
+        "a vxlanpy network takes one IPv4 subnet, not 2 (10.200.137.0/24, 10.200.138.0/24); as with Docker's "
+        "bridge driver, create one network per subnet"
+    ), body
+    _nothing_made(harness)
+
+
+def test_two_ipv6_subnets_are_refused(harness: Harness) -> None:
+    status, body = harness.create_network(
+        ipv6=[_pool("fd00:1::/64", "fd00:1::1/64"), _pool("fd00:2::/64", "fd00:2::1/64")]
+    )
+    assert status == 400 and "takes one IPv6 subnet, not 2 (fd00:1::/64, fd00:2::/64)" in body["Err"], body
+    _nothing_made(harness)
+
+
+def test_one_subnet_per_family_is_still_fine(harness: Harness) -> None:
+    status, _ = harness.create_network(ipv6=[_pool("fd00:1::/64", "fd00:1::1/64")])
+    assert status == 200 and len(harness.store.list_networks()) == 1
+
+
+def _underlay(harness: Harness, gateways: tuple[str, ...] = ("10.233.0.1", "2001:db8::1")) -> None:
+    harness.links.underlays["eth0"] = Underlay(
+        "eth0",
+        1500,
+        (ipaddress.ip_address("10.233.0.5"), ipaddress.ip_address("2001:db8::10")),
+        tuple(ipaddress.ip_address(gateway) for gateway in gateways),
+    )
+
+
+def test_a_subnet_holding_the_underlay_address_and_gateway_is_refused(harness: Harness) -> None:
+    _underlay(harness)
+    status, body = harness.create_network(ipv4=[_pool("10.233.0.0/24", "10.233.0.254/24")])
+    assert status == 400
+    assert body["Err"].startswith(
+        "subnet 10.233.0.0/24 overlaps the underlay interface eth0: it contains eth0's address 10.233.0.5 and the "
+        "default gateway 10.233.0.1 via eth0; the host would route its own traffic into the network's bridge"
+    ), body
+    _nothing_made(harness)
+
+
+def test_a_subnet_holding_only_the_underlay_gateway_is_refused(harness: Harness) -> None:
+    _underlay(harness)
+    status, body = harness.create_network(ipv4=[_pool("10.233.0.0/30", "10.233.0.2/30")])
+    assert status == 400
+    assert (
+        "subnet 10.233.0.0/30 overlaps the underlay interface eth0: it contains the default gateway 10.233.0.1 via"
+        in (body["Err"])
+    ), body
+    assert "10.233.0.5" not in body["Err"]
+    _nothing_made(harness)
+
+
+def test_an_ipv6_subnet_holding_the_underlay_address_is_refused(harness: Harness) -> None:
+    _underlay(harness, gateways=())
+    status, body = harness.create_network(ipv6=[_pool("2001:db8::/64", "2001:db8::1/64")])
+    assert status == 400
+    assert (
+        "subnet 2001:db8::/64 overlaps the underlay interface eth0: it contains eth0's address 2001:db8::10;"
+        in body["Err"]
+    )
+    _nothing_made(harness)
+
+
+def test_the_underlay_named_by_dev_is_the_one_checked(harness: Harness) -> None:
+    _underlay(harness)
+    harness.links.underlays["eth1"] = Underlay("eth1", 1500, (ipaddress.ip_address("10.99.0.5"),))
+    status, body = harness.create_network(generic={"dev": "eth1"}, ipv4=[_pool("10.99.0.0/16", "10.99.0.1/16")])
+    assert (
+        status == 400 and "overlaps the underlay interface eth1: it contains eth1's address 10.99.0.5;" in body["Err"]
+    ), body
+    # a subnet beside the underlay's is fine
+    assert harness.create_network(generic={"dev": "eth1"}, ipv4=[_pool("10.98.0.0/24", "10.98.0.1/24")])[0] == 200

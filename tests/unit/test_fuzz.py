@@ -18,7 +18,9 @@ from vxlanpy.app import create_app
 from vxlanpy.config import Settings
 from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
 from vxlanpy.driver import Driver
+from vxlanpy.errors import DataplaneError, InvalidOption
 from vxlanpy.ipam import Ipam
+from vxlanpy.sandbox import Plumbed, Plumbing
 from vxlanpy.store.memory import MemoryStore
 
 NET = "a" * 64
@@ -41,6 +43,8 @@ NETWORK_METHODS = [
     "NetworkDriver.ProgramExternalConnectivity",
     "NetworkDriver.RevokeExternalConnectivity",
 ]
+CLI_PATHS = ["vxlanpy/gc", "vxlanpy/attach", "vxlanpy/detach"]  # the operator's endpoints (api.py)
+NUMERIC_OPTIONS = ("vni", "mtu", "dstport", "ttl", "com.docker.network.driver.mtu")
 IPAM_METHODS = [
     "IpamDriver.GetCapabilities",
     "IpamDriver.GetDefaultAddressSpaces",
@@ -102,8 +106,15 @@ nasty_text = st.one_of(
             "4789",
             "-1",
             "1e9",
+            # digits of other scripts: str.isdigit() accepts them, int() refuses "²" and reads "١٢" as 12
+            "²",
+            "١٢",
+            "４７８９",
+            "1" * 5000,  # more digits than int() converts
+            "1_000",
         ]
     ),
+    st.text(alphabet=st.characters(categories=["Nd", "No"]), min_size=1, max_size=6),  # any script's digits
 )
 scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(), nasty_text)
 json_values = st.recursive(
@@ -123,17 +134,49 @@ def objects_with(*keys: str) -> st.SearchStrategy[dict[str, Any]]:
 
 port_bindings = st.lists(objects_with("Proto", "IP", "Port", "HostIP", "HostPort", "HostPortEnd"), max_size=3)
 interfaces = objects_with("Address", "AddressIPv6", "MacAddress")
+
+
+def nested(depth: int, field: str) -> bytes:
+    """A valid JSON object whose `field` nests lists `depth` levels deep."""
+    return b'{"' + field.encode() + b'": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+deep_bodies = st.one_of(
+    # unterminated nesting far past the parser's recursion limit (a RecursionError, once a 500)
+    st.integers(min_value=1_000, max_value=60_000).map(lambda depth: b"[" * depth),
+    st.integers(min_value=1_000, max_value=12_000).map(lambda depth: b'{"a":' * depth),
+    # valid JSON nested deeper than any libnetwork request
+    st.builds(nested, st.integers(min_value=33, max_value=3_000), st.sampled_from(FIELDS)),
+)
+huge_bodies = st.sampled_from(  # over the 1 MiB limit (a RequestEntityTooLarge, once a 500 on /vxlanpy/*)
+    [b"{" + b" " * (1 << 20) + b"}", b"[" * ((1 << 20) + 1), json.dumps({"NetworkID": "a" * (1 << 20)}).encode()]
+)
 raw_bodies = st.one_of(
     bodies.map(lambda body: json.dumps(body).encode()),
     st.binary(max_size=64),
     st.sampled_from([b"", b"null", b"[]", b'"x"', b"{", b"{}" * 3, '{"NetworkID": "é"}'.encode()]),
+    deep_bodies,
+    huge_bodies,
 )
+
+
+class NoSandboxes:
+    """/vxlanpy/attach must never reach a real namespace from the fuzz tests."""
+
+    def netns_exists(self, path: str) -> bool:
+        return False
+
+    def plumb(self, plumbing: Plumbing) -> Plumbed:
+        raise DataplaneError("the fuzz tests plumb no namespace")
+
+    def vxlan_device(self, name: str) -> dict[str, Any] | None:
+        return None
 
 
 def make_app() -> tuple[Any, MemoryStore, FakeLinks, FakeFirewall]:
     store, links, firewall = MemoryStore(), FakeLinks(), FakeFirewall()
     driver = Driver(store, links, firewall, vni_range=(100, 200), port_is_free=lambda mapping: True)
-    app = create_app(driver, Settings(), reconcile=False, ipam=Ipam(store, host="fuzz"))
+    app = create_app(driver, Settings(), reconcile=False, ipam=Ipam(store, host="fuzz"), sandboxes=NoSandboxes())
     # a network and an endpoint to aim at, so that calls on existing objects are exercised too
     client = app.test_client()
     client.post(
@@ -192,6 +235,24 @@ fuzz_settings = settings(
 @given(method=st.sampled_from(NETWORK_METHODS), raw=raw_bodies)
 def test_network_driver_calls_survive_any_body(method: str, raw: bytes) -> None:
     check(method, raw)
+
+
+@fuzz_settings
+@given(path=st.sampled_from(CLI_PATHS), raw=raw_bodies)
+def test_cli_endpoints_survive_any_body(path: str, raw: bytes) -> None:
+    check(path, raw)
+
+
+@fuzz_settings
+@given(
+    path=st.sampled_from(CLI_PATHS),
+    body=objects_with("network", "target", "netns", "ipv4", "ipv6", "ifname", "dry_run", "forget"),
+    aimed=st.booleans(),
+)
+def test_cli_endpoints_survive_any_field_values(path: str, body: dict[str, Any], aimed: bool) -> None:
+    if aimed:  # at the existing network, so that the handlers get past the id check
+        body = {**body, "network": NET}
+    check(path, json.dumps(body).encode())
 
 
 @fuzz_settings
@@ -254,7 +315,15 @@ def test_any_network_options_are_refused_cleanly_or_accepted_whole(generic: dict
     response = client.post("/NetworkDriver.CreateNetwork", data=json.dumps(body))
     reply = json.loads(response.data)
     if response.status_code == 200:
-        assert store.get_network("b" * 64) is not None
+        network = store.get_network("b" * 64)
+        assert network is not None
+        # a number is taken only when written in ASCII digits (not "١٢", not "²"), and means what it says
+        for name in NUMERIC_OPTIONS:
+            if name in generic:
+                written = str(generic[name]).strip()
+                assert written.isascii() and written.isdigit(), (name, generic[name])
+        if "vni" in generic:
+            assert network.vni == int(str(generic["vni"]).strip())
     else:
         assert response.status_code in (400, 409) and "internal error" not in reply["Err"], reply
         assert store.get_network("b" * 64) is None
@@ -282,4 +351,56 @@ def test_any_endpoint_interface_is_refused_cleanly(interface: Any) -> None:
     if response.status_code != 200:
         assert "internal error" not in reply["Err"], reply
         assert store.get_endpoint("d" * 64) is None
+    assert_consistent(store, links, firewall)
+
+
+number_texts = st.one_of(nasty_text, st.integers(min_value=-5, max_value=2**40).map(str))
+
+
+@fuzz_settings
+@given(
+    name=st.sampled_from(["VXLANPY_THREADS", "VXLANPY_LEASE_TTL", "VXLANPY_ETCD_TIMEOUT", "VXLANPY_VNI_RANGE"]),
+    raw=st.one_of(number_texts, st.tuples(number_texts, number_texts).map("-".join)),
+)
+def test_number_settings_are_ascii_or_refused_by_name(name: str, raw: str) -> None:
+    """A setting is refused with its name, or means exactly its ASCII digits; never another exception."""
+    try:
+        settings = Settings.from_env({name: raw})
+    except InvalidOption as exc:
+        assert str(exc).startswith(f"{name}=") and "is not valid" in str(exc)
+        return
+    parts = raw.split("-") if name == "VXLANPY_VNI_RANGE" else [raw]
+    assert all(part.isascii() and part.isdigit() for part in parts), raw
+    value = {
+        "VXLANPY_THREADS": settings.threads,
+        "VXLANPY_LEASE_TTL": settings.lease_ttl,
+        "VXLANPY_ETCD_TIMEOUT": settings.etcd_timeout,
+        "VXLANPY_VNI_RANGE": settings.vni_range,
+    }[name]
+    expected = tuple(int(part) for part in parts) if name == "VXLANPY_VNI_RANGE" else int(raw)
+    assert value == expected
+
+
+@fuzz_settings
+@given(name=st.sampled_from(NUMERIC_OPTIONS), raw=number_texts)
+def test_numeric_options_take_ascii_digits_only(name: str, raw: str) -> None:
+    """`-o vni=١٢` was VNI 12 and `-o vni=²` an internal error: a number is ASCII digits, or a clear 400."""
+    client, store, links, firewall = make_app()
+    body = {
+        "NetworkID": "b" * 64,
+        "Options": {"com.docker.network.generic": {name: raw}},
+        "IPv4Data": [{"AddressSpace": "x", "Pool": "10.2.0.0/24", "Gateway": "10.2.0.1/24"}],
+    }
+    response = client.post("/NetworkDriver.CreateNetwork", data=json.dumps(body))
+    reply = json.loads(response.data)
+    if response.status_code == 200:
+        assert raw.strip().isascii() and raw.strip().isdigit(), raw
+        network = store.get_network("b" * 64)
+        assert network is not None
+        if name == "vni":
+            assert network.vni == int(raw)
+    else:
+        assert response.status_code in (400, 409), reply
+        assert reply["Err"].startswith(f"{name}=") or "vni" in reply["Err"], reply
+        assert store.get_network("b" * 64) is None
     assert_consistent(store, links, firewall)

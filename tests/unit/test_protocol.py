@@ -164,3 +164,67 @@ def test_internal_bug_never_leaks_a_traceback(harness: Harness) -> None:
     harness.driver.join = None  # type: ignore[assignment,method-assign]
     status, body = harness.call("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP})
     assert status == 500 and body == {"Err": "internal error in vxlanpy (TypeError); see the plugin log"}
+
+
+# -- bad input that used to reach an internal error (issue 12) ---------------------------------------------------
+
+ALL_PATHS = [
+    "Plugin.Activate",
+    "NetworkDriver.CreateNetwork",
+    "NetworkDriver.GwAllocCheck",
+    "NetworkDriver.Join",
+    "IpamDriver.RequestPool",
+    "IpamDriver.RequestAddress",
+    "vxlanpy/gc",
+    "vxlanpy/attach",
+    "vxlanpy/detach",
+]
+
+
+def _error(path: str, body: dict[str, object]) -> str:
+    key = "Error" if path.startswith("IpamDriver.") else "Err"
+    assert list(body) == [key], body
+    message = body[key]
+    assert isinstance(message, str)
+    assert "internal error" not in message and "Traceback" not in message
+    return message
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+@pytest.mark.parametrize("raw", [b"[" * 60_000, b'{"a":' * 12_000, b'{"Options": ' + b"[" * 40 + b"]" * 40 + b"}"])
+def test_deeply_nested_json_is_refused_clearly(harness: Harness, path: str, raw: bytes) -> None:
+    response = harness.client.post(f"/{path}", data=raw)
+    assert response.status_code == 400
+    message = _error(path, response.get_json(force=True))
+    assert "nests JSON more than 32 levels deep" in message, message
+    assert harness.store.list_networks() == []
+
+
+def test_json_nested_as_deep_as_libnetwork_needs_is_accepted(harness: Harness) -> None:
+    assert harness.create_network(generic={"vni": "42"}) == (200, {})
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_a_body_over_one_mib_is_413_with_the_limit(harness: Harness, path: str) -> None:
+    response = harness.client.post(f"/{path}", data=b"{" + b" " * (1 << 20) + b"}")
+    assert response.status_code == 413
+    message = _error(path, response.get_json(force=True))
+    assert "request body is larger than" in message and ("MiB" in message or "KiB" in message), message
+
+
+def test_the_cli_endpoints_take_at_most_64_kib(harness: Harness) -> None:
+    response = harness.client.post("/vxlanpy/attach", data=b"{" + b" " * 70_000 + b"}")
+    assert response.status_code == 413
+    assert response.get_json(force=True) == {
+        "Err": "request body is larger than 64 KiB, the most /vxlanpy/attach accepts; "
+        "the vxlanpy CLI sends a few hundred bytes"
+    }
+
+
+def test_a_body_over_one_mib_to_libnetwork_calls_names_the_limit(harness: Harness) -> None:
+    response = harness.client.post("/NetworkDriver.CreateNetwork", data=b"{" + b" " * (1 << 20) + b"}")
+    assert response.status_code == 413
+    assert response.get_json(force=True) == {
+        "Err": "request body is larger than 1 MiB, the most /NetworkDriver.CreateNetwork accepts; "
+        "libnetwork's requests are a few KiB"
+    }

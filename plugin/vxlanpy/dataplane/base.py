@@ -10,11 +10,13 @@ from ..models import Endpoint, IPAddress, Network
 
 @dataclass(frozen=True)
 class Underlay:
-    """What the host's underlay interface looks like: used for defaults (dev, local, MTU)."""
+    """What the host's underlay interface looks like: used for defaults (dev, local, MTU), and to refuse an
+    overlay subnet that would capture the host's own address or gateway."""
 
     dev: str
     mtu: int
     addresses: tuple[IPAddress, ...]
+    gateways: tuple[IPAddress, ...] = ()  # of the main table's default routes that leave by this interface
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,7 @@ _IFADDRMSG = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _IFA_ADDRESS = 1
 _RTA_OIF, _RTA_PRIORITY, _RTA_MULTIPATH, _RTA_TABLE = 4, 6, 9, 15
+_RTA_GATEWAY = 5
 _RTNEXTHOP = struct.Struct("=HBBi")
 _CLONE_NEWNET = 0x40000000
 
@@ -409,6 +410,33 @@ class _RawDumps:
                 routes.append((priority, oif))
         return [oif for _, oif in sorted(routes, key=lambda route: route[0])]
 
+    def default_route_gateways(self, family: int, oif: int) -> list[IPAddress]:
+        """Gateways of the main table's unicast default routes that leave by interface `oif` (multipath too)."""
+        header = _RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, 0, 0, RTN_UNICAST, 0)
+        gateways: list[IPAddress] = []
+        for payload in self._dump(_RTM_GETROUTE, header):
+            _, dst_len, _, _, table, _, _, kind, _ = _RTMSG.unpack_from(payload)
+            if dst_len != 0 or kind != RTN_UNICAST:
+                continue
+            attrs = _attributes(payload, _RTMSG.size)
+            if RT_TABLE_MAIN != (struct.unpack("=I", attrs[_RTA_TABLE])[0] if _RTA_TABLE in attrs else table):
+                continue
+            hops: list[tuple[int, dict[int, bytes]]] = []
+            if _RTA_OIF in attrs:
+                hops.append((struct.unpack("=i", attrs[_RTA_OIF])[0], attrs))
+            multipath, offset = attrs.get(_RTA_MULTIPATH, b""), 0
+            while offset + _RTNEXTHOP.size <= len(multipath):
+                length, _, _, hop_oif = _RTNEXTHOP.unpack_from(multipath, offset)
+                if length < _RTNEXTHOP.size:
+                    break
+                hops.append((hop_oif, _attributes(multipath[offset : offset + length], _RTNEXTHOP.size)))
+                offset += (length + 3) & ~3
+            for hop_oif, hop in hops:
+                raw = hop.get(_RTA_GATEWAY)
+                if hop_oif == oif and raw is not None and len(raw) in (4, 16):
+                    gateways.append(ipaddress.ip_address(raw))
+        return gateways
+
 
 @dataclass
 class _RemoteState:
@@ -544,7 +572,13 @@ class NetlinkLinks:
             addresses = self._raw.addresses(int(link["index"]))
         universe = [address for address, _, scope in addresses if scope == RT_SCOPE_UNIVERSE]
         ordered = sorted(universe, key=lambda address: address.version)
-        return Underlay(dev=dev, mtu=int(link.get("mtu")), addresses=tuple(ordered))
+        gateways: list[IPAddress] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            with _netlink("cannot read the routing table"):
+                gateways += self._raw.default_route_gateways(family, int(link["index"]))
+        return Underlay(
+            dev=dev, mtu=int(link.get("mtu")), addresses=tuple(ordered), gateways=tuple(dict.fromkeys(gateways))
+        )
 
     def _default_route_link(self) -> Msg:
         """The link of the default route: IPv4 first, lowest metric first (see `_DefaultRouteWatch`)."""

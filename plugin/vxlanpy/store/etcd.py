@@ -29,6 +29,7 @@ from typing import Any
 
 import requests
 
+from ..digits import ascii_int
 from ..errors import Conflict, InvalidOption, StoreError
 from ..models import Endpoint, Network
 from .base import no_free_vni_message, vni_in_use_message
@@ -82,9 +83,10 @@ class EtcdConfig:
         for item in rest.split(","):
             host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", str(DEFAULT_PORT))
             host = host.strip("[]")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise InvalidOption(f"VXLANPY_STORE={url!r} is not valid; use etcd://HOST:PORT[,HOST:PORT...]")
-            endpoints.append((host, int(port)))
+            number = ascii_int(port, 1, 65535)
+            if not host or number is None:
+                raise InvalidOption(f"VXLANPY_STORE={url[:80]!r} is not valid; use etcd://HOST:PORT[,HOST:PORT...]")
+            endpoints.append((host, number))
         prefix = "/" + extra.pop("prefix", "/vxlanpy").strip("/")
         if not all(KEY_PART.match(part) for part in prefix.strip("/").split("/")):
             raise InvalidOption(f"VXLANPY_ETCD_PREFIX={prefix!r} is not valid; use e.g. /vxlanpy")
