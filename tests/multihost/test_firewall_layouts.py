@@ -1,7 +1,7 @@
 """vxlanpy's firewall under each layout dockerd may leave on a host, with real dockerds and containers (issue 11).
 
-h1's dockerd is reconfigured and restarted: (a) `--iptables=false` (no Docker chain at all, as if dockerd never
-had any) with the FORWARD policy ACCEPT and DROP; (b) no DOCKER-USER chain, as with Docker 29's nftables
+h1's dockerd is reconfigured and restarted: (a) `--iptables=false --ip6tables=false` (no Docker chain at all, as
+if dockerd never had any) with the FORWARD policy ACCEPT and DROP; (b) no DOCKER-USER chain, as with Docker 29's nftables
 backend, beside a `docker-bridges` nftables table as 29 makes it; (c) a plain restart, after which dockerd puts
 its jumps (28: DOCKER-USER, DOCKER-FORWARD) above vxlanpy's hook, with the default bridge docker0 whose
 `-i docker0 -j ACCEPT` would let its containers into vxlanpy networks; (d) IPv4 forwarding turned off under a
