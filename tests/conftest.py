@@ -43,3 +43,26 @@ def no_shell_from_vxlanpy() -> Iterator[None]:
     before = len(_violations)
     yield
     assert _violations[before:] == [], "vxlanpy must use netlink and argv lists, never a shell"
+
+
+# Under scripts/test every prerequisite is installed, so a skipped test means a tier did not really run:
+# with VXLANPY_FORBID_SKIPS=1 (scripts/test sets it) the session fails, naming each skip and its reason.
+FORBID_SKIPS_ENV = "VXLANPY_FORBID_SKIPS"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if os.environ.get(FORBID_SKIPS_ENV) != "1":
+        return
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    terminalreporter.section(f"{len(skipped)} skipped, and {FORBID_SKIPS_ENV}=1 makes that a failure")
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        terminalreporter.write_line(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if os.environ.get(FORBID_SKIPS_ENV) == "1" and reporter is not None and reporter.stats.get("skipped"):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

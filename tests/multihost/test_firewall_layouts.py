@@ -50,6 +50,8 @@ from .cluster import (
 from .test_restarts import SERVE, assert_pings, dockerd_log, plugin_logs
 from .test_restarts import run as run_container
 
+pytestmark = pytest.mark.firewall_layouts
+
 CreateNetwork = Callable[..., dict[str, Any]]
 
 OUTSIDER = "10.250.0.99"  # the cluster's outsider namespace: on the underlay, not a vxlanpy host
