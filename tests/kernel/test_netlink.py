@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -210,10 +211,43 @@ def test_underlay_defaults_to_the_default_route_interface(host: str, links: Netl
         ipr.addr("add", index=eth0, address="fd99::1", prefixlen=64, flags=IFA_F_NODAD)
         ipr.link("set", index=eth0, mtu=9000)
     expected = Underlay(
-        dev="eth0", mtu=9000, addresses=(ipaddress.ip_address(UNDERLAY_A), ipaddress.ip_address("fd99::1"))
+        dev="eth0",
+        mtu=9000,
+        addresses=(ipaddress.ip_address(UNDERLAY_A), ipaddress.ip_address("fd99::1")),
+        gateways=(ipaddress.ip_address("10.99.0.254"),),  # a subnet holding them is refused (issue 12)
     )
     assert links.underlay(None) == expected
     assert links.underlay("eth0") == expected
+
+
+def test_underlay_gateways_follow_the_default_routes(
+    host: str, links: NetlinkLinks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateways of the underlay's default routes (multipath too), read again only after a default route
+    changed: a subnet holding one is refused (issue 12)."""
+    dumps: list[int] = []
+    real_dump = links._raw.default_route_gateways
+    monkeypatch.setattr(
+        links._raw, "default_route_gateways", lambda family, oif: dumps.append(family) or real_dump(family, oif)
+    )
+    assert links.underlay("eth0").gateways == (ipaddress.ip_address("10.99.0.254"),)
+    assert links.underlay(None).gateways == (ipaddress.ip_address("10.99.0.254"),)
+    assert len(dumps) == 2, "one dump per family, then the answer is kept"
+    with IPRoute(netns=host, flags=0) as ipr:
+        ipr.link("add", ifname="eth1", kind="veth", peer="eth1p")
+        eth0, eth1 = ipr.link_lookup(ifname="eth0")[0], ipr.link_lookup(ifname="eth1")[0]
+        ipr.link("set", index=eth1, state="up")
+        ipr.link("set", ifname="eth1p", state="up")
+        for index, address in ((eth0, "fd99::5"), (eth1, "fd98::5")):
+            ipr.addr("add", index=index, address=address, prefixlen=64, flags=IFA_F_NODAD)
+        ipr.route(
+            "add",
+            dst="::/0",
+            family=socket.AF_INET6,
+            multipath=[{"gateway": "fd99::1", "oif": eth0}, {"gateway": "fd98::1", "oif": eth1}],
+        )
+    assert links.underlay("eth0").gateways == (ipaddress.ip_address("10.99.0.254"), ipaddress.ip_address("fd99::1"))
+    assert links.underlay("eth1").gateways == (ipaddress.ip_address("fd98::1"),)
 
 
 def test_the_default_route_is_read_again_only_when_a_default_route_changed(

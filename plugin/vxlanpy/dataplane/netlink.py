@@ -468,6 +468,7 @@ class NetlinkLinks:
         self._raw: _RawDumps
         self._routes: _DefaultRouteWatch
         self._default_oif: int | None = None  # the default route's interface, while `_routes` sees no change
+        self._gateways: dict[int, tuple[IPAddress, ...]] = {}  # link index -> its default gateways, likewise
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vxlanpy-netlink")
         try:
             self._ipr: Any = self._worker.submit(self._open).result()
@@ -572,19 +573,32 @@ class NetlinkLinks:
             addresses = self._raw.addresses(int(link["index"]))
         universe = [address for address, _, scope in addresses if scope == RT_SCOPE_UNIVERSE]
         ordered = sorted(universe, key=lambda address: address.version)
-        gateways: list[IPAddress] = []
-        for family in (socket.AF_INET, socket.AF_INET6):
-            with _netlink("cannot read the routing table"):
-                gateways += self._raw.default_route_gateways(family, int(link["index"]))
         return Underlay(
-            dev=dev, mtu=int(link.get("mtu")), addresses=tuple(ordered), gateways=tuple(dict.fromkeys(gateways))
+            dev=dev, mtu=int(link.get("mtu")), addresses=tuple(ordered), gateways=self._default_gateways(link)
         )
 
-    def _default_route_link(self) -> Msg:
-        """The link of the default route: IPv4 first, lowest metric first (see `_DefaultRouteWatch`)."""
+    def _note_route_changes(self) -> None:
+        """Forget what was read of the default routes when one changed since (see `_DefaultRouteWatch`)."""
         with _netlink("cannot read the routing table"):
             if self._routes.changed():
                 self._default_oif = None
+                self._gateways.clear()
+
+    def _default_gateways(self, link: Msg) -> tuple[IPAddress, ...]:
+        """The gateways of the default routes that leave by `link`, dumped again only after a default route changed."""
+        self._note_route_changes()
+        index = int(link["index"])
+        if index not in self._gateways:
+            gateways: list[IPAddress] = []
+            for family in (socket.AF_INET, socket.AF_INET6):
+                with _netlink("cannot read the routing table"):
+                    gateways += self._raw.default_route_gateways(family, index)
+            self._gateways[index] = tuple(dict.fromkeys(gateways))
+        return self._gateways[index]
+
+    def _default_route_link(self) -> Msg:
+        """The link of the default route: IPv4 first, lowest metric first (see `_DefaultRouteWatch`)."""
+        self._note_route_changes()
         if self._default_oif is not None:
             link = self._link_at(self._default_oif)
             if link is not None:
