@@ -39,4 +39,6 @@ RUN set -eu; \
 # A managed plugin takes its entrypoint and environment from config.json, not from here; these serve
 # `docker run` of this image for debugging.  gunicorn serves /run/docker/plugins/vxlanpy.sock.
 ENV VXLANPY_SOCKET=/run/docker/plugins/vxlanpy.sock VXLANPY_STATE_DIR=/var/lib/vxlanpy
+# The state directory of the image (the managed plugin bind-mounts the host's over it): root only.
+RUN install -d -m 0700 /var/lib/vxlanpy
 ENTRYPOINT ["/opt/vxlanpy/bin/vxlanpy", "serve"]

@@ -6,6 +6,7 @@
     POST /vxlanpy/gc                {"dry_run": bool, "forget": [network ids]}: reconciliation on demand
     POST /vxlanpy/attach            {"network", "target", "netns": [paths], "ipv4"?, "ipv6"?, "ifname"?}
     POST /vxlanpy/detach            {"network", "target"}
+    POST /vxlanpy/recover           {"step": "state"|"adopt"|"finish", "dry_run", "network"?, "forget"?}: a lost store
 
 Errors are {"Err": message} with the error's status, as for the network driver.
 """
@@ -26,7 +27,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from .errors import BadRequest, VxlanpyError
 from .metrics import Metrics
 from .models import IPAddress
-from .operations import Operations
+from .operations import Operations, Recovery, parse_recovered_network
 from .protocol import body_too_large, decode_body
 
 log = logging.getLogger("vxlanpy.requests")
@@ -144,6 +145,28 @@ def register(app: Flask, operations: Operations, metrics: Metrics) -> None:
             return result, 200
 
         return run("attach", action)
+
+    @app.post(f"{PREFIX}/recover")
+    def recover() -> Response:
+        def action() -> tuple[Body, int]:
+            body = _body()
+            dry_run = body.get("dry_run", False)
+            if not isinstance(dry_run, bool):
+                raise BadRequest("dry_run must be true or false")
+            recovery = Recovery(operations)
+            step = body.get("step")
+            if step == "state":
+                return recovery.state(dry_run), 200
+            if step == "adopt":
+                return recovery.adopt(parse_recovered_network(body.get("network")), dry_run), 200
+            if step == "finish":
+                forget = body.get("forget") or []
+                if not isinstance(forget, list):
+                    raise BadRequest("forget must be a list of network ids")
+                return recovery.finish([_network_id(item) for item in forget], dry_run), 200
+            raise BadRequest("step must be state, adopt or finish")
+
+        return run("recover", action)
 
     @app.post(f"{PREFIX}/detach")
     def detach() -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -428,6 +429,171 @@ def _forgettable(env: Env, refs: tuple[str, ...]) -> list[str]:
             raise CliError(f"--forget {ref}: Docker still knows this network; remove it with docker network rm", 1)
         ids.append(matches[0])
     return ids
+
+
+# -- recover -----------------------------------------------------------------------------------------------------
+
+VXLANPY_DRIVER_NAME = re.compile(r"^(?:.+/)?vxlanpy(?::[A-Za-z0-9_.-]+)?$")  # vxlanpy, vxlanpy:latest, repo/vxlanpy:tag
+
+
+def _docker_inventory(env: Env) -> list[dict[str, Any]]:
+    """Every Docker network, inspected, with the containers on it (docker SDK, low-level client)."""
+    try:
+        import docker
+        import requests.exceptions
+    except ImportError:
+        raise CliError("the docker SDK is not installed: pip install docker", EXIT_UNREACHABLE) from None
+    try:
+        api = docker.APIClient(**docker.utils.kwargs_from_env(), version="auto", timeout=env.timeout)
+        networks = [api.inspect_network(item["Id"]) for item in api.networks()]
+        containers: dict[str, dict[str, Any]] = {}
+        for network in networks:
+            for cid in network.get("Containers") or {}:
+                if cid not in containers and not cid.startswith("ep-"):
+                    try:
+                        containers[cid] = api.inspect_container(cid)
+                    except docker.errors.NotFound:
+                        containers[cid] = {}
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise CliError(f"cannot reach Docker: {' '.join(str(exc).split())[:200]}", EXIT_UNREACHABLE) from None
+    for network in networks:
+        network["_containers"] = {cid: containers.get(cid, {}) for cid in network.get("Containers") or {}}
+    return networks
+
+
+def _published(container: dict[str, Any]) -> list[dict[str, Any]]:
+    ports = []
+    for key, bindings in ((container.get("HostConfig") or {}).get("PortBindings") or {}).items():
+        number, _, proto = str(key).partition("/")
+        for binding in bindings or []:
+            host_port = str(binding.get("HostPort") or "")
+            if number.isascii() and number.isdigit() and host_port.isascii() and host_port.isdigit():
+                ports.append(
+                    {
+                        "proto": proto or "tcp",
+                        "container_port": int(number),
+                        "host_port": int(host_port),
+                        "host_ip": binding.get("HostIp") or None,
+                    }
+                )
+    return ports
+
+
+def _recovered_network(network: dict[str, Any], ours: Callable[[str], bool]) -> dict[str, Any]:
+    """Docker's inspect of a network, in the form the plugin's recover step takes."""
+    ipam = network.get("IPAM") or {}
+    endpoints = []
+    for cid, info in (network.get("Containers") or {}).items():
+        if not isinstance(info, dict) or not info.get("EndpointID"):
+            continue
+        container = network["_containers"].get(cid) or {}
+        endpoints.append(
+            {
+                "id": info["EndpointID"],
+                "mac": info.get("MacAddress") or None,
+                "ipv4": info.get("IPv4Address") or None,
+                "ipv6": info.get("IPv6Address") or None,
+                "sandbox": (container.get("NetworkSettings") or {}).get("SandboxKey") or None,
+                "ports": _published(container),
+            }
+        )
+    return {
+        "id": network["Id"],
+        "options": {str(k): str(v) for k, v in (network.get("Options") or {}).items()},
+        "internal": bool(network.get("Internal")),
+        "ipam_vxlanpy": ours(str(ipam.get("Driver") or "")),
+        "subnets": [
+            {"pool": c.get("Subnet"), "gateway": c.get("Gateway") or None}
+            for c in ipam.get("Config") or ()
+            if c.get("Subnet")
+        ],
+        "endpoints": endpoints,
+    }
+
+
+@main.command("recover")
+@click.option("--dry-run", is_flag=True, help="Only show what would be done.")
+@click.option(
+    "--driver",
+    "drivers",
+    multiple=True,
+    metavar="NAME",
+    help="Also treat networks of this driver as vxlanpy's (besides vxlanpy, vxlanpy:TAG, REPO/vxlanpy:TAG).",
+)
+@pass_env
+def recover_command(env: Env, dry_run: bool, drivers: tuple[str, ...]) -> None:
+    """Rebuild the plugin's state after it was lost (state.db deleted, emptied, read-only or replaced by a bad
+    restore), from what survives, through the running plugin:
+
+    \b
+      1. a state.db deleted or replaced while the plugin runs is written back from the copy it holds open;
+      2. each vxlanpy network Docker still knows gets its row back from `docker network inspect` (options,
+         subnets, --internal) with the VNI of its devices in the kernel (labelled with the network id), and
+         each of its containers whose veth survives gets its endpoint back (sandbox, published host ports;
+         a port Docker chose itself, -p PORT, gets a new host port); on vxlanpy's IPAM, the pools, gateways
+         and addresses are reserved again;
+      3. the devices of lost networks that Docker no longer knows are removed; reconciliation does the rest.
+
+    Start-up never removes the devices of networks the store does not know; `vxlanpy health` reports them.
+
+    \b
+    Examples:
+      vxlanpy recover --dry-run
+      vxlanpy recover
+      vxlanpy recover --driver myregistry/vxlanpy:0.1.0
+    """
+    names = set(drivers)
+
+    def ours(driver: str) -> bool:
+        return driver in names or bool(VXLANPY_DRIVER_NAME.match(driver))
+
+    verb = "would " if dry_run else ""
+    started = time.monotonic()
+    progress(f"recovering through the plugin on {env.socket}{' (dry run: nothing is changed)' if dry_run else ''} ...")
+    plugin = env.plugin()
+    state = plugin.call("POST", "/vxlanpy/recover", {"step": "state", "dry_run": dry_run})
+    actions = 0
+    if state.get("store_file"):
+        click.echo(f"  {state['store_file']}")
+        actions += 1
+    known = set(state.get("known", []))
+    lost = {item["id"]: item for item in state.get("lost", [])}
+    inventory = _docker_inventory(env)
+    docker_ids = {str(network["Id"]) for network in inventory}
+    for network in inventory:
+        network_id = str(network["Id"])
+        if not (network_id in known or network_id in lost or ours(str(network.get("Driver") or ""))):
+            continue
+        body = {"step": "adopt", "dry_run": dry_run, "network": _recovered_network(network, ours)}
+        result = plugin.call("POST", "/vxlanpy/recover", body)
+        name = network.get("Name") or network_id[:12]
+        if result.get("adopted"):
+            vni = result.get("vni")
+            click.echo(f"  {verb}adopt network {name} ({network_id[:12]}, vni {vni if vni is not None else 'new'})")
+            actions += 1
+        for endpoint_id in result.get("endpoints", []):
+            click.echo(f"  {verb}adopt endpoint {endpoint_id[:12]} on {name}")
+            actions += 1
+        for item in result.get("skipped", []):
+            click.echo(f"  skipped endpoint {item['id'][:12]} on {name}: {item['reason']}")
+        if result.get("ipam"):
+            click.echo(f"  reserved again on {name}: {', '.join(result['ipam'])}")
+    forget = sorted(network_id for network_id in lost if network_id not in docker_ids)
+    final = plugin.call("POST", "/vxlanpy/recover", {"step": "finish", "dry_run": dry_run, "forget": forget})
+    for item in final.get("removed_networks", []):
+        click.echo(
+            f"  {verb}remove the devices of network {item['id'][:12]} (vni {item['vni']}): Docker does not know it"
+        )
+        actions += 1
+    from .doctor import describe_report
+
+    for line in describe_report(final.get("report", {}), dry_run):
+        click.echo(f"  {line}")
+    elapsed = (time.monotonic() - started) * 1000
+    if not actions:
+        click.echo(f"nothing to recover: the store knows every vxlanpy network Docker has ({elapsed:.0f} ms)")
+    else:
+        click.echo(f"{'would take' if dry_run else 'done:'} {actions} actions ({elapsed:.0f} ms)")
 
 
 # -- attach / detach -----------------------------------------------------------------------------------------------

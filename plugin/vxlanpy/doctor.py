@@ -815,6 +815,13 @@ def describe_report(report: dict[str, Any], dry_run: bool, names: dict[str, str]
     for item in report.get("removed_attachments", []):
         who = names.get(item["id"], item["id"][:12])
         lines.append(f"{verb('removed', 'would remove')} attachment {who}: {item['reason']}")
+    for vni in report.get("expired_networks", []):
+        lines.append(f"{verb('removed', 'would remove')} network of vni {vni}: its create never finished")
+    if report.get("kept_links"):
+        lines.append(
+            f"lost state? kept {len(report['kept_links'])} links and {len(report.get('kept_chains', []))} chains of "
+            "networks the store does not know: run `vxlanpy recover`"
+        )
     for item in report.get("forgotten_networks", []):
         lines.append(f"{verb('forgot', 'would forget')} network {item['id'][:12]} (vni {item['vni']})")
     for item in report.get("released_addresses", []):

@@ -27,6 +27,7 @@ from typing import Protocol
 from .dataplane.base import Firewall, Links
 from .errors import Conflict, InvalidOption, NotFound, VxlanpyError
 from .models import (
+    LINK_ALIAS_PREFIX,
     Endpoint,
     Network,
     PortMapping,
@@ -43,6 +44,7 @@ EPHEMERAL_PORTS = (49153, 60999)  # Docker's bridge driver uses the same range
 # a start that failed while the plugin was down, and nothing will ever delete it but reconciliation.
 STALE_UNJOINED_SECONDS = 60.0
 DST_PREFIX = "eth"
+NETWORK_ALIAS_PREFIX = f"{LINK_ALIAS_PREFIX}net:"
 
 
 class Cluster(Protocol):
@@ -85,13 +87,18 @@ class ReconcileReport:
     removed_endpoints: list[str] = field(default_factory=list)
     removed_links: list[str] = field(default_factory=list)
     removed_chains: list[int] = field(default_factory=list)
+    expired_networks: list[int] = field(default_factory=list)  # creates Docker never completed (VNIs)
+    kept_links: list[str] = field(default_factory=list)  # unowned, but the store may have lost their rows
+    kept_chains: list[int] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
             f"networks ensured {len(self.recreated_networks)}, endpoints reattached {len(self.reattached_endpoints)}, "
             f"endpoints lost {len(self.lost_endpoints)}, stale endpoints removed {len(self.removed_endpoints)}, "
             f"orphan links removed {len(self.removed_links)}, "
-            f"orphan chains removed {len(self.removed_chains)}"
+            f"orphan chains removed {len(self.removed_chains)}, "
+            f"unfinished creates removed {len(self.expired_networks)}, "
+            f"unowned links kept {len(self.kept_links)}"
         )
 
 
@@ -177,16 +184,18 @@ class Driver:
             def build(vni: int) -> Network:
                 return Network(network_id, requested.config_for(vni), ipv4, ipv6, internal)
 
+            # Pending until the kernel side is done: a kill -9 in between leaves a row that reconciliation expires.
             if requested.vni is None:
-                network = self.store.add_network_with_free_vni(build, *self.vni_range)
+                network = self.store.add_network_with_free_vni(build, *self.vni_range, pending_since=self.clock())
             else:
                 network = build(requested.vni)
-                self.store.add_network(network)
+                self.store.add_network(network, pending_since=self.clock())
             try:
                 self.links.ensure_network(network)
                 self.firewall.ensure_network(network, [])
                 if self.cluster is not None:
                     self.cluster.publish_network(network)
+                self.store.confirm_network(network_id)
             except Exception:
                 self._roll_back_network(network)
                 raise
@@ -411,20 +420,41 @@ class Driver:
         report = ReconcileReport()
         links = self.links.owned_links()
         chains = self.firewall.owned_vnis()
+        pending = self.store.pending_networks()
         networks = self.store.list_networks()
         endpoints = self.store.list_endpoints()
         if not dry_run:
             self.firewall.ensure_base()
+        expired = self._expire_unfinished_creates(pending, networks, report, dry_run, unjoined_grace)
+        # The expired networks' devices are in the snapshot: they were owned until now, not orphans.
         known_aliases = {network.alias for network in networks} | {endpoint.alias for endpoint in endpoints}
-        for name, alias in sorted(links.items()):
-            if alias not in known_aliases:
+        networks = [network for network in networks if network.network_id not in expired]
+        endpoints = [endpoint for endpoint in endpoints if endpoint.network_id not in expired]
+        orphans = {name: alias for name, alias in links.items() if alias not in known_aliases}
+        orphan_chains = chains - {network.vni for network in networks} - set(report.expired_networks)
+        lost = sorted({alias for alias in orphans.values() if alias.startswith(NETWORK_ALIAS_PREFIX)})
+        if lost:
+            # Creation writes the row before any device and deletion removes devices before the row, so a network's
+            # devices without its row mean the store lost rows (deleted, emptied or replaced by a bad restore), not
+            # a leftover: Docker's containers may still use them.  Keep every unowned object, and say how to recover.
+            report.kept_links = sorted(orphans)
+            report.kept_chains = sorted(orphan_chains)
+            log.error(
+                "the store does not know %d vxlanpy network(s) whose devices exist (%s): their state was lost "
+                "(state.db deleted, emptied or replaced?). Nothing of theirs is removed. Run `vxlanpy recover` to "
+                "adopt the networks Docker still knows (and remove the devices of the others)",
+                len(lost),
+                ", ".join(sorted(name for name, alias in orphans.items() if alias in lost)),
+            )
+        else:
+            for name in sorted(orphans):
                 report.removed_links.append(name)
                 if not dry_run:
                     self.links.remove_link(name)
-        for vni in sorted(chains - {network.vni for network in networks}):
-            report.removed_chains.append(vni)
-            if not dry_run:
-                self.firewall.remove_network(vni)
+            for vni in sorted(orphan_chains):
+                report.removed_chains.append(vni)
+                if not dry_run:
+                    self.firewall.remove_network(vni)
         known_endpoints = {endpoint.endpoint_id for endpoint in endpoints}
         for network in networks:
             with self._network_locks.hold(network.network_id):
@@ -437,6 +467,44 @@ class Driver:
                     self.links.remove_endpoint(endpoint)
                     self.store.delete_endpoint(endpoint.endpoint_id)
         return report
+
+    def _expire_unfinished_creates(
+        self,
+        pending: dict[str, float],
+        networks: list[Network],
+        report: ReconcileReport,
+        dry_run: bool,
+        grace: float,
+    ) -> set[str]:
+        """Networks whose create never finished (the plugin was killed in the middle; Docker's retry carries no
+        body and fails, so Docker never knew them): removed with their devices and chains, which frees their VNI
+        and subnet.  At start-up, before serving, every pending network is such a leftover; while serving, one
+        pending for `grace` seconds."""
+        rows = {network.network_id: network for network in networks}
+        expired: set[str] = set()
+        for network_id, since in sorted(pending.items()):
+            if self.clock() - since < grace:
+                continue
+            network = rows.get(network_id)
+            if network is None:
+                if not dry_run:
+                    self.store.confirm_network(network_id)  # a mark whose row was never written
+                continue
+            with self._network_locks.hold(network_id):
+                if network_id not in self.store.pending_networks():
+                    continue  # its create finished meanwhile
+            expired.add(network_id)
+            report.expired_networks.append(network.vni)
+            log.warning(
+                "network %s (vni %d): its create never finished (the plugin stopped in the middle), so Docker does "
+                "not know it; %s its devices, chains and row",
+                network_id[:12],
+                network.vni,
+                "would remove" if dry_run else "removing",
+            )
+            if not dry_run:
+                self.delete_network(network_id)
+        return expired
 
     def _reconcile_network(
         self,

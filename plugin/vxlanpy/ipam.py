@@ -9,8 +9,12 @@ Records (an `AddressBook`, see store/base.py), keyed by the pool's CIDR ("10.60.
   networks of one host on the same --subnet (or a creation that failed half-way and released its pool) never
   release each other's records; the last release forgets the pool and everything reserved in it (libnetwork
   leaves the reference counting to the IPAM driver). The claim travels inside the PoolID handed to dockerd.
-* addresses: `IP -> HOST/container-TOKEN`, one distinct holder per RequestAddress, so a refusal can name the
-  host holding an address and no two containers can ever share one;
+* addresses: `IP -> HOST/container-TOKEN@KIND-SECONDS`, one distinct holder per RequestAddress, so a refusal can
+  name the host holding an address and no two containers can ever share one.  KIND is `auto` (vxlanpy chose the
+  address) or `ip` (Docker asked for it: `--ip`, or an `--aux-address` that no endpoint will ever hold) and
+  SECONDS the time of the reservation: `vxlanpy gc` releases an `auto` reservation that no endpoint holds
+  after a minute (Docker's ReleaseAddress was lost: the plugin was down or its store read-only), see
+  `orphan_reservations`;
 * the gateway: `IP -> "gateway"`, plus the record `"gateway" -> IP` that fixes the pool's gateway atomically
   for every host (the first host to reserve it wins; the others adopt it, or are refused when they ask for a
   different --gateway).
@@ -28,7 +32,8 @@ import ipaddress
 import logging
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .digits import ascii_int
@@ -48,6 +53,11 @@ DEFAULT_POOL6 = "fd78:7870::/48:64"
 GATEWAY_HOLDER = "gateway"  # the holder of the gateway's address
 GATEWAY_RECORD = "gateway"  # the address-table key whose holder is the pool's gateway address
 CONTAINER_LABEL = "container"
+RECOVERED_LABEL = "recovered"  # a pool claim re-created by `vxlanpy recover`, until Docker's own claim shows up
+AUTO_KIND = "auto"  # vxlanpy chose the address
+ASKED_KIND = "ip"  # Docker asked for this address: --ip, or an --aux-address no endpoint ever holds
+# RequestAddress comes right before CreateEndpoint; a reservation no endpoint holds after this long is an orphan.
+ORPHAN_RESERVATION_SECONDS = 60.0
 DOCKER_OPTION_PREFIX = "com.docker."  # libnetwork's own labels: accepted and ignored
 
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
@@ -168,7 +178,32 @@ def describe_holder(holder: str) -> str:
     if holder == GATEWAY_HOLDER:
         return "the network's gateway"
     host, sep, label = holder.partition("/")
-    return f"{host} ({label})" if sep else holder
+    return f"{host} ({label.partition('@')[0]})" if sep else holder
+
+
+def reservation_age(holder: str, host: str, now: float) -> tuple[str, float] | None:
+    """(kind, seconds since it was made) of a container reservation made by `host`; None for any other holder.
+    A reservation from before the kind and time were recorded is an old `ip` one (never released by a sweep)."""
+    if not holder.startswith(f"{host}/{CONTAINER_LABEL}-"):
+        return None
+    _, _, stamp = holder.partition("@")
+    kind, _, seconds = stamp.partition("-")
+    if kind not in (AUTO_KIND, ASKED_KIND) or not seconds.isascii() or not seconds.isdigit():
+        return ASKED_KIND, float("inf")
+    return kind, now - int(seconds)
+
+
+def orphan_reservations(
+    reserved: Mapping[str, str], held: set[str], host: str, now: float, grace: float = ORPHAN_RESERVATION_SECONDS
+) -> list[tuple[str, str]]:
+    """(address, holder) of the reservations in one pool that `vxlanpy gc` releases: made by this host for a
+    container, at an address vxlanpy chose, at least `grace` seconds ago, and held by no endpoint (`held`)."""
+    orphans = []
+    for address, holder in sorted(reserved.items()):
+        age = reservation_age(holder, host, now)
+        if age is not None and age[0] == AUTO_KIND and age[1] >= grace and address not in held:
+            orphans.append((address, holder))
+    return orphans
 
 
 class Ipam:
@@ -181,6 +216,7 @@ class Ipam:
         host: str,
         pool4: AutoPools | str = DEFAULT_POOL4,
         pool6: AutoPools | str = DEFAULT_POOL6,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not HOST_NAME.match(host):
             raise InvalidOption(
@@ -189,6 +225,7 @@ class Ipam:
             )
         self.book = book
         self.host = host
+        self.clock = clock
         self.pool4 = pool4 if isinstance(pool4, AutoPools) else parse_auto_pools(pool4, 4)
         self.pool6 = pool6 if isinstance(pool6, AutoPools) else parse_auto_pools(pool6, 6)
         if self.pool4.base.version != 4 or self.pool6.base.version != 6:
@@ -247,12 +284,56 @@ class Ipam:
 
     def release_pool(self, pool_id: str) -> None:
         grant = parse_pool_id(pool_id)
+        holders = self.book.pool_holders(grant.key)
+        if grant.claim not in holders:
+            self._adopt(grant, holders)  # a recovered pool: its marker goes with Docker's claim
         self.book.release_pool(grant.key, grant.claim)
         log.debug("pool %s released by %s", grant.pool, grant.claim)
 
+    # -- recovery of a lost store -----------------------------------------------------------------------------
+
+    def _marker(self, network_id: str) -> str:
+        return f"{self.host}/{RECOVERED_LABEL}-{network_id[:12]}"
+
+    def _adopt(self, grant: PoolGrant, holders: set[str]) -> bool:
+        """Docker's claim on a pool that `recover` re-created (the store lost it): it replaces one recovery
+        marker, so that Docker's ReleasePool forgets the pool as usual."""
+        marker = next((h for h in sorted(holders) if h.startswith(f"{self.host}/{RECOVERED_LABEL}-")), None)
+        if marker is None or grant.claim.partition("/")[0] != self.host:
+            return False
+        self.book.claim_pool(grant.key, grant.claim, exclusive=False)
+        self.book.release_pool(grant.key, marker)
+        log.warning("pool %s: Docker's claim %s adopted (its records were recovered)", grant.pool, grant.claim)
+        return True
+
+    def recover_pool(
+        self, network_id: str, pool: IPNetwork, gateway: IPAddress | None, addresses: list[IPAddress]
+    ) -> list[str]:
+        """Re-create the records of one pool of a network Docker still has, after the store lost them: a claim
+        that Docker's own PoolID takes over at its next call, the gateway and the addresses of its endpoints.
+        Returns what was reserved."""
+        key = str(pool)
+        done = []
+        holders = self.book.pool_holders(key)
+        if self._marker(network_id) not in holders:
+            self.book.claim_pool(key, self._marker(network_id), exclusive=False)
+            done.append(f"pool {pool}")
+        if gateway is not None and GATEWAY_RECORD not in self.book.reserved_addresses(key):
+            self.book.reserve_address(key, GATEWAY_RECORD, str(gateway))
+            self.book.reserve_address(key, str(gateway), GATEWAY_HOLDER)
+            done.append(f"gateway {gateway}")
+        for address in addresses:
+            holder = f"{self._holder(CONTAINER_LABEL)}@{AUTO_KIND}-{int(self.clock())}"
+            if self.book.reserve_address(key, str(address), holder) is None:
+                done.append(str(address))
+        return done
+
     def _claimed(self, pool_id: str) -> PoolGrant:
         grant = parse_pool_id(pool_id)
-        if grant.claim not in self.book.pool_holders(grant.key):
+        holders = self.book.pool_holders(grant.key)
+        if grant.claim not in holders and self._adopt(grant, holders):
+            return grant
+        if grant.claim not in holders:
             raise NotFound(
                 f"pool {grant.pool} is not allocated to this network any more (vxlanpy's IPAM state was lost or "
                 "the pool was released); remove the network with `docker network rm` and create it again"
@@ -304,7 +385,8 @@ class Ipam:
         return candidate
 
     def _container_address(self, grant: PoolGrant, requested: IPAddress | None) -> IPAddress:
-        holder = self._holder(CONTAINER_LABEL)
+        kind = AUTO_KIND if requested is None else ASKED_KIND
+        holder = f"{self._holder(CONTAINER_LABEL)}@{kind}-{int(self.clock())}"
         if requested is not None:
             winner = self.book.reserve_address(grant.key, str(requested), holder)
             if winner is not None:

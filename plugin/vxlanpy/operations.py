@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import threading
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .attach import IFNAME as IFNAME_PATTERN
@@ -26,11 +28,20 @@ from .attach import (
     valid_target,
 )
 from .dataplane.base import RemoteEndpoint
-from .driver import Driver
+from .driver import NETWORK_ALIAS_PREFIX, Driver
 from .errors import BadRequest, Conflict, InvalidOption, NotFound, VxlanpyError
-from .ipam import GATEWAY_RECORD, describe_holder
+from .ipam import CONTAINER_LABEL, GATEWAY_RECORD, Ipam, describe_holder, orphan_reservations
 from .metrics import Metrics
-from .models import Endpoint, IPAddress, IPInterface, Network, Subnet
+from .models import (
+    BRIDGE_PREFIX,
+    LINK_ALIAS_PREFIX,
+    Endpoint,
+    IPAddress,
+    IPInterface,
+    Network,
+    PortMapping,
+    Subnet,
+)
 from .sandbox import Plumbing, Sandboxes
 from .store.base import AddressBook
 
@@ -70,6 +81,60 @@ def _remote_view(remote: RemoteEndpoint) -> Body:
     return {"mac": remote.mac, "vtep": str(remote.vtep), "addresses": sorted(str(a) for a in remote.addresses)}
 
 
+def netns_in_use(path: str) -> bool | None:
+    """Whether any process lives in the network namespace bound at `path`: False when the file is gone or no
+    process is in it (the sandbox of a container that died, kept by Docker after a failed endpoint delete), None
+    when this cannot be told (the plugin does not see the host's processes, e.g. a managed plugin)."""
+    try:
+        target = os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    seen_dockerd = False
+    try:
+        pids = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            ns = os.stat(f"/proc/{pid}/ns/net")
+        except OSError:
+            continue
+        if (ns.st_dev, ns.st_ino) == (target.st_dev, target.st_ino):
+            return True
+        if not seen_dockerd:
+            try:
+                with open(f"/proc/{pid}/comm", encoding="utf-8") as comm:
+                    seen_dockerd = comm.read().strip() == "dockerd"
+            except OSError:
+                continue
+    return False if seen_dockerd else None  # without dockerd in sight, other processes may be hidden from us
+
+
+@dataclass(frozen=True)
+class RecoveredEndpoint:
+    endpoint_id: str
+    mac: str | None
+    ipv4: ipaddress.IPv4Interface | None
+    ipv6: ipaddress.IPv6Interface | None
+    sandbox_key: str | None
+    ports: tuple[PortMapping, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecoveredNetwork:
+    """What Docker still knows of a network (`docker network inspect` and its containers), as the CLI sends it."""
+
+    network_id: str
+    options: dict[str, str]
+    internal: bool
+    ipam_vxlanpy: bool
+    ipv4: tuple[Subnet, ...]
+    ipv6: tuple[Subnet, ...]
+    endpoints: tuple[RecoveredEndpoint, ...] = field(default=())
+
+
 class Operations:
     def __init__(
         self,
@@ -78,6 +143,8 @@ class Operations:
         host: str,
         sandboxes: Sandboxes,
         metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        sandbox_in_use: Callable[[str], bool | None] = netns_in_use,
     ) -> None:
         self.driver = driver
         self.store = driver.store
@@ -85,6 +152,8 @@ class Operations:
         self.host = host
         self.sandboxes = sandboxes
         self.metrics = metrics
+        self.clock = clock
+        self.sandbox_in_use = sandbox_in_use
         self._lock = threading.Lock()
 
     @property
@@ -253,8 +322,9 @@ class Operations:
                 checks[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
             checks[name]["ms"] = round((time.monotonic() - started) * 1000, 1)
 
-        probe("store", lambda: f"{len(self.store.list_networks())} networks")
+        probe("store", lambda: f"{len(self.store.list_networks())} networks; {self.store.check()}")
         probe("netlink", lambda: f"{len(self.driver.links.owned_links())} vxlanpy links")
+        probe("state", self._state_check)
         synced = getattr(self.cluster, "synced", None)
         if synced is not None:
 
@@ -266,6 +336,28 @@ class Operations:
             probe("etcd", etcd)
         healthy = all(check["ok"] for check in checks.values())
         return healthy, {"status": "healthy" if healthy else "unhealthy", "host": self.host, "checks": checks}
+
+    def _lost_networks(self) -> dict[str, list[str]]:
+        """network id -> its links, for every network whose devices exist but which the store does not know."""
+        known = {network.network_id for network in self.store.list_networks()}
+        lost: dict[str, list[str]] = {}
+        for name, alias in sorted(self.driver.links.owned_links().items()):
+            network_id = alias.removeprefix(NETWORK_ALIAS_PREFIX)
+            if alias.startswith(NETWORK_ALIAS_PREFIX) and network_id not in known:
+                lost.setdefault(network_id, []).append(name)
+        return lost
+
+    def _state_check(self) -> str:
+        lost = self._lost_networks()
+        if lost:
+            bridges = (name for links in lost.values() for name in links if name.startswith(BRIDGE_PREFIX))
+            names = ", ".join(sorted(bridges))
+            raise VxlanpyError(
+                f"the kernel holds the devices of {len(lost)} network(s) the store does not know ({names}): the "
+                "state was lost (state.db deleted, emptied or replaced?); run `vxlanpy recover` to adopt the "
+                "networks Docker still knows"
+            )
+        return "every vxlanpy device is owned by the store"
 
     # -- garbage collection ---------------------------------------------------------------------------------
 
@@ -289,12 +381,19 @@ class Operations:
                 forgotten.append({"id": network.network_id, "vni": network.vni})
                 if not dry_run:
                     self.driver.delete_network(network.network_id)
+            before = {endpoint.endpoint_id: endpoint for endpoint in self.store.list_endpoints()}
             try:
                 report = self.driver.reconcile(dry_run=dry_run)
             except Exception:
                 if self.metrics is not None and not dry_run:
                     self.metrics.observe_reconcile("gc", None)
                 raise
+            self._remove_dead(report.lost_endpoints, report.removed_endpoints, dry_run)
+            released = []
+            if not dry_run:
+                for endpoint_id in report.removed_endpoints:
+                    if endpoint_id in before:
+                        released += self._release_container_addresses(before[endpoint_id])
             result = asdict(report)
             links = self.driver.links.owned_links()
             stale = []
@@ -306,31 +405,76 @@ class Operations:
                 if not dry_run:
                     self._remove_attachment(endpoint)
             result["removed_attachments"] = stale
-            result["released_addresses"] = self._sweep_reservations(dry_run)
+            result["released_addresses"] = released + self._sweep_reservations(dry_run)
             result["forgotten_networks"] = forgotten
             if self.metrics is not None:
                 self.metrics.observe_reconcile("gc", result, dry_run=dry_run)
         return {"dry_run": dry_run, "report": result, "ms": round((time.monotonic() - started) * 1000, 1)}
 
-    def _sweep_reservations(self, dry_run: bool) -> list[Body]:
-        """Attachment reservations in vxlanpy's IPAM whose endpoint no longer exists (e.g. after a crash)."""
-        holders = {
-            reservation_holder(self.host, ep.endpoint_id)
-            for ep in self.store.list_endpoints()
-            if is_attachment_id(ep.endpoint_id)
-        }
+    def _remove_dead(self, lost: list[str], removed: list[str], dry_run: bool) -> None:
+        """Endpoints reconciliation calls lost (veth gone, sandbox still there) whose sandbox no process uses any
+        more: their container is gone, and Docker, which failed to delete them (the plugin was down or its store
+        read-only), never will.  Moved from `lost` to `removed` (and deleted unless `dry_run`)."""
+        for endpoint_id in list(lost):
+            endpoint = self.store.get_endpoint(endpoint_id)
+            if endpoint is None or endpoint.sandbox_key is None or is_attachment_id(endpoint_id):
+                continue
+            if self.sandbox_in_use(endpoint.sandbox_key) is not False:
+                continue
+            lost.remove(endpoint_id)
+            removed.append(endpoint_id)
+            log.info(
+                "endpoint %s: its veth and its container are gone (%s has no process); %s",
+                endpoint_id[:12],
+                endpoint.sandbox_key,
+                "would remove it" if dry_run else "removing it",
+            )
+            if not dry_run:
+                self.driver.delete_endpoint(endpoint.network_id, endpoint_id)
+
+    def _pools_of(self, network_id: str) -> list[str]:
+        network = self.store.get_network(network_id)
+        return [str(subnet.pool) for subnet in (*network.ipv4, *network.ipv6)] if network is not None else []
+
+    def _release_container_addresses(self, endpoint: Endpoint) -> list[Body]:
+        """The reservations this host made for the addresses of an endpoint that was just removed (any kind:
+        an `--ip` too), since Docker's ReleaseAddress for them was lost or will never come."""
         released = []
-        for network in self.store.list_networks():
-            for subnet in (*network.ipv4, *network.ipv6):
-                key = str(subnet.pool)
-                for address, holder in sorted(self.book.reserved_addresses(key).items()):
-                    if address == GATEWAY_RECORD or not is_reservation_of_attachment(holder, self.host):
-                        continue
-                    if holder in holders:
-                        continue
-                    released.append({"pool": key, "address": address, "holder": holder})
-                    if not dry_run:
-                        self.book.release_address(key, address)
+        prefix = f"{self.host}/{CONTAINER_LABEL}-"
+        for address in (a for a in (endpoint.ipv4, endpoint.ipv6) if a is not None):
+            for key in self._pools_of(endpoint.network_id):
+                if address.ip not in ipaddress.ip_network(key):
+                    continue
+                holder = self.book.reserved_addresses(key).get(str(address.ip))
+                if holder is not None and holder.startswith(prefix):
+                    self.book.release_address(key, str(address.ip))
+                    released.append({"pool": key, "address": str(address.ip), "holder": holder})
+        return released
+
+    def _sweep_reservations(self, dry_run: bool) -> list[Body]:
+        """Reservations in vxlanpy's IPAM that nothing holds any more: an attachment's whose endpoint no longer
+        exists (e.g. after a crash), and a container's that no endpoint holds a minute after it was made
+        (Docker's ReleaseAddress was lost while the plugin was down or its store read-only)."""
+        endpoints = self.store.list_endpoints()
+        holders = {
+            reservation_holder(self.host, ep.endpoint_id) for ep in endpoints if is_attachment_id(ep.endpoint_id)
+        }
+        held = {str(a.ip) for ep in endpoints for a in (ep.ipv4, ep.ipv6) if a is not None}
+        released = []
+        pools = sorted({str(subnet.pool) for n in self.store.list_networks() for subnet in (*n.ipv4, *n.ipv6)})
+        now = self.clock()
+        for key in pools:
+            reserved = self.book.reserved_addresses(key)
+            orphans = orphan_reservations(reserved, held, self.host, now)
+            for address, holder in sorted(reserved.items()):
+                if address == GATEWAY_RECORD or not is_reservation_of_attachment(holder, self.host):
+                    continue
+                if holder not in holders:
+                    orphans.append((address, holder))
+            for address, holder in orphans:
+                released.append({"pool": key, "address": address, "holder": holder})
+                if not dry_run:
+                    self.book.release_address(key, address)
         return released
 
     def _remove_attachment(self, endpoint: Endpoint) -> None:
@@ -534,3 +678,218 @@ def expected_vxlan_device(network: Network) -> Body:
         "mtu": config.mtu,
         "up": True,
     }
+
+
+# -- recovery of a lost store ---------------------------------------------------------------------------------
+
+
+def _text(value: object, what: str, limit: int = 256) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise BadRequest(f"{what} must be a string of at most {limit} characters")
+    return value
+
+
+def _hex_id(value: object, what: str) -> str:
+    text = _text(value, what)
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise BadRequest(f"{what} must be a full Docker id (64 lowercase hex characters)")
+    return text
+
+
+def _interface(value: object, version: int, what: str) -> Any:
+    if value in (None, ""):
+        return None
+    try:
+        parsed = ipaddress.ip_interface(_text(value, what, 64))
+    except ValueError:
+        raise BadRequest(f"{what} {str(value)[:64]!r} is not an address in CIDR form") from None
+    if parsed.version != version:
+        raise BadRequest(f"{what} {parsed} is not IPv{version}")
+    return parsed
+
+
+def _ports(items: object) -> tuple[PortMapping, ...]:
+    if not isinstance(items, list):
+        raise BadRequest("ports must be a list")
+    ports = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise BadRequest("each port must be an object")
+        proto = item.get("proto")
+        container_port, host_port = item.get("container_port"), item.get("host_port")
+        if proto not in ("tcp", "udp", "sctp"):
+            raise BadRequest("port proto must be tcp, udp or sctp")
+        for number in (container_port, host_port):
+            if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= 65535:
+                raise BadRequest("port numbers must be integers in 0-65535")
+        host_ip = item.get("host_ip")
+        try:
+            address = ipaddress.ip_address(_text(host_ip, "host_ip", 64)) if host_ip else None
+        except ValueError:
+            raise BadRequest(f"host_ip {str(host_ip)[:64]!r} is not an IP address") from None
+        ports.append(PortMapping(str(proto), int(container_port), int(host_port), address))  # type: ignore[arg-type]
+    return tuple(ports)
+
+
+def parse_recovered_network(body: object) -> RecoveredNetwork:
+    """The CLI's account of one Docker network (see cli.py `recover`), checked strictly."""
+    if not isinstance(body, dict):
+        raise BadRequest("network must be an object")
+    network_id = _hex_id(body.get("id"), "network id")
+    options = body.get("options") or {}
+    if not isinstance(options, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in options.items()):
+        raise BadRequest("options must map strings to strings")
+    subnets: dict[int, list[Subnet]] = {4: [], 6: []}
+    for item in body.get("subnets") or []:
+        if not isinstance(item, dict):
+            raise BadRequest("each subnet must be an object")
+        try:
+            pool = ipaddress.ip_network(_text(item.get("pool"), "subnet", 64))
+        except ValueError:
+            raise BadRequest(f"subnet {str(item.get('pool'))[:64]!r} is not a CIDR") from None
+        gateway_raw = item.get("gateway")
+        gateway = None
+        if gateway_raw:
+            try:
+                gateway = ipaddress.ip_interface(f"{_text(gateway_raw, 'gateway', 64)}/{pool.prefixlen}")
+            except ValueError:
+                raise BadRequest(f"gateway {str(gateway_raw)[:64]!r} is not an address") from None
+            if gateway.ip not in pool:
+                raise BadRequest(f"gateway {gateway.ip} is outside {pool}")
+        subnets[pool.version].append(Subnet(pool, gateway))
+    endpoints = []
+    for item in body.get("endpoints") or []:
+        if not isinstance(item, dict):
+            raise BadRequest("each endpoint must be an object")
+        sandbox = item.get("sandbox") or None
+        mac = item.get("mac") or None
+        endpoints.append(
+            RecoveredEndpoint(
+                endpoint_id=_hex_id(item.get("id"), "endpoint id"),
+                mac=_text(mac, "mac", 17) if mac else None,
+                ipv4=_interface(item.get("ipv4"), 4, "ipv4"),
+                ipv6=_interface(item.get("ipv6"), 6, "ipv6"),
+                sandbox_key=_text(sandbox, "sandbox") if sandbox else None,
+                ports=_ports(item.get("ports") or []),
+            )
+        )
+    internal, ipam_vxlanpy = body.get("internal", False), body.get("ipam_vxlanpy", False)
+    if not isinstance(internal, bool) or not isinstance(ipam_vxlanpy, bool):
+        raise BadRequest("internal and ipam_vxlanpy must be true or false")
+    return RecoveredNetwork(
+        network_id, dict(options), internal, ipam_vxlanpy, tuple(subnets[4]), tuple(subnets[6]), tuple(endpoints)
+    )
+
+
+class Recovery:
+    """`vxlanpy recover`: rebuild a lost store from what survives, in three steps the CLI drives.
+
+    1. `state()`: the store file is written back when it was deleted or replaced under the running plugin (the
+       plugin still holds it open, so nothing is lost); then the networks whose devices exist in the kernel but
+       whose rows do not (start-up kept them: see Driver.reconcile).
+    2. `adopt(network)`, for each vxlanpy network Docker knows: its row is re-created from Docker's options and
+       subnets, with the VNI of its devices in the kernel (labelled with the network id); the endpoints whose
+       veth survives get their rows back, with their sandbox and explicitly published ports; the addresses of
+       a network on vxlanpy's IPAM are reserved again.
+    3. `finish(forget)`: the devices of the lost networks Docker does not know are removed, then a reconciliation
+       repairs the rest."""
+
+    def __init__(self, operations: Operations) -> None:
+        self.ops = operations
+        self.driver = operations.driver
+
+    def state(self, dry_run: bool) -> Body:
+        with self.ops._lock:
+            return self._state(dry_run)
+
+    def adopt(self, wanted: RecoveredNetwork, dry_run: bool) -> Body:
+        with self.ops._lock:
+            return self._adopt(wanted, dry_run)
+
+    def finish(self, forget: list[str], dry_run: bool) -> Body:
+        with self.ops._lock:
+            return self._finish(forget, dry_run)
+
+    def _state(self, dry_run: bool) -> Body:
+        file_note = self.ops.store.restore_file(dry_run)
+        lost = self.ops._lost_networks()
+        return {
+            "store_file": file_note,
+            "known": [network.network_id for network in self.ops.store.list_networks()],
+            "lost": [{"id": network_id, "links": links} for network_id, links in sorted(lost.items())],
+        }
+
+    def _kernel_vni(self, network_id: str) -> int | None:
+        alias = f"{NETWORK_ALIAS_PREFIX}{network_id}"
+        for name, owner in self.driver.links.owned_links().items():
+            if owner == alias and name.startswith(BRIDGE_PREFIX):
+                number = name.removeprefix(BRIDGE_PREFIX)
+                if number.isascii() and number.isdigit():
+                    return int(number)
+        return None
+
+    def _adopt(self, wanted: RecoveredNetwork, dry_run: bool) -> Body:
+        result: Body = {"id": wanted.network_id, "adopted": False, "endpoints": [], "skipped": [], "ipam": []}
+        network = self.ops.store.get_network(wanted.network_id)
+        if network is None:
+            options: dict[str, object] = dict(wanted.options)
+            vni = self._kernel_vni(wanted.network_id)
+            if vni is not None:
+                options["vni"] = str(vni)
+            result["vni"] = vni
+            result["adopted"] = True
+            if dry_run:
+                result["endpoints"] = [ep.endpoint_id for ep in wanted.endpoints]
+                return result
+            network = self.driver.create_network(wanted.network_id, options, wanted.ipv4, wanted.ipv6, wanted.internal)
+            result["vni"] = network.vni
+        else:
+            result["vni"] = network.vni
+        links = self.driver.links.owned_links()
+        for wanted_ep in wanted.endpoints:
+            if self.ops.store.get_endpoint(wanted_ep.endpoint_id) is not None:
+                continue
+            host_veth = Endpoint(wanted_ep.endpoint_id, network.network_id, "").host_veth
+            if links.get(host_veth) != f"{LINK_ALIAS_PREFIX}ep:{wanted_ep.endpoint_id}":
+                result["skipped"].append(
+                    {"id": wanted_ep.endpoint_id, "reason": "its veth is gone; restart its container to reconnect it"}
+                )
+                continue
+            result["endpoints"].append(wanted_ep.endpoint_id)
+            if dry_run:
+                continue
+            self.driver.create_endpoint(
+                network.network_id, wanted_ep.endpoint_id, wanted_ep.ipv4, wanted_ep.ipv6, wanted_ep.mac
+            )
+            if wanted_ep.sandbox_key:
+                self.driver.join(network.network_id, wanted_ep.endpoint_id, wanted_ep.sandbox_key)
+            explicit = [port for port in wanted_ep.ports if port.host_port]
+            if explicit and not network.internal:
+                self.driver.program_external_connectivity(network.network_id, wanted_ep.endpoint_id, explicit)
+        if wanted.ipam_vxlanpy and not dry_run:
+            ipam = Ipam(self.ops.book, self.ops.host, clock=self.ops.clock)
+            for subnet in (*network.ipv4, *network.ipv6):
+                addresses = [
+                    a.ip for ep in wanted.endpoints for a in (ep.ipv4, ep.ipv6) if a is not None and a.ip in subnet.pool
+                ]
+                gateway = subnet.gateway.ip if subnet.gateway is not None else None
+                result["ipam"] += ipam.recover_pool(network.network_id, subnet.pool, gateway, addresses)
+        return result
+
+    def _finish(self, forget: list[str], dry_run: bool) -> Body:
+        lost = self.ops._lost_networks()
+        removed = []
+        for network_id in forget:
+            links = lost.get(network_id)
+            if links is None:
+                continue  # not lost (adopted meanwhile, or never here): nothing to remove
+            vni = next((int(n.removeprefix(BRIDGE_PREFIX)) for n in links if n.startswith(BRIDGE_PREFIX)), None)
+            removed.append({"id": network_id, "vni": vni, "links": links})
+            if dry_run:
+                continue
+            for name in links:
+                self.driver.links.remove_link(name)
+            if vni is not None:
+                self.driver.firewall.remove_network(vni)
+        report = asdict(self.driver.reconcile(dry_run=dry_run))
+        return {"removed_networks": removed, "report": report}

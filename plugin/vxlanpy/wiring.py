@@ -28,7 +28,7 @@ def build(settings: Settings) -> Components:
     if not settings.multi_host:
         from .store import open_store
 
-        store = open_store(settings.store_url)
+        store = open_store(settings.store_url, settings.state_dir)
         driver = Driver(store, links, firewall, vni_range=settings.vni_range, default_dev=settings.default_dev)
         return Components(driver, None)
 

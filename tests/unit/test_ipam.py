@@ -613,3 +613,30 @@ def test_create_app_builds_the_ipam_on_the_drivers_store() -> None:
 def test_oversized_ipam_request_answers_error(h1: Host) -> None:
     status, body = h1.call("IpamDriver.RequestPool", raw=b'{"AddressSpace": "' + b"x" * (2 << 20) + b'"}')
     assert status == 413 and set(body) == {"Error"}
+
+
+# -- reservations that outlive their containers (issue #12) --------------------------------------------------------
+
+
+def test_container_reservations_record_their_kind_and_time() -> None:
+    from vxlanpy.ipam import Ipam, orphan_reservations, reservation_age
+    from vxlanpy.store.memory import MemoryStore
+
+    book = MemoryStore()
+    now = [1000.0]
+    ipam = Ipam(book, "h1", clock=lambda: now[0])
+    grant = ipam.request_pool("vxlanpy-local", ipaddress.ip_network("10.60.0.0/24"), None, None, {})
+    ipam.request_address(grant.pool_id, None, gateway=True)
+    ipam.request_address(grant.pool_id, None)
+    ipam.request_address(grant.pool_id, ipaddress.ip_address("10.60.0.9"))
+    reserved = book.reserved_addresses("10.60.0.0/24")
+    assert reservation_age(reserved["10.60.0.2"], "h1", 1030.0) == ("auto", 30.0)
+    assert reservation_age(reserved["10.60.0.9"], "h1", 1030.0) == ("ip", 30.0)
+    assert reservation_age(reserved["10.60.0.2"], "h2", 1030.0) is None  # another host's
+    assert reservation_age("h1/container-0123456789ab", "h1", 1030.0) == ("ip", float("inf"))  # before the stamp
+    assert orphan_reservations(reserved, set(), "h1", 1059.0) == []
+    assert [a for a, _ in orphan_reservations(reserved, set(), "h1", 1060.0)] == ["10.60.0.2"]
+    assert orphan_reservations(reserved, {"10.60.0.2"}, "h1", 5000.0) == []
+    assert orphan_reservations(reserved, set(), "h2", 5000.0) == []
+    with pytest.raises(Exception, match=r"10\.60\.0\.9 is already in use by h1 \(container-[0-9a-f]{12}\); "):
+        ipam.request_address(grant.pool_id, ipaddress.ip_address("10.60.0.9"))

@@ -35,7 +35,7 @@ from vxlanpy.metrics import Metrics, MetricsServer, parse_metrics_addr
 from vxlanpy.models import Subnet
 
 from .cli_fakes import CliHarness
-from .conftest import EP, NET, Harness
+from .conftest import EP, EP2, NET, NET2, Harness
 
 # -- attachment ids and addresses --------------------------------------------------------------------------------
 
@@ -370,3 +370,210 @@ def test_nft_chains_are_read_from_nfts_json() -> None:
     ]
     assert [is_iptables_own(chain) for chain in chains] == [False, True, False]
     assert parse_nft_chains("not json") == [] and parse_nft_chains("[]") == []
+
+
+# -- state that vanishes or is replaced; unfinished creates; orphan reservations (issue #12) -----------------------
+
+SANDBOX = "/var/run/docker/netns/web"
+
+
+def _running(harness: Harness) -> None:
+    """A network (vni 42) with one joined endpoint, as Docker left it."""
+    harness.create_network(NET, generic={"vni": "42"})
+    harness.create_endpoint(EP, NET)
+    harness.driver.join(NET, EP, SANDBOX)
+    harness.live_sandboxes.add(SANDBOX)
+
+
+def _same_kernel_new_store(old: Harness) -> Harness:
+    """The plugin restarted on an empty store (state.db deleted or replaced), over the same kernel."""
+    new = Harness()
+    new.links = new.driver.links = old.links  # type: ignore[misc]
+    new.firewall = new.driver.firewall = old.firewall  # type: ignore[misc]
+    new.live_sandboxes |= old.live_sandboxes
+    return new
+
+
+def _recover(cli: CliHarness, body: dict[str, Any]) -> dict[str, Any]:
+    response = cli.flask.post("/vxlanpy/recover", data=json.dumps(body))
+    assert response.status_code == 200, response.data
+    return json.loads(response.data)  # type: ignore[no-any-return]
+
+
+def test_start_up_on_a_lost_store_keeps_the_devices_and_recover_adopts_them(harness: Harness) -> None:
+    _running(harness)
+    harness.create_network(NET2, generic={"vni": "43"}, ipv4=[{"Pool": "10.2.0.0/24", "Gateway": "10.2.0.1/24"}])
+    endpoint = harness.store.get_endpoint(EP)
+    assert endpoint is not None
+    lost = _same_kernel_new_store(harness)
+
+    report = lost.driver.reconcile(unjoined_grace=0.0)  # start-up
+    assert report.removed_links == [] and report.removed_chains == []
+    assert {"vxbr-42", "vxlan-42", "vxbr-43", endpoint.host_veth} <= set(report.kept_links)
+    assert {"vxbr-42", "vxbr-43"} <= set(harness.links.networks) and endpoint.host_veth in harness.links.endpoints
+    assert {42, 43} <= harness.firewall.owned_vnis()
+
+    cli = CliHarness(lost)
+    health = cli.run("health")
+    assert health.exit_code == 1
+    assert "holds the devices of 2 network(s) the store does not know" in health.output
+    assert "vxlanpy recover" in health.output
+
+    state = _recover(cli, {"step": "state"})
+    assert {item["id"] for item in state["lost"]} == {NET, NET2} and state["store_file"] is None
+    docker_view = {
+        "id": NET,
+        "options": {},  # the VNI was chosen by vxlanpy: only the kernel's devices know it
+        "internal": False,
+        "subnets": [{"pool": "10.1.0.0/24", "gateway": "10.1.0.1"}],
+        "endpoints": [
+            {"id": EP, "mac": endpoint.mac, "ipv4": "10.1.0.2/24", "sandbox": SANDBOX, "ports": []},
+            {"id": EP2, "mac": None, "ipv4": "10.1.0.3/24", "sandbox": "/var/run/docker/netns/gone"},
+        ],
+    }
+    dry = _recover(cli, {"step": "adopt", "dry_run": True, "network": docker_view})
+    assert dry["adopted"] and dry["vni"] == 42 and lost.store.get_network(NET) is None
+    adopted = _recover(cli, {"step": "adopt", "network": docker_view})
+    assert adopted["adopted"] and adopted["vni"] == 42 and adopted["endpoints"] == [EP]
+    assert [item["id"] for item in adopted["skipped"]] == [EP2] and "veth is gone" in adopted["skipped"][0]["reason"]
+    recovered = lost.store.get_endpoint(EP)
+    assert recovered is not None and recovered.sandbox_key == SANDBOX and recovered.mac == endpoint.mac
+    assert lost.store.get_network(NET).vni == 42  # type: ignore[union-attr]
+
+    finished = _recover(cli, {"step": "finish", "forget": [NET2]})  # Docker no longer knows NET2
+    assert [item["vni"] for item in finished["removed_networks"]] == [43]
+    assert "vxbr-43" not in harness.links.networks and 43 not in harness.firewall.owned_vnis()
+    assert "vxbr-42" in harness.links.networks and endpoint.host_veth in harness.links.endpoints
+    assert finished["report"]["kept_links"] == [] and finished["report"]["removed_links"] == []
+    assert cli.run("health").exit_code == 0
+    assert lost.driver.join(NET, EP, SANDBOX).gateway_v4 == ipaddress.ip_address("10.1.0.1")  # docker run works
+
+
+def test_recover_reserves_the_addresses_of_a_network_on_vxlanpys_ipam(harness: Harness) -> None:
+    cli = CliHarness(harness)
+    ipam = cli.app.extensions["vxlanpy.ipam"]
+    grant = ipam.request_pool("vxlanpy-local", ipaddress.ip_network("10.1.0.0/24"), None, None, {})
+    ipam.request_address(grant.pool_id, None, gateway=True)
+    harness.create_network(NET, generic={"vni": "42"})
+    address = ipam.request_address(grant.pool_id, None)
+    harness.create_endpoint(EP, NET, Address=str(address))
+    lost = _same_kernel_new_store(harness)
+    cli = CliHarness(lost)
+    body = {
+        "id": NET,
+        "options": {"vni": "42"},
+        "ipam_vxlanpy": True,
+        "subnets": [{"pool": "10.1.0.0/24", "gateway": "10.1.0.1"}],
+        "endpoints": [{"id": EP, "ipv4": str(address)}],
+    }
+    result = _recover(cli, {"step": "adopt", "network": body})
+    assert result["ipam"] == ["pool 10.1.0.0/24", "gateway 10.1.0.1", "10.1.0.2"]
+    ipam = cli.app.extensions["vxlanpy.ipam"]
+    assert str(ipam.request_address(grant.pool_id, None)) == "10.1.0.3/24"  # Docker's own PoolID works again
+    assert grant.claim in lost.store.pool_holders("10.1.0.0/24")
+    ipam.release_pool(grant.pool_id)  # docker network rm forgets the pool, recovered records included
+    assert lost.store.pool_holders("10.1.0.0/24") == set() and lost.store.reserved_addresses("10.1.0.0/24") == {}
+
+
+def test_health_notices_a_deleted_and_a_read_only_store(harness: Harness, tmp_path: Any) -> None:
+    from vxlanpy.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "state.db"))
+    harness.store = harness.driver.store = store  # type: ignore[assignment,misc]
+    cli = CliHarness(harness)
+    assert cli.run("health").exit_code == 0
+    store._db.execute("PRAGMA query_only = ON")  # what a read-only file or directory does to every write
+    result = cli.run("health")
+    assert result.exit_code == 1 and "readonly database; the file or its directory is read-only" in result.output
+    store._db.execute("PRAGMA query_only = OFF")
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"state.db{suffix}").unlink(missing_ok=True)
+    result = cli.run("health")
+    assert result.exit_code == 1 and "state.db was deleted while the plugin ran" in result.output
+    status, body = harness.create_network()
+    assert status == 503 and "vxlanpy recover" in body["Err"]
+
+
+def test_a_create_that_never_finished_is_removed_with_its_devices(harness: Harness) -> None:
+    from dataclasses import replace
+
+    status, _ = harness.create_network(NET, generic={"vni": "42"})
+    assert status == 200 and harness.store.pending_networks() == {}  # a finished create is confirmed
+    done = harness.store.get_network(NET)
+    assert done is not None
+    # The plugin was killed in the middle of another create: row written, devices made, no answer to Docker.
+    half = replace(done, network_id=NET2, config=replace(done.config, vni=101))
+    harness.store.add_network(half, pending_since=harness.now)
+    harness.links.ensure_network(half)
+    harness.firewall.ensure_network(half, [])
+    cli = CliHarness(harness)
+
+    assert "never finished" not in cli.run("gc").stdout  # while serving: it may still be under way
+    harness.now += 61
+    dry = cli.run("gc", "--dry-run")
+    assert "would remove network of vni 101: its create never finished" in dry.stdout
+    result = cli.run("gc")
+    assert "removed network of vni 101: its create never finished" in result.stdout
+    assert harness.store.get_network(NET2) is None and harness.store.pending_networks() == {}
+    assert "vxbr-101" not in harness.links.networks and 101 not in harness.firewall.owned_vnis()
+    assert "vxbr-42" in harness.links.networks  # the finished one stays
+    status, _ = harness.create_network(NET2)  # its VNI and subnet are free again
+    assert status == 200 and harness.store.get_network(NET2).vni == 100  # type: ignore[union-attr]
+
+
+def test_start_up_removes_every_unfinished_create(harness: Harness) -> None:
+    harness.create_network(NET, generic={"vni": "42"})
+    network = harness.store.get_network(NET)
+    assert network is not None
+    harness.store.delete_network(NET)
+    harness.store.add_network(network, pending_since=harness.now)  # killed right after the row was written
+    report = harness.driver.reconcile(unjoined_grace=0.0)
+    assert report.expired_networks == [42] and report.kept_links == [] and report.removed_links == []
+    assert harness.store.list_networks() == [] and harness.links.networks == {}
+
+
+def _ipam_harness(harness: Harness) -> tuple[CliHarness, Any, Any]:
+    cli = CliHarness(harness)
+    ipam = cli.app.extensions["vxlanpy.ipam"]
+    operations = cli.app.extensions["vxlanpy.operations"]
+    ipam.clock = operations.clock = lambda: harness.now
+    grant = ipam.request_pool("vxlanpy-local", ipaddress.ip_network("10.1.0.0/24"), None, None, {})
+    ipam.request_address(grant.pool_id, None, gateway=True)
+    harness.create_network(NET, generic={"vni": "42"})
+    return cli, ipam, grant
+
+
+def test_gc_releases_reservations_no_endpoint_holds(harness: Harness) -> None:
+    cli, ipam, grant = _ipam_harness(harness)
+    used = ipam.request_address(grant.pool_id, None)
+    harness.create_endpoint(EP, NET, Address=str(used))
+    harness.driver.join(NET, EP, SANDBOX)
+    harness.live_sandboxes.add(SANDBOX)
+    ipam.request_address(grant.pool_id, None)  # 10.1.0.3: its ReleaseAddress was lost (store read-only)
+    ipam.request_address(grant.pool_id, ipaddress.ip_address("10.1.0.9"))  # an --aux-address: never an endpoint's
+    assert "release" not in cli.run("gc").stdout  # within a minute, Docker's CreateEndpoint may still come
+    harness.now += 61
+    result = cli.run("gc")
+    assert "released address 10.1.0.3 held by testhost/container-" in result.stdout
+    reserved = harness.store.reserved_addresses("10.1.0.0/24")
+    assert set(reserved) == {"gateway", "10.1.0.1", "10.1.0.2", "10.1.0.9"}
+    assert str(ipam.request_address(grant.pool_id, None)) == "10.1.0.3/24"  # back in the pool
+
+
+def test_gc_removes_the_endpoint_of_a_dead_container_and_releases_its_address(harness: Harness) -> None:
+    cli, ipam, grant = _ipam_harness(harness)
+    address = ipam.request_address(grant.pool_id, ipaddress.ip_address("10.1.0.7"))  # docker run --ip
+    harness.create_endpoint(EP, NET, Address=str(address))
+    harness.driver.join(NET, EP, SANDBOX)
+    harness.live_sandboxes.add(SANDBOX)  # Docker kept the sandbox file: its endpoint delete failed
+    endpoint = harness.store.get_endpoint(EP)
+    assert endpoint is not None
+    del harness.links.endpoints[endpoint.host_veth]  # the container died, its veth with it
+    operations = cli.app.extensions["vxlanpy.operations"]
+    operations.sandbox_in_use = lambda path: None  # cannot tell: only reported
+    assert "lost endpoint" in cli.run("gc").stdout and harness.store.get_endpoint(EP) is not None
+    operations.sandbox_in_use = lambda path: False  # no process in it: the container is gone
+    result = cli.run("gc")
+    assert "lost endpoint" not in result.stdout
+    assert f"removed stale endpoint {EP[:12]}" in result.stdout and "released address 10.1.0.7" in result.stdout
+    assert harness.store.get_endpoint(EP) is None and "10.1.0.7" not in harness.store.reserved_addresses("10.1.0.0/24")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vxlanpy.errors import Conflict, InvalidOption
+from vxlanpy.errors import Conflict, InvalidOption, StoreError
 from vxlanpy.models import Endpoint, Network, NetworkConfig, PortMapping, Subnet
 from vxlanpy.store import Store, open_store
 from vxlanpy.store.base import AddressBook
@@ -280,3 +280,105 @@ def test_sqlite_address_book_survives_reopen_and_is_shared_by_connections(tmp_pa
     assert reopened.pool_holders(POOL) == {"h1/aaaa"}
     assert reopened.reserved_addresses(POOL) == {"10.60.0.2": "h1/container-1"}
     reopened.close()
+
+
+# -- state that vanishes or is replaced (issue #12) ---------------------------------------------------------------
+
+
+def test_pending_networks_until_confirmed(store: Store) -> None:
+    store.add_network(network("a" * 64, 5), pending_since=100.0)
+    store.add_network_with_free_vni(lambda vni: network("b" * 64, vni), 10, 20, pending_since=200.0)
+    store.add_network(network("e" * 64, 7))
+    assert store.pending_networks() == {"a" * 64: 100.0, "b" * 64: 200.0}
+    store.confirm_network("a" * 64)
+    store.delete_network("b" * 64)
+    assert store.pending_networks() == {}
+    assert {n.network_id for n in store.list_networks()} == {"a" * 64, "e" * 64}
+
+
+def test_every_store_checks_that_it_can_write(store: Store) -> None:
+    assert store.check()
+    assert store.restore_file() is None  # nothing amiss
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_sqlite_state_is_private(tmp_path: Path) -> None:
+    state_dir = tmp_path / "lib" / "vxlanpy"
+    store = open_store(f"sqlite://{state_dir}/state.db", str(state_dir))
+    store.add_network(network("a" * 64, 5))  # a write: the WAL files exist now
+    assert mode(state_dir) == 0o700
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        assert mode(state_dir / name) == 0o600, name
+    store.close()
+
+
+def test_sqlite_tightens_an_older_install(tmp_path: Path) -> None:
+    state_dir = tmp_path / "vxlanpy"
+    state_dir.mkdir(mode=0o755)
+    state_dir.chmod(0o755)
+    (state_dir / "state.db").touch(mode=0o644)
+    (state_dir / "state.db").chmod(0o644)
+    store = open_store(f"sqlite://{state_dir}/state.db", str(state_dir))
+    assert mode(state_dir) == 0o700 and mode(state_dir / "state.db") == 0o600
+    store.close()
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    other = open_store(f"sqlite://{shared}/state.db", str(state_dir))  # not the state dir: left as it is
+    assert mode(shared) == 0o755 and mode(shared / "state.db") == 0o600
+    other.close()
+
+
+def deleted(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def test_sqlite_refuses_writes_to_a_deleted_file_and_recover_writes_it_back(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SqliteStore(str(path))
+    store.add_network(network("a" * 64, 5))
+    deleted(path)
+    with pytest.raises(StoreError, match=r"state.db was deleted while the plugin ran: writes are refused.*recover"):
+        store.add_network(network("b" * 64, 6))
+    with pytest.raises(StoreError, match="was deleted"):
+        store.check()
+    assert [n.network_id for n in store.list_networks()] == ["a" * 64]  # reads still see the plugin's state
+    assert "would write" in (store.restore_file(dry_run=True) or "") and not path.exists()
+    assert "written back" in (store.restore_file() or "")
+    store.add_network(network("b" * 64, 6))
+    assert store.check()
+    store.close()
+    reopened = SqliteStore(str(path))
+    assert [n.network_id for n in reopened.list_networks()] == ["a" * 64, "b" * 64]
+    assert mode(path) == 0o600
+    reopened.close()
+
+
+def test_sqlite_refuses_writes_to_a_replaced_file_and_keeps_the_replacement(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SqliteStore(str(path))
+    store.add_network(network("a" * 64, 5))
+    deleted(path)
+    restored = SqliteStore(str(path))  # e.g. a bad restore: an empty database in its place
+    restored.close()
+    with pytest.raises(StoreError, match="was replaced by another file while the plugin ran"):
+        store.put_endpoint(Endpoint("c" * 64, "a" * 64, "02:42:0a:00:00:02"))
+    message = store.restore_file() or ""
+    assert "kept as" in message
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("state.db.replaced-") and p.suffix != ".db-wal"]
+    assert kept, list(tmp_path.iterdir())
+    store.close()
+    assert [n.network_id for n in SqliteStore(str(path)).list_networks()] == ["a" * 64]
+
+
+def test_sqlite_check_reports_a_read_only_database(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "state.db"))
+    assert "writable" in store.check()
+    store._db.execute("PRAGMA query_only = ON")  # what a read-only file or directory does to every write
+    with pytest.raises(StoreError, match="readonly database; the file or its directory is read-only"):
+        store.check()
+    store.close()

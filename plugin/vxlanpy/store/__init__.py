@@ -10,11 +10,16 @@ from ..errors import InvalidOption
 from .base import Store
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, state_dir: str | None = None) -> Store:
+    """`state_dir`: VXLANPY_STATE_DIR; a SQLite file directly in it makes it private (0700)."""
     if url.startswith("sqlite://"):
+        import os
+
         from .sqlite import SqliteStore
 
-        return SqliteStore(url.removeprefix("sqlite://"))
+        path = url.removeprefix("sqlite://")
+        private = state_dir is not None and os.path.dirname(os.path.abspath(path)) == os.path.abspath(state_dir)
+        return SqliteStore(path, private_dir=private)
     if url == "memory://":
         from .memory import MemoryStore
 

@@ -43,10 +43,34 @@ class Store(AddressBook, Protocol):
     Implementations raise `errors.Conflict` for a VNI already in use and `errors.StoreError` when the
     backend fails; every write is atomic."""
 
-    def add_network(self, network: Network) -> None: ...
+    def add_network(self, network: Network, pending_since: float | None = None) -> None:
+        """`pending_since` (a time) marks the network as being created, until `confirm_network`: a row still
+        pending after its create's request ended belongs to a create Docker never completed (the plugin was
+        killed in the middle), and reconciliation removes it with its devices."""
+        ...
 
-    def add_network_with_free_vni(self, build: Callable[[int], Network], low: int, high: int) -> Network:
+    def add_network_with_free_vni(
+        self, build: Callable[[int], Network], low: int, high: int, pending_since: float | None = None
+    ) -> Network:
         """Atomically pick the lowest VNI in [low, high] that no network uses, and add build(vni)."""
+        ...
+
+    def confirm_network(self, network_id: str) -> None:
+        """The network's create finished: it is no longer pending."""
+        ...
+
+    def pending_networks(self) -> dict[str, float]:
+        """network id -> since, for every network still pending."""
+        ...
+
+    def restore_file(self, dry_run: bool = False) -> str | None:
+        """When the store's file was deleted or replaced under the running plugin, write the state it still
+        holds back to the file's path (dry_run: only say so), and say what was done; None when nothing is amiss."""
+        ...
+
+    def check(self) -> str:
+        """The health check: prove that the store answers and that a write reaches it (a short detail), or
+        raise StoreError saying what is wrong and how to fix it."""
         ...
 
     def get_network(self, network_id: str) -> Network | None: ...

@@ -288,13 +288,34 @@ class EtcdStore:
     def _endpoint_key(self, endpoint_id: str) -> str:
         return self.kv.key("hosts", self.host, "endpoints", key_part(endpoint_id))
 
-    def add_network(self, network: Network) -> None:
+    def _pending_key(self, network_id: str) -> str:
+        return self.kv.key("hosts", self.host, "pending", key_part(network_id))
+
+    def add_network(self, network: Network, pending_since: float | None = None) -> None:
         with self._lock:
             self._check_local(network)
+            if pending_since is not None:  # first: a pending mark without its row is harmless, not the reverse
+                self.kv.put(self._pending_key(network.network_id), repr(pending_since))
             self._claim_segment(network)
             self._put_network(network)
 
-    def add_network_with_free_vni(self, build: Callable[[int], Network], low: int, high: int) -> Network:
+    def confirm_network(self, network_id: str) -> None:
+        self.kv.delete(self._pending_key(network_id))
+
+    def pending_networks(self) -> dict[str, float]:
+        items, _ = self.kv.range(self.kv.key("hosts", self.host, "pending", ""))
+        return {kv.key.rsplit("/", 1)[1]: float(kv.value) for kv in items}
+
+    def restore_file(self, dry_run: bool = False) -> str | None:
+        return None  # etcd keeps its own copies
+
+    def check(self) -> str:
+        self.kv.put(self.kv.key("hosts", self.host, "health"), "ok")
+        return f"etcd at {self.kv.where} writable"
+
+    def add_network_with_free_vni(
+        self, build: Callable[[int], Network], low: int, high: int, pending_since: float | None = None
+    ) -> Network:
         with self._lock:
             for _ in range(16):  # another host may take the same VNI between our read and our claim
                 used = {
@@ -306,6 +327,8 @@ class EtcdStore:
                     raise Conflict(no_free_vni_message(low, high) + " (cluster-wide)")
                 network = build(vni)
                 self._check_local(network)
+                if pending_since is not None:
+                    self.kv.put(self._pending_key(network.network_id), repr(pending_since))
                 if self.kv.create(self.kv.key("segments", str(vni)), json.dumps(segment_of(network))) is None:
                     self._put_network(network)
                     return network
@@ -348,6 +371,7 @@ class EtcdStore:
             for endpoint in self.list_endpoints(network_id):
                 self.kv.delete(self._endpoint_key(endpoint.endpoint_id))
             self.kv.delete(self._network_key(network_id))
+            self.kv.delete(self._pending_key(network_id))
             if network is None:
                 return
             self.kv.delete(self.kv.key("segment-hosts", str(network.vni), self.host))

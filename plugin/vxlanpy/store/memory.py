@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from ..errors import Conflict
+from ..errors import Conflict, StoreError
 from ..models import Endpoint, Network
 from .base import no_free_vni_message, vni_in_use_message
 
@@ -17,6 +17,20 @@ class MemoryStore:
         self._endpoints: dict[str, Endpoint] = {}
         self._pool_holders: dict[str, set[str]] = {}
         self._addresses: dict[str, dict[str, str]] = {}  # pool id -> address -> holder
+        self._pending: dict[str, float] = {}  # network id -> since
+        self.fail_writes: str | None = None  # a message: every write raises StoreError(message), as a broken file
+
+    def _write(self) -> None:
+        if self.fail_writes is not None:
+            raise StoreError(self.fail_writes)
+
+    def restore_file(self, dry_run: bool = False) -> str | None:
+        return None
+
+    def check(self) -> str:
+        with self._lock:
+            self._write()
+        return "in memory"
 
     def _check_free(self, network: Network) -> None:
         if network.network_id in self._networks:
@@ -25,13 +39,19 @@ class MemoryStore:
             if other.vni == network.vni:
                 raise Conflict(vni_in_use_message(network.vni, other.network_id))
 
-    def add_network(self, network: Network) -> None:
+    def add_network(self, network: Network, pending_since: float | None = None) -> None:
         with self._lock:
+            self._write()
             self._check_free(network)
             self._networks[network.network_id] = network
+            if pending_since is not None:
+                self._pending[network.network_id] = pending_since
 
-    def add_network_with_free_vni(self, build: Callable[[int], Network], low: int, high: int) -> Network:
+    def add_network_with_free_vni(
+        self, build: Callable[[int], Network], low: int, high: int, pending_since: float | None = None
+    ) -> Network:
         with self._lock:
+            self._write()
             used = {network.vni for network in self._networks.values()}
             vni = next((candidate for candidate in range(low, high + 1) if candidate not in used), None)
             if vni is None:
@@ -39,7 +59,18 @@ class MemoryStore:
             network = build(vni)
             self._check_free(network)
             self._networks[network.network_id] = network
+            if pending_since is not None:
+                self._pending[network.network_id] = pending_since
             return network
+
+    def confirm_network(self, network_id: str) -> None:
+        with self._lock:
+            self._write()
+            self._pending.pop(network_id, None)
+
+    def pending_networks(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._pending)
 
     def get_network(self, network_id: str) -> Network | None:
         with self._lock:
@@ -51,12 +82,15 @@ class MemoryStore:
 
     def delete_network(self, network_id: str) -> None:
         with self._lock:
+            self._write()
             self._networks.pop(network_id, None)
+            self._pending.pop(network_id, None)
             for endpoint_id in [e.endpoint_id for e in self._endpoints.values() if e.network_id == network_id]:
                 del self._endpoints[endpoint_id]
 
     def put_endpoint(self, endpoint: Endpoint) -> None:
         with self._lock:
+            self._write()
             self._endpoints[endpoint.endpoint_id] = endpoint
 
     def get_endpoint(self, endpoint_id: str) -> Endpoint | None:
@@ -69,12 +103,14 @@ class MemoryStore:
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         with self._lock:
+            self._write()
             self._endpoints.pop(endpoint_id, None)
 
     # -- AddressBook (the IPAM driver's records) -------------------------------------------------------------
 
     def claim_pool(self, pool_id: str, holder: str, exclusive: bool) -> bool:
         with self._lock:
+            self._write()
             holders = self._pool_holders.setdefault(pool_id, set())
             if exclusive and holders:
                 return False
@@ -83,6 +119,7 @@ class MemoryStore:
 
     def release_pool(self, pool_id: str, holder: str) -> None:
         with self._lock:
+            self._write()
             holders = self._pool_holders.get(pool_id, set())
             holders.discard(holder)
             if not holders:
@@ -95,12 +132,14 @@ class MemoryStore:
 
     def reserve_address(self, pool_id: str, address: str, holder: str) -> str | None:
         with self._lock:
+            self._write()
             addresses = self._addresses.setdefault(pool_id, {})
             current = addresses.setdefault(address, holder)
             return None if current == holder else current
 
     def release_address(self, pool_id: str, address: str) -> None:
         with self._lock:
+            self._write()
             addresses = self._addresses.get(pool_id)
             if addresses is not None:
                 addresses.pop(address, None)
