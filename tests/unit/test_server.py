@@ -297,6 +297,14 @@ def test_bad_framing_gets_a_clear_4xx(serving: Any) -> None:
         b"}",
     )
     assert huge.startswith(b"HTTP/1.1 413 ") and b'{"Err": ' in huge and b"Connection: close" in huge, huge
+    chunk = b"%x\r\n%s\r\n" % (700_000, b" " * 700_000)
+    huge_chunked = raw_exchange(
+        served.socket_path,
+        b"POST /NetworkDriver.CreateNetwork HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 2,
+        b"}",
+    )
+    # Answered with the app's 4xx once past MAX_BODY, without waiting for the rest (nor for the last chunk).
+    assert huge_chunked.startswith(b"HTTP/1.1 4") and b'{"Err": ' in huge_chunked, huge_chunked
     for bad in (b"Content-Length: 2x", b"Content-Length: 2\r\nContent-Length: 3", b"Transfer-Encoding: gzip"):
         reply = raw_exchange(
             served.socket_path, b"POST /Plugin.Activate HTTP/1.1\r\nHost: p\r\n" + bad + b"\r\n\r\n{}", b"\r\n\r\n"
