@@ -55,11 +55,11 @@ class HeldOpen:
         while not self.stop.wait(0.2):
             with selectors.DefaultSelector() as selector:
                 for sock in self.sockets:
-                    selector.register(sock, selectors.EVENT_READ)
-                ready = [key.fileobj for key, _ in selector.select(timeout=0)]
-            for sock in ready:
-                kind = self.sockets.pop(sock)  # type: ignore[call-overload]
-                sock.close()  # type: ignore[union-attr]
+                    selector.register(sock, selectors.EVENT_READ, sock)
+                ready: list[socket.socket] = [key.data for key, _ in selector.select(timeout=0)]
+            for sock in ready:  # readable: the plugin closed it (after its 408, for a half request)
+                kind = self.sockets.pop(sock)
+                sock.close()
                 if not self.stop.is_set():
                     self._open(kind)
                     self.replaced += 1
