@@ -510,7 +510,7 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
             "bind": [f"unix:{self.settings.socket}"],
             "umask": SOCKET_UMASK,
             "workers": 1,
-            "worker_class": PluginWorker,
+            "worker_class": f"{__name__}.PluginWorker",  # a dotted name: gunicorn 21 logs it as a string
             "threads": self.settings.threads,
             # A request can take a while when the kernel or store is slow; never kill it half-way.
             "timeout": 120,

@@ -305,11 +305,19 @@ def test_bad_framing_gets_a_clear_4xx(serving: Any) -> None:
     )
     # Answered with the app's 4xx once past MAX_BODY, without waiting for the rest (nor for the last chunk).
     assert huge_chunked.startswith(b"HTTP/1.1 4") and b'{"Err": ' in huge_chunked, huge_chunked
-    for bad in (b"Content-Length: 2x", b"Content-Length: 2\r\nContent-Length: 3", b"Transfer-Encoding: gzip"):
+    for bad in (b"Content-Length: 2x", b"Content-Length: 2\r\nContent-Length: 3"):
         reply = raw_exchange(
             served.socket_path, b"POST /Plugin.Activate HTTP/1.1\r\nHost: p\r\n" + bad + b"\r\n\r\n{}", b"\r\n\r\n"
         )
-        assert reply[:12] in (b"HTTP/1.1 400", b"HTTP/1.1 501"), (bad, reply)
+        assert reply.startswith(b"HTTP/1.1 400 "), (bad, reply)
+    # A transfer coding it cannot frame: gunicorn refuses it (501) or, before 22, ignores it; either way the
+    # connection closes after the answer, so the unframed bytes are never read as a request.
+    reply = raw_exchange(
+        served.socket_path,
+        b"POST /Plugin.Activate HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: gzip\r\n\r\n{}",
+        b"\r\n\r\n",
+    )
+    assert b"Connection: close\r\n" in reply, reply
     assert timed_activate(served.socket_path) < 1.0
 
 
