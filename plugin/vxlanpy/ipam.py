@@ -194,14 +194,23 @@ def reservation_age(holder: str, host: str, now: float) -> tuple[str, float] | N
 
 
 def orphan_reservations(
-    reserved: Mapping[str, str], held: set[str], host: str, now: float, grace: float = ORPHAN_RESERVATION_SECONDS
+    reserved: Mapping[str, str],
+    held: set[str],
+    host: str,
+    now: float,
+    grace: float = ORPHAN_RESERVATION_SECONDS,
+    started: float | None = None,
 ) -> list[tuple[str, str]]:
     """(address, holder) of the reservations in one pool that `vxlanpy gc` releases: made by this host for a
-    container, at an address vxlanpy chose, at least `grace` seconds ago, and held by no endpoint (`held`)."""
+    container, at an address vxlanpy chose, and held by no endpoint (`held`), either at least `grace` seconds ago
+    or in a second before the plugin `started` (no request of a process that ended can still make an endpoint)."""
     orphans = []
     for address, holder in sorted(reserved.items()):
         age = reservation_age(holder, host, now)
-        if age is not None and age[0] == AUTO_KIND and age[1] >= grace and address not in held:
+        if age is None or age[0] != AUTO_KIND or address in held:
+            continue
+        before_start = started is not None and now - age[1] < int(started)
+        if age[1] >= grace or before_start:
             orphans.append((address, holder))
     return orphans
 

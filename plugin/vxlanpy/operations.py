@@ -28,9 +28,9 @@ from .attach import (
     valid_target,
 )
 from .dataplane.base import RemoteEndpoint
-from .driver import NETWORK_ALIAS_PREFIX, Driver
+from .driver import NETWORK_ALIAS_PREFIX, STALE_UNJOINED_SECONDS, Driver, ReconcileReport
 from .errors import BadRequest, Conflict, InvalidOption, NotFound, VxlanpyError
-from .ipam import CONTAINER_LABEL, GATEWAY_RECORD, Ipam, describe_holder, orphan_reservations
+from .ipam import CONTAINER_LABEL, GATEWAY_RECORD, Ipam, describe_holder, first_host, orphan_reservations
 from .metrics import Metrics
 from .models import (
     BRIDGE_PREFIX,
@@ -82,14 +82,12 @@ def _remote_view(remote: RemoteEndpoint) -> Body:
 
 
 def netns_in_use(path: str) -> bool | None:
-    """Whether any process lives in the network namespace bound at `path`: False when the file is gone or no
-    process is in it (the sandbox of a container that died, kept by Docker after a failed endpoint delete), None
-    when this cannot be told (the plugin does not see the host's processes, e.g. a managed plugin)."""
+    """Whether any process lives in the network namespace bound at `path`: False when no process is in it (the
+    sandbox of a container that died, kept by Docker after a failed endpoint delete), None when this cannot be
+    told (the file is gone, or the plugin does not see the host's processes, e.g. a managed plugin)."""
     try:
         target = os.stat(path)
-    except FileNotFoundError:
-        return False
-    except OSError:
+    except OSError:  # a sandbox file that is gone is reconciliation's case (stale), not this one
         return None
     seen_dockerd = False
     try:
@@ -154,6 +152,7 @@ class Operations:
         self.metrics = metrics
         self.clock = clock
         self.sandbox_in_use = sandbox_in_use
+        self.started = clock()  # reservations older than this process belong to requests that ended
         self._lock = threading.Lock()
 
     @property
@@ -388,7 +387,7 @@ class Operations:
                 if self.metrics is not None and not dry_run:
                     self.metrics.observe_reconcile("gc", None)
                 raise
-            self._remove_dead(report.lost_endpoints, report.removed_endpoints, dry_run)
+            self._remove_dead(report, dry_run)
             released = []
             if not dry_run:
                 for endpoint_id in report.removed_endpoints:
@@ -411,20 +410,29 @@ class Operations:
                 self.metrics.observe_reconcile("gc", result, dry_run=dry_run)
         return {"dry_run": dry_run, "report": result, "ms": round((time.monotonic() - started) * 1000, 1)}
 
-    def _remove_dead(self, lost: list[str], removed: list[str], dry_run: bool) -> None:
-        """Endpoints reconciliation calls lost (veth gone, sandbox still there) whose sandbox no process uses any
-        more: their container is gone, and Docker, which failed to delete them (the plugin was down or its store
-        read-only), never will.  Moved from `lost` to `removed` (and deleted unless `dry_run`)."""
-        for endpoint_id in list(lost):
-            endpoint = self.store.get_endpoint(endpoint_id)
-            if endpoint is None or endpoint.sandbox_key is None or is_attachment_id(endpoint_id):
+    def _remove_dead(self, report: ReconcileReport, dry_run: bool) -> None:
+        """Docker endpoints whose container is gone although their sandbox file is still there: Docker keeps a
+        sandbox whose endpoint it failed to delete (the plugin was down or its store read-only), and never asks
+        again.  Such a sandbox holds no process any more.  An endpoint whose veth survives is judged only when no
+        `docker run` can be between its Join and its container's start: made before this plugin process started,
+        or a minute ago.
+        Moved to `removed_endpoints` (and deleted unless `dry_run`), whether its veth survived or not."""
+        now = self.clock()
+        for endpoint in self.store.list_endpoints():
+            endpoint_id = endpoint.endpoint_id
+            if endpoint.sandbox_key is None or is_attachment_id(endpoint_id) or endpoint_id in report.removed_endpoints:
+                continue
+            young = endpoint.created >= self.started and now - endpoint.created < STALE_UNJOINED_SECONDS
+            if young and endpoint_id not in report.lost_endpoints:  # a lost one's veth is gone: no start under way
                 continue
             if self.sandbox_in_use(endpoint.sandbox_key) is not False:
                 continue
-            lost.remove(endpoint_id)
-            removed.append(endpoint_id)
+            for listed in (report.lost_endpoints, report.reattached_endpoints):
+                if endpoint_id in listed:
+                    listed.remove(endpoint_id)
+            report.removed_endpoints.append(endpoint_id)
             log.info(
-                "endpoint %s: its veth and its container are gone (%s has no process); %s",
+                "endpoint %s: its container is gone (%s has no process left); %s",
                 endpoint_id[:12],
                 endpoint.sandbox_key,
                 "would remove it" if dry_run else "removing it",
@@ -465,7 +473,7 @@ class Operations:
         now = self.clock()
         for key in pools:
             reserved = self.book.reserved_addresses(key)
-            orphans = orphan_reservations(reserved, held, self.host, now)
+            orphans = orphan_reservations(reserved, held, self.host, now, started=self.started)
             for address, holder in sorted(reserved.items()):
                 if address == GATEWAY_RECORD or not is_reservation_of_attachment(holder, self.host):
                     continue
@@ -781,6 +789,17 @@ def parse_recovered_network(body: object) -> RecoveredNetwork:
     )
 
 
+def _with_gateways(subnets: tuple[Subnet, ...]) -> tuple[Subnet, ...]:
+    """`docker network inspect` shows a gateway only when it was given to `docker network create`; otherwise
+    Docker's IPAM, like vxlanpy's, took the first host address of the subnet."""
+    return tuple(
+        subnet
+        if subnet.gateway is not None
+        else Subnet(subnet.pool, ipaddress.ip_interface(f"{first_host(subnet.pool)}/{subnet.pool.prefixlen}"))
+        for subnet in subnets
+    )
+
+
 class Recovery:
     """`vxlanpy recover`: rebuild a lost store from what survives, in three steps the CLI drives.
 
@@ -841,7 +860,8 @@ class Recovery:
             if dry_run:
                 result["endpoints"] = [ep.endpoint_id for ep in wanted.endpoints]
                 return result
-            network = self.driver.create_network(wanted.network_id, options, wanted.ipv4, wanted.ipv6, wanted.internal)
+            ipv4, ipv6 = _with_gateways(wanted.ipv4), _with_gateways(wanted.ipv6)
+            network = self.driver.create_network(wanted.network_id, options, ipv4, ipv6, wanted.internal)
             result["vni"] = network.vni
         else:
             result["vni"] = network.vni

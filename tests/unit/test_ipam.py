@@ -638,5 +638,7 @@ def test_container_reservations_record_their_kind_and_time() -> None:
     assert [a for a, _ in orphan_reservations(reserved, set(), "h1", 1060.0)] == ["10.60.0.2"]
     assert orphan_reservations(reserved, {"10.60.0.2"}, "h1", 5000.0) == []
     assert orphan_reservations(reserved, set(), "h2", 5000.0) == []
+    assert [a for a, _ in orphan_reservations(reserved, set(), "h1", 1030.0, started=1001.0)] == ["10.60.0.2"]
+    assert orphan_reservations(reserved, set(), "h1", 1030.0, started=1000.5) == []  # made in the start's second
     with pytest.raises(Exception, match=r"10\.60\.0\.9 is already in use by h1 \(container-[0-9a-f]{12}\); "):
         ipam.request_address(grant.pool_id, ipaddress.ip_address("10.60.0.9"))

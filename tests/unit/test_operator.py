@@ -425,7 +425,7 @@ def test_start_up_on_a_lost_store_keeps_the_devices_and_recover_adopts_them(harn
         "id": NET,
         "options": {},  # the VNI was chosen by vxlanpy: only the kernel's devices know it
         "internal": False,
-        "subnets": [{"pool": "10.1.0.0/24", "gateway": "10.1.0.1"}],
+        "subnets": [{"pool": "10.1.0.0/24"}],  # inspect shows no gateway unless --gateway was given
         "endpoints": [
             {"id": EP, "mac": endpoint.mac, "ipv4": "10.1.0.2/24", "sandbox": SANDBOX, "ports": []},
             {"id": EP2, "mac": None, "ipv4": "10.1.0.3/24", "sandbox": "/var/run/docker/netns/gone"},
@@ -537,6 +537,8 @@ def _ipam_harness(harness: Harness) -> tuple[CliHarness, Any, Any]:
     ipam = cli.app.extensions["vxlanpy.ipam"]
     operations = cli.app.extensions["vxlanpy.operations"]
     ipam.clock = operations.clock = lambda: harness.now
+    operations.started = harness.now - 3600  # the plugin has been up for an hour
+    operations.sandbox_in_use = lambda path: True  # containers are alive unless a test says otherwise
     grant = ipam.request_pool("vxlanpy-local", ipaddress.ip_network("10.1.0.0/24"), None, None, {})
     ipam.request_address(grant.pool_id, None, gateway=True)
     harness.create_network(NET, generic={"vni": "42"})
@@ -577,3 +579,19 @@ def test_gc_removes_the_endpoint_of_a_dead_container_and_releases_its_address(ha
     assert "lost endpoint" not in result.stdout
     assert f"removed stale endpoint {EP[:12]}" in result.stdout and "released address 10.1.0.7" in result.stdout
     assert harness.store.get_endpoint(EP) is None and "10.1.0.7" not in harness.store.reserved_addresses("10.1.0.0/24")
+
+
+def test_gc_removes_a_dead_containers_endpoint_whose_veth_survived(harness: Harness) -> None:
+    cli, ipam, grant = _ipam_harness(harness)
+    address = ipam.request_address(grant.pool_id, None)
+    harness.create_endpoint(EP, NET, Address=str(address))
+    harness.driver.join(NET, EP, SANDBOX)
+    harness.live_sandboxes.add(SANDBOX)  # Docker kept the sandbox, with the veth in it: its Leave failed
+    operations = cli.app.extensions["vxlanpy.operations"]
+    operations.sandbox_in_use = lambda path: False
+    harness.now += 30  # a docker run may still be between Join and its container's start
+    assert "removed" not in cli.run("gc").stdout and harness.store.get_endpoint(EP) is not None
+    harness.now += 31
+    result = cli.run("gc")
+    assert f"removed stale endpoint {EP[:12]}" in result.stdout and f"released address {address.ip}" in result.stdout
+    assert harness.store.get_endpoint(EP) is None and harness.links.endpoints == {}
