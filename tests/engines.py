@@ -158,6 +158,11 @@ def engine_name() -> str:
     return name
 
 
+def engine_major() -> int:
+    """The major version of the engine VXLANPY_TEST_ENGINE names (20 for the system's)."""
+    return int(engine_name().split(".")[0])
+
+
 def dockerd_environment() -> dict[str, str]:
     """The environment for a test dockerd: the asked-for engine's binaries first on PATH."""
     env = dict(os.environ)

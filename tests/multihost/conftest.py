@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from tests.engines import engine_major
+
 from .cluster import (
     DRIVER,
     LABELS,
@@ -42,6 +44,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     reason = missing_prerequisites()
     if reason is None:
+        # `min_engine(N)`: what engine N added; deselected (it does not apply), not skipped, on older engines.
+        dropped = [
+            item for item in ours if (mark := item.get_closest_marker("min_engine")) and mark.args[0] > engine_major()
+        ]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [item for item in items if item not in dropped]
         return
     for item in ours:
         item.add_marker(pytest.mark.skip(reason=reason))
