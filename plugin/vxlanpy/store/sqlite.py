@@ -70,6 +70,18 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+def _connect(path: str) -> sqlite3.Connection:
+    """The plugin's one connection: shared by its threads behind the store's lock, WAL, synchronous=NORMAL."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 def _identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -101,10 +113,8 @@ class SqliteStore:
         os.close(fd)
         for name in (self.path, self.path + "-wal", self.path + "-shm"):
             _tighten(Path(name), FILE_MODE)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        db = _connect(self.path)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
         except BaseException:
             db.close()
@@ -163,9 +173,7 @@ class SqliteStore:
                         elif suffix:
                             os.unlink(self.path + suffix)
                 os.replace(temporary, self.path)
-                self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db = _connect(self.path)
             except (OSError, sqlite3.Error) as exc:
                 hint = _hint(exc) if isinstance(exc, sqlite3.Error) else ""
                 raise StoreError(f"cannot write the state back to {self.path}: {exc}{hint}") from exc
