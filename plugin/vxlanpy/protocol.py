@@ -88,6 +88,12 @@ def _depth_exceeds(value: object, limit: int) -> bool:
 def field(body: Body, name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
     value = body.get(name)
     if value is None:
+        if required and not body:
+            # What dockerd sends when it retries a call after the plugin restarted in the middle of it.
+            raise BadRequest(
+                f"request is missing the field {name}: its body is empty, as when dockerd retries a call after "
+                "the plugin restarted in the middle of it; run the docker command again"
+            )
         if required:
             raise BadRequest(f"request is missing the field {name}")
         return None
