@@ -6,6 +6,8 @@
     POST /vxlanpy/gc                {"dry_run": bool, "forget": [network ids]}: reconciliation on demand
     POST /vxlanpy/attach            {"network", "target", "netns": [paths], "ipv4"?, "ipv6"?, "ifname"?}
     POST /vxlanpy/detach            {"network", "target"}
+    GET  /vxlanpy/nodes             the cluster's hosts: identity, hostname, VTEPs, lease state, what they hold
+    POST /vxlanpy/nodes/rm          {"host": identity, "force": bool}: remove a host that is gone for good
     POST /vxlanpy/recover           {"step": "state"|"adopt"|"finish", "dry_run", "network"?, "forget"?}: a lost store
 
 Errors are {"Err": message} with the error's status, as for the network driver.
@@ -145,6 +147,24 @@ def register(app: Flask, operations: Operations, metrics: Metrics) -> None:
             return result, 200
 
         return run("attach", action)
+
+    @app.get(f"{PREFIX}/nodes")
+    def nodes() -> Response:
+        return run("nodes", lambda: (operations.nodes(), 200))
+
+    @app.post(f"{PREFIX}/nodes/rm")
+    def node_rm() -> Response:
+        def action() -> tuple[Body, int]:
+            body = _body()
+            force = body.get("force", False)
+            if not isinstance(force, bool):
+                raise BadRequest("force must be true or false")
+            host = body.get("host")
+            if not isinstance(host, str) or not host:
+                raise BadRequest("host must be a host identity, as `vxlanpy node ls` shows it")
+            return operations.node_rm(host, force), 200
+
+        return run("nodes.rm", action)
 
     @app.post(f"{PREFIX}/recover")
     def recover() -> Response:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from flask import Flask, Response, request
@@ -23,6 +25,7 @@ from .driver import STALE_UNJOINED_SECONDS, Driver
 from .errors import StoreError, VxlanpyError
 from .ipam import Ipam
 from .metrics import Metrics
+from .nodes import IdentityConflict
 from .operations import Operations
 from .protocol import LIBNETWORK_BODY_HINT, Body, Handler, NetworkDriverProtocol, body_too_large, decode_body
 from .protocol_ipam import IpamDriverProtocol
@@ -54,6 +57,7 @@ def create_app(
     if driver is None:
         components = build(settings)
         driver, cluster = components.driver, components.cluster
+        settings = replace(settings, host=components.host)  # the identity, in multi-host mode
     if ipam is None:
         ipam = build_ipam(driver, settings)
     if cluster is not None:
@@ -61,6 +65,14 @@ def create_app(
             cluster.resume_lease()
         except StoreError as exc:
             logging.getLogger("vxlanpy").warning("cannot reach etcd at start-up: %s", exc)
+        try:  # before reconciliation writes anything under our identity
+            cluster.claim_identity()
+        except IdentityConflict as exc:
+            logging.getLogger("vxlanpy").critical("refusing to start: %s", exc.message)
+            raise
+        except StoreError as exc:  # the watch thread claims it when etcd answers
+            logging.getLogger("vxlanpy").warning("cannot claim the host identity yet: %s", exc)
+        cluster.on_refused = _exit_refused
     if reconcile:
         # Not serving yet: an endpoint still unjoined now belongs to a start that failed while we were down.
         _reconcile(driver, tolerate_store_errors=cluster is not None, unjoined_grace=0.0, metrics=metrics)
@@ -119,6 +131,13 @@ def create_app(
         return _reply({key: f"{error.name}: {request.method} {request.path[:80]}"}, error.code)
 
     return app
+
+
+def _exit_refused(message: str) -> None:
+    """Another live host took our identity while etcd was out of reach: stop serving rather than write under it.
+    Exit code 3 is gunicorn's "worker failed to boot": the master stops too, as when this is found at start."""
+    logging.getLogger("vxlanpy").critical("stopping: %s", message)
+    os._exit(3)
 
 
 def _error_key(method: str) -> str:

@@ -130,6 +130,7 @@ def main(ctx: click.Context, socket_path: str, timeout: float) -> None:
       vxlanpy attach mycontainer demo             # wire a --network none container in
       vxlanpy gc --dry-run                        # what reconciliation would repair
       vxlanpy health                              # exit 0 when the plugin is healthy
+      vxlanpy node ls                             # the cluster's hosts (etcd), alive or expired
 
     \b
     Exit codes: 0 fine, 1 something is wrong or was refused, 2 bad usage,
@@ -429,6 +430,67 @@ def _forgettable(env: Env, refs: tuple[str, ...]) -> list[str]:
             raise CliError(f"--forget {ref}: Docker still knows this network; remove it with docker network rm", 1)
         ids.append(matches[0])
     return ids
+
+
+# -- node ls / node rm -------------------------------------------------------------------------------------------
+
+
+@main.group("node", cls=VxlanpyGroup)
+def node_group() -> None:
+    """The hosts of a multi-host cluster: list them, remove one that is gone for good.
+
+    \b
+    Examples:
+      vxlanpy node ls
+      vxlanpy node ls --json
+      vxlanpy node rm web3-1f2e3d4c
+    """
+
+
+@node_group.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of objects, one per host.")
+@pass_env
+def node_ls_command(env: Env, as_json: bool) -> None:
+    """List the cluster's hosts: identity, hostname and VTEP; alive, or expired and when; networks, endpoints
+    and addresses held.  On the SQLite store (a single host), this host.
+
+    \b
+    Examples:
+      vxlanpy node ls
+      vxlanpy node ls --json | jq -r '.[] | select(.state == "expired") | .id'
+    """
+    from .views import node_table
+
+    result = env.plugin().call("GET", "/vxlanpy/nodes")
+    nodes = result.get("nodes", [])
+    if as_json:
+        _print_json(nodes)
+        return
+    click.echo(node_table(nodes, time.time()))
+
+
+@node_group.command("rm")
+@click.argument("host")
+@click.option("--force", is_flag=True, help="Remove it even though its lease is alive (its plugin still runs).")
+@pass_env
+def node_rm_command(env: Env, host: str, force: bool) -> None:
+    """Remove HOST (an identity, as `vxlanpy node ls` shows it), a host that is gone for good: its addresses,
+    VTEPs and records are released, and every other host drops its FDB and neighbour entries within seconds.
+    Refused for a live host unless --force.
+
+    \b
+    Examples:
+      vxlanpy node rm web3-1f2e3d4c
+      vxlanpy node rm web3-1f2e3d4c --force
+    """
+    result = env.plugin().call("POST", "/vxlanpy/nodes/rm", {"host": host, "force": force})
+    row = result.get("row") or {}
+    click.echo(
+        f"removed host {result.get('id')} (hostname {result.get('hostname') or 'unknown'}"
+        f"{', forced: its lease was alive' if result.get('forced') else ''}): {result.get('keys', 0)} keys, "
+        f"{row.get('endpoints', 0)} endpoints, {len(row.get('addresses') or [])} addresses released; "
+        "the other hosts drop its entries within seconds"
+    )
 
 
 # -- recover -----------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import TypeVar
 from .dataplane.base import Firewall, Links, RemoteEndpoint
 from .errors import Conflict, StoreError, VxlanpyError
 from .models import Endpoint, IPAddress, Network
+from .nodes import IdentityConflict, Nodes
 from .store.etcd import EtcdKV, EtcdStore, KeyValue, LeaseNotFound, key_part
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ class EtcdCluster:
         lease_ttl: int = 10,
         on_reconnect: Callable[[], None] | None = None,
         lease_file: Path | None = None,
+        nodes: Nodes | None = None,
+        local_addresses: Callable[[], list[IPAddress]] | None = None,
     ) -> None:
         self.kv = kv
         self.store = store
@@ -67,6 +71,13 @@ class EtcdCluster:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.synced = threading.Event()
+        # The node record (None: no identity check, as in tests of the data path alone); local_addresses: this
+        # host's underlay addresses, the first one its VTEP, to tell another live host from an earlier run of ours.
+        self.nodes = nodes
+        self.local_addresses = local_addresses or list
+        self.refused: str | None = None  # set when another live host holds our identity: we publish nothing
+        self.on_refused: Callable[[str], None] | None = None
+        self._touched = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -87,6 +98,8 @@ class EtcdCluster:
     def lease(self) -> int:
         """The current lease, granted on first use; a lost lease is replaced by the keepalive thread."""
         with self._lease_lock:
+            if self.refused is not None:
+                raise IdentityConflict(self.refused)
             if not self._lease:
                 self._lease = self.kv.grant(self.lease_ttl)
                 if self.lease_file is not None:
@@ -108,6 +121,26 @@ class EtcdCluster:
             self._lease = previous
         log.info("kept the etcd lease %x of the previous run", previous)
         return True
+
+    def claim_identity(self) -> None:
+        """Hold this host's identity under our lease before anything is written under it (at start, and before
+        every republication); IdentityConflict when another live host holds it."""
+        if self.nodes is None:
+            return
+        lease = self.lease()
+        addresses = self.local_addresses()
+        vtep = str(addresses[0]) if addresses else ""
+        try:
+            self.nodes.claim(lease, vtep, set(addresses), self.lease_ttl)
+        except IdentityConflict as exc:
+            self.refused = exc.message
+            raise
+        self._touched = time.monotonic()
+
+    def _refuse(self, exc: IdentityConflict) -> None:
+        log.critical("%s", exc.message)
+        if self.on_refused is not None:
+            self.on_refused(exc.message)
 
     def _leased(self, action: Callable[[int], T]) -> T:
         """Run `action(lease)`; if etcd has forgotten the lease (it was unreachable for longer than the TTL), take
@@ -181,6 +214,7 @@ class EtcdCluster:
 
     def republish(self) -> None:
         """Put every local VTEP and endpoint back under the current lease (after a lost lease or a restart)."""
+        self.claim_identity()  # the identity may have been taken while our lease was gone
         endpoints = self.store.list_endpoints()
         for network in self.store.list_networks():
             if network.config.local is None:
@@ -226,6 +260,10 @@ class EtcdCluster:
                             vni = self._update_view(kind, kv, prefix)
                         if vni is not None:
                             self._apply(vni)
+            except IdentityConflict as exc:
+                self.synced.clear()
+                self._refuse(exc)
+                return
             except StoreError as exc:
                 self.synced.clear()
                 log.warning("etcd sync interrupted: %s; retrying", exc)
@@ -309,10 +347,22 @@ class EtcdCluster:
                 continue
             try:
                 if self.kv.keepalive(lease) > 0:
+                    self._touch()
                     continue
                 log.warning("etcd lease %x expired; publishing again under a new lease", lease)
                 with self._lease_lock:
                     self._lease = 0
                 self.republish()
+            except IdentityConflict as exc:
+                self._refuse(exc)
+                return
             except StoreError as exc:
                 log.warning("cannot refresh the etcd lease: %s", exc)
+
+    def _touch(self) -> None:
+        """Refresh the node's kept record about once per lease TTL: `node ls` shows when a gone host was last seen."""
+        if self.nodes is None or time.monotonic() - self._touched < self.lease_ttl:
+            return
+        addresses = self.local_addresses()
+        self.nodes.touch(str(addresses[0]) if addresses else "", self.lease_ttl)
+        self._touched = time.monotonic()

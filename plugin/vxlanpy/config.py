@@ -26,7 +26,9 @@ class Settings:
     vni_range: tuple[int, int] = DEFAULT_VNI_RANGE
     default_dev: str | None = None
     threads: int = 8
-    host: str = "localhost"
+    host: str = "localhost"  # multi-host mode: replaced by the identity chosen at start (nodes.py)
+    host_explicit: bool = False  # VXLANPY_HOST was set: it is the identity
+    hostname: str = "localhost"
     lease_ttl: int = 10
     etcd_prefix: str = "/vxlanpy"
     etcd_timeout: float = 3.0
@@ -52,6 +54,8 @@ class Settings:
             default_dev=env.get("VXLANPY_DEV") or None,
             threads=_parse_positive_int("VXLANPY_THREADS", env.get("VXLANPY_THREADS", "8")),
             host=env.get("VXLANPY_HOST") or socket.gethostname(),
+            host_explicit=bool(env.get("VXLANPY_HOST")),
+            hostname=socket.gethostname(),
             lease_ttl=_parse_positive_int("VXLANPY_LEASE_TTL", env.get("VXLANPY_LEASE_TTL", "10")),
             etcd_prefix=env.get("VXLANPY_ETCD_PREFIX", "/vxlanpy"),
             etcd_timeout=float(_parse_positive_int("VXLANPY_ETCD_TIMEOUT", env.get("VXLANPY_ETCD_TIMEOUT", "3"))),

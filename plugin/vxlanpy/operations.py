@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -220,6 +221,41 @@ class Operations:
                 }
             )
         return {"host": self.host, "multi_host": self.multi_host, "networks": result}
+
+    def nodes(self) -> Body:
+        """The cluster's hosts (`vxlanpy node ls`); on the SQLite store, this one host."""
+        nodes = getattr(self.cluster, "nodes", None)
+        if nodes is not None:
+            return {"host": self.host, "multi_host": True, "nodes": nodes.listing()}
+        endpoints = self.store.list_endpoints()
+        addresses = sorted(
+            str(address.ip) for endpoint in endpoints for address in (endpoint.ipv4, endpoint.ipv6) if address
+        )
+        vteps = sorted({str(network.config.local) for network in self.store.list_networks() if network.config.local})
+        row = {
+            "id": self.host,
+            "hostname": socket.gethostname(),
+            "vteps": vteps,
+            "state": "alive",
+            "this_host": True,
+            "last_seen": self.clock(),
+            "networks": len(self.store.list_networks()),
+            "endpoints": len(endpoints),
+            "addresses": addresses,
+        }
+        return {"host": self.host, "multi_host": False, "nodes": [row]}
+
+    def node_rm(self, identity: str, force: bool) -> Body:
+        """Remove a host that is gone for good from the cluster (`vxlanpy node rm`)."""
+        nodes = getattr(self.cluster, "nodes", None)
+        if nodes is None:
+            raise Conflict(
+                "this plugin keeps its state in a single-host (SQLite) store, which only ever holds this host: "
+                "node rm removes hosts of a multi-host (etcd) cluster"
+            )
+        with self._lock:
+            result: Body = nodes.remove(identity, force)
+        return result
 
     def metrics_state(self) -> Body:
         """What the metrics gauges show; read at scrape time."""

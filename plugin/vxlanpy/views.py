@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .attach import attachment_id, container_target, netns_target
@@ -264,3 +265,42 @@ def render_peers(name: str, peers: dict[str, Any]) -> str:
         else "result: the kernel does NOT match the store; `vxlanpy gc` (single host) or a plugin restart resyncs it"
     )
     return "\n".join(lines)
+
+
+NODE_COLUMNS = ("HOST", "HOSTNAME", "VTEP", "STATE", "NETWORKS", "ENDPOINTS", "ADDRESSES")
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def node_state(node: Row, now: float) -> str:
+    """ "alive", or "expired" with when: the lease runs out at most a TTL after the last refresh of the record."""
+    if node.get("state") == "alive":
+        return "alive (this host)" if node.get("this_host") else "alive"
+    when = node.get("expired_at") or node.get("last_seen")
+    if not isinstance(when, (int, float)):
+        return "expired (when unknown: no node record)"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(when))
+    return f"expired {stamp} ({_ago(now - when)})"
+
+
+def node_table(nodes: list[Row], now: float) -> str:
+    rows = [
+        [
+            str(node["id"]),
+            str(node.get("hostname") or "-"),
+            ",".join(node.get("vteps") or []) or "-",
+            node_state(node, now),
+            str(node.get("networks", 0)),
+            str(node.get("endpoints", 0)),
+            str(len(node.get("addresses") or [])),
+        ]
+        for node in nodes
+    ]
+    return table(NODE_COLUMNS, rows)

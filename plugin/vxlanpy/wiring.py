@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Settings
+from .dataplane.base import Links
 from .driver import Driver
+from .errors import StoreError, VxlanpyError
+from .models import IPAddress
+from .store.base import Store
 
 if TYPE_CHECKING:
     from .cluster import EtcdCluster
+    from .store.etcd import EtcdKV
+
+log = logging.getLogger("vxlanpy")
 
 
 @dataclass
 class Components:
     driver: Driver
     cluster: EtcdCluster | None  # multi-host mode only; the app starts it
+    host: str  # the name this host's records are kept under: its identity in multi-host mode
 
 
 def build(settings: Settings) -> Components:
@@ -30,9 +39,10 @@ def build(settings: Settings) -> Components:
 
         store = open_store(settings.store_url, settings.state_dir)
         driver = Driver(store, links, firewall, vni_range=settings.vni_range, default_dev=settings.default_dev)
-        return Components(driver, None)
+        return Components(driver, None, settings.host)
 
     from .cluster import EtcdCluster
+    from .nodes import Nodes
     from .store.etcd import EtcdConfig, EtcdKV, EtcdStore
 
     config = EtcdConfig.from_url(
@@ -44,10 +54,52 @@ def build(settings: Settings) -> Components:
         key=settings.etcd_key,
     )
     kv = EtcdKV(config)
-    etcd_store = EtcdStore(kv, settings.host)
+    identity = identity_of(settings, kv)
+    etcd_store = EtcdStore(kv, identity)
     lease_file = Path(settings.state_dir) / "etcd-lease"
-    cluster = EtcdCluster(kv, etcd_store, links, firewall, lease_ttl=settings.lease_ttl, lease_file=lease_file)
+    cluster = EtcdCluster(
+        kv,
+        etcd_store,
+        links,
+        firewall,
+        lease_ttl=settings.lease_ttl,
+        lease_file=lease_file,
+        nodes=Nodes(kv, identity, settings.hostname),
+        local_addresses=lambda: local_addresses(links, etcd_store, settings.default_dev),
+    )
     driver = Driver(
         etcd_store, links, firewall, vni_range=settings.vni_range, default_dev=settings.default_dev, cluster=cluster
     )
-    return Components(driver, cluster)
+    return Components(driver, cluster, identity)
+
+
+def identity_of(settings: Settings, kv: EtcdKV) -> str:
+    from .nodes import choose_identity
+
+    def has_state(name: str) -> bool | None:
+        try:
+            return bool(kv.range(kv.key("hosts", name, ""), keys_only=True)[0])
+        except StoreError:
+            return None
+
+    explicit = settings.host if settings.host_explicit else None
+    identity = choose_identity(explicit, settings.hostname, Path(settings.state_dir), has_state)
+    log.info("host identity %s (hostname %s; from %s)", identity.name, settings.hostname, identity.source)
+    return identity.name
+
+
+def local_addresses(links: Links, store: Store, default_dev: str | None) -> list[IPAddress]:
+    """This host's underlay addresses, IPv4 first: the default underlay's, then those of devices networks name."""
+    devices: list[str | None] = [default_dev]
+    try:
+        devices += sorted({network.config.dev for network in store.list_networks() if network.config.dev})
+    except VxlanpyError:
+        pass
+    found: list[IPAddress] = []
+    for dev in devices:
+        try:
+            addresses = links.underlay(dev).addresses
+        except VxlanpyError:  # no default route, or a device this host does not have
+            continue
+        found += sorted((a for a in addresses if a not in found), key=lambda address: address.version)
+    return found

@@ -14,7 +14,7 @@ from .conftest import EP, NET, NET2, Harness
 
 CID = "1" * 64
 CID2 = "2" * 64
-COMMANDS = ["ls", "inspect", "peers", "doctor", "attach", "detach", "gc", "health", "serve"]
+COMMANDS = ["ls", "inspect", "peers", "doctor", "attach", "detach", "gc", "health", "serve", "node"]
 
 
 @pytest.fixture
