@@ -25,6 +25,7 @@ import queue
 import resource
 import selectors
 import socket
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -491,6 +492,9 @@ class PluginWorker(Worker):  # type: ignore[misc]
 # -- the application -------------------------------------------------------------------------------------------
 
 
+WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR
+
+
 class PluginServer(BaseApplication):  # type: ignore[misc]
     def __init__(
         self,
@@ -528,8 +532,14 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         configure_logging(self.settings.log_level)
         from .app import create_app
+        from .nodes import IdentityConflict
 
-        app = create_app(settings=self.settings)
+        try:
+            app = create_app(settings=self.settings)
+        except IdentityConflict:
+            # create_app logged why; without a traceback, and gunicorn's "worker failed to boot" code stops the
+            # master too, instead of starting the worker again and again
+            sys.exit(WORKER_BOOT_ERROR)
         if self.metrics_addr is not None:
             # In the worker, beside the app whose counters it shows (VXLANPY_METRICS_ADDR; off by default).
             from .metrics import MetricsServer

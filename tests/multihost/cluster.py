@@ -666,6 +666,9 @@ class Plugin(ManagedProcess):
         self.socket_path = socket_path
         self.state_dir = workdir / "state"
         self.store_url = store_url
+        # VXLANPY_HOST as this plugin gets it: its host's name by default; None leaves it unset, so that the
+        # plugin chooses its own identity (tests/multihost/test_identity.py), another host's name makes a duplicate.
+        self.host_env: str | None = host_name
 
     @property
     def env(self) -> dict[str, str]:
@@ -677,11 +680,13 @@ class Plugin(ManagedProcess):
                 "VXLANPY_SOCKET": str(self.socket_path),
                 "VXLANPY_STATE_DIR": str(self.state_dir),
                 "VXLANPY_STORE": self.store_url,
-                "VXLANPY_HOST": self.host_name,
                 "VXLANPY_LEASE_TTL": str(LEASE_TTL),
                 "VXLANPY_LOG_LEVEL": "debug",
             }
         )
+        env.pop("VXLANPY_HOST", None)
+        if self.host_env is not None:
+            env["VXLANPY_HOST"] = self.host_env
         return env
 
     def start(self, timeout: float = 30.0) -> None:

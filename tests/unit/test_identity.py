@@ -302,3 +302,11 @@ def test_cli_node_ls_and_rm_on_etcd(cluster: Callable[..., Host], harness: Harne
     assert removed.exit_code == 0, removed.stderr
     assert removed.output.startswith("removed host node-bbbb (hostname node): ")
     assert json.loads(cli.run("node", "ls", "--json").output)[0]["id"] == "node-aaaa"
+
+
+def test_settings_say_whether_vxlanpy_host_was_set() -> None:
+    import socket
+
+    assert Settings.from_env({"VXLANPY_HOST": "web1"}).host_explicit is True
+    plain = Settings.from_env({})
+    assert plain.host_explicit is False and plain.hostname == plain.host == socket.gethostname()
