@@ -1,9 +1,12 @@
 """The multi-host store: etcd v3, through its JSON gateway (the etcd3gw client's session and URLs).
 
-Key layout under the prefix (default /vxlanpy), every variable part validated before it becomes a key:
+Key layout under the prefix (default /vxlanpy), every variable part validated before it becomes a key; <host>
+is the host's identity (nodes.py: VXLANPY_HOST, or chosen once and kept in the state dir):
 
     hosts/<host>/networks/<network id>       this host's networks (Docker ids are per host)
     hosts/<host>/endpoints/<endpoint id>     this host's endpoints
+    hosts/<host>/node                        its hostname, VTEP and when it was last seen (nodes.py)
+    nodes/<host>                             the same, while it runs                        (under its lease)
     segments/<vni>                           the cluster-wide definition of a VXLAN segment (subnets, port, MTU)
     segment-hosts/<vni>/<host>               which hosts have a network on the segment
     live/<vni>/vtep/<host>                   a host's VTEP address on the segment          (under its lease)
