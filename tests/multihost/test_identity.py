@@ -142,12 +142,12 @@ def test_node_rm_of_a_dead_host_clears_its_entries_on_the_others(
 
 
 def h1_keys(cluster: Cluster) -> dict[str, str]:
-    """Everything etcd holds of or for h1, but for the two records its plugin refreshes on its own."""
-    refreshed = (f"{PREFIX}/hosts/h1/node", f"{PREFIX}/hosts/h1/health")
+    """Everything etcd holds of or for h1; of its node record, all but `seen`, which its plugin refreshes."""
+    record = f"{PREFIX}/hosts/h1/node"
     return {
-        key: value
+        key: json.dumps({**json.loads(value), "seen": None}) if key == record else value
         for key, value in cluster.etcd.get_prefix(f"{PREFIX}/").items()
-        if ("/h1/" in key or key.endswith("/h1") or value.startswith("h1/")) and key not in refreshed
+        if "/h1/" in key or key.endswith("/h1") or value.startswith("h1/")
     }
 
 
@@ -158,6 +158,7 @@ def test_a_duplicate_vxlanpy_host_is_refused_at_start(vx_cluster: Cluster, creat
     h1.run_container(networks["h1"])
     before = h1_keys(vx_cluster)
     assert any("/live/7002/ep/h1/" in key for key in before) and f"{PREFIX}/nodes/h1" in before
+    assert json.loads(before[f"{PREFIX}/hosts/h1/node"])["vtep"] == h1.ip
     h2.plugin.stop()
     h2.plugin.host_env = "h1"
     try:

@@ -43,7 +43,7 @@ NETWORK_METHODS = [
     "NetworkDriver.ProgramExternalConnectivity",
     "NetworkDriver.RevokeExternalConnectivity",
 ]
-CLI_PATHS = ["vxlanpy/gc", "vxlanpy/attach", "vxlanpy/detach"]  # the operator's endpoints (api.py)
+CLI_PATHS = ["vxlanpy/gc", "vxlanpy/attach", "vxlanpy/detach", "vxlanpy/nodes/rm"]  # the operator's endpoints (api.py)
 NUMERIC_OPTIONS = ("vni", "mtu", "dstport", "ttl", "com.docker.network.driver.mtu")
 IPAM_METHODS = [
     "IpamDriver.GetCapabilities",
@@ -246,7 +246,7 @@ def test_cli_endpoints_survive_any_body(path: str, raw: bytes) -> None:
 @fuzz_settings
 @given(
     path=st.sampled_from(CLI_PATHS),
-    body=objects_with("network", "target", "netns", "ipv4", "ipv6", "ifname", "dry_run", "forget"),
+    body=objects_with("network", "target", "netns", "ipv4", "ipv6", "ifname", "dry_run", "forget", "host", "force"),
     aimed=st.booleans(),
 )
 def test_cli_endpoints_survive_any_field_values(path: str, body: dict[str, Any], aimed: bool) -> None:

@@ -149,7 +149,12 @@ def cluster(etcd_server: EtcdServer) -> Iterator[Callable[..., Host]]:
 
 
 def snapshot(kv: EtcdKV) -> dict[str, tuple[str, int]]:
-    return {item.key: (item.value, item.lease) for item in kv.range(kv.key(""))[0]}
+    """Every key with its value and lease; of the node records, all but `seen`, which the owner refreshes."""
+
+    def value(key: str, raw: str) -> str:
+        return json.dumps({**json.loads(raw), "seen": None}) if key.endswith("/node") else raw
+
+    return {item.key: (value(item.key, item.value), item.lease) for item in kv.range(kv.key(""))[0]}
 
 
 def test_a_second_live_host_with_the_same_identity_is_refused_and_changes_nothing(
@@ -168,6 +173,21 @@ def test_a_second_live_host_with_the_same_identity_is_refused_and_changes_nothin
     assert snapshot(first.kv) == before
     with pytest.raises(IdentityConflict):  # and it publishes nothing afterwards either
         second.cluster.lease()
+
+
+def test_a_duplicate_found_once_etcd_answers_stops_the_plugin_and_writes_nothing(
+    cluster: Callable[..., Host],
+) -> None:
+    first = cluster("web", "192.0.2.1").start()
+    first.driver.create_network(net(1), {"vni": "304"}, SUBNET)
+    before = snapshot(first.kv)
+    second = cluster("web", "192.0.2.2")  # etcd was out of reach at its start: the watch thread claims
+    refusals: list[str] = []
+    second.cluster.on_refused = refusals.append
+    second.cluster.start()
+    assert eventually(lambda: bool(refusals))
+    assert "VTEP 192.0.2.1" in refusals[0] and "this host's VTEP is 192.0.2.2" in refusals[0]
+    assert not second.cluster.synced.is_set() and snapshot(first.kv) == before
 
 
 def test_an_earlier_run_of_the_same_host_is_not_a_duplicate(cluster: Callable[..., Host]) -> None:
