@@ -122,6 +122,21 @@ def test_ls_inspect_peers_and_health(
     assert health.stdout.startswith("healthy: store ok")
 
 
+def test_node_ls_and_rm_on_the_single_host_store(
+    plugin: PluginProcess, create_network: Callable[..., Any], run_container: Callable[..., Any]
+) -> None:
+    network = create_network(vni=7103, subnet="10.77.103.0/24")
+    container = run_container(network)
+    nodes = json.loads(ok(vxlanpy(plugin, "node", "ls", "--json")).stdout)
+    assert len(nodes) == 1 and nodes[0]["state"] == "alive" and nodes[0]["this_host"] is True
+    assert nodes[0]["networks"] >= 1 and container_ip(container, network) in nodes[0]["addresses"]
+    table = ok(vxlanpy(plugin, "node", "ls")).stdout.splitlines()
+    assert table[0].split()[:4] == ["HOST", "HOSTNAME", "VTEP", "STATE"] and "alive (this host)" in table[1]
+    refused = vxlanpy(plugin, "node", "rm", "elsewhere")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("vxlanpy: this plugin keeps its state in a single-host (SQLite) store")
+
+
 def test_attach_a_network_none_container_then_detach(
     plugin: PluginProcess,
     create_network: Callable[..., Any],
