@@ -132,3 +132,21 @@ def test_inspect_shows_vxlanpys_own_ports_in_the_default_mode(harness: Harness) 
     assert "gateway:   vxlanpy (gateway on the bridge; vxlanpy masquerades and publishes -p)" in result.stdout
     assert "0.0.0.0:8080->80/tcp,0.0.0.0:49153->53/udp" in result.stdout
     assert "0.0.0.0:9->9/tcp" not in result.stdout
+
+
+def test_an_attached_namespace_gets_no_default_route_in_gwbridge_mode(harness: Harness) -> None:
+    """vxlanpy routes nothing out of such a network and only Docker adds docker_gwbridge: a default route via the
+    bridge's address would lead nowhere, so `vxlanpy attach` plumbs the on-link route only."""
+    for network_id, generic in ((NET, {"vni": "42", **GWBRIDGE}), ("d" * 64, {"vni": "43"})):
+        subnet = "10.1.0.0/24" if network_id == NET else "10.2.0.0/24"
+        gateway = "10.1.0.1/24" if network_id == NET else "10.2.0.1/24"
+        harness.create_network(network_id, generic=generic, ipv4=[{"Pool": subnet, "Gateway": gateway}])
+    cli = CliHarness(harness)
+    cli.docker_network(NET, "gw", {})
+    cli.docker_network("d" * 64, "own", {})
+    cli.sandboxes.alive.add("/run/netns/blue")
+    cli.namespaces.append("blue")
+    for name in ("gw", "own"):
+        result = cli.run("attach", "--netns", "blue", name)
+        assert result.exit_code == 0, result.output
+    assert [plumbing.gateways for plumbing in cli.sandboxes.plumbed] == [(), (ipaddress.ip_address("10.2.0.1"),)]
