@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from .helpers import (
+    IMAGE,
+    LABELS,
     PluginProcess,
     TestHost,
     container_ip,
@@ -95,6 +97,17 @@ def _docker_cli(*argv: str) -> str:
     return result.stdout
 
 
+def _run_exposing(network: Any, port: int) -> str:
+    """`docker run --expose PORT` (the SDK has no --expose without publishing): the container's id."""
+    labels = [arg for key, value in LABELS.items() for arg in ("--label", f"{key}={value}")]
+    argv = ["run", "-d", "--network", network.name, "--expose", str(port), *labels, IMAGE, "sleep", "3600"]
+    return _docker_cli(*argv).strip()
+
+
+def _ps_ports(container_id: str) -> str:
+    return _docker_cli("ps", "--filter", f"id={container_id}", "--format", "{{.Ports}}").strip()
+
+
 def _nat_rules(chain: str) -> str:
     result = subprocess.run(["iptables", "-w", "-t", "nat", "-S", chain], capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"iptables -t nat -S {chain}: {result.stderr}"
@@ -148,6 +161,8 @@ def test_default_mode_ports_show_in_vxlanpy_inspect_not_in_docker(
     # What a user sees from Docker in this mode: nothing (libnetwork asserts Go types a remote driver's JSON can
     # never have).  If this starts failing, Docker learned to show them: update README and docs/design.md.
     assert _docker_cli("port", server.name).strip() == ""
+    assert _ps_ports(server.id) == ""
+    assert _ps_ports(_run_exposing(network, 9091)) == ""  # --expose: nothing either
 
 
 def test_gateway_docker_gwbridge_ports_show_in_docker_and_answer(
@@ -163,13 +178,15 @@ def test_gateway_docker_gwbridge_ports_show_in_docker_and_answer(
     server = run_container(network, command=["sh", "-c", HTTPD], ports={f"{CONTAINER_PORT}/tcp": port})
     client = run_container(network)
     stranger = run_container(other)
+    exposer = _run_exposing(network, 9091)
     try:
         assert wait_for(lambda: _serving(server), 10), server.logs().decode(errors="replace")
 
         # docker port and docker ps show the port
         assert f"{CONTAINER_PORT}/tcp -> 0.0.0.0:{port}" in _docker_cli("port", server.name)
-        listed = _docker_cli("ps", "--filter", f"id={server.id}", "--format", "{{.Ports}}")
+        listed = _ps_ports(server.id)
         assert f"0.0.0.0:{port}->{CONTAINER_PORT}/tcp" in listed, listed
+        assert _ps_ports(exposer) == "9091/tcp"  # --expose without -p
 
         # the port answers on loopback and on the test host link address, and from the test host
         for address in ("127.0.0.1", testhost.host_ip):
@@ -212,6 +229,7 @@ def test_gateway_docker_gwbridge_ports_show_in_docker_and_answer(
     finally:
         for container in (server, client, stranger):
             container.remove(force=True)
+        subprocess.run(["docker", "rm", "-f", exposer], capture_output=True, timeout=60, check=False)
 
     def closed() -> bool:
         return not tcp_connect("127.0.0.1", port, timeout=1)
