@@ -242,7 +242,9 @@ def _print_json(value: Any) -> None:
 
 
 @main.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="A JSON list of objects keyed by the lower-case column names.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="A JSON list of objects keyed by the lower-case column names, and gateway."
+)
 @pass_env
 def ls_command(env: Env, as_json: bool) -> None:
     """List vxlanpy networks: Docker name and id, VNI, mode, subnets, devices, MTU, peers and endpoints.
