@@ -25,6 +25,7 @@ VXLAN_OVERHEAD_V4 = 50
 VXLAN_OVERHEAD_V6 = 70
 
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
+PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
 
 # `-o gateway=`: who is the containers' default gateway.  vxlanpy: the anycast gateway on the network's bridge,
 # with vxlanpy's masquerade and DNAT.  docker_gwbridge: Join returns no gateway, so libnetwork adds a second
@@ -33,7 +34,6 @@ PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
 GATEWAY_VXLANPY = "vxlanpy"
 GATEWAY_DOCKER = "docker_gwbridge"
 GATEWAY_MODES = (GATEWAY_VXLANPY, GATEWAY_DOCKER)
-PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
 
 
 def bridge_name(vni: int) -> str:
