@@ -9,7 +9,7 @@ Sections (in the order they run):
     dataplane-local   iperf3 TCP throughput and ping RTT between two containers on one host:
                       vxlanpy vs Docker's bridge vs a raw veth pair between two namespaces (the limit)
     control           `docker network create`, `docker run --rm` and N parallel `docker run -d`:
-                      vxlanpy vs bridge vs macvlan (on a dummy parent made here)
+                      vxlanpy (and with -o gateway=docker_gwbridge) vs bridge vs macvlan
     calls             plugin call latency over the socket: CreateEndpoint+Join, Leave+DeleteEndpoint
     scale             per-operation cost with 10/100/1000 networks and with 1000+ endpoints (socket calls)
     dataplane-cross   the same between two network-namespace hosts: vxlanpy (multi-host harness, etcd mode) vs
@@ -76,6 +76,8 @@ SUBNETS = {
     "cp-vxlanpy-run": "10.238.0.0/24",
     "cp-bridge-run": "10.239.0.0/24",
     "cp-macvlan-run": "10.240.0.0/24",
+    "cp-vxlanpy-gwbridge": "10.241.0.0/24",
+    "cp-vxlanpy-gwbridge-run": "10.242.0.0/24",
     "calls": "10.237.0.0/16",
     "cross-vxlanpy": "10.61.0.0/24",
     "cross-ref": "10.62.0.0/24",
@@ -154,6 +156,7 @@ SCALE_SETTLE_SECONDS = 30.0  # at most, after filling up to a level, before meas
 # netlink by the benchmark (no vxlanpy): how much of vxlanpy's growth the kernel itself shows.
 KERNEL_METRICS = ("kernel: bridge+vxlan by hand", "kernel: veth by hand")
 
+GWBRIDGE_CASE = "vxlanpy-gwbridge"  # a vxlanpy network with -o gateway=docker_gwbridge
 SECTIONS = ("dataplane-local", "control", "calls", "scale", "dataplane-cross", "convergence")
 
 
@@ -164,7 +167,7 @@ def expected_cases(params: Params) -> list[tuple[str, str, str]]:
         rows += [("dataplane-local", case, "throughput"), ("dataplane-local", case, "rtt")]
     for case in ("reference", REF_ON_DOCKER, "vxlanpy"):
         rows += [("dataplane-cross", case, "throughput"), ("dataplane-cross", case, "rtt")]
-    for case in ("vxlanpy", "bridge", "macvlan"):
+    for case in ("vxlanpy", GWBRIDGE_CASE, "bridge", "macvlan"):
         rows += [("control", case, "network create"), ("control", case, "docker run --rm")]
         rows.append(("control", case, f"{params.parallel_n} x docker run -d"))
     rows += [("calls", "vxlanpy", "CreateEndpoint+Join"), ("calls", "vxlanpy", "Leave+DeleteEndpoint")]
@@ -724,6 +727,8 @@ class Bench:
         say("control plane: docker network create / docker run --rm / parallel docker run, per driver")
         drivers = {
             "vxlanpy": ("vxlanpy", {}),
+            # -o gateway=docker_gwbridge: a second interface per container, on Docker's docker_gwbridge.
+            GWBRIDGE_CASE: ("vxlanpy", {"gateway": "docker_gwbridge"}),
             "bridge": ("bridge", {}),
             "macvlan": ("macvlan", {"parent": self.dummy}),
         }
@@ -768,7 +773,7 @@ class Bench:
             self.results.add("control", name, parallel_metric, "ms", parallel[name])
         for metric, target in (("network create", None), ("docker run --rm", 1.05), (parallel_metric, None)):
             base = self.results.get("control", "bridge", metric)
-            for name in ("vxlanpy", "macvlan"):
+            for name in ("vxlanpy", GWBRIDGE_CASE, "macvlan"):
                 row = self.results.get("control", name, metric)
                 if row is not None:
                     self.results.compare(row, base, target if name == "vxlanpy" else None, False, "bridge")

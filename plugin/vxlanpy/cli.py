@@ -36,6 +36,7 @@ from .client import (
 )
 from .config import DEFAULT_SOCKET, Settings
 from .errors import VxlanpyError
+from .models import GATEWAY_DOCKER
 
 DEBUG_ENV = "VXLANPY_DEBUG"
 
@@ -189,7 +190,13 @@ def _listing(env: Env) -> tuple[list[dict[str, Any]], list[str]]:
     listing = env.plugin().call("GET", "/vxlanpy/ls")
     docker_networks = _docker_or_none(env, lambda d: d.vxlanpy_networks(), "showing no Docker names")
     containers = _docker_or_none(env, lambda d: d.containers(), "") if docker_networks is not None else []
-    return build_rows(listing, docker_networks, containers or [], env.namespaces())
+    # gateway=docker_gwbridge: Docker's bridge driver publishes the ports, so only Docker knows them.
+    docker_ports = None
+    if docker_networks is not None and any(
+        (network.get("config") or {}).get("gateway") == GATEWAY_DOCKER for network in listing.get("networks", [])
+    ):
+        docker_ports = _docker_or_none(env, lambda d: d.published_ports(), "showing no ports published by Docker")
+    return build_rows(listing, docker_networks, containers or [], env.namespaces(), docker_ports)
 
 
 def _report_names(env: Env) -> dict[str, str]:
@@ -236,7 +243,9 @@ def _print_json(value: Any) -> None:
 
 
 @main.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="A JSON list of objects keyed by the lower-case column names.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="A JSON list of objects keyed by the lower-case column names, and gateway."
+)
 @pass_env
 def ls_command(env: Env, as_json: bool) -> None:
     """List vxlanpy networks: Docker name and id, VNI, mode, subnets, devices, MTU, peers and endpoints.

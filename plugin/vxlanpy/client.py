@@ -155,6 +155,10 @@ class DockerView(Protocol):
         """(id, name) of every container, running or not."""
         ...
 
+    def published_ports(self) -> dict[str, list[str]]:
+        """container id -> the ports Docker publishes for it, as `docker ps` lists them (HOST:PORT->PORT/PROTO)."""
+        ...
+
 
 def _network_from(attrs: dict[str, Any]) -> DockerNetwork:
     ipam = attrs.get("IPAM") or {}
@@ -235,6 +239,22 @@ class SdkDocker:
     def containers(self) -> list[tuple[str, str]]:
         listed = self._call(lambda api: api.containers(all=True)) or []
         return [(str(c["Id"]), str((c.get("Names") or ["/?"])[0]).lstrip("/")) for c in listed]
+
+    def published_ports(self) -> dict[str, list[str]]:
+        listed = self._call(lambda api: api.containers(all=True)) or []
+        return {str(c["Id"]): docker_port_list(c.get("Ports") or []) for c in listed}
+
+
+def docker_port_list(ports: list[Any]) -> list[str]:
+    """The published entries of a container list's Ports (exposed-only ones have no PublicPort)."""
+    shown = []
+    for port in ports:
+        if not isinstance(port, dict) or not port.get("PublicPort"):
+            continue
+        host_ip = str(port.get("IP") or "0.0.0.0")
+        host = f"[{host_ip}]" if ":" in host_ip else host_ip
+        shown.append(f"{host}:{port['PublicPort']}->{port.get('PrivatePort')}/{port.get('Type') or 'tcp'}")
+    return sorted(set(shown))
 
 
 def _docker_reason(exc: BaseException) -> str:

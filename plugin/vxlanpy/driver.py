@@ -34,7 +34,7 @@ from .models import (
     Subnet,
     endpoint_mac,
 )
-from .options import check_subnets_clear_of_underlay, parse_network_options
+from .options import check_gateway_mode, check_subnets_clear_of_underlay, parse_network_options
 from .store.base import Store
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class JoinInfo:
     dst_prefix: str
     gateway_v4: ipaddress.IPv4Address | None
     gateway_v6: ipaddress.IPv6Address | None
+    # gateway=docker_gwbridge: libnetwork is to attach the container to docker_gwbridge (no gateway returned).
+    docker_gateway: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,11 @@ class Driver:
         internal network's gateway gives no default route, but the host keeps it on the bridge to reach its
         containers, as with Docker's bridge; and hosts sharing a VNI must record the same gateway whatever
         their engine version (one before 28 always reserves it), or the segment would be refused."""
-        parse_network_options(options, self.links.underlay, self.default_dev, multi_host=self.cluster is not None)
+        requested = parse_network_options(
+            options, self.links.underlay, self.default_dev, multi_host=self.cluster is not None
+        )
+        if internal:
+            check_gateway_mode(requested.gateway, internal, has_ipv4=True)  # the subnets are not known yet
         return GatewaySkip(ipv4=False, ipv6=False)
 
     def create_network(
@@ -178,6 +184,7 @@ class Driver:
             requested = parse_network_options(
                 options, self.links.underlay, self.default_dev, multi_host=self.cluster is not None
             )
+            check_gateway_mode(requested.gateway, internal, has_ipv4=bool(ipv4))
             if requested.underlay is not None:
                 check_subnets_clear_of_underlay(requested.underlay, [subnet.pool for subnet in (*ipv4, *ipv6)])
 
@@ -309,13 +316,15 @@ class Driver:
             endpoint = self.get_endpoint(network_id, endpoint_id)
             if sandbox_key and endpoint.sandbox_key != sandbox_key:
                 self.store.put_endpoint(replace(endpoint, sandbox_key=sandbox_key))
-            gateway_v4 = network.ipv4[0].gateway if network.ipv4 and not network.internal else None
-            gateway_v6 = network.ipv6[0].gateway if network.ipv6 and not network.internal else None
+            # gateway=docker_gwbridge returns no gateway: libnetwork then joins the container to docker_gwbridge too.
+            gateway_v4 = network.ipv4[0].gateway if network.ipv4 and network.routes_egress else None
+            gateway_v6 = network.ipv6[0].gateway if network.ipv6 and network.routes_egress else None
             return JoinInfo(
                 src_name=endpoint.container_veth,
                 dst_prefix=DST_PREFIX,
                 gateway_v4=gateway_v4.ip if isinstance(gateway_v4, ipaddress.IPv4Interface) else None,
                 gateway_v6=gateway_v6.ip if isinstance(gateway_v6, ipaddress.IPv6Interface) else None,
+                docker_gateway=not network.internal and not network.routes_egress,
             )
 
     def leave(self, network_id: str, endpoint_id: str) -> None:
@@ -336,6 +345,15 @@ class Driver:
             endpoint = self.get_endpoint(network_id, endpoint_id)
             if network.internal or not ports:
                 return endpoint  # like Docker's bridge: an internal network publishes nothing
+            if not network.routes_egress:
+                # gateway=docker_gwbridge: the bridge driver publishes on the container's docker_gwbridge endpoint
+                # (libnetwork's gateway endpoint), so it is not asked here; if it were, a second DNAT would race it.
+                log.info(
+                    "endpoint %s on network %s (gateway=docker_gwbridge): ports are published by Docker, not vxlanpy",
+                    endpoint_id[:12],
+                    network_id[:12],
+                )
+                return endpoint
             if endpoint.ipv4 is None:
                 # Ports are DNATed to the container's IPv4 address only.  Not an error: Docker sends the same
                 # port list to an IPv6-only gateway endpoint when another network of the container is its

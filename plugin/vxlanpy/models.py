@@ -27,6 +27,14 @@ VXLAN_OVERHEAD_V6 = 70
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
 PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
 
+# `-o gateway=`: who is the containers' default gateway.  vxlanpy: the anycast gateway on the network's bridge,
+# with vxlanpy's masquerade and DNAT.  docker_gwbridge: Join returns no gateway, so libnetwork adds a second
+# interface on Docker's docker_gwbridge (as for overlay networks) and its bridge driver serves egress and -p,
+# which then show in `docker port` and `docker ps`.
+GATEWAY_VXLANPY = "vxlanpy"
+GATEWAY_DOCKER = "docker_gwbridge"
+GATEWAY_MODES = (GATEWAY_VXLANPY, GATEWAY_DOCKER)
+
 
 def bridge_name(vni: int) -> str:
     return f"{BRIDGE_PREFIX}{vni}"
@@ -89,6 +97,7 @@ class NetworkConfig:
     peers: tuple[IPAddress, ...] = ()
     group: IPAddress | None = None
     mtu: int = 1450
+    gateway: str = GATEWAY_VXLANPY
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -113,6 +122,7 @@ class NetworkConfig:
             peers=tuple(ipaddress.ip_address(peer) for peer in data.get("peers", ())),
             group=addr(data.get("group")),
             mtu=int(data["mtu"]),
+            gateway=str(data.get("gateway") or GATEWAY_VXLANPY),  # rows written before the option existed
         )
 
 
@@ -143,6 +153,11 @@ class Network:
     @property
     def alias(self) -> str:
         return f"{LINK_ALIAS_PREFIX}net:{self.network_id}"
+
+    @property
+    def routes_egress(self) -> bool:
+        """Whether vxlanpy is the containers' gateway: Join returns it, and vxlanpy masquerades and publishes."""
+        return not self.internal and self.config.gateway == GATEWAY_VXLANPY
 
     @property
     def gateways(self) -> tuple[IPInterface, ...]:

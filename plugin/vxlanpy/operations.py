@@ -621,7 +621,8 @@ class Operations:
         }
 
     def _gateways(self, network: Network, addresses: list[IPInterface]) -> tuple[IPAddress, ...]:
-        if network.internal:
+        # gateway=docker_gwbridge: vxlanpy routes nothing out, and only Docker adds docker_gwbridge: no default route.
+        if not network.routes_egress:
             return ()
         gateways = []
         for address in addresses:

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from .dataplane.base import Underlay
 from .digits import ascii_int
 from .errors import InvalidOption
-from .models import VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6, IPAddress, IPNetwork, NetworkConfig
+from .models import (
+    GATEWAY_DOCKER,
+    GATEWAY_MODES,
+    GATEWAY_VXLANPY,
+    VXLAN_OVERHEAD_V4,
+    VXLAN_OVERHEAD_V6,
+    IPAddress,
+    IPNetwork,
+    NetworkConfig,
+)
 
 DOCKER_MTU_OPTION = "com.docker.network.driver.mtu"
 VALID_OPTIONS = (
@@ -29,6 +38,7 @@ VALID_OPTIONS = (
     "group",
     "mtu",
     DOCKER_MTU_OPTION,
+    "gateway",
 )
 PEER_MODES = ("remote", "peers", "group")
 MAX_VNI = 16777215
@@ -45,6 +55,7 @@ class RequestedNetwork:
     vni: int | None
     config_for: Callable[[int], NetworkConfig]
     underlay: Underlay | None = None  # the interface VXLAN leaves by (see check_subnets_clear_of_underlay)
+    gateway: str = GATEWAY_VXLANPY  # -o gateway= (see check_gateway_mode)
 
 
 def parse_network_options(
@@ -73,6 +84,7 @@ def parse_network_options(
     group = _address_option(options, "group")
     peers = _peers_option(options)
     local = _address_option(options, "local")
+    gateway = _gateway_option(options)
 
     modes = [mode for mode in PEER_MODES if mode in options]
     if multi_host and modes:
@@ -131,9 +143,27 @@ def parse_network_options(
             peers=peers,
             group=group,
             mtu=mtu,
+            gateway=gateway,
         )
 
-    return RequestedNetwork(vni=vni, config_for=config_for, underlay=underlay)
+    return RequestedNetwork(vni=vni, config_for=config_for, underlay=underlay, gateway=gateway)
+
+
+def check_gateway_mode(gateway: str, internal: bool, has_ipv4: bool) -> None:
+    """gateway=docker_gwbridge works through libnetwork's docker_gwbridge, which it adds only to a container of
+    a non-internal network whose Join returns no gateway, and which is IPv4: refuse what it could not serve."""
+    if gateway != GATEWAY_DOCKER:
+        return
+    if internal:
+        raise InvalidOption(
+            "gateway=docker_gwbridge does not apply to an --internal network: it has no way out for Docker to "
+            "serve; drop -o gateway=docker_gwbridge, or --internal"
+        )
+    if not has_ipv4:
+        raise InvalidOption(
+            "gateway=docker_gwbridge needs an IPv4 subnet: docker_gwbridge serves IPv4 egress and published ports "
+            "only; give the network an IPv4 subnet (drop --ipv4=false), or drop -o gateway=docker_gwbridge"
+        )
 
 
 def check_subnets_clear_of_underlay(underlay: Underlay, pools: Iterable[IPNetwork]) -> None:
@@ -190,6 +220,19 @@ def _bool_option(options: Mapping[str, str], name: str) -> bool | None:
     if raw.lower() in FALSE_WORDS:
         return False
     raise InvalidOption(f"{name}={raw!r} is not valid; use true or false")
+
+
+def _gateway_option(options: Mapping[str, str]) -> str:
+    raw = options.get("gateway")
+    if raw is None or raw == "":
+        return GATEWAY_VXLANPY
+    if raw not in GATEWAY_MODES:
+        raise InvalidOption(
+            f"gateway={_shown(raw)} is not valid; use gateway=vxlanpy (the default: vxlanpy's own gateway, "
+            "egress and published ports) or gateway=docker_gwbridge (Docker's docker_gwbridge serves egress "
+            "and -p, so `docker port` and `docker ps` show the ports; a second interface per container)"
+        )
+    return raw
 
 
 def _parse_address(name: str, raw: str) -> IPAddress:

@@ -247,6 +247,10 @@ class NetworkDriverProtocol:
             response["Gateway"] = str(info.gateway_v4)
         if info.gateway_v6 is not None:
             response["GatewayIPv6"] = str(info.gateway_v6)
+        if info.docker_gateway:
+            # No Gateway, no default StaticRoute and the gateway service left on: libnetwork's needDefaultGW then
+            # connects the container to docker_gwbridge, whose endpoint becomes the gateway endpoint (egress, -p).
+            response["DisableGatewayService"] = False
         return response
 
     def leave(self, body: Body) -> Body:

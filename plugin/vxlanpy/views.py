@@ -7,6 +7,7 @@ from typing import Any
 
 from .attach import attachment_id, container_target, netns_target
 from .client import DockerNetwork
+from .models import GATEWAY_DOCKER, GATEWAY_VXLANPY
 
 COLUMNS = ("NAME", "ID", "VNI", "MODE", "SUBNETS", "DEVICES", "MTU", "PEERS", "ENDPOINTS")
 Row = dict[str, Any]
@@ -64,11 +65,20 @@ def build_rows(
     docker_networks: list[DockerNetwork] | None,
     containers: list[tuple[str, str]],
     namespaces: list[str],
+    docker_ports: dict[str, list[str]] | None = None,
 ) -> tuple[list[Row], list[str]]:
-    """(rows keyed by the lower-case column names, warnings).  Docker's view may be missing (None)."""
+    """(rows keyed by the lower-case column names, warnings).  Docker's view may be missing (None).
+
+    `docker_ports` (container id -> ports Docker publishes) fills the ports of gateway=docker_gwbridge networks'
+    endpoints, which Docker's bridge driver publishes on the container's docker_gwbridge endpoint."""
     plugin_networks = listing.get("networks", [])
     docker_by_id = {network.id: network for network in docker_networks or []}
     who = owners([n["id"] for n in plugin_networks], docker_networks or [], containers, namespaces)
+    container_of = {
+        endpoint_id: container_id
+        for network in docker_networks or []
+        for endpoint_id, (container_id, _) in network.endpoints.items()
+    }
     rows: list[Row] = []
     warnings: list[str] = []
     for network in plugin_networks:
@@ -77,17 +87,26 @@ def build_rows(
             warnings.append(
                 f"network {network['id'][:12]} (vni {network['vni']}) is unknown to Docker; see `vxlanpy doctor`"
             )
+        gateway = (network.get("config") or {}).get("gateway") or GATEWAY_VXLANPY
+        endpoints = []
+        for endpoint in network["endpoints"]:
+            row = {**endpoint, "container": who.get(endpoint["id"]), "ports_by": "vxlanpy"}
+            if gateway == GATEWAY_DOCKER:
+                published = (docker_ports or {}).get(container_of.get(endpoint["id"], ""))
+                row.update(ports=published or [], ports_by="docker" if docker_ports is not None else "unknown")
+            endpoints.append(row)
         rows.append(
             {
                 "name": docker.name if docker else None,
                 "id": network["id"],
                 "vni": network["vni"],
                 "mode": network["mode"],
+                "gateway": gateway,
                 "subnets": network["subnets"],
                 "devices": network["devices"],
                 "mtu": network["mtu"],
                 "peers": network["peers"],
-                "endpoints": [{**endpoint, "container": who.get(endpoint["id"])} for endpoint in network["endpoints"]],
+                "endpoints": endpoints,
             }
         )
     known = {network["id"] for network in plugin_networks}
@@ -101,6 +120,7 @@ def build_rows(
                 "id": docker.id,
                 "vni": None,
                 "mode": None,
+                "gateway": None,
                 "subnets": [{"pool": subnet, "gateway": None} for subnet in docker.subnets],
                 "devices": [],
                 "mtu": None,
@@ -165,6 +185,7 @@ def render_detail(row: Row) -> str:
 
     lines = [field("name", cell(row["name"])), field("id", row["id"]), field("vni", cell(row["vni"]))]
     lines.append(field("mode", cell(row["mode"])))
+    lines.append(field("gateway", GATEWAY_TEXT.get(row.get("gateway") or "", cell(row.get("gateway")))))
     subnets = [
         subnet["pool"] + (f" gateway {subnet['gateway'].split('/')[0]}" if subnet.get("gateway") else "")
         for subnet in row["subnets"]
@@ -193,12 +214,24 @@ def render_detail(row: Row) -> str:
                 cell(endpoint.get("ipv6")),
                 cell(endpoint.get("mac")),
                 cell(endpoint.get("veth")) + ("" if endpoint.get("veth_present", True) else "(missing)"),
-                ",".join(endpoint.get("ports") or []) or "-",
+                _ports_cell(endpoint),
             ]
             for endpoint in row["endpoints"]
         ]
         lines.append("  " + table(headers, body).replace("\n", "\n  "))
     return "\n".join(lines)
+
+
+GATEWAY_TEXT = {
+    GATEWAY_VXLANPY: "vxlanpy (gateway on the bridge; vxlanpy masquerades and publishes -p)",
+    GATEWAY_DOCKER: "docker_gwbridge (Docker serves egress and -p through docker_gwbridge)",
+}
+
+
+def _ports_cell(endpoint: dict[str, Any]) -> str:
+    if endpoint.get("ports_by") == "unknown":
+        return "?(published by Docker; Docker does not answer)"
+    return ",".join(endpoint.get("ports") or []) or "-"
 
 
 def _yes(value: bool) -> str:

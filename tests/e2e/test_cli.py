@@ -90,7 +90,8 @@ def test_ls_inspect_peers_and_health(
 
     rows = json.loads(ok(vxlanpy(plugin, "ls", "--json")).stdout)
     by_name = {row["name"]: row for row in rows}
-    assert set(by_name[local.name]) == {"name", "id", "vni", "mode", "subnets", "devices", "mtu", "peers", "endpoints"}
+    keys = {"name", "id", "vni", "mode", "gateway", "subnets", "devices", "mtu", "peers", "endpoints"}
+    assert set(by_name[local.name]) == keys and by_name[local.name]["gateway"] == "vxlanpy"
     assert by_name[local.name]["id"] == local.id and by_name[local.name]["vni"] == 7100
     assert [e["container"] for e in by_name[local.name]["endpoints"]] == [container.name]
     assert by_name[static.name]["mode"] == "peers"

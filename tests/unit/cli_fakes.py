@@ -66,6 +66,7 @@ class FakeDocker:
         self.by_name: dict[str, DockerContainer] = {}
         self.down = False
         self.boom = False
+        self.ports: dict[str, list[str]] = {}  # container id -> published ports, as Docker lists them
 
     def _check(self) -> None:
         if self.boom:
@@ -94,6 +95,10 @@ class FakeDocker:
     def containers(self) -> list[tuple[str, str]]:
         self._check()
         return [(c.id, c.name) for c in self.by_name.values()]
+
+    def published_ports(self) -> dict[str, list[str]]:
+        self._check()
+        return dict(self.ports)
 
 
 @dataclass

@@ -65,7 +65,8 @@ def test_ls_table_and_json(cli: CliHarness) -> None:
 
     result = cli.run("ls", "--json")
     rows = json.loads(result.stdout)
-    assert [set(r) for r in rows] == [{"name", "id", "vni", "mode", "subnets", "devices", "mtu", "peers", "endpoints"}]
+    keys = {"name", "id", "vni", "mode", "gateway", "subnets", "devices", "mtu", "peers", "endpoints"}
+    assert [set(r) for r in rows] == [keys] and rows[0]["gateway"] == "vxlanpy"
     assert rows[0]["name"] == "demo" and rows[0]["id"] == NET and rows[0]["vni"] == 42
     assert rows[0]["endpoints"][0]["container"] == "web" and rows[0]["endpoints"][0]["kind"] == "docker"
 

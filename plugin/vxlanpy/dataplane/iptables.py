@@ -172,7 +172,7 @@ def internal_rules(network: Network) -> list[Rule]:
 
 
 def masquerade_rules(network: Network) -> list[Rule]:
-    if network.internal:
+    if not network.routes_egress:  # internal, or gateway=docker_gwbridge: Docker's bridge masquerades (no double NAT)
         return []
     bridge = _safe(network.bridge)
     rules = [
@@ -186,7 +186,7 @@ def masquerade_rules(network: Network) -> list[Rule]:
 
 
 def dnat_rules(network: Network, endpoints: list[Endpoint]) -> list[Rule]:
-    if network.internal:
+    if not network.routes_egress:  # gateway=docker_gwbridge: Docker publishes the ports
         return []
     rules = []
     for endpoint in endpoints:
@@ -337,7 +337,7 @@ class IptablesFirewall:
                     # `_known` was wrong (a chain made or deleted behind vxlanpy's back): it was forgotten with
                     # the failure, so the second try works from a fresh read of the tables.
                     self._write_network(family, network.vni, contents, jumps)
-            if not network.internal:
+            if network.routes_egress:
                 # Lets a connection DNATed from 127.0.0.1 leave through the bridge instead of being dropped
                 # as martian.  The links layer creates the bridge; without it there is nothing to set yet.
                 self._set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1", missing_ok=True)
