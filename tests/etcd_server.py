@@ -303,6 +303,20 @@ class EtcdCluster:
             time.sleep(0.1)
         raise RuntimeError(f"the etcd cluster has no agreed leader after {timeout:.0f} s ({seen!r})")
 
+    def make_leader(self, target: EtcdServer, timeout: float = 15.0) -> None:
+        """Move the leadership to `target` (MoveLeader, asked of the current leader)."""
+        leader = self.leader(timeout)
+        if leader is not target:
+            target_id = int(target.status()["header"]["member_id"])
+            code, body = leader.request("POST", "/v3/maintenance/transfer-leadership", {"targetID": target_id})
+            if code != 200:
+                raise RuntimeError(f"etcd transfer-leadership to {target.name}: HTTP {code}: {body!r}")
+        deadline = time.monotonic() + timeout
+        while self.leader(timeout) is not target:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd {target.name} did not become the leader within {timeout:.0f} s")
+            time.sleep(0.1)
+
     def destroy(self) -> None:
         for member in self.members:
             member.stop()

@@ -387,3 +387,10 @@ def test_killing_the_leader_of_three_members(tls: TlsFiles) -> None:
         assert set(seen) >= {str(number) for number in range(40, 60)}, f"the watch missed writes: {sorted(seen)}"
     finally:
         cluster.destroy()
+
+
+def test_a_single_endpoint_gets_the_whole_budget() -> None:
+    """One member has no election to wait out: a slow answer is not cut short to try it again."""
+    kv, (only,) = kv_with(ok, timeout=3.0)
+    kv.get("/p/x")
+    assert only.calls[0][1] == pytest.approx(3.0, abs=0.01)

@@ -140,7 +140,8 @@ class EtcdKV:
     """The few etcd v3 calls vxlanpy needs, with failover across endpoints and errors mapped to StoreError.
 
     Every call, failover included, ends within config.timeout: it tries the endpoints in turn, starting with
-    the last one that answered, each try at most ATTEMPT_SHARE of the budget, until one answers or time is up.
+    the last one that answered, each try at most ATTEMPT_SHARE of the budget (with several members), until one
+    answers or time is up.
     """
 
     def __init__(self, config: EtcdConfig, sessions: list[requests.Session] | None = None) -> None:
@@ -184,8 +185,8 @@ class EtcdKV:
         deadline = time.monotonic() + timeout
         # A proposal that reaches a member while the cluster has no leader hangs for etcd's own request timeout
         # (7 s by default), even after a new leader is up: a fresh try at another member succeeds sooner.
-        share = max(timeout * ATTEMPT_SHARE, MIN_ATTEMPT)
         count = len(self._sessions)
+        share = max(timeout * ATTEMPT_SHARE, MIN_ATTEMPT) if count > 1 else timeout  # alone: no election
         with self._lock:
             first = self._current
         last = "no attempt"
@@ -228,6 +229,9 @@ class EtcdKV:
                 continue
             with self._lock:
                 self._current = index
+            if attempt:  # a member failed: say so once the call is through, with how long it took
+                log.info("etcd %s answered by %s after %d failed tries in %.0f ms (%s)", path, endpoint, attempt,
+                         (time.monotonic() - deadline + timeout) * 1000, last)  # fmt: skip
             return result
         # etcd serving https closes a plain http connection without a word
         hint = (
