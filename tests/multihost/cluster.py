@@ -666,6 +666,7 @@ class Plugin(ManagedProcess):
         self.socket_path = socket_path
         self.state_dir = workdir / "state"
         self.store_url = store_url
+        self.extra_env: dict[str, str] = {}  # e.g. the etcd TLS settings of a test's own etcd cluster
 
     @property
     def env(self) -> dict[str, str]:
@@ -680,6 +681,7 @@ class Plugin(ManagedProcess):
                 "VXLANPY_HOST": self.host_name,
                 "VXLANPY_LEASE_TTL": str(LEASE_TTL),
                 "VXLANPY_LOG_LEVEL": "debug",
+                **self.extra_env,
             }
         )
         return env
