@@ -128,14 +128,17 @@ def test_killing_the_etcd_leader_while_containers_start_on_every_host(
         f"  {host_name} docker run at {started - killed_at:+.2f} s: {seconds:.2f} s, {outcome[:160]}"
         for host_name, started, seconds, outcome, _ in sorted(runs, key=lambda run: run[1])
     ]
+    failed_runs = [run for run in runs if run[3] != "ok"]
+    report.append(f"docker run: {len(runs)}, {len(failed_runs)} failed, slowest {max(r[2] for r in runs):.2f} s")
     moved = {host.name: failovers(host, offsets[host.name]) for host in vx_cluster.hosts}
     for host_name, (calls, watch_breaks) in moved.items():
         longest = max((ms for *_, ms in calls), default=0)
         report.append(f"{host_name}: {len(calls)} etcd calls went on to another member (longest {longest} ms), "
                       f"watch broken {watch_breaks}x and resumed")  # fmt: skip
     print("\n" + "\n".join(report + runs_report))
-    # The kill did hit every plugin: each was talking and watching to the member that died.
-    assert all(calls and breaks for calls, breaks in moved.values()), moved
+    # The kill did hit every plugin: each was watching the member that died (a host whose watch broke first
+    # moves on before its next call, which then needs no failover).
+    assert all(breaks for _, breaks in moved.values()) and any(calls for calls, _ in moved.values()), moved
     assert slowest[2] <= timeout * 1000, f"a plugin request took {slowest[2]:.0f} ms: {slowest}"
 
     # 2. Every docker run worked or said that etcd was unreachable.
