@@ -94,8 +94,8 @@ class EtcdConfig:
             endpoint = _parse_endpoint(item.strip())
             if endpoint is None:
                 raise InvalidOption(
-                    f"VXLANPY_STORE={url[:120]!r} is not valid ({item.strip()[:60]!r}); "
-                    "use etcd://HOST:PORT[,HOST:PORT...], e.g. etcd://10.0.0.1:2379,10.0.0.2:2379"
+                    f"VXLANPY_STORE={url[:120]!r} is not valid; use etcd://HOST:PORT[,HOST:PORT...], "
+                    f"e.g. etcd://10.0.0.1:2379,10.0.0.2:2379 ({item.strip()[:60]!r} is not HOST:PORT)"
                 )
             if endpoint in endpoints:
                 raise InvalidOption(f"VXLANPY_STORE={url[:120]!r} lists {_endpoint_name(endpoint)} twice")
