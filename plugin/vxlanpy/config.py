@@ -45,6 +45,7 @@ class Settings:
         log_level = env.get("VXLANPY_LOG_LEVEL", "info").lower()
         if log_level not in LOG_LEVELS:
             raise InvalidOption(f"VXLANPY_LOG_LEVEL={log_level!r} is not valid; use one of {', '.join(LOG_LEVELS)}")
+        etcd_tls = check_etcd_tls(env) if env.get("VXLANPY_STORE", "").startswith("etcd://") else (None, None, None)
         return cls(
             socket=env.get("VXLANPY_SOCKET", DEFAULT_SOCKET),
             state_dir=state_dir,
@@ -59,9 +60,9 @@ class Settings:
             lease_ttl=_parse_positive_int("VXLANPY_LEASE_TTL", env.get("VXLANPY_LEASE_TTL", "10")),
             etcd_prefix=env.get("VXLANPY_ETCD_PREFIX", "/vxlanpy"),
             etcd_timeout=float(_parse_positive_int("VXLANPY_ETCD_TIMEOUT", env.get("VXLANPY_ETCD_TIMEOUT", "3"))),
-            etcd_ca=env.get("VXLANPY_ETCD_CA") or None,
-            etcd_cert=env.get("VXLANPY_ETCD_CERT") or None,
-            etcd_key=env.get("VXLANPY_ETCD_KEY") or None,
+            etcd_ca=etcd_tls[0],
+            etcd_cert=etcd_tls[1],
+            etcd_key=etcd_tls[2],
             ipam_pool4=env.get("VXLANPY_IPAM_POOL4", "10.200.0.0/16:24"),
             ipam_pool6=env.get("VXLANPY_IPAM_POOL6", "fd78:7870::/48:64"),
         )
@@ -91,3 +92,59 @@ def _parse_vni_range(raw: str | None) -> tuple[int, int]:
             f"VXLANPY_VNI_RANGE={raw[:64]!r} is not valid; use LOW-HIGH within 1-16777215, e.g. 4096-65535"
         )
     return low, high
+
+
+TLS_FILES = (
+    ("VXLANPY_ETCD_CA", "CERTIFICATE"),
+    ("VXLANPY_ETCD_CERT", "CERTIFICATE"),
+    ("VXLANPY_ETCD_KEY", "PRIVATE KEY"),
+)
+PLUGIN_PATH_HINT = "with the managed plugin the path is inside the plugin: put the file under /var/lib/vxlanpy"
+
+
+def check_etcd_tls(env: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
+    """The CA, certificate and key paths, each checked now (at start) rather than at the first etcd call.
+
+    Each must be a readable PEM file of the right kind, the certificate and key come together, and they must
+    load as TLS settings (the key must match the certificate)."""
+    import ssl
+
+    paths: list[str | None] = []
+    for name, kind in TLS_FILES:
+        path = env.get(name) or None
+        if path is not None:
+            _check_pem(name, path, kind)
+        paths.append(path)
+    ca, cert, key = paths
+    if (cert is None) != (key is None):
+        have, missing = (
+            ("VXLANPY_ETCD_CERT", "VXLANPY_ETCD_KEY") if key is None else ("VXLANPY_ETCD_KEY", "VXLANPY_ETCD_CERT")
+        )
+        raise InvalidOption(f"{have} is set but {missing} is not: a client certificate needs its key, set both")
+    try:
+        context = ssl.create_default_context(cafile=ca)
+        if cert is not None and key is not None:
+            context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        what = "VXLANPY_ETCD_CERT and VXLANPY_ETCD_KEY do not match" if "KEY_VALUES_MISMATCH" in str(exc) else str(exc)
+        raise InvalidOption(f"the etcd TLS files cannot be used: {what}") from None
+    return ca, cert, key
+
+
+def _check_pem(name: str, path: str, kind: str) -> None:
+    where = f"{name}={path[:200]}"
+    if not os.path.isabs(path):
+        raise InvalidOption(f"{where} is not an absolute path; {PLUGIN_PATH_HINT}")
+    try:
+        with open(path, "rb") as file:
+            head = file.read(1 << 20)
+    except FileNotFoundError:
+        raise InvalidOption(f"{where}: no such file; {PLUGIN_PATH_HINT}") from None
+    except IsADirectoryError:
+        raise InvalidOption(f"{where} is a directory; give the PEM file itself") from None
+    except PermissionError:
+        raise InvalidOption(f"{where} cannot be read (permission denied): check its mode") from None
+    except OSError as exc:
+        raise InvalidOption(f"{where} cannot be read: {exc.strerror}") from None
+    if f"-----BEGIN {kind}".encode() not in head and not (kind == "PRIVATE KEY" and b"PRIVATE KEY-----" in head):
+        raise InvalidOption(f"{where} holds no PEM {kind.lower()} (-----BEGIN {kind}-----)")

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from .attach import is_attachment_id
 from .dataplane.base import Firewall, Links
 from .errors import Conflict, InvalidOption, NotFound, VxlanpyError
 from .models import (
@@ -43,6 +44,7 @@ EPHEMERAL_PORTS = (49153, 60999)  # Docker's bridge driver uses the same range
 # libnetwork joins an endpoint right after creating it; one still unjoined after this long was left behind by
 # a start that failed while the plugin was down, and nothing will ever delete it but reconciliation.
 STALE_UNJOINED_SECONDS = 60.0
+JOINING_SECONDS = 10.0  # a joined endpoint without its sandbox file is being started, not stale, this long
 DST_PREFIX = "eth"
 NETWORK_ALIAS_PREFIX = f"{LINK_ALIAS_PREFIX}net:"
 
@@ -581,9 +583,15 @@ class Driver:
 
     def _is_stale(self, endpoint: Endpoint, unjoined_grace: float) -> bool:
         """An endpoint Docker will never delete: its container's sandbox is gone, or it was never joined."""
+        age = self.clock() - endpoint.created
         if endpoint.sandbox_key is not None:
-            return self.sandbox_exists(endpoint.sandbox_key) is False
-        return self.clock() - endpoint.created >= unjoined_grace
+            if self.sandbox_exists(endpoint.sandbox_key) is not False:
+                return False
+            # Docker makes the namespace file only after Join (runc's prestart hook): a container being started
+            # has none yet, and removing its veth then fails the start ("Link not found").  `vxlanpy attach`
+            # joins namespaces that exist already.
+            return is_attachment_id(endpoint.endpoint_id) or age >= min(unjoined_grace, JOINING_SECONDS)
+        return age >= unjoined_grace
 
 
 def sandbox_path_exists(path: str) -> bool | None:

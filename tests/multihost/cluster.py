@@ -669,6 +669,7 @@ class Plugin(ManagedProcess):
         # VXLANPY_HOST as this plugin gets it: its host's name by default; None leaves it unset, so that the
         # plugin chooses its own identity (tests/multihost/test_identity.py), another host's name makes a duplicate.
         self.host_env: str | None = host_name
+        self.extra_env: dict[str, str] = {}  # e.g. the etcd TLS settings of a test's own etcd cluster
 
     @property
     def env(self) -> dict[str, str]:
@@ -682,6 +683,7 @@ class Plugin(ManagedProcess):
                 "VXLANPY_STORE": self.store_url,
                 "VXLANPY_LEASE_TTL": str(LEASE_TTL),
                 "VXLANPY_LOG_LEVEL": "debug",
+                **self.extra_env,
             }
         )
         env.pop("VXLANPY_HOST", None)

@@ -5,6 +5,8 @@
 * `cluster` (session) builds the namespaces, etcd and one dockerd per host (with the busybox image);
   `vx_cluster` (session) additionally starts vxlanpy on every host, with VXLANPY_STORE=etcd://10.250.0.254:2379.
   Tests of plain Docker use `cluster`; tests of vxlanpy use `vx_cluster`.
+* `etcd_members` (module) moves vxlanpy on every host to a 3-member etcd cluster with client TLS (its own CA
+  and certificates, made with openssl), and back to the session's etcd afterwards.
 * After every test, whatever its outcome: etcd and the plugins are started again if the test stopped them,
   then every container and network labelled vxlanpy.test=1 is removed from every host.
 * At the end of the session everything is torn down: containers, networks, vxlanpy, dockerd (and its
@@ -18,6 +20,8 @@ Keep every log (dockerd, vxlanpy, etcd) of a session:   VXMH_KEEP_LOGS=/tmp/vxmh
 from __future__ import annotations
 
 import secrets
+import shutil
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,13 +29,16 @@ from typing import Any
 import pytest
 
 from tests.engines import engine_major
+from tests.etcd_server import EtcdCluster, make_tls
 
 from .cluster import (
     DRIVER,
+    ETCD_IP,
     LABELS,
     Cluster,
     docker,
     missing_prerequisites,
+    netns_socket,
     remove_stale_clusters,
 )
 
@@ -84,6 +91,61 @@ def vx_cluster(cluster: Cluster) -> Cluster:
         pytest.fail(f"vxlanpy cannot run in multi-host mode: {exc}", pytrace=False)
     cluster.plugins_wanted = True
     return cluster
+
+
+MEMBERS_ETCD_TIMEOUT = 3  # VXLANPY_ETCD_TIMEOUT of the plugins on `etcd_members`
+
+
+@pytest.fixture(scope="module")
+def etcd_members(vx_cluster: Cluster) -> Iterator[EtcdCluster]:
+    """vxlanpy on every host moved to a 3-member etcd cluster in the underlay namespace (10.250.0.254, one
+    client port per member, https with client certificates; peers on the namespace's loopback), with
+    VXLANPY_STORE listing the three members, VXLANPY_ETCD_CA/_CERT/_KEY and VXLANPY_ETCD_TIMEOUT=3.
+    Afterwards, whatever the outcome: the test's containers and networks removed (while the plugins still
+    use the members), the plugins back on the session's etcd, the members and their files gone."""
+    root = vx_cluster.workdir / f"etcd-members-{secrets.token_hex(3)}"
+    tls = make_tls(root / "tls", addresses=(ETCD_IP,))
+
+    def connect(host: str, port: int, timeout: float) -> socket.socket:
+        sock = netns_socket(vx_cluster.underlay)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    members = EtcdCluster(
+        3, root=root, client_host=ETCD_IP, tls=tls, wrapper=["ip", "netns", "exec", vx_cluster.underlay],
+        connect=connect,
+    )  # fmt: skip
+    members.start()
+    saved = {host.name: (host.plugin.store_url, dict(host.plugin.extra_env)) for host in vx_cluster.hosts}
+
+    def move(store_url: Callable[[str], str], env: Callable[[str], dict[str, str]]) -> None:
+        def restart(host: Any) -> None:
+            host.plugin.stop()
+            host.plugin.store_url, host.plugin.extra_env = store_url(host.name), env(host.name)
+            host.plugin.start()
+
+        vx_cluster._parallel(restart, vx_cluster.hosts)
+
+    problems: list[str] = []
+    try:
+        timeout = {"VXLANPY_ETCD_TIMEOUT": str(MEMBERS_ETCD_TIMEOUT)}
+        move(lambda _: members.url, lambda _: {**tls.env, **timeout})
+        yield members
+    finally:
+        try:
+            problems = vx_cluster.clean()
+        finally:
+            try:
+                move(lambda name: saved[name][0], lambda name: saved[name][1])
+            finally:
+                members.destroy()
+                shutil.rmtree(root, ignore_errors=True)
+    assert not problems, "cleanup on the etcd members failed:\n  " + "\n  ".join(problems)
 
 
 @pytest.fixture(autouse=True)

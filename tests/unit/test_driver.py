@@ -154,6 +154,27 @@ def test_reconcile_removes_endpoints_docker_will_never_delete(harness: Harness) 
     assert harness.firewall.published() == set()
 
 
+def test_reconcile_keeps_an_endpoint_whose_container_is_being_started(harness: Harness) -> None:
+    """Joined, but Docker has not made the sandbox file yet (it does so after Join): e.g. a reconciliation after
+    an etcd reconnection while containers start.  Removed only once it is old enough, or at start-up."""
+    harness.create_network(generic={"vni": "42"})
+    harness.create_endpoint()
+    harness.driver.join(NET, EP, "/var/run/docker/netns/starting")
+    assert harness.driver.reconcile().removed_endpoints == []
+    assert set(harness.links.endpoints) == {"vxh-ccccccccccc"}
+    assert harness.driver.reconcile(unjoined_grace=0).removed_endpoints == [EP]  # at start-up: no start under way
+
+
+def test_reconcile_removes_a_joined_endpoint_without_sandbox_after_a_while(harness: Harness) -> None:
+    harness.create_network(generic={"vni": "42"})
+    harness.create_endpoint()
+    harness.driver.join(NET, EP, "/var/run/docker/netns/gone")
+    harness.now += 9
+    assert harness.driver.reconcile().removed_endpoints == []
+    harness.now += 1
+    assert harness.driver.reconcile().removed_endpoints == [EP]
+
+
 def test_unknown_sandbox_visibility_keeps_the_endpoint(harness: Harness) -> None:
     harness.driver.sandbox_exists = lambda path: None  # e.g. a managed plugin that cannot see Docker's netns dir
     harness.create_network(generic={"vni": "42"})
