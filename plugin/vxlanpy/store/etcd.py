@@ -205,6 +205,9 @@ class EtcdKV:
             try:
                 response = self._sessions[index].post(self._urls[index] + path, json=body, timeout=budget)
             except requests.exceptions.SSLError as exc:
+                if _handshake_cut(exc):  # a member dying mid-handshake looks like this too: try the next one
+                    last = f"{endpoint}: TLS failed ({_tls_reason(exc)})"
+                    continue
                 raise StoreError(
                     f"etcd at {endpoint}: TLS failed ({_tls_reason(exc)}); check VXLANPY_ETCD_CA, VXLANPY_ETCD_CERT "
                     "and VXLANPY_ETCD_KEY, and that etcd serves https (TLS is on when any of them is set)"
@@ -397,6 +400,12 @@ TLS_REASONS = (
     ("bad certificate", "etcd does not accept our client certificate"),
     ("eof occurred in violation of protocol", "etcd ended the handshake: it wants a client certificate that it trusts"),
 )
+
+
+def _handshake_cut(exc: Exception) -> bool:
+    """The peer closed the connection during the TLS handshake: a refused client certificate, or a dying member."""
+    text = str(exc).lower()
+    return "eof occurred in violation of protocol" in text or "connection reset" in text
 
 
 def _tls_reason(exc: Exception) -> str:
