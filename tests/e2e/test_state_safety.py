@@ -7,6 +7,7 @@ a good state.db (written back or recovered), so the tests after it are unaffecte
 from __future__ import annotations
 
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -141,3 +142,27 @@ def test_gc_releases_the_address_of_a_container_removed_while_the_plugin_was_dow
     assert container_ip(again, network) == address  # the lowest free address is free again
     code, output = exec_ok(again, ["ip", "-4", "addr", "show", "eth0"])
     assert code == 0 and address in output
+
+
+def test_a_store_made_read_only_under_the_running_plugin_fails_health_and_creates_clearly(
+    plugin: PluginProcess, create_network: Callable[..., Any]
+) -> None:
+    """The issue's read-only store: `vxlanpy health` said healthy while every write failed.  As root chmod does
+    not stop a write, so the file and its WAL get the immutable attribute (what a read-only mount does to an open
+    file too: each write fails).  Not the -shm file: SQLite maps it, and a write to an immutable mapping is a
+    SIGBUS that would kill the plugin."""
+    create_network(vni=7506, subnet="10.77.206.0/24")  # the WAL file exists
+    files = [str(plugin.state_db), f"{plugin.state_db}-wal"]
+    subprocess.run(["chattr", "+i", *files], check=True, capture_output=True)
+    try:
+        health = vxlanpy(plugin, "health")
+        text = health.stdout + health.stderr
+        assert health.returncode == 1, text
+        assert f"{plugin.state_db} cannot be written" in text and "chattr -i" in text, text
+        with pytest.raises(docker.errors.APIError) as refused:
+            create_network(vni=7507, subnet="10.77.207.0/24")
+        assert f"{plugin.state_db} cannot be written" in str(refused.value), refused.value
+    finally:
+        subprocess.run(["chattr", "-i", *files], check=True, capture_output=True)
+    ok(vxlanpy(plugin, "health"))  # writable again: healthy again, with no restart
+    create_network(vni=7507, subnet="10.77.207.0/24")
