@@ -3,7 +3,8 @@
     GET  /vxlanpy/health            200 healthy / 503 unhealthy, with the result of each check
     GET  /vxlanpy/ls                networks, their devices, peers and endpoints as the plugin holds them
     GET  /vxlanpy/peers/<network>   remote VTEPs and entries: the store's view against the kernel's
-    POST /vxlanpy/gc                {"dry_run": bool, "forget": [network ids]}: reconciliation on demand
+    POST /vxlanpy/gc                {"dry_run": bool, "forget": [network ids], "docker_pools": [subnets]}:
+                                    reconciliation on demand
     POST /vxlanpy/attach            {"network", "target", "netns": [paths], "ipv4"?, "ipv6"?, "ifname"?}
     POST /vxlanpy/detach            {"network", "target"}
     POST /vxlanpy/recover           {"step": "state"|"adopt"|"finish", "dry_run", "network"?, "forget"?}: a lost store
@@ -118,7 +119,13 @@ def register(app: Flask, operations: Operations, metrics: Metrics) -> None:
             forget = body.get("forget") or []
             if not isinstance(forget, list):
                 raise BadRequest("forget must be a list of network ids")
-            return operations.gc(dry_run, [_network_id(item) for item in forget]), 200
+            pools = body.get("docker_pools")
+            if pools is not None and not (
+                isinstance(pools, list) and all(isinstance(item, str) and len(item) <= 64 for item in pools)
+            ):
+                raise BadRequest("docker_pools must be a list of subnets (those of Docker's networks)")
+            forget_ids = [_network_id(item) for item in forget]
+            return operations.gc(dry_run, forget_ids, None if pools is None else set(pools)), 200
 
         return run("gc", action)
 

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, request
@@ -47,13 +48,20 @@ def create_app(
     reconcile: bool = True,
     ipam: Ipam | None = None,
     sandboxes: Sandboxes | None = None,
+    docker_subnets: Callable[[], set[str] | None] | None = None,
 ) -> Flask:
+    """`docker_subnets`: the subnets of Docker's networks, or None when Docker cannot be asked (the production
+    wiring asks Docker's socket); with them, start-up releases pool claims whose network create never completed."""
     settings = settings or Settings.from_env()
     metrics = Metrics()
     cluster = None
     if driver is None:
         components = build(settings)
         driver, cluster = components.driver, components.cluster
+        if docker_subnets is None:
+            from .client import docker_subnets as ask_docker
+
+            docker_subnets = ask_docker
     if ipam is None:
         ipam = build_ipam(driver, settings)
     if cluster is not None:
@@ -78,6 +86,8 @@ def create_app(
     # The operator's private endpoints (/vxlanpy/...), metrics and health: see api.py and metrics.py.
     operations = Operations(driver, ipam.book, ipam.host, sandboxes or NetlinkSandboxes(), metrics)
     metrics.watch_state(operations.metrics_state)
+    if reconcile and docker_subnets is not None:
+        _release_orphan_pools(operations, docker_subnets)
     app.extensions["vxlanpy.metrics"] = metrics
     app.extensions["vxlanpy.operations"] = operations
     api.register(app, operations, metrics)
@@ -119,6 +129,28 @@ def create_app(
         return _reply({key: f"{error.name}: {request.method} {request.path[:80]}"}, error.code)
 
     return app
+
+
+def _release_orphan_pools(operations: Operations, docker_subnets: Callable[[], set[str] | None]) -> None:
+    """Not serving yet, so every pool claim of an earlier process whose pool no network uses is a leftover."""
+    pools = docker_subnets()
+    if pools is None:
+        logging.getLogger("vxlanpy").info(
+            "Docker's networks could not be read at start-up; `vxlanpy gc` releases the IPAM pools of creates "
+            "that never completed"
+        )
+        return
+    try:
+        released = operations.release_orphan_pools(pools)
+    except VxlanpyError as exc:  # the store is checked and reported by health; never block the start
+        logging.getLogger("vxlanpy").error("cannot release the IPAM pools of unfinished creates: %s", exc)
+        return
+    if released:
+        logging.getLogger("vxlanpy").warning(
+            "released %d IPAM pool claim(s) of network creates that never completed: %s",
+            len(released),
+            ", ".join(f"{item['pool']} ({item['claim']})" for item in released),
+        )
 
 
 def _error_key(method: str) -> str:

@@ -403,7 +403,12 @@ def gc_command(env: Env, dry_run: bool, forget: tuple[str, ...]) -> None:
     progress(f"reconciling through the plugin on {env.socket} ({what}) ...")
     started = time.monotonic()
     names = _report_names(env)
-    result = env.plugin().call("POST", "/vxlanpy/gc", {"dry_run": dry_run, "forget": forget_ids})
+    # Pool claims of creates that never completed are released only when Docker says which pools it uses.
+    docker_pools = _docker_or_none(env, lambda d: d.subnets_in_use(), "keeping every IPAM pool claim")
+    body: dict[str, Any] = {"dry_run": dry_run, "forget": forget_ids}
+    if docker_pools is not None:
+        body["docker_pools"] = sorted(docker_pools)
+    result = env.plugin().call("POST", "/vxlanpy/gc", body)
     lines = describe_report(result.get("report", {}), dry_run, names)
     for line in lines:
         click.echo(f"  {line}")

@@ -155,6 +155,10 @@ class DockerView(Protocol):
         """(id, name) of every container, running or not."""
         ...
 
+    def subnets_in_use(self) -> set[str]:
+        """The subnets of every Docker network, whatever its driver."""
+        ...
+
 
 def _network_from(attrs: dict[str, Any]) -> DockerNetwork:
     ipam = attrs.get("IPAM") or {}
@@ -232,9 +236,38 @@ class SdkDocker:
             sandbox_key=str((attrs.get("NetworkSettings") or {}).get("SandboxKey") or ""),
         )
 
+    def subnets_in_use(self) -> set[str]:
+        return subnets_of(self._call(lambda api: api.networks()) or [])
+
     def containers(self) -> list[tuple[str, str]]:
         listed = self._call(lambda api: api.containers(all=True)) or []
         return [(str(c["Id"]), str((c.get("Names") or ["/?"])[0]).lstrip("/")) for c in listed]
+
+
+def subnets_of(networks: list[Any]) -> set[str]:
+    """The subnets in a Docker network listing (GET /networks carries each network's IPAM config)."""
+    return {
+        str(config["Subnet"])
+        for network in networks
+        if isinstance(network, dict)
+        for config in ((network.get("IPAM") or {}).get("Config") or ())
+        if isinstance(config, dict) and config.get("Subnet")
+    }
+
+
+def docker_subnets(timeout: float = 2.0) -> set[str] | None:
+    """The subnets of every Docker network, read by the plugin itself over Docker's Unix socket (DOCKER_HOST
+    when it is unix://); None when Docker cannot be asked (a managed plugin sees no socket, dockerd is starting
+    and waits for the plugin, DOCKER_HOST is TCP), and then nothing is released on its word."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return None
+    try:
+        status, raw = unix_transport(host.removeprefix("unix://"))("GET", "/networks", None, timeout)
+        listed = json.loads(raw) if status == 200 else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    return subnets_of(listed) if isinstance(listed, list) else None
 
 
 def _docker_reason(exc: BaseException) -> str:

@@ -30,7 +30,15 @@ from .attach import (
 from .dataplane.base import RemoteEndpoint
 from .driver import NETWORK_ALIAS_PREFIX, STALE_UNJOINED_SECONDS, Driver, ReconcileReport
 from .errors import BadRequest, Conflict, InvalidOption, NotFound, VxlanpyError
-from .ipam import CONTAINER_LABEL, GATEWAY_RECORD, Ipam, describe_holder, first_host, orphan_reservations
+from .ipam import (
+    CONTAINER_LABEL,
+    GATEWAY_RECORD,
+    Ipam,
+    describe_holder,
+    first_host,
+    orphan_pool_claims,
+    orphan_reservations,
+)
 from .metrics import Metrics
 from .models import (
     BRIDGE_PREFIX,
@@ -369,9 +377,11 @@ class Operations:
             return f"its namespace {endpoint.sandbox_key} is gone"
         return None
 
-    def gc(self, dry_run: bool, forget: list[str] | None = None) -> Body:
+    def gc(self, dry_run: bool, forget: list[str] | None = None, docker_pools: set[str] | None = None) -> Body:
         """Reconcile, then sweep stale attachments and their addresses.  `forget` names networks Docker no longer
-        knows (the CLI checks that): they are deleted as `docker network rm` would have."""
+        knows (the CLI checks that): they are deleted as `docker network rm` would have.  `docker_pools`: the
+        subnets of every network Docker has (the CLI reads them); with them, pool claims whose network create
+        never completed are released too."""
         started = time.monotonic()
         with self._lock:
             forgotten = []
@@ -406,6 +416,9 @@ class Operations:
             result["removed_attachments"] = stale
             result["released_addresses"] = released + self._sweep_reservations(dry_run)
             result["forgotten_networks"] = forgotten
+            result["released_pools"] = (
+                self.release_orphan_pools(docker_pools, dry_run) if docker_pools is not None else []
+            )
             if self.metrics is not None:
                 self.metrics.observe_reconcile("gc", result, dry_run=dry_run)
         return {"dry_run": dry_run, "report": result, "ms": round((time.monotonic() - started) * 1000, 1)}
@@ -483,6 +496,28 @@ class Operations:
                 released.append({"pool": key, "address": address, "holder": holder})
                 if not dry_run:
                     self.book.release_address(key, address)
+        return released
+
+    def release_orphan_pools(self, docker_pools: set[str], dry_run: bool = False) -> list[Body]:
+        """Release this host's pool claims whose network create never completed: the plugin was killed between
+        RequestPool and CreateNetwork (or Docker gave up), so Docker's ReleasePool never came and the subnet was
+        held for good.  A claim is released when neither a network row nor a Docker network (`docker_pools`, any
+        driver: a network of another driver may use vxlanpy's IPAM) uses its pool, a minute after it was made or
+        when it predates this process.  The last claim's release frees the pool and its gateway."""
+        in_use = {str(subnet.pool) for n in self.store.list_networks() for subnet in (*n.ipv4, *n.ipv6)}
+        in_use |= {_canonical(pool) for pool in docker_pools}
+        released = []
+        now = self.clock()
+        for pool, claim in orphan_pool_claims(self.book.claimed_pools(), in_use, self.host, now, started=self.started):
+            released.append({"pool": pool, "claim": claim})
+            log.warning(
+                "pool %s: claim %s belongs to a network create that never completed (no network uses the pool); %s",
+                pool,
+                claim,
+                "would release it" if dry_run else "releasing it",
+            )
+            if not dry_run:
+                self.book.release_pool(pool, claim)
         return released
 
     def _remove_attachment(self, endpoint: Endpoint) -> None:
@@ -689,6 +724,14 @@ def expected_vxlan_device(network: Network) -> Body:
 
 
 # -- recovery of a lost store ---------------------------------------------------------------------------------
+
+
+def _canonical(pool: str) -> str:
+    """A subnet as the IPAM records key it; anything else is kept as given (it then matches nothing)."""
+    try:
+        return str(ipaddress.ip_network(pool, strict=False))
+    except ValueError:
+        return pool
 
 
 def _text(value: object, what: str, limit: int = 256) -> str:

@@ -95,6 +95,10 @@ class FakeDocker:
         self._check()
         return [(c.id, c.name) for c in self.by_name.values()]
 
+    def subnets_in_use(self) -> set[str]:
+        self._check()
+        return {subnet for network in self.networks.values() for subnet in network.subnets}
+
 
 @dataclass
 class FakeProbe:

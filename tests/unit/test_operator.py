@@ -595,3 +595,43 @@ def test_gc_removes_a_dead_containers_endpoint_whose_veth_survived(harness: Harn
     result = cli.run("gc")
     assert f"removed stale endpoint {EP[:12]}" in result.stdout and f"released address {address.ip}" in result.stdout
     assert harness.store.get_endpoint(EP) is None and harness.links.endpoints == {}
+
+
+def test_gc_releases_the_pool_of_a_create_that_never_completed(harness: Harness) -> None:
+    """RequestPool and the gateway's RequestAddress came, CreateNetwork never did (the plugin was killed in
+    between): once no row and no Docker network uses the pool, gc releases it, and the subnet is free again."""
+    from vxlanpy.client import DockerNetwork
+
+    cli, ipam, grant = _ipam_harness(harness)  # 10.1.0.0/24 is NET's pool
+    lost = ipam.request_pool("vxlanpy-local", None, None, None, {})  # an automatic pool: 10.200.0.0/24
+    ipam.request_address(lost.pool_id, None, gateway=True)
+    foreign = ipam.request_pool("vxlanpy-local", ipaddress.ip_network("10.5.0.0/24"), None, None, {})
+    cli.docker.networks["b"] = DockerNetwork("b" * 64, "other", "bridge", "vxlanpy", ["10.5.0.0/24"])
+    assert "release" not in cli.run("gc").stdout  # within a minute, Docker's CreateNetwork may still come
+    harness.now += 61
+    cli.docker.down = True
+    down = cli.run("gc")
+    assert "release" not in down.stdout and "keeping every IPAM pool claim" in down.stderr  # only on Docker's word
+    cli.docker.down = False
+    result = cli.run("gc")
+    assert result.stdout.count("released pool") == 1, result.stdout
+    assert f"released pool 10.200.0.0/24 claimed by {lost.claim} (its network create never completed)" in result.stdout
+    assert harness.store.claimed_pools() == {"10.1.0.0/24": {grant.claim}, "10.5.0.0/24": {foreign.claim}}
+    assert harness.store.reserved_addresses("10.200.0.0/24") == {}  # its gateway went with it
+    assert ipam.request_pool("vxlanpy-local", None, None, None, {}).pool == lost.pool  # free again
+
+
+def test_start_up_releases_the_pools_of_creates_an_earlier_process_never_completed(harness: Harness) -> None:
+    from vxlanpy.app import create_app
+    from vxlanpy.config import Settings
+    from vxlanpy.ipam import Ipam
+
+    ipam = Ipam(harness.store, "testhost", clock=lambda: harness.now - 5)  # before this start
+    lost = ipam.request_pool("vxlanpy-local", None, None, None, {})
+    kept = ipam.request_pool("vxlanpy-local", ipaddress.ip_network("10.5.0.0/24"), None, None, {})
+    create_app(harness.driver, Settings(host="testhost"), docker_subnets=lambda: {"10.5.0.0/24"})
+    assert harness.store.claimed_pools() == {"10.5.0.0/24": {kept.claim}}
+    unknown = ipam.request_pool("vxlanpy-local", None, None, None, {})
+    assert unknown.pool == lost.pool
+    create_app(harness.driver, Settings(host="testhost"), docker_subnets=lambda: None)  # Docker not asked: kept
+    assert unknown.pool.exploded in {str(ipaddress.ip_network(p)) for p in harness.store.claimed_pools()}

@@ -293,6 +293,12 @@ class SqliteStore:
     def pool_holders(self, pool_id: str) -> set[str]:
         return {row[0] for row in self._query_all("SELECT holder FROM ipam_pools WHERE pool_id = ?", (pool_id,))}
 
+    def claimed_pools(self) -> dict[str, set[str]]:
+        claims: dict[str, set[str]] = {}
+        for pool_id, holder in self._query_all("SELECT pool_id, holder FROM ipam_pools", ()):
+            claims.setdefault(pool_id, set()).add(holder)
+        return claims
+
     def reserve_address(self, pool_id: str, address: str, holder: str) -> str | None:
         with self._transaction() as db:
             row = db.execute(
