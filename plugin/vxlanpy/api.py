@@ -29,7 +29,7 @@ from .errors import BadRequest, VxlanpyError
 from .metrics import Metrics
 from .models import IPAddress
 from .operations import Operations, Recovery, parse_recovered_network
-from .protocol import body_too_large, decode_body
+from .protocol import body_too_large, decode_body, read_limited
 
 log = logging.getLogger("vxlanpy.requests")
 
@@ -46,13 +46,11 @@ def _reply(body: Body, status: int) -> Response:
 def _body() -> Body:
     """The request's JSON object; a body over MAX_BODY is refused (413) without reading it whole."""
     too_large = body_too_large(request.path, MAX_BODY, "the vxlanpy CLI sends a few hundred bytes")
-    if (request.content_length or 0) > MAX_BODY:
-        raise too_large
     try:
-        raw = request.stream.read(MAX_BODY + 1)
+        raw = read_limited(request.stream, request.content_length, MAX_BODY)
     except RequestEntityTooLarge:  # over the app's MAX_CONTENT_LENGTH, without a Content-Length
         raise too_large from None
-    if len(raw) > MAX_BODY:
+    if raw is None:
         raise too_large
     return decode_body(raw)
 

@@ -25,7 +25,15 @@ from .errors import StoreError, VxlanpyError
 from .ipam import Ipam
 from .metrics import Metrics
 from .operations import Operations
-from .protocol import LIBNETWORK_BODY_HINT, Body, Handler, NetworkDriverProtocol, body_too_large, decode_body
+from .protocol import (
+    LIBNETWORK_BODY_HINT,
+    Body,
+    Handler,
+    NetworkDriverProtocol,
+    body_too_large,
+    decode_body,
+    read_limited,
+)
 from .protocol_ipam import IpamDriverProtocol
 from .sandbox import NetlinkSandboxes, Sandboxes
 from .wiring import build
@@ -104,7 +112,7 @@ def create_app(
         started = time.monotonic()
         body: Body = {}
         try:
-            body = decode_body(request.get_data(cache=False))
+            body = decode_body(_read_body(MAX_BODY))
             result, status = handler(body), 200
         except VxlanpyError as exc:
             result, status = {error_key: exc.message}, exc.status
@@ -129,6 +137,15 @@ def create_app(
         return _reply({key: f"{error.name}: {request.method} {request.path[:80]}"}, error.code)
 
     return app
+
+
+def _read_body(limit: int) -> bytes:
+    """The request body; RequestEntityTooLarge when it is over `limit` (reading it whole, as get_data does, let a
+    chunked body through, and its truncated or oversized JSON was a 400)."""
+    raw = read_limited(request.stream, request.content_length, limit)
+    if raw is None:
+        raise RequestEntityTooLarge()
+    return raw
 
 
 def _release_orphan_pools(operations: Operations, docker_subnets: Callable[[], set[str] | None]) -> None:
