@@ -471,7 +471,7 @@ def _published(container: dict[str, Any]) -> list[dict[str, Any]]:
     for key, bindings in ((container.get("HostConfig") or {}).get("PortBindings") or {}).items():
         number, _, proto = str(key).partition("/")
         for binding in bindings or []:
-            host_port = str(binding.get("HostPort") or "")
+            host_port = str(binding.get("HostPort") or "0")  # empty: `-p PORT`, the host port left to vxlanpy
             if number.isascii() and number.isdigit() and host_port.isascii() and host_port.isdigit():
                 ports.append(
                     {
@@ -535,7 +535,7 @@ def recover_command(env: Env, dry_run: bool, drivers: tuple[str, ...]) -> None:
       2. each vxlanpy network Docker still knows gets its row back from `docker network inspect` (options,
          subnets, --internal) with the VNI of its devices in the kernel (labelled with the network id), and
          each of its containers whose veth survives gets its endpoint back (sandbox, published host ports;
-         a port Docker chose itself, -p PORT, gets a new host port); on vxlanpy's IPAM, the pools, gateways
+         for -p PORT, the host port the kernel's DNAT rule still has); on vxlanpy's IPAM, the pools, gateways
          and addresses are reserved again;
       3. the devices of lost networks that Docker no longer knows are removed; reconciliation does the rest.
 

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .attach import IFNAME as IFNAME_PATTERN
@@ -726,6 +726,23 @@ def expected_vxlan_device(network: Network) -> Body:
 # -- recovery of a lost store ---------------------------------------------------------------------------------
 
 
+def _kept_host_ports(wanted: RecoveredEndpoint, published: dict[IPAddress, list[PortMapping]]) -> list[PortMapping]:
+    """The endpoint's ports with their host ports: an explicit one as Docker recorded it; one Docker left to
+    vxlanpy (`-p PORT`, host port 0) as the kernel's DNAT rule still has it (Docker records it nowhere: its
+    inspect shows a remote driver's host ports only while that driver answers), else it is not published."""
+    rules = published.get(wanted.ipv4.ip, []) if wanted.ipv4 is not None else []
+    ports = []
+    for port in wanted.ports:
+        if not port.host_port:
+            found = [r for r in rules if (r.proto, r.container_port) == (port.proto, port.container_port)]
+            found = [r for r in found if port.host_ip is None or r.host_ip in (None, port.host_ip)] or found
+            if not found:
+                continue
+            port = replace(port, host_port=found[0].host_port)
+        ports.append(port)
+    return ports
+
+
 def _canonical(pool: str) -> str:
     """A subnet as the IPAM records key it; anything else is kept as given (it then matches nothing)."""
     try:
@@ -893,9 +910,12 @@ class Recovery:
     def _adopt(self, wanted: RecoveredNetwork, dry_run: bool) -> Body:
         result: Body = {"id": wanted.network_id, "adopted": False, "endpoints": [], "skipped": [], "ipam": []}
         network = self.ops.store.get_network(wanted.network_id)
+        published: dict[IPAddress, list[PortMapping]] = {}
         if network is None:
             options: dict[str, object] = dict(wanted.options)
             vni = self._kernel_vni(wanted.network_id)
+            if vni is not None:  # read before the create below rewrites the network's chains
+                published = self.driver.firewall.published_ports(vni)
             if vni is not None:
                 options["vni"] = str(vni)
             result["vni"] = vni
@@ -926,9 +946,9 @@ class Recovery:
             )
             if wanted_ep.sandbox_key:
                 self.driver.join(network.network_id, wanted_ep.endpoint_id, wanted_ep.sandbox_key)
-            explicit = [port for port in wanted_ep.ports if port.host_port]
-            if explicit and not network.internal:
-                self.driver.program_external_connectivity(network.network_id, wanted_ep.endpoint_id, explicit)
+            ports = _kept_host_ports(wanted_ep, published)
+            if ports and not network.internal:
+                self.driver.program_external_connectivity(network.network_id, wanted_ep.endpoint_id, ports)
         if wanted.ipam_vxlanpy and not dry_run:
             ipam = Ipam(self.ops.book, self.ops.host, clock=self.ops.clock)
             for subnet in (*network.ipv4, *network.ipv6):

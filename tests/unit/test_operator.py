@@ -635,3 +635,36 @@ def test_start_up_releases_the_pools_of_creates_an_earlier_process_never_complet
     assert unknown.pool == lost.pool
     create_app(harness.driver, Settings(host="testhost"), docker_subnets=lambda: None)  # Docker not asked: kept
     assert unknown.pool.exploded in {str(ipaddress.ip_network(p)) for p in harness.store.claimed_pools()}
+
+
+def test_recover_keeps_the_host_port_vxlanpy_chose_for_a_port_docker_left_to_it(harness: Harness) -> None:
+    """`-p 80`: Docker records no host port (HostPort ""), and its inspect shows a remote driver's ports only
+    while the driver answers; the kernel's DNAT rule still has it, and recover keeps it."""
+    from vxlanpy.models import PortMapping
+
+    _running(harness)
+    harness.driver.port_is_free = lambda mapping: True
+    chosen = harness.driver.program_external_connectivity(NET, EP, [PortMapping("tcp", 80, 0)]).ports
+    explicit = harness.driver.program_external_connectivity(NET, EP, [*chosen, PortMapping("udp", 53, 5353)]).ports
+    assert chosen[0].host_port and harness.firewall.published() == {("tcp", chosen[0].host_port), ("udp", 5353)}
+    endpoint = harness.store.get_endpoint(EP)
+    lost = _same_kernel_new_store(harness)
+    lost.driver.port_is_free = lambda mapping: True
+    lost.driver.reconcile(unjoined_grace=0.0)
+    cli = CliHarness(lost)
+    ports = [
+        {"proto": "tcp", "container_port": 80, "host_port": 0},  # what the CLI sends for HostPort ""
+        {"proto": "udp", "container_port": 53, "host_port": 5353},
+        {"proto": "tcp", "container_port": 443, "host_port": 0},  # never published: nothing to keep
+    ]
+    view = {
+        "id": NET,
+        "options": {},
+        "internal": False,
+        "subnets": [{"pool": "10.1.0.0/24"}],
+        "endpoints": [{"id": EP, "mac": endpoint.mac, "ipv4": "10.1.0.2/24", "sandbox": SANDBOX, "ports": ports}],  # type: ignore[union-attr]
+    }
+    assert _recover(cli, {"step": "adopt", "network": view})["endpoints"] == [EP]
+    recovered = lost.store.get_endpoint(EP)
+    assert recovered is not None and set(recovered.ports) == set(explicit)
+    assert harness.firewall.published() == {("tcp", chosen[0].host_port), ("udp", 5353)}
