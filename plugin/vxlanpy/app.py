@@ -19,6 +19,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import api
+from .client import DockerListing
 from .config import Settings
 from .driver import STALE_UNJOINED_SECONDS, Driver
 from .errors import StoreError, VxlanpyError
@@ -56,20 +57,21 @@ def create_app(
     reconcile: bool = True,
     ipam: Ipam | None = None,
     sandboxes: Sandboxes | None = None,
-    docker_subnets: Callable[[], set[str] | None] | None = None,
+    docker_listing: Callable[[], DockerListing | None] | None = None,
 ) -> Flask:
-    """`docker_subnets`: the subnets of Docker's networks, or None when Docker cannot be asked (the production
-    wiring asks Docker's socket); with them, start-up releases pool claims whose network create never completed."""
+    """`docker_listing`: Docker's networks, or None when Docker cannot be asked (the production wiring asks
+    Docker's socket); with them, start-up removes the networks and releases the pool claims of network creates
+    that never completed on Docker's side."""
     settings = settings or Settings.from_env()
     metrics = Metrics()
     cluster = None
     if driver is None:
         components = build(settings)
         driver, cluster = components.driver, components.cluster
-        if docker_subnets is None:
-            from .client import docker_subnets as ask_docker
+        if docker_listing is None:
+            from .client import docker_listing as ask_docker
 
-            docker_subnets = ask_docker
+            docker_listing = ask_docker
     if ipam is None:
         ipam = build_ipam(driver, settings)
     if cluster is not None:
@@ -94,8 +96,8 @@ def create_app(
     # The operator's private endpoints (/vxlanpy/...), metrics and health: see api.py and metrics.py.
     operations = Operations(driver, ipam.book, ipam.host, sandboxes or NetlinkSandboxes(), metrics)
     metrics.watch_state(operations.metrics_state)
-    if reconcile and docker_subnets is not None:
-        _release_orphan_pools(operations, docker_subnets)
+    if reconcile and docker_listing is not None:
+        _sweep_unfinished_creates(operations, docker_listing)
     app.extensions["vxlanpy.metrics"] = metrics
     app.extensions["vxlanpy.operations"] = operations
     api.register(app, operations, metrics)
@@ -148,22 +150,32 @@ def _read_body(limit: int) -> bytes:
     return raw
 
 
-def _release_orphan_pools(operations: Operations, docker_subnets: Callable[[], set[str] | None]) -> None:
-    """Not serving yet, so every pool claim of an earlier process whose pool no network uses is a leftover."""
-    pools = docker_subnets()
-    if pools is None:
-        logging.getLogger("vxlanpy").info(
+def _sweep_unfinished_creates(operations: Operations, docker_listing: Callable[[], DockerListing | None]) -> None:
+    """Not serving yet, so no create of this process is under way: a network Docker does not know, and a pool
+    claim no network uses, belong to creates of an earlier process that Docker never completed."""
+    out = logging.getLogger("vxlanpy")
+    listing = docker_listing()
+    if listing is None:
+        out.info(
             "Docker's networks could not be read at start-up; `vxlanpy gc` releases the IPAM pools of creates "
-            "that never completed"
+            "that never completed, `vxlanpy gc --forget` removes networks Docker does not know"
         )
         return
     try:
-        released = operations.release_orphan_pools(pools)
+        removed = operations.remove_networks_docker_lacks(set(listing.ids))
+        released = operations.release_orphan_pools(set(listing.subnets))
     except VxlanpyError as exc:  # the store is checked and reported by health; never block the start
-        logging.getLogger("vxlanpy").error("cannot release the IPAM pools of unfinished creates: %s", exc)
+        out.error("cannot sweep the leftovers of unfinished network creates: %s", exc)
         return
+    if removed:
+        out.warning(
+            "removed %d network(s) whose create Docker never completed (the plugin stopped before Docker had "
+            "its answer; Docker does not know them): %s",
+            len(removed),
+            ", ".join(f"{item['id'][:12]} (vni {item['vni']})" for item in removed),
+        )
     if released:
-        logging.getLogger("vxlanpy").warning(
+        out.warning(
             "released %d IPAM pool claim(s) of network creates that never completed: %s",
             len(released),
             ", ".join(f"{item['pool']} ({item['claim']})" for item in released),

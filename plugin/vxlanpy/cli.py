@@ -388,7 +388,9 @@ def doctor_command(env: Env, as_json: bool) -> None:
 @pass_env
 def gc_command(env: Env, dry_run: bool, forget: tuple[str, ...]) -> None:
     """Run reconciliation now, through the running plugin: recreate missing devices and rules, remove orphaned
-    links, chains and stale endpoints, detach attachments whose container is gone, release their addresses.
+    links, chains and stale endpoints, detach attachments whose container is gone, release their addresses,
+    and release the IPAM pools of network creates that never completed (no network and no Docker network uses
+    them, a minute after they were claimed; only when Docker answers).
 
     \b
     Examples:

@@ -255,10 +255,18 @@ def subnets_of(networks: list[Any]) -> set[str]:
     }
 
 
-def docker_subnets(timeout: float = 2.0) -> set[str] | None:
-    """The subnets of every Docker network, read by the plugin itself over Docker's Unix socket (DOCKER_HOST
-    when it is unix://); None when Docker cannot be asked (a managed plugin sees no socket, dockerd is starting
-    and waits for the plugin, DOCKER_HOST is TCP), and then nothing is released on its word."""
+@dataclass(frozen=True)
+class DockerListing:
+    """What the plugin itself reads of Docker's networks at start-up: their ids and subnets."""
+
+    ids: frozenset[str]
+    subnets: frozenset[str]
+
+
+def docker_listing(timeout: float = 2.0) -> DockerListing | None:
+    """Every Docker network, read by the plugin itself over Docker's Unix socket (DOCKER_HOST when it is
+    unix://); None when Docker cannot be asked (a managed plugin sees no socket, dockerd is starting and waits
+    for the plugin, DOCKER_HOST is TCP), and then nothing is removed or released on its word."""
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if not host.startswith("unix://"):
         return None
@@ -267,7 +275,10 @@ def docker_subnets(timeout: float = 2.0) -> set[str] | None:
         listed = json.loads(raw) if status == 200 else None
     except (OSError, ValueError, http.client.HTTPException):
         return None
-    return subnets_of(listed) if isinstance(listed, list) else None
+    if not isinstance(listed, list):
+        return None
+    ids = frozenset(str(item.get("Id")) for item in listed if isinstance(item, dict) and item.get("Id"))
+    return DockerListing(ids, frozenset(subnets_of(listed)))
 
 
 def _docker_reason(exc: BaseException) -> str:

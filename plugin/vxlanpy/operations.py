@@ -498,6 +498,33 @@ class Operations:
                     self.book.release_address(key, address)
         return released
 
+    def remove_networks_docker_lacks(self, docker_ids: set[str]) -> list[Body]:
+        """Start-up only: delete the networks Docker does not know that have no endpoint.  Such a network's create
+        succeeded here but not in Docker: the plugin was killed after its answer was ready and before dockerd
+        read it (or before Docker's own clean-up DeleteNetwork), so `docker network rm` can never remove it.
+        Nothing is removed unless Docker knows every network that has an endpoint: a listing without them is
+        not of the dockerd this plugin serves (DOCKER_HOST pointing elsewhere)."""
+        networks = self.store.list_networks()
+        used = {endpoint.network_id for endpoint in self.store.list_endpoints()}
+        strangers = sorted(
+            n.network_id[:12] for n in networks if n.network_id in used and n.network_id not in docker_ids
+        )
+        if strangers:
+            log.warning(
+                "Docker's network listing lacks networks with endpoints (%s): not the dockerd this plugin serves? "
+                "Removing none of the networks it does not list",
+                ", ".join(strangers),
+            )
+            return []
+        pending = self.store.pending_networks()
+        removed = []
+        for network in networks:
+            if network.network_id in docker_ids or network.network_id in used or network.network_id in pending:
+                continue
+            removed.append({"id": network.network_id, "vni": network.vni})
+            self.driver.delete_network(network.network_id)
+        return removed
+
     def release_orphan_pools(self, docker_pools: set[str], dry_run: bool = False) -> list[Body]:
         """Release this host's pool claims whose network create never completed: the plugin was killed between
         RequestPool and CreateNetwork (or Docker gave up), so Docker's ReleasePool never came and the subnet was

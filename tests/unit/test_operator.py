@@ -629,11 +629,11 @@ def test_start_up_releases_the_pools_of_creates_an_earlier_process_never_complet
     ipam = Ipam(harness.store, "testhost", clock=lambda: harness.now - 5)  # before this start
     lost = ipam.request_pool("vxlanpy-local", None, None, None, {})
     kept = ipam.request_pool("vxlanpy-local", ipaddress.ip_network("10.5.0.0/24"), None, None, {})
-    create_app(harness.driver, Settings(host="testhost"), docker_subnets=lambda: {"10.5.0.0/24"})
+    create_app(harness.driver, Settings(host="testhost"), docker_listing=lambda: _listing(subnets={"10.5.0.0/24"}))
     assert harness.store.claimed_pools() == {"10.5.0.0/24": {kept.claim}}
     unknown = ipam.request_pool("vxlanpy-local", None, None, None, {})
     assert unknown.pool == lost.pool
-    create_app(harness.driver, Settings(host="testhost"), docker_subnets=lambda: None)  # Docker not asked: kept
+    create_app(harness.driver, Settings(host="testhost"), docker_listing=lambda: None)  # Docker not asked: kept
     assert unknown.pool.exploded in {str(ipaddress.ip_network(p)) for p in harness.store.claimed_pools()}
 
 
@@ -668,3 +668,28 @@ def test_recover_keeps_the_host_port_vxlanpy_chose_for_a_port_docker_left_to_it(
     recovered = lost.store.get_endpoint(EP)
     assert recovered is not None and set(recovered.ports) == set(explicit)
     assert harness.firewall.published() == {("tcp", chosen[0].host_port), ("udp", 5353)}
+
+
+def _listing(ids: set[str] | None = None, subnets: set[str] | None = None) -> Any:
+    from vxlanpy.client import DockerListing
+
+    return DockerListing(frozenset(ids or ()), frozenset(subnets or ()))
+
+
+def test_start_up_removes_a_network_whose_create_docker_never_completed(harness: Harness) -> None:
+    """The create succeeded here, but the plugin was killed before dockerd read the answer: Docker does not know
+    the network, so `docker network rm` never comes (the long network-create churn left such networks)."""
+    from vxlanpy.app import create_app
+    from vxlanpy.config import Settings
+
+    _running(harness)  # NET, with an endpoint: Docker knows it
+    harness.create_network(NET2, generic={"vni": "43"}, ipv4=[{"Pool": "10.2.0.0/24", "Gateway": "10.2.0.1/24"}])
+    settings = Settings(host="testhost")
+    create_app(harness.driver, settings, docker_listing=lambda: _listing(ids={"f" * 64}))  # another dockerd's
+    assert harness.store.get_network(NET2) is not None and "vxbr-43" in harness.links.networks
+    create_app(harness.driver, settings, docker_listing=lambda: None)  # Docker not asked
+    assert harness.store.get_network(NET2) is not None
+    create_app(harness.driver, settings, docker_listing=lambda: _listing(ids={NET}))
+    assert harness.store.get_network(NET2) is None
+    assert "vxbr-43" not in harness.links.networks and 43 not in harness.firewall.owned_vnis()
+    assert harness.store.get_network(NET) is not None and "vxbr-42" in harness.links.networks
