@@ -3,7 +3,8 @@
     GET  /vxlanpy/health            200 healthy / 503 unhealthy, with the result of each check
     GET  /vxlanpy/ls                networks, their devices, peers and endpoints as the plugin holds them
     GET  /vxlanpy/peers/<network>   remote VTEPs and entries: the store's view against the kernel's
-    POST /vxlanpy/gc                {"dry_run": bool, "forget": [network ids]}: reconciliation on demand
+    POST /vxlanpy/gc                {"dry_run": bool, "forget": [network ids], "docker_pools": [subnets]}:
+                                    reconciliation on demand
     POST /vxlanpy/attach            {"network", "target", "netns": [paths], "ipv4"?, "ipv6"?, "ifname"?}
     POST /vxlanpy/detach            {"network", "target"}
     GET  /vxlanpy/nodes             the cluster's hosts: identity, hostname, VTEPs, lease state, what they hold
@@ -30,7 +31,7 @@ from .errors import BadRequest, VxlanpyError
 from .metrics import Metrics
 from .models import IPAddress
 from .operations import Operations, Recovery, parse_recovered_network
-from .protocol import body_too_large, decode_body
+from .protocol import body_too_large, decode_body, read_limited
 
 log = logging.getLogger("vxlanpy.requests")
 
@@ -47,13 +48,11 @@ def _reply(body: Body, status: int) -> Response:
 def _body() -> Body:
     """The request's JSON object; a body over MAX_BODY is refused (413) without reading it whole."""
     too_large = body_too_large(request.path, MAX_BODY, "the vxlanpy CLI sends a few hundred bytes")
-    if (request.content_length or 0) > MAX_BODY:
-        raise too_large
     try:
-        raw = request.stream.read(MAX_BODY + 1)
+        raw = read_limited(request.stream, request.content_length, MAX_BODY)
     except RequestEntityTooLarge:  # over the app's MAX_CONTENT_LENGTH, without a Content-Length
         raise too_large from None
-    if len(raw) > MAX_BODY:
+    if raw is None:
         raise too_large
     return decode_body(raw)
 
@@ -120,7 +119,13 @@ def register(app: Flask, operations: Operations, metrics: Metrics) -> None:
             forget = body.get("forget") or []
             if not isinstance(forget, list):
                 raise BadRequest("forget must be a list of network ids")
-            return operations.gc(dry_run, [_network_id(item) for item in forget]), 200
+            pools = body.get("docker_pools")
+            if pools is not None and not (
+                isinstance(pools, list) and all(isinstance(item, str) and len(item) <= 64 for item in pools)
+            ):
+                raise BadRequest("docker_pools must be a list of subnets (those of Docker's networks)")
+            forget_ids = [_network_id(item) for item in forget]
+            return operations.gc(dry_run, forget_ids, None if pools is None else set(pools)), 200
 
         return run("gc", action)
 

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +21,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import api
+from .client import DockerListing
 from .config import Settings
 from .driver import STALE_UNJOINED_SECONDS, Driver
 from .errors import StoreError, VxlanpyError
@@ -27,7 +29,15 @@ from .ipam import Ipam
 from .metrics import Metrics
 from .nodes import IdentityConflict
 from .operations import Operations
-from .protocol import LIBNETWORK_BODY_HINT, Body, Handler, NetworkDriverProtocol, body_too_large, decode_body
+from .protocol import (
+    LIBNETWORK_BODY_HINT,
+    Body,
+    Handler,
+    NetworkDriverProtocol,
+    body_too_large,
+    decode_body,
+    read_limited,
+)
 from .protocol_ipam import IpamDriverProtocol
 from .sandbox import NetlinkSandboxes, Sandboxes
 from .wiring import build
@@ -50,7 +60,11 @@ def create_app(
     reconcile: bool = True,
     ipam: Ipam | None = None,
     sandboxes: Sandboxes | None = None,
+    docker_listing: Callable[[], DockerListing | None] | None = None,
 ) -> Flask:
+    """`docker_listing`: Docker's networks, or None when Docker cannot be asked (the production wiring asks
+    Docker's socket); with them, start-up removes the networks and releases the pool claims of network creates
+    that never completed on Docker's side."""
     settings = settings or Settings.from_env()
     metrics = Metrics()
     cluster = None
@@ -58,6 +72,10 @@ def create_app(
         components = build(settings)
         driver, cluster = components.driver, components.cluster
         settings = replace(settings, host=components.host)  # the identity, in multi-host mode
+        if docker_listing is None:
+            from .client import docker_listing as ask_docker
+
+            docker_listing = ask_docker
     if ipam is None:
         ipam = build_ipam(driver, settings)
     if cluster is not None:
@@ -90,6 +108,8 @@ def create_app(
     # The operator's private endpoints (/vxlanpy/...), metrics and health: see api.py and metrics.py.
     operations = Operations(driver, ipam.book, ipam.host, sandboxes or NetlinkSandboxes(), metrics)
     metrics.watch_state(operations.metrics_state)
+    if reconcile and docker_listing is not None:
+        _sweep_unfinished_creates(operations, docker_listing)
     app.extensions["vxlanpy.metrics"] = metrics
     app.extensions["vxlanpy.operations"] = operations
     api.register(app, operations, metrics)
@@ -106,7 +126,7 @@ def create_app(
         started = time.monotonic()
         body: Body = {}
         try:
-            body = decode_body(request.get_data(cache=False))
+            body = decode_body(_read_body(MAX_BODY))
             result, status = handler(body), 200
         except VxlanpyError as exc:
             result, status = {error_key: exc.message}, exc.status
@@ -138,6 +158,47 @@ def _exit_refused(message: str) -> None:
     Exit code 3 is gunicorn's "worker failed to boot": the master stops too, as when this is found at start."""
     logging.getLogger("vxlanpy").critical("stopping: %s", message)
     os._exit(3)
+
+
+def _read_body(limit: int) -> bytes:
+    """The request body; RequestEntityTooLarge when it is over `limit` (reading it whole, as get_data does, let a
+    chunked body through, and its truncated or oversized JSON was a 400)."""
+    raw = read_limited(request.stream, request.content_length, limit)
+    if raw is None:
+        raise RequestEntityTooLarge()
+    return raw
+
+
+def _sweep_unfinished_creates(operations: Operations, docker_listing: Callable[[], DockerListing | None]) -> None:
+    """Not serving yet, so no create of this process is under way: a network Docker does not know, and a pool
+    claim no network uses, belong to creates of an earlier process that Docker never completed."""
+    out = logging.getLogger("vxlanpy")
+    listing = docker_listing()
+    if listing is None:
+        out.info(
+            "Docker's networks could not be read at start-up; `vxlanpy gc` releases the IPAM pools of creates "
+            "that never completed, `vxlanpy gc --forget` removes networks Docker does not know"
+        )
+        return
+    try:
+        removed = operations.remove_networks_docker_lacks(set(listing.ids))
+        released = operations.release_orphan_pools(set(listing.subnets))
+    except VxlanpyError as exc:  # the store is checked and reported by health; never block the start
+        out.error("cannot sweep the leftovers of unfinished network creates: %s", exc)
+        return
+    if removed:
+        out.warning(
+            "removed %d network(s) whose create Docker never completed (the plugin stopped before Docker had "
+            "its answer; Docker does not know them): %s",
+            len(removed),
+            ", ".join(f"{item['id'][:12]} (vni {item['vni']})" for item in removed),
+        )
+    if released:
+        out.warning(
+            "released %d IPAM pool claim(s) of network creates that never completed: %s",
+            len(released),
+            ", ".join(f"{item['pool']} ({item['claim']})" for item in released),
+        )
 
 
 def _error_key(method: str) -> str:

@@ -398,7 +398,9 @@ def doctor_command(env: Env, as_json: bool) -> None:
 @pass_env
 def gc_command(env: Env, dry_run: bool, forget: tuple[str, ...]) -> None:
     """Run reconciliation now, through the running plugin: recreate missing devices and rules, remove orphaned
-    links, chains and stale endpoints, detach attachments whose container is gone, release their addresses.
+    links, chains and stale endpoints, detach attachments whose container is gone, release their addresses,
+    and release the IPAM pools of network creates that never completed (no network and no Docker network uses
+    them, a minute after they were claimed; only when Docker answers).
 
     \b
     Examples:
@@ -413,7 +415,12 @@ def gc_command(env: Env, dry_run: bool, forget: tuple[str, ...]) -> None:
     progress(f"reconciling through the plugin on {env.socket} ({what}) ...")
     started = time.monotonic()
     names = _report_names(env)
-    result = env.plugin().call("POST", "/vxlanpy/gc", {"dry_run": dry_run, "forget": forget_ids})
+    # Pool claims of creates that never completed are released only when Docker says which pools it uses.
+    docker_pools = _docker_or_none(env, lambda d: d.subnets_in_use(), "keeping every IPAM pool claim")
+    body: dict[str, Any] = {"dry_run": dry_run, "forget": forget_ids}
+    if docker_pools is not None:
+        body["docker_pools"] = sorted(docker_pools)
+    result = env.plugin().call("POST", "/vxlanpy/gc", body)
     lines = describe_report(result.get("report", {}), dry_run, names)
     for line in lines:
         click.echo(f"  {line}")
@@ -537,7 +544,7 @@ def _published(container: dict[str, Any]) -> list[dict[str, Any]]:
     for key, bindings in ((container.get("HostConfig") or {}).get("PortBindings") or {}).items():
         number, _, proto = str(key).partition("/")
         for binding in bindings or []:
-            host_port = str(binding.get("HostPort") or "")
+            host_port = str(binding.get("HostPort") or "0")  # empty: `-p PORT`, the host port left to vxlanpy
             if number.isascii() and number.isdigit() and host_port.isascii() and host_port.isdigit():
                 ports.append(
                     {
@@ -601,7 +608,7 @@ def recover_command(env: Env, dry_run: bool, drivers: tuple[str, ...]) -> None:
       2. each vxlanpy network Docker still knows gets its row back from `docker network inspect` (options,
          subnets, --internal) with the VNI of its devices in the kernel (labelled with the network id), and
          each of its containers whose veth survives gets its endpoint back (sandbox, published host ports;
-         a port Docker chose itself, -p PORT, gets a new host port); on vxlanpy's IPAM, the pools, gateways
+         for -p PORT, the host port the kernel's DNAT rule still has); on vxlanpy's IPAM, the pools, gateways
          and addresses are reserved again;
       3. the devices of lost networks that Docker no longer knows are removed; reconciliation does the rest.
 

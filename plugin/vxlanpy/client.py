@@ -159,6 +159,10 @@ class DockerView(Protocol):
         """container id -> the ports Docker publishes for it, as `docker ps` lists them (HOST:PORT->PORT/PROTO)."""
         ...
 
+    def subnets_in_use(self) -> set[str]:
+        """The subnets of every Docker network, whatever its driver."""
+        ...
+
 
 def _network_from(attrs: dict[str, Any]) -> DockerNetwork:
     ipam = attrs.get("IPAM") or {}
@@ -236,6 +240,9 @@ class SdkDocker:
             sandbox_key=str((attrs.get("NetworkSettings") or {}).get("SandboxKey") or ""),
         )
 
+    def subnets_in_use(self) -> set[str]:
+        return subnets_of(self._call(lambda api: api.networks()) or [])
+
     def containers(self) -> list[tuple[str, str]]:
         listed = self._call(lambda api: api.containers(all=True)) or []
         return [(str(c["Id"]), str((c.get("Names") or ["/?"])[0]).lstrip("/")) for c in listed]
@@ -255,6 +262,43 @@ def docker_port_list(ports: list[Any]) -> list[str]:
         host = f"[{host_ip}]" if ":" in host_ip else host_ip
         shown.append(f"{host}:{port['PublicPort']}->{port.get('PrivatePort')}/{port.get('Type') or 'tcp'}")
     return sorted(set(shown))
+
+
+def subnets_of(networks: list[Any]) -> set[str]:
+    """The subnets in a Docker network listing (GET /networks carries each network's IPAM config)."""
+    return {
+        str(config["Subnet"])
+        for network in networks
+        if isinstance(network, dict)
+        for config in ((network.get("IPAM") or {}).get("Config") or ())
+        if isinstance(config, dict) and config.get("Subnet")
+    }
+
+
+@dataclass(frozen=True)
+class DockerListing:
+    """What the plugin itself reads of Docker's networks at start-up: their ids and subnets."""
+
+    ids: frozenset[str]
+    subnets: frozenset[str]
+
+
+def docker_listing(timeout: float = 2.0) -> DockerListing | None:
+    """Every Docker network, read by the plugin itself over Docker's Unix socket (DOCKER_HOST when it is
+    unix://); None when Docker cannot be asked (a managed plugin sees no socket, dockerd is starting and waits
+    for the plugin, DOCKER_HOST is TCP), and then nothing is removed or released on its word."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return None
+    try:
+        status, raw = unix_transport(host.removeprefix("unix://"))("GET", "/networks", None, timeout)
+        listed = json.loads(raw) if status == 200 else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    if not isinstance(listed, list):
+        return None
+    ids = frozenset(str(item.get("Id")) for item in listed if isinstance(item, dict) and item.get("Id"))
+    return DockerListing(ids, frozenset(subnets_of(listed)))
 
 
 def _docker_reason(exc: BaseException) -> str:

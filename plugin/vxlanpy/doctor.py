@@ -824,6 +824,11 @@ def describe_report(report: dict[str, Any], dry_run: bool, names: dict[str, str]
         )
     for item in report.get("forgotten_networks", []):
         lines.append(f"{verb('forgot', 'would forget')} network {item['id'][:12]} (vni {item['vni']})")
+    for item in report.get("released_pools", []):
+        lines.append(
+            f"{verb('released', 'would release')} pool {item['pool']} claimed by {item['claim']} "
+            "(its network create never completed)"
+        )
     for item in report.get("released_addresses", []):
         lines.append(f"{verb('released', 'would release')} address {item['address']} held by {item['holder']}")
     for endpoint in report.get("lost_endpoints", []):

@@ -5,10 +5,14 @@ It knows nothing of HTTP or libnetwork's JSON (protocol_ipam.py does); it takes 
 
 Records (an `AddressBook`, see store/base.py), keyed by the pool's CIDR ("10.60.0.0/24"):
 
-* pool claims: one holder per RequestPool, `HOST/TOKEN`. The token makes every claim distinct, so that two
-  networks of one host on the same --subnet (or a creation that failed half-way and released its pool) never
-  release each other's records; the last release forgets the pool and everything reserved in it (libnetwork
-  leaves the reference counting to the IPAM driver). The claim travels inside the PoolID handed to dockerd.
+* pool claims: one holder per RequestPool, `HOST/TOKEN-SECONDS` (`HOST/TOKEN` before claims were timed). The
+  token makes every claim distinct, so that two networks of one host on the same --subnet (or a creation that
+  failed half-way and released its pool) never release each other's records; the last release forgets the pool
+  and everything reserved in it (libnetwork leaves the reference counting to the IPAM driver). The claim travels
+  inside the PoolID handed to dockerd. SECONDS is when it was made: a claim whose network create never
+  completed (the plugin was killed between RequestPool and CreateNetwork, so Docker's ReleasePool was lost) is
+  released when no network row and no Docker network uses its pool, a minute after it was made or when it
+  predates the plugin's start (see `orphan_pool_claims`);
 * addresses: `IP -> HOST/container-TOKEN@KIND-SECONDS`, one distinct holder per RequestAddress, so a refusal can
   name the host holding an address and no two containers can ever share one.  KIND is `auto` (vxlanpy chose the
   address) or `ip` (Docker asked for it: `--ip`, or an `--aux-address` that no endpoint will ever hold) and
@@ -61,7 +65,9 @@ ORPHAN_RESERVATION_SECONDS = 60.0
 DOCKER_OPTION_PREFIX = "com.docker."  # libnetwork's own labels: accepted and ignored
 
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
-TOKEN = re.compile(r"^[0-9a-f]{12}$")
+TOKEN = re.compile(r"^[0-9a-f]{12}(?:-[0-9]{1,12})?$")  # the time is optional: older claims had none
+# RequestPool comes right before CreateNetwork; a claim no network or Docker uses after this long is an orphan.
+ORPHAN_CLAIM_SECONDS = 60.0
 CLAIM_PREFIX = "claim="
 
 
@@ -123,7 +129,7 @@ class PoolGrant:
 
 def parse_pool_id(raw: str) -> PoolGrant:
     """The inverse of PoolGrant.pool_id; anything vxlanpy did not make is refused."""
-    expected = f"expected 'CIDR [IP-RANGE] {CLAIM_PREFIX}HOST/TOKEN' as vxlanpy returns from RequestPool"
+    expected = f"expected 'CIDR [IP-RANGE] {CLAIM_PREFIX}HOST/TOKEN-SECONDS' as vxlanpy returns from RequestPool"
     parts = raw.split(" ")
     if len(parts) not in (2, 3) or not parts[-1].startswith(CLAIM_PREFIX):
         raise BadRequest(f"PoolID {raw[:120]!r} is not one vxlanpy made ({expected})")
@@ -215,6 +221,40 @@ def orphan_reservations(
     return orphans
 
 
+def claim_age(claim: str, host: str, now: float) -> float | None:
+    """Seconds since `host` made the pool claim; inf for a claim from before claims were timed; None for
+    anything that is not a claim of `host` (another host's, a recovery marker)."""
+    owner, _, token = claim.partition("/")
+    if owner != host or not TOKEN.match(token):
+        return None
+    _, sep, seconds = token.partition("-")
+    return now - int(seconds) if sep else float("inf")
+
+
+def orphan_pool_claims(
+    claims: Mapping[str, set[str]],
+    in_use: set[str],
+    host: str,
+    now: float,
+    grace: float = ORPHAN_CLAIM_SECONDS,
+    started: float | None = None,
+) -> list[tuple[str, str]]:
+    """(pool, claim) of the claims `vxlanpy gc` and start-up release: made by this host, on a pool that nothing
+    in `in_use` (the pools of the store's networks and of Docker's networks) covers, at least `grace` seconds ago
+    or in a second before the plugin `started` (no request of a process that ended can still create a network)."""
+    orphans = []
+    for pool, holders in sorted(claims.items()):
+        if pool in in_use:
+            continue
+        for claim in sorted(holders):
+            age = claim_age(claim, host, now)
+            if age is None:
+                continue
+            if age >= grace or (started is not None and now - age < int(started)):
+                orphans.append((pool, claim))
+    return orphans
+
+
 class Ipam:
     """Pools and addresses for libnetwork's remote IPAM calls. Thread-safe: every record change is one atomic
     AddressBook call, and a lost race is retried with the next candidate."""
@@ -239,6 +279,10 @@ class Ipam:
         self.pool6 = pool6 if isinstance(pool6, AutoPools) else parse_auto_pools(pool6, 6)
         if self.pool4.base.version != 4 or self.pool6.base.version != 6:
             raise InvalidOption("pool4 must be IPv4 and pool6 IPv6")
+
+    def _claim(self) -> str:
+        """A pool claim no other request shares, with its time: HOST/TOKEN-SECONDS."""
+        return f"{self._holder()}-{int(self.clock())}"
 
     def _holder(self, label: str | None = None) -> str:
         """A holder no other request shares: HOST/TOKEN or HOST/LABEL-TOKEN."""
@@ -265,7 +309,7 @@ class Ipam:
             raise InvalidOption(
                 f"unknown IPAM option {unknown[0][:64]!r}: vxlanpy's IPAM driver takes no --ipam-opt options"
             )
-        claim = self._holder()
+        claim = self._claim()
         if pool is None:
             if subpool is not None:
                 raise InvalidOption(f"--ip-range {subpool} needs a --subnet that contains it")

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .attach import IFNAME as IFNAME_PATTERN
@@ -31,7 +31,15 @@ from .attach import (
 from .dataplane.base import RemoteEndpoint
 from .driver import NETWORK_ALIAS_PREFIX, STALE_UNJOINED_SECONDS, Driver, ReconcileReport
 from .errors import BadRequest, Conflict, InvalidOption, NotFound, VxlanpyError
-from .ipam import CONTAINER_LABEL, GATEWAY_RECORD, Ipam, describe_holder, first_host, orphan_reservations
+from .ipam import (
+    CONTAINER_LABEL,
+    GATEWAY_RECORD,
+    Ipam,
+    describe_holder,
+    first_host,
+    orphan_pool_claims,
+    orphan_reservations,
+)
 from .metrics import Metrics
 from .models import (
     BRIDGE_PREFIX,
@@ -405,9 +413,11 @@ class Operations:
             return f"its namespace {endpoint.sandbox_key} is gone"
         return None
 
-    def gc(self, dry_run: bool, forget: list[str] | None = None) -> Body:
+    def gc(self, dry_run: bool, forget: list[str] | None = None, docker_pools: set[str] | None = None) -> Body:
         """Reconcile, then sweep stale attachments and their addresses.  `forget` names networks Docker no longer
-        knows (the CLI checks that): they are deleted as `docker network rm` would have."""
+        knows (the CLI checks that): they are deleted as `docker network rm` would have.  `docker_pools`: the
+        subnets of every network Docker has (the CLI reads them); with them, pool claims whose network create
+        never completed are released too."""
         started = time.monotonic()
         with self._lock:
             forgotten = []
@@ -442,6 +452,9 @@ class Operations:
             result["removed_attachments"] = stale
             result["released_addresses"] = released + self._sweep_reservations(dry_run)
             result["forgotten_networks"] = forgotten
+            result["released_pools"] = (
+                self.release_orphan_pools(docker_pools, dry_run) if docker_pools is not None else []
+            )
             if self.metrics is not None:
                 self.metrics.observe_reconcile("gc", result, dry_run=dry_run)
         return {"dry_run": dry_run, "report": result, "ms": round((time.monotonic() - started) * 1000, 1)}
@@ -519,6 +532,55 @@ class Operations:
                 released.append({"pool": key, "address": address, "holder": holder})
                 if not dry_run:
                     self.book.release_address(key, address)
+        return released
+
+    def remove_networks_docker_lacks(self, docker_ids: set[str]) -> list[Body]:
+        """Start-up only: delete the networks Docker does not know that have no endpoint.  Such a network's create
+        succeeded here but not in Docker: the plugin was killed after its answer was ready and before dockerd
+        read it (or before Docker's own clean-up DeleteNetwork), so `docker network rm` can never remove it.
+        Nothing is removed unless Docker knows every network that has an endpoint: a listing without them is
+        not of the dockerd this plugin serves (DOCKER_HOST pointing elsewhere)."""
+        networks = self.store.list_networks()
+        used = {endpoint.network_id for endpoint in self.store.list_endpoints()}
+        strangers = sorted(
+            n.network_id[:12] for n in networks if n.network_id in used and n.network_id not in docker_ids
+        )
+        if strangers:
+            log.warning(
+                "Docker's network listing lacks networks with endpoints (%s): not the dockerd this plugin serves? "
+                "Removing none of the networks it does not list",
+                ", ".join(strangers),
+            )
+            return []
+        pending = self.store.pending_networks()
+        removed = []
+        for network in networks:
+            if network.network_id in docker_ids or network.network_id in used or network.network_id in pending:
+                continue
+            removed.append({"id": network.network_id, "vni": network.vni})
+            self.driver.delete_network(network.network_id)
+        return removed
+
+    def release_orphan_pools(self, docker_pools: set[str], dry_run: bool = False) -> list[Body]:
+        """Release this host's pool claims whose network create never completed: the plugin was killed between
+        RequestPool and CreateNetwork (or Docker gave up), so Docker's ReleasePool never came and the subnet was
+        held for good.  A claim is released when neither a network row nor a Docker network (`docker_pools`, any
+        driver: a network of another driver may use vxlanpy's IPAM) uses its pool, a minute after it was made or
+        when it predates this process.  The last claim's release frees the pool and its gateway."""
+        in_use = {str(subnet.pool) for n in self.store.list_networks() for subnet in (*n.ipv4, *n.ipv6)}
+        in_use |= {_canonical(pool) for pool in docker_pools}
+        released = []
+        now = self.clock()
+        for pool, claim in orphan_pool_claims(self.book.claimed_pools(), in_use, self.host, now, started=self.started):
+            released.append({"pool": pool, "claim": claim})
+            log.warning(
+                "pool %s: claim %s belongs to a network create that never completed (no network uses the pool); %s",
+                pool,
+                claim,
+                "would release it" if dry_run else "releasing it",
+            )
+            if not dry_run:
+                self.book.release_pool(pool, claim)
         return released
 
     def _remove_attachment(self, endpoint: Endpoint) -> None:
@@ -728,6 +790,31 @@ def expected_vxlan_device(network: Network) -> Body:
 # -- recovery of a lost store ---------------------------------------------------------------------------------
 
 
+def _kept_host_ports(wanted: RecoveredEndpoint, published: dict[IPAddress, list[PortMapping]]) -> list[PortMapping]:
+    """The endpoint's ports with their host ports: an explicit one as Docker recorded it; one Docker left to
+    vxlanpy (`-p PORT`, host port 0) as the kernel's DNAT rule still has it (Docker records it nowhere: its
+    inspect shows a remote driver's host ports only while that driver answers), else it is not published."""
+    rules = published.get(wanted.ipv4.ip, []) if wanted.ipv4 is not None else []
+    ports = []
+    for port in wanted.ports:
+        if not port.host_port:
+            found = [r for r in rules if (r.proto, r.container_port) == (port.proto, port.container_port)]
+            found = [r for r in found if port.host_ip is None or r.host_ip in (None, port.host_ip)] or found
+            if not found:
+                continue
+            port = replace(port, host_port=found[0].host_port)
+        ports.append(port)
+    return ports
+
+
+def _canonical(pool: str) -> str:
+    """A subnet as the IPAM records key it; anything else is kept as given (it then matches nothing)."""
+    try:
+        return str(ipaddress.ip_network(pool, strict=False))
+    except ValueError:
+        return pool
+
+
 def _text(value: object, what: str, limit: int = 256) -> str:
     if not isinstance(value, str) or len(value) > limit:
         raise BadRequest(f"{what} must be a string of at most {limit} characters")
@@ -887,9 +974,12 @@ class Recovery:
     def _adopt(self, wanted: RecoveredNetwork, dry_run: bool) -> Body:
         result: Body = {"id": wanted.network_id, "adopted": False, "endpoints": [], "skipped": [], "ipam": []}
         network = self.ops.store.get_network(wanted.network_id)
+        published: dict[IPAddress, list[PortMapping]] = {}
         if network is None:
             options: dict[str, object] = dict(wanted.options)
             vni = self._kernel_vni(wanted.network_id)
+            if vni is not None:  # read before the create below rewrites the network's chains
+                published = self.driver.firewall.published_ports(vni)
             if vni is not None:
                 options["vni"] = str(vni)
             result["vni"] = vni
@@ -920,9 +1010,9 @@ class Recovery:
             )
             if wanted_ep.sandbox_key:
                 self.driver.join(network.network_id, wanted_ep.endpoint_id, wanted_ep.sandbox_key)
-            explicit = [port for port in wanted_ep.ports if port.host_port]
-            if explicit and not network.internal:
-                self.driver.program_external_connectivity(network.network_id, wanted_ep.endpoint_id, explicit)
+            ports = _kept_host_ports(wanted_ep, published)
+            if ports and not network.internal:
+                self.driver.program_external_connectivity(network.network_id, wanted_ep.endpoint_id, ports)
         if wanted.ipam_vxlanpy and not dry_run:
             ipam = Ipam(self.ops.book, self.ops.host, clock=self.ops.clock)
             for subnet in (*network.ipv4, *network.ipv6):

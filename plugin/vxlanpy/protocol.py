@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from .driver import DST_PREFIX, Driver
 from .errors import BadRequest, InvalidOption, PayloadTooLarge
@@ -57,6 +57,21 @@ def decode_body(raw: bytes) -> Body:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
+
+
+def read_limited(stream: IO[bytes], content_length: int | None, limit: int) -> bytes | None:
+    """A request body of at most `limit` bytes, or None when it is larger: a Content-Length says so, or a chunked
+    body (no Content-Length) runs past it.  Reads a chunk at a time, since a read may return less than asked."""
+    if (content_length or 0) > limit:
+        return None
+    parts, size = [], 0
+    while size <= limit:
+        part = stream.read(limit + 1 - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return None if size > limit else b"".join(parts)
 
 
 def body_too_large(path: str, limit: int, hint: str) -> PayloadTooLarge:

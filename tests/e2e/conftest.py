@@ -150,27 +150,18 @@ def free_loopback_port() -> int:
 class MetricsPluginProcess(PluginProcess):
     """The plugin with its Prometheus listener on a loopback port (VXLANPY_METRICS_ADDR), for every (re)start.
 
-    The variable is set in this process's environment only while the plugin starts (PluginProcess passes its
-    environment on), so nothing else the tests run sees it."""
+    The variable goes to the plugin's environment only: setting it in this process's, even for the moment of a
+    start, broke the threads of a churn test that iterated os.environ meanwhile (the docker SDK does, for proxies:
+    "KeyError: 'VXLANPY_METRICS_ADDR'")."""
 
     def __init__(self, workdir: Path, metrics_port: int) -> None:
         super().__init__(workdir)
         self.metrics_port = metrics_port
+        self.extra_env[METRICS_ENV] = self.metrics_addr
 
     @property
     def metrics_addr(self) -> str:
         return f"127.0.0.1:{self.metrics_port}"
-
-    def start(self, timeout: float = 30.0) -> None:
-        previous = os.environ.get(METRICS_ENV)
-        os.environ[METRICS_ENV] = self.metrics_addr
-        try:
-            super().start(timeout)
-        finally:
-            if previous is None:
-                os.environ.pop(METRICS_ENV, None)
-            else:
-                os.environ[METRICS_ENV] = previous
 
 
 @pytest.fixture(scope="session")

@@ -220,6 +220,7 @@ class PluginProcess:
         self.socket_path = socket_path
         self.log_path = workdir / "plugin.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_env: dict[str, str] = {}  # for the plugin only: os.environ is shared with the tests' threads
 
     @property
     def state_db(self) -> Path:
@@ -255,6 +256,7 @@ class PluginProcess:
         command, extra_env = plugin_command()
         env = dict(os.environ)
         env.update(extra_env)
+        env.update(self.extra_env)
         env.update(
             {
                 "VXLANPY_SOCKET": str(self.socket_path),

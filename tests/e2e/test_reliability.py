@@ -1,5 +1,7 @@
-"""Load and faults with the real engine: concurrent starts, churn across networks, kill -9 at random points,
-and links deleted behind the plugin's back.  VNIs 7080-7099, subnets 10.78.N.0/24.
+"""Load and faults with the real engine: concurrent starts, churn across networks, kill -9 at random points
+(during container runs and during network creates), and links deleted behind the plugin's back.  VNIs
+7080-7099 (the network-create churn lets vxlanpy choose), subnets 10.78.N.0/24 and 10.79.N.0/24, and automatic
+pools of vxlanpy's IPAM.
 
 Quick and seeded by default (CI); `scripts/reliability` runs the long mode through the same tests by setting
 VXLANPY_RELIABILITY=long and writes the figures for docs/reliability.md.  After every fault the same invariant
@@ -24,7 +26,7 @@ import docker
 import pytest
 from pyroute2 import IPRoute
 
-from .helpers import LABELS, PluginProcess, container_ip, iptables_chains, links, ping_ok
+from .helpers import DRIVER, LABELS, PluginProcess, container_ip, iptables_chains, links, ping_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -35,6 +37,8 @@ SCALE = {
     "churn_operations": 1000 if LONG else 40,
     "kills": 100 if LONG else 4,
     "reboots": 10 if LONG else 1,
+    "network_creates": 400 if LONG else 48,
+    "network_kills": 40 if LONG else 3,
 }
 SEED = int(os.environ.get("VXLANPY_RELIABILITY_SEED", "20261126"))
 REPORT = os.environ.get("VXLANPY_RELIABILITY_REPORT")
@@ -236,3 +240,75 @@ def test_links_deleted_behind_the_plugins_back_are_restored(
     settle(plugin)
     assert leaks(docker_client, plugin, networks) == []
     record("simulated_reboot", reboots=SCALE["reboots"], leaks=0)
+
+
+def everything_vxlanpy_holds(plugin: PluginProcess) -> list[str]:
+    """What the kernel, the firewall and the store still hold for vxlanpy; [] once every network is gone."""
+    problems = [f"leaked link {name}" for name in sorted(links())]
+    problems += [f"leaked chain {chain}" for chain in sorted(iptables_chains()) if chain.startswith(("VXP-", "VXPD-"))]
+    with sqlite3.connect(f"file:{plugin.state_db}?mode=ro", uri=True) as db:
+        for table, column in (
+            ("networks", "network_id"),
+            ("pending_networks", "network_id"),
+            ("endpoints", "endpoint_id"),
+            ("ipam_pools", "pool_id || ' ' || holder"),
+            ("ipam_addresses", "pool_id || ' ' || address || ' ' || holder"),
+        ):
+            problems += [f"leaked {table} row {row[0]}" for row in db.execute(f"SELECT {column} FROM {table}")]  # noqa: S608
+    return problems
+
+
+def test_churn_of_network_creates_with_kill9_leaves_nothing_behind(
+    docker_client: Any, plugin: PluginProcess, create_network: Callable[..., Any]
+) -> None:
+    """The issue's run: creates 8 at a time, `kill -9` of the plugin at seeded points in them, a restart, then
+    `docker network rm` of every network Docker has: nothing of vxlanpy's may remain (rows, links, nat chains,
+    IPAM pools).  Half the networks use vxlanpy's IPAM (automatic pools), half Docker's (10.79.N.0/24)."""
+    rng = random.Random(SEED + 1)
+    count = SCALE["network_creates"]
+    assert everything_vxlanpy_holds(plugin) == [], "not starting from a clean slate"
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def create(index: int) -> None:
+        try:
+            if index % 2:
+                create_network(ipam_driver=DRIVER, name=f"vxt-nc-{SEED % 1000}-{index}")
+            else:
+                create_network(subnet=f"10.79.{index % 250}.0/24", name=f"vxt-nc-{SEED % 1000}-{index}")
+        except docker.errors.APIError as exc:
+            with lock:
+                failures.append(str(exc))
+
+    started = time.monotonic()
+    kills = 0
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(create, index) for index in range(count)]
+        for _ in range(SCALE["network_kills"]):
+            time.sleep(rng.uniform(0.05, 0.6))  # the issue's run: 0.6 s in
+            if all(future.done() for future in futures):
+                break
+            plugin.kill9()  # at a seeded point of whatever creates are in flight
+            kills += 1
+            time.sleep(rng.uniform(0.0, 0.3))
+            plugin.start()
+        for future in futures:
+            future.result(timeout=300)
+    elapsed = time.monotonic() - started
+    unclear = [text for text in failures if "internal error" in text or "Traceback" in text]
+    ours = [n for n in docker_client.networks.list(filters={"label": "vxlanpy.test=1"}) if n.name.startswith("vxt-nc-")]
+    for network in ours:
+        network.remove()
+    found = everything_vxlanpy_holds(plugin)
+    record(
+        "network_create_churn",
+        creates=count,
+        kills=kills,
+        failed=len(failures),
+        created=len(ours),
+        seconds=round(elapsed, 2),
+        leaks=len(found),
+    )
+    assert unclear == [], unclear[:3]
+    assert kills > 0, "no kill landed while creates were in flight: the test proved nothing"
+    assert found == [], found

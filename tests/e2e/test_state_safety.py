@@ -7,6 +7,7 @@ a good state.db (written back or recovered), so the tests after it are unaffecte
 from __future__ import annotations
 
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import docker
 import pytest
 
-from .helpers import DRIVER, PluginProcess, container_ip, exec_ok, http_get, links, ping_ok
+from .helpers import DRIVER, PluginProcess, container_ip, exec_ok, http_get, links, ping_ok, plugin_call
 from .test_cli import ok, vxlanpy
 
 pytestmark = pytest.mark.e2e
@@ -141,3 +142,56 @@ def test_gc_releases_the_address_of_a_container_removed_while_the_plugin_was_dow
     assert container_ip(again, network) == address  # the lowest free address is free again
     code, output = exec_ok(again, ["ip", "-4", "addr", "show", "eth0"])
     assert code == 0 and address in output
+
+
+def test_a_store_made_read_only_under_the_running_plugin_fails_health_and_creates_clearly(
+    plugin: PluginProcess, create_network: Callable[..., Any]
+) -> None:
+    """The issue's read-only store: `vxlanpy health` said healthy while every write failed.  As root chmod does
+    not stop a write, so the file and its WAL get the immutable attribute (what a read-only mount does to an open
+    file too: each write fails).  Not the -shm file: SQLite maps it, and a write to an immutable mapping is a
+    SIGBUS that would kill the plugin."""
+    create_network(vni=7506, subnet="10.77.206.0/24")  # the WAL file exists
+    files = [str(plugin.state_db), f"{plugin.state_db}-wal"]
+    subprocess.run(["chattr", "+i", *files], check=True, capture_output=True)
+    try:
+        health = vxlanpy(plugin, "health")
+        text = health.stdout + health.stderr
+        assert health.returncode == 1, text
+        assert (
+            f"{plugin.state_db}, {plugin.state_db}-wal cannot be written (a read-only mount, or the immutable" in text
+        )
+        assert "`chattr -i` clears it" in text, text
+        with pytest.raises(docker.errors.APIError) as refused:
+            create_network(vni=7507, subnet="10.77.207.0/24")
+        assert f"{plugin.state_db}-wal cannot be written" in str(refused.value), refused.value
+    finally:
+        subprocess.run(["chattr", "-i", *files], check=True, capture_output=True)
+    ok(vxlanpy(plugin, "health"))  # writable again: healthy again, with no restart
+    create_network(vni=7507, subnet="10.77.207.0/24")
+
+
+def test_recover_keeps_the_host_port_vxlanpy_chose_for_a_bare_p_port(
+    plugin: PluginProcess, create_network: Callable[..., Any], run_container: Callable[..., Any]
+) -> None:
+    """`-p 80` leaves the host port to vxlanpy and Docker records none (HostPort "", and its inspect shows a
+    remote driver's ports only while the driver knows them).  After a lost store, recover keeps the port the
+    kernel's DNAT rule still has, instead of dropping it (a client of that port would lose the service)."""
+    web = create_network(vni=7508, subnet="10.77.208.0/24")
+    server = run_container(web, command=["sh", "-c", HTTPD], ports={"80/tcp": None})
+    endpoint_id = server.attrs["NetworkSettings"]["Networks"][web.name]["EndpointID"]
+    status, info = plugin_call(
+        str(plugin.socket_path), "/NetworkDriver.EndpointOperInfo", {"NetworkID": web.id, "EndpointID": endpoint_id}
+    )
+    assert status == 200, info
+    (published,) = info["Value"]["ports"]  # "0.0.0.0:PORT->80/tcp"
+    port = int(published.split("->")[0].rpartition(":")[2])
+    assert PAGE in http_get("127.0.0.1", port)
+
+    plugin.kill9()
+    delete_state(plugin)
+    plugin.start()
+    ok(vxlanpy(plugin, "recover"))
+    assert PAGE in http_get("127.0.0.1", port)  # the same host port, right after recover
+    plugin.restart(kill9=True)  # and from the recovered row, not only from rules left in the kernel
+    assert PAGE in http_get("127.0.0.1", port)

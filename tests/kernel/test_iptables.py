@@ -272,6 +272,12 @@ def test_published_ports_follow_the_endpoints(host: str, fw: IptablesFirewall) -
         "-A VXPD-101 -d 127.0.0.1/32 -p tcp -m tcp --dport 8443 -j DNAT --to-destination 192.168.77.2:443",
         "-A VXPD-101 -p udp -m udp --dport 5353 -j DNAT --to-destination 192.168.77.3:53",
     ]
+    # What `vxlanpy recover` reads back after the store was lost (the IPv6 binding has no DNAT rule)
+    assert fw.published_ports(101) == {
+        ipaddress.ip_address("192.168.77.2"): [tcp(80, 8080), tcp(443, 8443, "127.0.0.1")],
+        ipaddress.ip_address("192.168.77.3"): [PortMapping("udp", 53, 5353)],
+    }
+    assert fw.published_ports(999) == {}  # no such network
     fw.ensure_network(net, [web.with_ports((tcp(81, 9090),))])
     assert rules(host, "nat", chain="VXPD-101")[1:] == [
         "-A VXPD-101 -p tcp -m tcp --dport 9090 -j DNAT --to-destination 192.168.77.2:81"

@@ -436,6 +436,28 @@ def test_an_alien_link_with_our_name_is_a_conflict_and_left_alone(host: str, lin
     assert link(host, "vxlan-42") is None
 
 
+def test_devices_a_killed_create_left_unlabelled_are_removed_with_the_network(host: str, links: NetlinkLinks) -> None:
+    """The kernel ignores the alias in a create, so a kill -9 between the create and its label left a bridge that
+    no one removed and whose name blocked the VNI for good (the network-create churn in e2e found it)."""
+    net = make_network(42, dev="eth0")
+    with IPRoute(netns=host, flags=0) as ipr:
+        ipr.link("add", ifname="vxbr-42", kind="bridge", address=net.gateway_mac)  # as _ensure_bridge makes it
+        ipr.link("add", ifname="vxlan-42", kind="vxlan", vxlan_id=42, vxlan_port=4789)
+    links.remove_network(net)  # what the expiry of the pending row does at the next start
+    assert link(host, "vxbr-42") is None and link(host, "vxlan-42") is None
+    links.ensure_network(net)  # the VNI is usable again
+    assert link(host, "vxbr-42") is not None
+
+
+def test_unlabelled_devices_that_differ_from_what_a_create_makes_are_left_alone(host: str, links: NetlinkLinks) -> None:
+    net = make_network(42, dev="eth0")
+    with IPRoute(netns=host, flags=0) as ipr:
+        ipr.link("add", ifname="vxbr-42", kind="bridge", address="02:00:00:00:00:42")  # not the gateway MAC
+        ipr.link("add", ifname="vxlan-42", kind="vxlan", vxlan_id=43, vxlan_port=4789)  # another VNI
+    links.remove_network(net)
+    assert link(host, "vxbr-42") is not None and link(host, "vxlan-42") is not None
+
+
 def test_an_unknown_dev_is_an_invalid_option(host: str, links: NetlinkLinks) -> None:
     with pytest.raises(InvalidOption, match="underlay interface 'nosuch0' does not exist: set -o dev=<interface>"):
         links.ensure_network(make_network(42, dev="nosuch0"))

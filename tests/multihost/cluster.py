@@ -658,8 +658,17 @@ def vxlanpy_command() -> list[str]:
 class Plugin(ManagedProcess):
     """One host's vxlanpy, in the host's network namespace, serving on <host>/run/plugins/vxlanpy.sock."""
 
-    def __init__(self, host_name: str, netns: str, workdir: Path, socket_path: Path, store_url: str) -> None:
+    def __init__(
+        self,
+        host_name: str,
+        netns: str,
+        workdir: Path,
+        socket_path: Path,
+        store_url: str,
+        docker_socket: Path | None = None,
+    ) -> None:
         super().__init__(f"vxlanpy@{host_name}", workdir / "vxlanpy.log")
+        self.docker_socket = docker_socket  # its own dockerd: the start-up sweep reads Docker's networks there
         self.host_name = host_name
         self.netns = netns
         self.workdir = workdir
@@ -689,6 +698,8 @@ class Plugin(ManagedProcess):
         env.pop("VXLANPY_HOST", None)
         if self.host_env is not None:
             env["VXLANPY_HOST"] = self.host_env
+        if self.docker_socket is not None:
+            env["DOCKER_HOST"] = f"unix://{self.docker_socket}"
         return env
 
     def start(self, timeout: float = 30.0) -> None:
@@ -888,7 +899,9 @@ class Cluster:
             netns = f"{PREFIX}-{name}-{self.suffix}"
             hostdir = self.workdir / name
             dockerd = Dockerd(netns, hostdir)
-            plugin = Plugin(name, netns, hostdir, dockerd.plugins_dir / "vxlanpy.sock", ETCD_URL)
+            plugin = Plugin(
+                name, netns, hostdir, dockerd.plugins_dir / "vxlanpy.sock", ETCD_URL, docker_socket=dockerd.socket_path
+            )
             self.hosts.append(Host(name, index, netns, hostdir, dockerd, plugin))
 
     def __getitem__(self, name: str) -> Host:

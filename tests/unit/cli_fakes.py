@@ -100,6 +100,10 @@ class FakeDocker:
         self._check()
         return dict(self.ports)
 
+    def subnets_in_use(self) -> set[str]:
+        self._check()
+        return {subnet for network in self.networks.values() for subnet in network.subnets}
+
 
 @dataclass
 class FakeProbe:

@@ -28,7 +28,7 @@ from vxlanpy.store.memory import MemoryStore
 from vxlanpy.store.sqlite import SqliteStore
 
 GATEWAY_OPTIONS = {"RequestAddressType": "com.docker.network.gateway"}
-POOL_ID = re.compile(r"^10\.60\.0\.0/24 claim=h1/[0-9a-f]{12}$")
+POOL_ID = re.compile(r"^10\.60\.0\.0/24 claim=h1/[0-9a-f]{12}-[0-9]+$")  # HOST/TOKEN-SECONDS
 
 
 class Host:
@@ -642,3 +642,30 @@ def test_container_reservations_record_their_kind_and_time() -> None:
     assert orphan_reservations(reserved, set(), "h1", 1030.0, started=1000.5) == []  # made in the start's second
     with pytest.raises(Exception, match=r"10\.60\.0\.9 is already in use by h1 \(container-[0-9a-f]{12}\); "):
         ipam.request_address(grant.pool_id, ipaddress.ip_address("10.60.0.9"))
+
+
+def test_pool_claims_record_their_time_and_unused_ones_are_orphans() -> None:
+    """A RequestPool whose CreateNetwork never came (the plugin was killed in between, Docker's ReleasePool was
+    lost) must not hold its subnet for good."""
+    from vxlanpy.ipam import claim_age, orphan_pool_claims
+    from vxlanpy.store.memory import MemoryStore
+
+    book = MemoryStore()
+    ipam = Ipam(book, "h1", clock=lambda: 1000.0)
+    grant = ipam.request_pool("vxlanpy-local", None, None, None, {})
+    assert grant.claim.endswith("-1000") and parse_pool_id(grant.pool_id) == grant
+    assert parse_pool_id("10.60.0.0/24 claim=h1/0123456789ab").claim == "h1/0123456789ab"  # an older PoolID
+    assert claim_age(grant.claim, "h1", 1030.0) == 30.0
+    assert claim_age("h1/0123456789ab", "h1", 1030.0) == float("inf")  # from before claims were timed
+    assert claim_age(grant.claim, "h2", 1030.0) is None and claim_age("h1/recovered-0123456789ab", "h1", 9e9) is None
+    claims = {"10.200.0.0/24": {grant.claim, "h2/0123456789ab-900"}, "10.60.0.0/24": {"h1/0123456789ab"}}
+    assert orphan_pool_claims(claims, set(), "h1", 1059.0) == [("10.60.0.0/24", "h1/0123456789ab")]
+    assert orphan_pool_claims(claims, set(), "h1", 1060.0) == [
+        ("10.200.0.0/24", grant.claim),  # never another host's claim
+        ("10.60.0.0/24", "h1/0123456789ab"),
+    ]
+    assert orphan_pool_claims(claims, {"10.200.0.0/24", "10.60.0.0/24"}, "h1", 5000.0) == []  # in use
+    assert orphan_pool_claims(claims, {"10.60.0.0/24"}, "h1", 1030.0, started=1001.0) == [
+        ("10.200.0.0/24", grant.claim)
+    ]
+    assert orphan_pool_claims(claims, {"10.60.0.0/24"}, "h1", 1030.0, started=1000.5) == []  # the start's second

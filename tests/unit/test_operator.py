@@ -595,3 +595,101 @@ def test_gc_removes_a_dead_containers_endpoint_whose_veth_survived(harness: Harn
     result = cli.run("gc")
     assert f"removed stale endpoint {EP[:12]}" in result.stdout and f"released address {address.ip}" in result.stdout
     assert harness.store.get_endpoint(EP) is None and harness.links.endpoints == {}
+
+
+def test_gc_releases_the_pool_of_a_create_that_never_completed(harness: Harness) -> None:
+    """RequestPool and the gateway's RequestAddress came, CreateNetwork never did (the plugin was killed in
+    between): once no row and no Docker network uses the pool, gc releases it, and the subnet is free again."""
+    from vxlanpy.client import DockerNetwork
+
+    cli, ipam, grant = _ipam_harness(harness)  # 10.1.0.0/24 is NET's pool
+    lost = ipam.request_pool("vxlanpy-local", None, None, None, {})  # an automatic pool: 10.200.0.0/24
+    ipam.request_address(lost.pool_id, None, gateway=True)
+    foreign = ipam.request_pool("vxlanpy-local", ipaddress.ip_network("10.5.0.0/24"), None, None, {})
+    cli.docker.networks["b"] = DockerNetwork("b" * 64, "other", "bridge", "vxlanpy", ["10.5.0.0/24"])
+    assert "release" not in cli.run("gc").stdout  # within a minute, Docker's CreateNetwork may still come
+    harness.now += 61
+    cli.docker.down = True
+    down = cli.run("gc")
+    assert "release" not in down.stdout and "keeping every IPAM pool claim" in down.stderr  # only on Docker's word
+    cli.docker.down = False
+    result = cli.run("gc")
+    assert result.stdout.count("released pool") == 1, result.stdout
+    assert f"released pool 10.200.0.0/24 claimed by {lost.claim} (its network create never completed)" in result.stdout
+    assert harness.store.claimed_pools() == {"10.1.0.0/24": {grant.claim}, "10.5.0.0/24": {foreign.claim}}
+    assert harness.store.reserved_addresses("10.200.0.0/24") == {}  # its gateway went with it
+    assert ipam.request_pool("vxlanpy-local", None, None, None, {}).pool == lost.pool  # free again
+
+
+def test_start_up_releases_the_pools_of_creates_an_earlier_process_never_completed(harness: Harness) -> None:
+    from vxlanpy.app import create_app
+    from vxlanpy.config import Settings
+    from vxlanpy.ipam import Ipam
+
+    ipam = Ipam(harness.store, "testhost", clock=lambda: harness.now - 5)  # before this start
+    lost = ipam.request_pool("vxlanpy-local", None, None, None, {})
+    kept = ipam.request_pool("vxlanpy-local", ipaddress.ip_network("10.5.0.0/24"), None, None, {})
+    create_app(harness.driver, Settings(host="testhost"), docker_listing=lambda: _listing(subnets={"10.5.0.0/24"}))
+    assert harness.store.claimed_pools() == {"10.5.0.0/24": {kept.claim}}
+    unknown = ipam.request_pool("vxlanpy-local", None, None, None, {})
+    assert unknown.pool == lost.pool
+    create_app(harness.driver, Settings(host="testhost"), docker_listing=lambda: None)  # Docker not asked: kept
+    assert unknown.pool.exploded in {str(ipaddress.ip_network(p)) for p in harness.store.claimed_pools()}
+
+
+def test_recover_keeps_the_host_port_vxlanpy_chose_for_a_port_docker_left_to_it(harness: Harness) -> None:
+    """`-p 80`: Docker records no host port (HostPort ""), and its inspect shows a remote driver's ports only
+    while the driver answers; the kernel's DNAT rule still has it, and recover keeps it."""
+    from vxlanpy.models import PortMapping
+
+    _running(harness)
+    harness.driver.port_is_free = lambda mapping: True
+    chosen = harness.driver.program_external_connectivity(NET, EP, [PortMapping("tcp", 80, 0)]).ports
+    explicit = harness.driver.program_external_connectivity(NET, EP, [*chosen, PortMapping("udp", 53, 5353)]).ports
+    assert chosen[0].host_port and harness.firewall.published() == {("tcp", chosen[0].host_port), ("udp", 5353)}
+    endpoint = harness.store.get_endpoint(EP)
+    lost = _same_kernel_new_store(harness)
+    lost.driver.port_is_free = lambda mapping: True
+    lost.driver.reconcile(unjoined_grace=0.0)
+    cli = CliHarness(lost)
+    ports = [
+        {"proto": "tcp", "container_port": 80, "host_port": 0},  # what the CLI sends for HostPort ""
+        {"proto": "udp", "container_port": 53, "host_port": 5353},
+        {"proto": "tcp", "container_port": 443, "host_port": 0},  # never published: nothing to keep
+    ]
+    view = {
+        "id": NET,
+        "options": {},
+        "internal": False,
+        "subnets": [{"pool": "10.1.0.0/24"}],
+        "endpoints": [{"id": EP, "mac": endpoint.mac, "ipv4": "10.1.0.2/24", "sandbox": SANDBOX, "ports": ports}],  # type: ignore[union-attr]
+    }
+    assert _recover(cli, {"step": "adopt", "network": view})["endpoints"] == [EP]
+    recovered = lost.store.get_endpoint(EP)
+    assert recovered is not None and set(recovered.ports) == set(explicit)
+    assert harness.firewall.published() == {("tcp", chosen[0].host_port), ("udp", 5353)}
+
+
+def _listing(ids: set[str] | None = None, subnets: set[str] | None = None) -> Any:
+    from vxlanpy.client import DockerListing
+
+    return DockerListing(frozenset(ids or ()), frozenset(subnets or ()))
+
+
+def test_start_up_removes_a_network_whose_create_docker_never_completed(harness: Harness) -> None:
+    """The create succeeded here, but the plugin was killed before dockerd read the answer: Docker does not know
+    the network, so `docker network rm` never comes (the long network-create churn left such networks)."""
+    from vxlanpy.app import create_app
+    from vxlanpy.config import Settings
+
+    _running(harness)  # NET, with an endpoint: Docker knows it
+    harness.create_network(NET2, generic={"vni": "43"}, ipv4=[{"Pool": "10.2.0.0/24", "Gateway": "10.2.0.1/24"}])
+    settings = Settings(host="testhost")
+    create_app(harness.driver, settings, docker_listing=lambda: _listing(ids={"f" * 64}))  # another dockerd's
+    assert harness.store.get_network(NET2) is not None and "vxbr-43" in harness.links.networks
+    create_app(harness.driver, settings, docker_listing=lambda: None)  # Docker not asked
+    assert harness.store.get_network(NET2) is not None
+    create_app(harness.driver, settings, docker_listing=lambda: _listing(ids={NET}))
+    assert harness.store.get_network(NET2) is None
+    assert "vxbr-43" not in harness.links.networks and 43 not in harness.firewall.owned_vnis()
+    assert harness.store.get_network(NET) is not None and "vxbr-42" in harness.links.networks

@@ -163,6 +163,20 @@ def test_book_shared_pool_lives_until_its_last_holder_leaves(book: AddressBook) 
     assert book.claim_pool(POOL, "h3/cccc", exclusive=True) is True  # forgotten pools are free again
 
 
+def test_book_lists_every_claimed_pool_with_its_holders(book: AddressBook) -> None:
+    assert book.claimed_pools() == {}
+    book.claim_pool(POOL, "h1/0123456789ab-1000", exclusive=True)
+    book.claim_pool(POOL, "h2/bbbb", exclusive=False)
+    book.claim_pool("fd78:7870::/64", "h1/recovered-0123456789ab", exclusive=False)
+    assert book.claimed_pools() == {
+        POOL: {"h1/0123456789ab-1000", "h2/bbbb"},
+        "fd78:7870::/64": {"h1/recovered-0123456789ab"},
+    }
+    book.release_pool(POOL, "h1/0123456789ab-1000")
+    book.release_pool(POOL, "h2/bbbb")
+    assert book.claimed_pools() == {"fd78:7870::/64": {"h1/recovered-0123456789ab"}}
+
+
 def test_book_exclusive_claim_needs_an_unheld_pool(book: AddressBook) -> None:
     assert book.claim_pool(POOL, "h1/aaaa", exclusive=True) is True
     assert book.claim_pool(POOL, "h2/bbbb", exclusive=True) is False

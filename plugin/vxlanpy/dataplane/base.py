@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..models import Endpoint, IPAddress, Network
+from ..models import Endpoint, IPAddress, Network, PortMapping
 
 
 @dataclass(frozen=True)
@@ -101,4 +101,9 @@ class Firewall(Protocol):
 
     def owned_vnis(self) -> set[int]:
         """VNIs for which vxlanpy has per-network chains installed now."""
+        ...
+
+    def published_ports(self, vni: int) -> dict[IPAddress, list[PortMapping]]:
+        """The ports the kernel publishes now for the network of `vni` (its DNAT rules), by container address:
+        what `vxlanpy recover` keeps of a lost store's host ports."""
         ...

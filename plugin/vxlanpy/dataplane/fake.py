@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 
 from ..errors import DataplaneError, InvalidOption
-from ..models import Endpoint, IPAddress, Network
+from ..models import Endpoint, IPAddress, Network, PortMapping
 from .base import RemoteEndpoint, Underlay
 
 
@@ -107,6 +107,12 @@ class FakeFirewall:
 
     def owned_vnis(self) -> set[int]:
         return set(self.networks)
+
+    def published_ports(self, vni: int) -> dict[IPAddress, list[PortMapping]]:
+        network, endpoints = self.networks.get(vni, (None, []))
+        if network is None or network.internal:
+            return {}
+        return {ep.ipv4.ip: list(ep.ports) for ep in endpoints if ep.ipv4 is not None and ep.ports}
 
     def published(self) -> set[tuple[str, int]]:
         """(proto, host port) pairs currently published, over all networks."""

@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import DataplaneError
-from ..models import PROTOCOL_NUMBERS, Endpoint, IPAddress, Network, bridge_name, gateway_mac
+from ..models import PROTOCOL_NUMBERS, Endpoint, IPAddress, Network, PortMapping, bridge_name, gateway_mac
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,25 @@ def dnat_rules(network: Network, endpoints: list[Endpoint]) -> list[Rule]:
             target = f"{endpoint.ipv4.ip}:{_port(mapping.container_port)}"
             rules.append([*rule, "--dport", _port(mapping.host_port), "-j", "DNAT", "--to-destination", target])
     return rules
+
+
+def parse_dnat_rules(listing: list[str]) -> dict[IPAddress, list[PortMapping]]:
+    """The inverse of `dnat_rules`, read from `iptables -t nat -S VXPD-<vni>` (which adds `-m tcp`, `/32`)."""
+    published: dict[IPAddress, list[PortMapping]] = {}
+    for line in listing:
+        words = line.split()
+        if words[:1] != ["-A"] or "DNAT" not in words:
+            continue
+        fields = dict(zip(words[2::2], words[3::2], strict=False))
+        target, _, container_port = fields.get("--to-destination", "").rpartition(":")
+        try:
+            address = ipaddress.ip_address(target)
+            host_ip = ipaddress.ip_interface(fields["-d"]).ip if "-d" in fields else None
+            mapping = PortMapping(fields["-p"], int(container_port), int(fields["--dport"]), host_ip)
+        except (KeyError, ValueError):
+            continue  # not a rule vxlanpy writes
+        published.setdefault(address, []).append(mapping)
+    return published
 
 
 def vtep_filter_rules(ports: set[int], vteps: set[IPAddress], family: Family) -> list[Rule]:
@@ -372,6 +391,11 @@ class IptablesFirewall:
         with self._lock:
             self._refresh()
             return {int(chain.rpartition("-")[2]) for known in self._known.values() for chain in known.chains}
+
+    def published_ports(self, vni: int) -> dict[IPAddress, list[PortMapping]]:
+        with self._lock:
+            listing = self._list_chain(4, "nat", self._names(vni)[2]) or []
+        return parse_dnat_rules(listing)
 
     # -- helpers -------------------------------------------------------------------------------------
 

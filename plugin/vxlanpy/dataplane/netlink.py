@@ -131,6 +131,19 @@ def _is_owned(link: Msg) -> bool:
     return _alias(link).startswith(LINK_ALIAS_PREFIX)
 
 
+def _created_unlabelled(link: Msg, network: Network) -> bool:
+    """A device of `network` that a create made but did not label: the plugin was killed between the two requests
+    (the kernel ignores the alias in a create).  Known by what the create set: the bridge's anycast gateway MAC,
+    the VXLAN device's VNI.  Without this a killed create left a bridge no one would remove and whose name blocked
+    the VNI for good."""
+    if _alias(link):
+        return False  # labelled: vxlanpy's (then owned) or someone else's
+    kind = _kind(link)
+    if kind == "bridge":
+        return str(link.get("address") or "").lower() == network.gateway_mac
+    return kind == "vxlan" and _info(link, "vxlan_id") == network.vni
+
+
 def _kind(link: Msg) -> str | None:
     kind = link.get(("linkinfo", "kind"))
     return str(kind) if kind is not None else None
@@ -628,7 +641,7 @@ class NetlinkLinks:
         self._bridges.pop(network.bridge, None)
         for name in (network.vxlan, network.bridge):
             link = self._link(name)
-            if link is not None and _is_owned(link):
+            if link is not None and (_is_owned(link) or _created_unlabelled(link, network)):
                 self._delete(link)
 
     def _bridge_index(self, network: Network) -> int | None:

@@ -25,6 +25,10 @@ class AddressBook(Protocol):
 
     def pool_holders(self, pool_id: str) -> set[str]: ...
 
+    def claimed_pools(self) -> dict[str, set[str]]:
+        """pool id -> holders, for every pool someone holds (the sweep of claims whose create never finished)."""
+        ...
+
     def reserve_address(self, pool_id: str, address: str, holder: str) -> str | None:
         """Reserve `address` for `holder` if it is free. Returns None on success (or when `holder` already
         holds it), else the holder that has it."""

@@ -576,6 +576,16 @@ class EtcdStore:
         items, _ = self.kv.range(self.kv.key("ipam", "pools", self._pool_key(pool_id), ""))
         return {kv.value for kv in items}
 
+    def claimed_pools(self) -> dict[str, set[str]]:
+        prefix = self.kv.key("ipam", "pools", "")
+        items, _ = self.kv.range(prefix)
+        claims: dict[str, set[str]] = {}
+        for kv in items:
+            pool = kv.key.removeprefix(prefix).partition("/")[0]
+            # The inverse of _pool_key: a pool id is a CIDR, with neither '_' nor '+' of its own.
+            claims.setdefault(pool.replace("_", "/").replace("+", " "), set()).add(kv.value)
+        return claims
+
     def reserve_address(self, pool_id: str, address: str, holder: str) -> str | None:
         key = self.kv.key("ipam", "addresses", self._pool_key(pool_id), key_part(address))
         existing = self.kv.create(key, holder)

@@ -130,6 +130,10 @@ class MemoryStore:
         with self._lock:
             return set(self._pool_holders.get(pool_id, ()))
 
+    def claimed_pools(self) -> dict[str, set[str]]:
+        with self._lock:
+            return {pool_id: set(holders) for pool_id, holders in self._pool_holders.items() if holders}
+
     def reserve_address(self, pool_id: str, address: str, holder: str) -> str | None:
         with self._lock:
             self._write()

@@ -175,7 +175,7 @@ class SqliteStore:
                 os.replace(temporary, self.path)
                 self._db = _connect(self.path)
             except (OSError, sqlite3.Error) as exc:
-                hint = _hint(exc) if isinstance(exc, sqlite3.Error) else ""
+                hint = _hint(exc, self.path) if isinstance(exc, sqlite3.Error) else ""
                 raise StoreError(f"cannot write the state back to {self.path}: {exc}{hint}") from exc
             self._identity = _identity(self.path)
         log.warning("state database written back to %s%s", self.path, f"; the file found there is {kept}" * bool(kept))
@@ -196,7 +196,7 @@ class SqliteStore:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StoreError(f"state database {self.path} failed: {exc}{_hint(exc)}") from exc
+                raise StoreError(f"state database {self.path} failed: {exc}{_hint(exc, self.path)}") from exc
 
     # -- networks -----------------------------------------------------------------------------------------
 
@@ -293,6 +293,12 @@ class SqliteStore:
     def pool_holders(self, pool_id: str) -> set[str]:
         return {row[0] for row in self._query_all("SELECT holder FROM ipam_pools WHERE pool_id = ?", (pool_id,))}
 
+    def claimed_pools(self) -> dict[str, set[str]]:
+        claims: dict[str, set[str]] = {}
+        for pool_id, holder in self._query_all("SELECT pool_id, holder FROM ipam_pools", ()):
+            claims.setdefault(pool_id, set()).add(holder)
+        return claims
+
     def reserve_address(self, pool_id: str, address: str, holder: str) -> str | None:
         with self._transaction() as db:
             row = db.execute(
@@ -326,7 +332,7 @@ class SqliteStore:
             try:
                 return list(self._db.execute(sql, args).fetchall())
             except sqlite3.Error as exc:
-                raise StoreError(f"state database {self.path} failed: {exc}{_hint(exc)}") from exc
+                raise StoreError(f"state database {self.path} failed: {exc}{_hint(exc, self.path)}") from exc
 
 
 def _tighten(path: Path, mode: int) -> None:
@@ -341,13 +347,25 @@ def _tighten(path: Path, mode: int) -> None:
         log.info("%s was mode %04o; now %04o", path, current, current & mode)
 
 
-def _hint(exc: sqlite3.Error) -> str:
+def _hint(exc: sqlite3.Error, path: str) -> str:
     if "readonly" in str(exc):
         return (
             "; the file or its directory is read-only: make both writable by the plugin "
             "(state.db 0600 and its directory 0700, owned by root)"
         )
+    # An immutable file or a read-only mount fails an open file's writes as a bare "disk I/O error"; root's
+    # access() still honours both, so it tells them from a failing disk.
+    blocked = [name for name in (path, path + "-wal", os.path.dirname(path)) if _write_refused(name)]
+    if blocked:
+        return (
+            f"; {', '.join(blocked)} cannot be written (a read-only mount, or the immutable attribute: "
+            "`lsattr` shows it, `chattr -i` clears it); make the state writable by the plugin"
+        )
     return ""
+
+
+def _write_refused(path: str) -> bool:
+    return os.path.exists(path) and not os.access(path, os.W_OK)
 
 
 def _lowest_free_vni(db: sqlite3.Connection, low: int, high: int) -> int | None:
