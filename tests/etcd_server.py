@@ -18,22 +18,24 @@ def free_port() -> int:
 
 
 class EtcdServer:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", parent: str | None = None) -> None:
+        """`host`: the address it listens on; `parent`: where its data dir goes (e.g. /dev/shm: no disk syncs)."""
         self.binary = shutil.which("etcd")
         if self.binary is None:
             raise FileNotFoundError("etcd is not installed (Debian package etcd-server)")
-        self.data_dir = Path(tempfile.mkdtemp(prefix="vxlanpy-etcd-"))
+        self.host = host
+        self.data_dir = Path(tempfile.mkdtemp(prefix="vxlanpy-etcd-", dir=parent))
         self.client_port = free_port()
         self.peer_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"etcd://127.0.0.1:{self.client_port}"
+        return f"etcd://{self.host}:{self.client_port}"
 
     def start(self) -> None:
-        client = f"http://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        client = f"http://{self.host}:{self.client_port}"
+        peer = f"http://{self.host}:{self.peer_port}"
         argv = [
             str(self.binary),
             "--name",
