@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import queue
 import re
 import threading
 from collections import defaultdict
@@ -28,6 +29,7 @@ from .store.etcd import EtcdKV, EtcdStore, KeyValue, LeaseNotFound, key_part
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+K = TypeVar("K")
 
 WATCH_IDLE = 10.0
 MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
@@ -39,6 +41,38 @@ class SegmentView:
 
     vteps: dict[str, IPAddress] = field(default_factory=dict)  # host -> VTEP
     endpoints: dict[tuple[str, str], RemoteEndpoint] = field(default_factory=dict)  # (host, endpoint id) -> entry
+    # How many entries of `endpoints` use each MAC and address: whether a removed one is still someone's, in O(1).
+    macs: dict[str, int] = field(default_factory=dict, repr=False)
+    addresses: dict[IPAddress, int] = field(default_factory=dict, repr=False)
+
+    def put(self, key: tuple[str, str], remote: RemoteEndpoint | None) -> RemoteEndpoint | None:
+        """Set (None: remove) one endpoint's entry, keeping the counts; returns the entry it replaces."""
+        old = self.endpoints.pop(key, None) if remote is None else self.endpoints.get(key)
+        if remote is not None:
+            self.endpoints[key] = remote
+        for entry, step in ((old, -1), (remote, 1)):
+            if entry is not None:
+                _count(self.macs, entry.mac, step)
+                for address in entry.addresses:
+                    _count(self.addresses, address, step)
+        return old
+
+
+def _count(counts: dict[K, int], item: K, step: int) -> None:
+    counts[item] = counts.get(item, 0) + step
+    if counts[item] <= 0:
+        del counts[item]
+
+
+@dataclass(frozen=True)
+class ViewChange:
+    """What one watch event changed in a segment's view: an endpoint's entry (before, after; None when absent),
+    or, with `endpoint` None, its VTEPs, which the whole segment (and the VTEP filter) is programmed again for."""
+
+    vni: int
+    endpoint: tuple[str, str] | None = None
+    old: RemoteEndpoint | None = None
+    new: RemoteEndpoint | None = None
 
 
 class EtcdCluster:
@@ -65,13 +99,19 @@ class EtcdCluster:
         self._view: defaultdict[int, SegmentView] = defaultdict(SegmentView)
         self._view_lock = threading.Lock()
         self._stop = threading.Event()
+        self._changes: queue.SimpleQueue[ViewChange] = queue.SimpleQueue()  # watch thread -> applier thread
         self._threads: list[threading.Thread] = []
         self.synced = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        for target, name in ((self._watch_loop, "vxlanpy-watch"), (self._keepalive_loop, "vxlanpy-lease")):
+        loops = (
+            (self._watch_loop, "vxlanpy-watch"),
+            (self._apply_loop, "vxlanpy-apply"),
+            (self._keepalive_loop, "vxlanpy-lease"),
+        )
+        for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -223,9 +263,9 @@ class EtcdCluster:
                     for kind, kv in self.kv.watch(prefix, revision + 1, idle_timeout=WATCH_IDLE):
                         revision = max(revision, kv.mod_revision)
                         with self._view_lock:
-                            vni = self._update_view(kind, kv, prefix)
-                        if vni is not None:
-                            self._apply(vni)
+                            change = self._update_view(kind, kv, prefix)
+                        if change is not None:
+                            self._changes.put(change)
             except StoreError as exc:
                 self.synced.clear()
                 log.warning("etcd sync interrupted: %s; retrying", exc)
@@ -234,8 +274,8 @@ class EtcdCluster:
                 log.exception("etcd sync failed; resyncing")
                 self._stop.wait(1.0)
 
-    def _update_view(self, kind: str, kv: KeyValue, prefix: str) -> int | None:
-        """Apply one key change to the view; returns the VNI it concerns, None for our own keys or junk."""
+    def _update_view(self, kind: str, kv: KeyValue, prefix: str) -> ViewChange | None:
+        """Apply one key change to the view; returns what changed, None for our own keys or junk."""
         parts = kv.key.removeprefix(prefix).split("/")
         try:
             vni = int(parts[0])
@@ -248,26 +288,94 @@ class EtcdCluster:
                     segment.vteps.pop(host, None)
                 else:
                     segment.vteps[host] = ipaddress.ip_address(kv.value)
-            elif parts[1] == "ep" and len(parts) == 4:
+                return ViewChange(vni)
+            if parts[1] == "ep" and len(parts) == 4:
+                key = (host, parts[3])
                 if kind == "DELETE":
-                    segment.endpoints.pop((host, parts[3]), None)
-                else:
-                    record = json.loads(kv.value)
-                    if not MAC.match(str(record["mac"])):
-                        raise ValueError("bad MAC")
-                    segment.endpoints[(host, parts[3])] = RemoteEndpoint(
-                        mac=str(record["mac"]).lower(),
-                        vtep=ipaddress.ip_address(record["vtep"]),
-                        addresses=tuple(ipaddress.ip_address(address) for address in record["addresses"]),
-                    )
-            else:
-                return None
+                    return ViewChange(vni, key, segment.put(key, None), None)
+                record = json.loads(kv.value)
+                if not MAC.match(str(record["mac"])):
+                    raise ValueError("bad MAC")
+                new = RemoteEndpoint(
+                    mac=str(record["mac"]).lower(),
+                    vtep=ipaddress.ip_address(record["vtep"]),
+                    addresses=tuple(ipaddress.ip_address(address) for address in record["addresses"]),
+                )
+                return ViewChange(vni, key, segment.put(key, new), new)
+            return None
         except (IndexError, KeyError, ValueError, TypeError):
             log.warning("ignoring malformed key %s in etcd", kv.key)
             return None
-        return vni
 
     # -- programming the kernel -----------------------------------------------------------------------------
+
+    def _apply_loop(self) -> None:
+        """Program what the watch saw, every change queued meanwhile at once: under a burst of events the kernel
+        work is done per batch (one network lookup, each endpoint once), not per event."""
+        while not self._stop.is_set():
+            try:
+                batch = [self._changes.get(timeout=0.5)]
+            except queue.Empty:
+                continue
+            while True:
+                try:
+                    batch.append(self._changes.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._apply_changes(batch)
+            except Exception:  # the watch's next full resync puts the kernel right
+                log.exception("cannot program %d changes from etcd", len(batch))
+
+    def _apply_changes(self, batch: list[ViewChange]) -> None:
+        """For an endpoint, only its own entries (no table dumps, no firewall: a few netlink writes whatever the
+        size of the segment); for a VTEP, the whole segment and the VTEP filter."""
+        whole = {change.vni for change in batch if change.endpoint is None}
+        merged: dict[tuple[int, tuple[str, str]], ViewChange] = {}
+        for change in batch:
+            if change.endpoint is None or change.vni in whole:
+                continue
+            first = merged.get((change.vni, change.endpoint))
+            merged[(change.vni, change.endpoint)] = (
+                change if first is None else ViewChange(change.vni, change.endpoint, first.old, change.new)
+            )
+        for vni in sorted(whole):
+            self._apply(vni)
+        changes = [change for change in merged.values() if change.old != change.new]  # e.g. a re-put, new lease
+        if not changes:
+            return
+        networks = self.store.list_networks()
+        for vni in sorted({change.vni for change in changes}):
+            gone_macs, gone_addresses, remotes = self._entries_to_change(vni, [c for c in changes if c.vni == vni])
+            for network in networks:
+                if network.vni != vni:
+                    continue
+                try:
+                    self.links.update_remotes(network, gone_macs, gone_addresses, remotes)
+                except VxlanpyError as exc:
+                    log.warning("cannot update remote entries of vni %d: %s; programming the segment", vni, exc)
+                    self._apply_network(network)
+
+    def _entries_to_change(
+        self, vni: int, changes: list[ViewChange]
+    ) -> tuple[set[str], set[IPAddress], list[RemoteEndpoint]]:
+        """What the kernel must drop and (re)write after `changes`: the old entries' MACs and addresses, but
+        those another endpoint still uses (a host's stale record of a container that moved) stay, and that
+        endpoint's entries are written again, so that the kernel ends as a full `sync_remotes` leaves it."""
+        remotes = {change.new.mac: change.new for change in changes if change.new is not None}
+        wanted_addresses = {address for remote in remotes.values() for address in remote.addresses}
+        gone_macs = {change.old.mac for change in changes if change.old is not None} - remotes.keys()
+        gone_addresses = {a for change in changes if change.old is not None for a in change.old.addresses}
+        gone_addresses -= wanted_addresses
+        with self._view_lock:
+            segment = self._view.get(vni, SegmentView())
+            shared_macs = {mac for mac in gone_macs if mac in segment.macs}
+            shared_addresses = {address for address in gone_addresses if address in segment.addresses}
+            if shared_macs or shared_addresses:  # rare: worth a scan of the segment
+                for remote in segment.endpoints.values():
+                    if remote.mac in shared_macs or not shared_addresses.isdisjoint(remote.addresses):
+                        remotes.setdefault(remote.mac, remote)
+        return gone_macs - shared_macs, gone_addresses - shared_addresses, list(remotes.values())
 
     def _apply_all(self) -> None:
         for network in self.store.list_networks():

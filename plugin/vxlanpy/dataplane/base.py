@@ -66,6 +66,14 @@ class Links(Protocol):
         Entries for other MACs, addresses or VTEPs are removed."""
         ...
 
+    def update_remotes(
+        self, network: Network, gone_macs: set[str], gone_addresses: set[IPAddress], remotes: list[RemoteEndpoint]
+    ) -> None:
+        """Change only some remote entries (one watch event's worth), as sync_remotes would, without reading
+        the kernel's tables: remove every entry of `gone_macs` and the neighbour entries of `gone_addresses`,
+        then add or correct the entries of `remotes`.  Nothing else is touched."""
+        ...
+
     def remote_entries(self, network: Network) -> tuple[set[IPAddress], list[RemoteEndpoint]]:
         """What sync_remotes would have to produce to match the kernel now: (flood VTEPs, remote endpoints)."""
         ...

@@ -553,6 +553,21 @@ class NetlinkLinks:
                 _checked_address(address, f"an address of {remote.mac}")
         self._run(f"program the remote endpoints of {network.vxlan}", self._sync_remotes, network, wanted_flood, wanted)
 
+    def update_remotes(
+        self, network: Network, gone_macs: set[str], gone_addresses: set[IPAddress], remotes: list[RemoteEndpoint]
+    ) -> None:
+        macs = {_unicast_mac(mac) for mac in gone_macs}
+        addresses = {_checked_address(address, "a former neighbour") for address in gone_addresses}
+        wanted: dict[str, RemoteEndpoint] = {}
+        for remote in remotes:
+            wanted[_unicast_mac(remote.mac)] = remote
+            _checked_address(remote.vtep, f"the VTEP of {remote.mac}")
+            for address in remote.addresses:
+                _checked_address(address, f"an address of {remote.mac}")
+        self._run(
+            f"update the remote endpoints of {network.vxlan}", self._update_remotes, network, macs, addresses, wanted
+        )
+
     def remote_entries(self, network: Network) -> tuple[set[IPAddress], list[RemoteEndpoint]]:
         return self._run(f"read the remote endpoints of {network.vxlan}", self._remote_entries, network)
 
@@ -858,6 +873,32 @@ class NetlinkLinks:
             self._set_bridge_static(network, vxlan, mac)
         for address, mac in sorted(neigh.items(), key=lambda item: (item[0].version, item[0])):
             if present.neigh.get(address) != mac:
+                self._set_neigh(network, bridge, address, mac)
+
+    def _update_remotes(
+        self, network: Network, gone_macs: set[str], gone_addresses: set[IPAddress], wanted: dict[str, RemoteEndpoint]
+    ) -> None:
+        """One change's worth of `_sync_remotes`, in its order, without reading the tables: a replace is
+        idempotent and a removal of what is gone is fine, so nothing needs to be known of what is there."""
+        found = self._network_links(network)
+        if found is None:
+            raise DataplaneError(
+                f"cannot program remote endpoints: {network.vxlan} or {network.bridge} does not exist; "
+                "recreate the network or restart the plugin so that it reconciles"
+            )
+        vxlan, bridge = found
+        for address in sorted(gone_addresses, key=lambda a: (a.version, a)):
+            self._remove_neigh(network, bridge, address)
+        for mac in sorted(gone_macs):
+            self._remove_bridge_static(network, vxlan, mac)
+        for mac in sorted(gone_macs):
+            self._remove_vxlan_entry(network, vxlan, mac)
+        for mac, remote in sorted(wanted.items()):
+            self._set_vxlan_entry(network, vxlan, mac, remote.vtep)
+        for mac in sorted(wanted):
+            self._set_bridge_static(network, vxlan, mac)
+        for mac, remote in sorted(wanted.items()):
+            for address in _addresses_sorted(remote.addresses):
                 self._set_neigh(network, bridge, address, mac)
 
     def _remote_entries(self, network: Network) -> tuple[set[IPAddress], list[RemoteEndpoint]]:
