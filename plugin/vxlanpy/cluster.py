@@ -16,6 +16,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -248,12 +249,20 @@ class EtcdCluster:
             try:
                 self.lease()
                 self.republish()
+                started = time.monotonic()
                 items, revision = self.kv.range(prefix)
+                read = time.monotonic()
                 with self._view_lock:
                     self._view.clear()
                     for kv in items:
                         self._update_view("PUT", kv, prefix)
                 self._apply_all()
+                log.info(
+                    "etcd sync: %d keys read in %.2f s, the kernel programmed from them in %.2f s",
+                    len(items),
+                    read - started,
+                    time.monotonic() - read,
+                )
                 self.synced.set()
                 if self.on_reconnect is not None:
                     self.on_reconnect()
