@@ -33,6 +33,7 @@ T = TypeVar("T")
 K = TypeVar("K")
 
 WATCH_IDLE = 10.0
+NETWORKS_MAX_AGE = 1.0  # seconds the event applier trusts its copy of this host's networks
 MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
 
@@ -101,6 +102,9 @@ class EtcdCluster:
         self._view_lock = threading.Lock()
         self._stop = threading.Event()
         self._changes: queue.SimpleQueue[ViewChange] = queue.SimpleQueue()  # watch thread -> applier thread
+        self._networks: list[Network] | None = None  # this host's networks, for the applier: None = read the store
+        self._networks_read = 0.0
+        self._networks_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.synced = threading.Event()
 
@@ -166,14 +170,17 @@ class EtcdCluster:
         if network.config.local is None:
             raise Conflict(f"network vni {network.vni} has no local VTEP address; set -o local=ADDRESS or -o dev=...")
         vtep = str(network.config.local)
+        self._forget_networks()
         self._leased(lambda lease: self.kv.put(self._live(network.vni, "vtep", self.host), vtep, lease))
         self._apply(network.vni)
 
     def unpublish_network(self, network: Network) -> None:
+        self._forget_networks()
         self.kv.delete(self._live(network.vni, "vtep", self.host))
         self.kv.delete_prefix(self._live(network.vni, "ep", self.host, ""))
         self._release_addresses(network.vni, keep=set())
         self._apply_filter()
+        self._forget_networks()  # also after: the applier may have read the store before the row went
 
     def _release_addresses(self, vni: int, keep: set[str]) -> None:
         """Drop this host's address claims on the segment, except those of the endpoints in `keep`: a claim must
@@ -249,6 +256,7 @@ class EtcdCluster:
             try:
                 self.lease()
                 self.republish()
+                self._forget_networks()
                 started = time.monotonic()
                 items, revision = self.kv.range(prefix)
                 read = time.monotonic()
@@ -353,7 +361,7 @@ class EtcdCluster:
         changes = [change for change in merged.values() if change.old != change.new]  # e.g. a re-put, new lease
         if not changes:
             return
-        networks = self.store.list_networks()
+        networks = self._known_networks()
         for vni in sorted({change.vni for change in changes}):
             gone_macs, gone_addresses, remotes = self._entries_to_change(vni, [c for c in changes if c.vni == vni])
             for network in networks:
@@ -363,7 +371,22 @@ class EtcdCluster:
                     self.links.update_remotes(network, gone_macs, gone_addresses, remotes)
                 except VxlanpyError as exc:
                     log.warning("cannot update remote entries of vni %d: %s; programming the segment", vni, exc)
+                    self._forget_networks()  # it may be one being deleted
                     self._apply_network(network)
+
+    def _known_networks(self) -> list[Network]:
+        """This host's networks, read from the store at most once a second, and again after one is published or
+        unpublished or etcd is resynced: under a stream of endpoint events, no etcd round trip per batch.  A
+        network created meanwhile is programmed in full by its own publish_network."""
+        with self._networks_lock:
+            now = time.monotonic()
+            if self._networks is None or now - self._networks_read > NETWORKS_MAX_AGE:
+                self._networks, self._networks_read = self.store.list_networks(), now
+            return self._networks
+
+    def _forget_networks(self) -> None:
+        with self._networks_lock:
+            self._networks = None
 
     def _entries_to_change(
         self, vni: int, changes: list[ViewChange]

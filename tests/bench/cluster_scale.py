@@ -41,7 +41,9 @@ OVERLAY = ipaddress.ip_network("10.200.0.0/16")  # 65534 addresses: 500 hosts x 
 SIM_VTEPS = ipaddress.ip_network("10.201.0.0/16")  # simulated VTEPs: addresses only, nothing answers on them
 REAL_HOST = "real"
 SIM_MAC_PREFIX = "02:5c:"  # every simulated endpoint's MAC starts so: the kernel's own entries are told apart
-PUBLISH_WORKERS = 8  # concurrent etcd clients while the simulated hosts publish
+PUBLISH_WORKERS = 8
+SIM_LEASE_TTL = 120  # seconds; refreshed every SIM_KEEPALIVE from the start: publishing 50,000 endpoints is slow
+SIM_KEEPALIVE = 10.0  # concurrent etcd clients while the simulated hosts publish
 
 # netlink (linux/rtnetlink.h, linux/neighbour.h)
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
@@ -203,7 +205,7 @@ class SimHost:
     def __post_init__(self) -> None:
         kv = EtcdKV(EtcdConfig.from_url(self.url, timeout=10.0))
         store = EtcdStore(kv, f"sim{self.index:03d}")
-        self.cluster = EtcdCluster(kv, store, FakeLinks(), FakeFirewall(), lease_ttl=60)
+        self.cluster = EtcdCluster(kv, store, FakeLinks(), FakeFirewall(), lease_ttl=SIM_LEASE_TTL)
         vtep = SIM_VTEPS[self.index + 1]
         self.network = Network(
             network_id=secrets.token_hex(32),
@@ -399,21 +401,21 @@ def run_case(
         say(f"  cluster-scale hosts={hosts}: publishing {hosts} hosts x {endpoints_per_host} endpoints into etcd")
         started = time.monotonic()
         sims = [SimHost(index, store_url, endpoints_per_host) for index in range(hosts)]
-        with ThreadPoolExecutor(max_workers=PUBLISH_WORKERS) as pool:
-            list(pool.map(lambda sim: sim.publish_network(), sims))
-            jobs = [(sim, endpoint) for sim in sims for endpoint in sim.endpoints]
-            list(pool.map(lambda job: job[0].publish(job[1]), jobs))
-        say(f"  published {len(jobs)} endpoints in {time.monotonic() - started:.1f} s")
 
         def keepalive_loop() -> None:
-            while not stop_keepalive.wait(15.0):
+            while not stop_keepalive.wait(SIM_KEEPALIVE):
                 for sim in sims:
                     try:
                         sim.keepalive()
                     except Exception as exc:  # noqa: BLE001 - reported; the case fails on missing entries
                         say(f"  keepalive of sim{sim.index:03d} failed: {exc}")
 
-        threading.Thread(target=keepalive_loop, name="sim-keepalive", daemon=True).start()
+        with ThreadPoolExecutor(max_workers=PUBLISH_WORKERS) as pool:
+            list(pool.map(lambda sim: sim.publish_network(), sims))  # each takes its lease here
+            threading.Thread(target=keepalive_loop, name="sim-keepalive", daemon=True).start()
+            jobs = [(sim, endpoint) for sim in sims for endpoint in sim.endpoints]
+            list(pool.map(lambda job: job[0].publish(job[1]), jobs))
+        say(f"  published {len(jobs)} endpoints in {time.monotonic() - started:.1f} s")
 
         # -- full resync: from the real plugin's start until its kernel holds every remote entry
         total = hosts * endpoints_per_host
