@@ -258,16 +258,19 @@ class EtcdCluster:
                 self.republish()
                 self._forget_networks()
                 started = time.monotonic()
-                items, revision = self.kv.range(prefix)
-                read = time.monotonic()
-                with self._view_lock:
-                    self._view.clear()
+                view: defaultdict[int, SegmentView] = defaultdict(SegmentView)
+                count = revision = 0
+                for items, revision in self.kv.range_pages(prefix):  # noqa: B007 - the watch starts after the last
                     for kv in items:
-                        self._update_view("PUT", kv, prefix)
+                        self._update_view("PUT", kv, prefix, view)
+                    count += len(items)
+                with self._view_lock:
+                    self._view = view
+                read = time.monotonic()
                 self._apply_all()
                 log.info(
                     "etcd sync: %d keys read in %.2f s, the kernel programmed from them in %.2f s",
-                    len(items),
+                    count,
                     read - started,
                     time.monotonic() - read,
                 )
@@ -291,15 +294,18 @@ class EtcdCluster:
                 log.exception("etcd sync failed; resyncing")
                 self._stop.wait(1.0)
 
-    def _update_view(self, kind: str, kv: KeyValue, prefix: str) -> ViewChange | None:
-        """Apply one key change to the view; returns what changed, None for our own keys or junk."""
+    def _update_view(
+        self, kind: str, kv: KeyValue, prefix: str, view: defaultdict[int, SegmentView] | None = None
+    ) -> ViewChange | None:
+        """Apply one key change to the view (or to `view`, one being built); returns what changed, None for our
+        own keys or junk."""
         parts = kv.key.removeprefix(prefix).split("/")
         try:
             vni = int(parts[0])
             host = parts[2]
             if host == self.host:
                 return None
-            segment = self._view[vni]
+            segment = (self._view if view is None else view)[vni]
             if parts[1] == "vtep" and len(parts) == 3:
                 if kind == "DELETE":
                     segment.vteps.pop(host, None)
@@ -358,7 +364,13 @@ class EtcdCluster:
             )
         for vni in sorted(whole):
             self._apply(vni)
-        changes = [change for change in merged.values() if change.old != change.new]  # e.g. a re-put, new lease
+        with self._view_lock:  # what the view holds now: a full resync may have passed these events by
+            current = [
+                ViewChange(c.vni, c.endpoint, c.old, self._view[c.vni].endpoints.get(c.endpoint))
+                for c in merged.values()
+                if c.endpoint is not None
+            ]
+        changes = [change for change in current if change.old != change.new]  # e.g. a re-put under a new lease
         if not changes:
             return
         networks = self._known_networks()

@@ -460,18 +460,22 @@ def run_case(
 
         watch.waiters.append(on_event)
         rng = secrets.SystemRandom()
-        churned = rng.sample([(sim, endpoint) for sim in sims for endpoint in sim.endpoints],
-                             k=min(total, max(1, int(churn_seconds * churn_rate / 2) + 1)))  # fmt: skip
-        changes: list[tuple[str, SimHost, Endpoint]] = []
-        for sim, endpoint in churned:
-            changes += [("del", sim, endpoint), ("add", sim, endpoint)]
-        changes = changes[: max(2, int(churn_seconds * churn_rate))]
-        # Removals and their re-adds interleave: removal i, then add i-1 (so the two changes of one endpoint
-        # are 2 / rate apart and never both pending).
-        ordered = [changes[0]]
-        for index in range(1, len(changes) // 2):
-            ordered += [changes[2 * index], changes[2 * index - 1]]
-        ordered.append(changes[-1])
+        count = max(2, int(churn_seconds * churn_rate))
+        lag = max(1, min(count // 4, int(churn_rate / 2)))  # an endpoint comes back about a second after it left
+        churned = rng.sample([(sim, endpoint) for sim in sims for endpoint in sim.endpoints], k=min(total, count))
+        # Removals and re-adds alternate: removal k, then the re-add of the endpoint removed `lag` removals
+        # before, so that the two changes of one endpoint are never in the plugin's queue together (it would
+        # rightly do nothing for them), then the re-adds still due.
+        ordered: list[tuple[str, SimHost, Endpoint]] = []
+        removed = 0
+        while len(ordered) < count and removed < len(churned):
+            ordered.append(("del", *churned[removed]))
+            if removed >= lag:
+                ordered.append(("add", *churned[removed - lag]))
+            removed += 1
+        ordered = ordered[:count]
+        readd = {id(endpoint) for what, _, endpoint in ordered if what == "add"}
+        ordered += [("add", sim, ep) for what, sim, ep in ordered if what == "del" and id(ep) not in readd]
         events_before = watch.events
         _, cpu_before = real.stats()
         churn_started = time.perf_counter()

@@ -273,3 +273,18 @@ def test_a_mac_another_host_still_publishes_keeps_its_entries() -> None:
     ]
     cluster._apply_changes([_event(cluster, "DELETE", "h22", "e1")])
     assert links.remote_entries(network)[1] == []
+
+
+def test_range_pages_reads_every_key_at_one_revision(etcd: EtcdServer) -> None:
+    kv = EtcdKV(EtcdConfig.from_url(etcd.url, prefix=f"/test-{uuid.uuid4().hex[:8]}", timeout=2))
+    for index in range(25):
+        kv.put(kv.key("live", f"k{index:02d}"), str(index))
+    kv.put(kv.key("live-not-under-the-prefix"), "x")
+    pages = kv.range_pages(kv.key("live", ""), page=10)
+    first, revision = next(pages)
+    kv.put(kv.key("live", "k99"), "written after the first page")  # not in this read: its revision is later
+    rest = list(pages)
+    assert [len(items) for items in (first, *(items for items, _ in rest))] == [10, 10, 5]
+    assert {rev for _, rev in rest} == {revision}
+    keys = [item.key.rsplit("/", 1)[1] for items in (first, *(items for items, _ in rest)) for item in items]
+    assert keys == [f"k{index:02d}" for index in range(25)]

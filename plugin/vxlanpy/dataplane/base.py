@@ -19,7 +19,7 @@ class Underlay:
     gateways: tuple[IPAddress, ...] = ()  # of the main table's default routes that leave by this interface
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a host may hold 10^5 of them
 class RemoteEndpoint:
     """An endpoint on another host, as the kernel needs it: its MAC, its addresses and its host's VTEP."""
 
