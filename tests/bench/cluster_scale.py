@@ -367,10 +367,12 @@ class CaseResult:
     resync_ok: bool
     latencies_ms: list[float]  # every change that reached the kernel
     lost_changes: int  # changes that did not within the timeout
-    rss_mib: float
+    rss_mib: float  # gunicorn's arbiter and its worker together
+    worker_rss_mib: float  # the worker alone: the process that holds the view and programs the kernel
     cpu_percent: float  # of one core, during the churn
     ops_per_change: float  # kernel neighbour/FDB writes per change, as its notifications show them
     changes_per_second: float
+    etcd_ms: list[float] = field(default_factory=list)  # each change's publish/unpublish calls, in the bench
     notes: list[str] = field(default_factory=list)
 
 
@@ -476,6 +478,7 @@ def run_case(
         ordered = ordered[:count]
         readd = {id(endpoint) for what, _, endpoint in ordered if what == "add"}
         ordered += [("add", sim, ep) for what, sim, ep in ordered if what == "del" and id(ep) not in readd]
+        etcd_ms: list[float] = []  # how long each change's own etcd calls took (the part no host can speed up)
         events_before = watch.events
         _, cpu_before = real.stats()
         churn_started = time.perf_counter()
@@ -486,9 +489,11 @@ def run_case(
             if delay > 0:
                 time.sleep(delay)
             key = str(endpoint.ipv4.ip) if what == "add" and endpoint.ipv4 is not None else endpoint.mac
+            began = time.perf_counter()
             with pending_lock:
-                pending[(what, key)] = time.perf_counter()
+                pending[(what, key)] = began
             (sim.publish if what == "add" else sim.unpublish)(endpoint)
+            etcd_ms.append((time.perf_counter() - began) * 1000)
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             # Every change is submitted in order; each worker sleeps until its change is due.
@@ -510,6 +515,9 @@ def run_case(
         if lost:
             notes.append(f"{lost} of {len(ordered)} changes did not reach the kernel within 10 s")
         rss, _ = real.stats()
+        assert real.process is not None
+        worker = max((pid for pid in with_descendants([real.process.pid]) if pid != real.process.pid), default=0)
+        worker_rss, _ = process_tree_stats(worker) if worker else (0, 0.0)
         return CaseResult(
             hosts=hosts,
             endpoints=total,
@@ -518,9 +526,11 @@ def run_case(
             latencies_ms=latencies,
             lost_changes=lost,
             rss_mib=rss / (1 << 20),
+            worker_rss_mib=worker_rss / (1 << 20),
             cpu_percent=(cpu_after - cpu_before) / cpu_window * 100,
             ops_per_change=events / max(1, len(ordered)),
             changes_per_second=len(ordered) / churn_wall,
+            etcd_ms=etcd_ms,
             notes=notes,
         )
     finally:
@@ -536,4 +546,4 @@ def run_case(
 
 
 def describe(result: CaseResult) -> str:
-    return json.dumps({k: v for k, v in result.__dict__.items() if k != "latencies_ms"})
+    return json.dumps({k: v for k, v in result.__dict__.items() if k not in ("latencies_ms", "etcd_ms")})
