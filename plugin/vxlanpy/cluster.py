@@ -3,9 +3,12 @@
 Each host keeps one etcd lease alive and puts under it, per segment (VNI), its VTEP address and the MAC and
 addresses of each local endpoint.  A watcher thread reads everything under `live/` once, programs the kernel
 statically (FDB: MAC -> remote VTEP, neighbour: IP -> MAC, all-zero FDB entries to each remote VTEP, and the
-VTEP allow-list in the host firewall), then follows the watch from the revision it read.  When a host dies its
-lease expires, its keys vanish, and every other host removes its entries.  When etcd is unreachable the kernel
-state stays as it is (containers keep talking); on reconnection the thread republishes and resyncs in full.
+VTEP allow-list in the host firewall), then follows the watch from the revision it read.  An applier thread
+programs what the events changed, a batch at a time: an endpoint's event writes only that endpoint's entries
+(no table dumps, whatever the size of the segment), a VTEP's event programs its segment and the filter again.
+When a host dies its lease expires, its keys vanish, and every other host removes its entries.  When etcd is
+unreachable the kernel state stays as it is (containers keep talking); on reconnection the thread republishes
+and resyncs in full.
 """
 
 from __future__ import annotations
