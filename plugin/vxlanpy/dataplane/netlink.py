@@ -105,18 +105,6 @@ def _netlink(action: str, remedies: Mapping[int, str] | None = None) -> Iterator
         raise _dataplane_error(action, error, remedies or {}) from error
 
 
-@contextmanager
-def _gone_ok(action: str) -> Iterator[None]:
-    """Like `_netlink`, for a removal: an entry that is already gone is what the caller wanted."""
-    try:
-        yield
-    except NetlinkError as error:
-        if error.code != errno.ENOENT:
-            raise _dataplane_error(action, error, {}) from error
-    except OSError as error:
-        raise _dataplane_error(action, error, {}) from error
-
-
 _FAMILY_REMEDY = {
     errno.EAFNOSUPPORT: " (the VTEP's address family differs from the network's underlay); "
     "use VTEP addresses of the family of -o local",
@@ -1027,8 +1015,8 @@ class NetlinkLinks:
         # nlm_request_batch sends the message as built: fdb()/neigh() would only filter a full dump here.
         return list(self._ipr.nlm_request_batch([request]))
 
-    # The writes of `_sync_remotes` and `_update_remotes`, batched by `_RawDumps.write_neighbours`; the same
-    # requests (and messages) as the one-call-each helpers below.
+    # The writes of `_sync_remotes` and `_update_remotes`, batched by `_RawDumps.write_neighbours`: the requests
+    # `bridge fdb` and `ip neigh` send, with the message to give when the kernel refuses one.
 
     @staticmethod
     def _flood(network: Network, vxlan: Msg, vtep: IPAddress) -> _NeighWrite:
@@ -1099,37 +1087,6 @@ class NetlinkLinks:
                 state=_VXLAN_ENTRY_STATE,
                 flags=NTF_SELF,
             )
-
-    def _remove_flood(self, network: Network, vxlan: Msg, vtep: IPAddress) -> None:
-        with _gone_ok(f"cannot remove former flood VTEP {vtep} from {network.vxlan}"):
-            self._ipr.fdb("del", ifindex=vxlan["index"], lladdr=ALL_ZEROS_MAC, dst=str(vtep), flags=NTF_SELF)
-
-    def _set_vxlan_entry(self, network: Network, vxlan: Msg, mac: str, vtep: IPAddress) -> None:
-        with _netlink(f"cannot point {mac} at VTEP {vtep} on {network.vxlan}", _FAMILY_REMEDY):
-            self._ipr.fdb(
-                "replace", ifindex=vxlan["index"], lladdr=mac, dst=str(vtep), state=_VXLAN_ENTRY_STATE, flags=NTF_SELF
-            )
-
-    def _remove_vxlan_entry(self, network: Network, vxlan: Msg, mac: str) -> None:
-        with _gone_ok(f"cannot remove remote {mac} from {network.vxlan}"):
-            self._ipr.fdb("del", ifindex=vxlan["index"], lladdr=mac, flags=NTF_SELF)
-
-    def _set_bridge_static(self, network: Network, vxlan: Msg, mac: str) -> None:
-        with _netlink(f"cannot add static entry {mac} on port {network.vxlan} to bridge {network.bridge}"):
-            self._ipr.fdb("replace", ifindex=vxlan["index"], lladdr=mac, state=_BRIDGE_STATIC_STATE, flags=NTF_MASTER)
-
-    def _remove_bridge_static(self, network: Network, vxlan: Msg, mac: str) -> None:
-        with _gone_ok(f"cannot remove static entry {mac} from bridge {network.bridge}"):
-            self._ipr.fdb("del", ifindex=vxlan["index"], lladdr=mac, state=_BRIDGE_STATIC_STATE, flags=NTF_MASTER)
-
-    def _set_neigh(self, network: Network, bridge: Msg, address: IPAddress, mac: str) -> None:
-        remedies = {errno.EINVAL: f" (is IPv{address.version} disabled on {network.bridge}?)"}
-        with _netlink(f"cannot add neighbour {address} -> {mac} to bridge {network.bridge}", remedies):
-            self._ipr.neigh("replace", ifindex=bridge["index"], dst=str(address), lladdr=mac, state=NUD_PERMANENT)
-
-    def _remove_neigh(self, network: Network, bridge: Msg, address: IPAddress) -> None:
-        with _gone_ok(f"cannot remove neighbour {address} from bridge {network.bridge}"):
-            self._ipr.neigh("del", ifindex=bridge["index"], dst=str(address))
 
     # -- veth --------------------------------------------------------------------------------------------
 
