@@ -15,6 +15,8 @@ Sections (in the order they run):
     dataplane-cross   the same between two network-namespace hosts: vxlanpy (multi-host harness, etcd mode) vs
                       the same topology built by hand with iproute2 (veth -> bridge -> vxlan -> underlay)
     convergence       multi-host convergence (docker run on h1 -> first ping reply from h2), etcd mode
+    cluster-scale     one real vxlanpy host among N simulated ones (100 endpoints each) in etcd: full resync
+                      time, change latency under churn, the plugin's RSS and CPU, netlink writes per change
 
 Everything it makes (the plugin process and its state dir, Docker networks and containers labelled
 vxlanpy.bench=1, namespaces vxb-*, the dummy parent, the multi-host cluster) is removed on exit, failure and
@@ -117,6 +119,10 @@ class Params:
     scale_samples: int
     endpoints_total: int  # endpoints for the "1000+ endpoints" case
     convergence_runs: int
+    cluster_hosts: tuple[int, ...]  # simulated hosts, one case each
+    cluster_endpoints: int  # endpoints per simulated host
+    churn_seconds: float
+    churn_rate: float  # changes per second
 
 
 FULL = Params(
@@ -133,6 +139,10 @@ FULL = Params(
     scale_samples=20,
     endpoints_total=1024,
     convergence_runs=20,
+    cluster_hosts=(100, 500),
+    cluster_endpoints=100,
+    churn_seconds=30.0,
+    churn_rate=100.0,
 )
 QUICK = Params(
     repeats=2,
@@ -148,6 +158,10 @@ QUICK = Params(
     scale_samples=4,
     endpoints_total=40,
     convergence_runs=3,
+    cluster_hosts=(10,),
+    cluster_endpoints=100,
+    churn_seconds=3.0,
+    churn_rate=100.0,
 )
 
 SCALE_SETTLE_SECONDS = 30.0  # at most, after filling up to a level, before measuring at it
@@ -157,7 +171,11 @@ SCALE_SETTLE_SECONDS = 30.0  # at most, after filling up to a level, before meas
 KERNEL_METRICS = ("kernel: bridge+vxlan by hand", "kernel: veth by hand")
 
 GWBRIDGE_CASE = "vxlanpy-gwbridge"  # a vxlanpy network with -o gateway=docker_gwbridge
-SECTIONS = ("dataplane-local", "control", "calls", "scale", "dataplane-cross", "convergence")
+SECTIONS = ("dataplane-local", "control", "calls", "scale", "dataplane-cross", "convergence", "cluster-scale")
+CLUSTER_METRICS = ("full resync", "change latency", "plugin rss", "plugin cpu", "netlink ops per change")
+# What each section needs besides root; cluster-scale runs without Docker.
+SECTION_TOOLS = {"cluster-scale": ("ip", "iptables", "etcd")}
+DOCKER_TOOLS = ("iperf3", "nsenter", "ip", "docker", "iptables")
 
 
 def expected_cases(params: Params) -> list[tuple[str, str, str]]:
@@ -176,6 +194,8 @@ def expected_cases(params: Params) -> list[tuple[str, str, str]]:
         rows += [("scale", f"{level} networks", metric) for metric in KERNEL_METRICS]
     rows.append(("scale", f"{params.endpoints_total} endpoints", "endpoint join"))
     rows.append(("convergence", "vxlanpy etcd", "convergence"))
+    for hosts in params.cluster_hosts:
+        rows += [("cluster-scale", f"hosts={hosts}", metric) for metric in CLUSTER_METRICS]
     return rows
 
 
@@ -475,11 +495,20 @@ class Namespaces:
 
     def cleanup(self) -> None:
         for name in reversed(self.made):
-            pids = run(["ip", "netns", "pids", name], check=False).stdout.split()
-            for pid in pids:
-                _quiet(lambda pid=pid: os.kill(int(pid), signal.SIGKILL))
-            run(["ip", "netns", "del", name], check=False)
+            self._remove(name)
         self.made.clear()
+
+    def cleanup_one(self, name: str) -> None:
+        if name in self.made:
+            self._remove(name)
+            self.made.remove(name)
+
+    @staticmethod
+    def _remove(name: str) -> None:
+        pids = run(["ip", "netns", "pids", name], check=False).stdout.split()
+        for pid in pids:
+            _quiet(lambda pid=pid: os.kill(int(pid), signal.SIGKILL))
+        run(["ip", "netns", "del", name], check=False)
 
 
 def remove_stale_namespaces() -> None:
@@ -1063,6 +1092,56 @@ class Bench:
             row.note = f"{result.failures} of {len(result.runs)} runs did not converge within 10 s"
         self.results.info["convergence_docker_run_ms"] = [round(t * 1000, 1) for t in result.run_times]
 
+    # -- cluster scale
+
+    def cluster_scale(self) -> None:
+        from tests.bench import cluster_scale as cs
+        from tests.etcd_server import EtcdServer
+
+        p = self.params
+        for hosts in p.cluster_hosts:
+            case = f"hosts={hosts}"
+            say(f"cluster-scale {case}: {hosts} simulated hosts x {p.cluster_endpoints} endpoints, one real vxlanpy")
+            with ExitStack() as stack:  # a fresh namespace and etcd per case
+                netns = self.ns.add(f"cs{hosts}")
+                stack.callback(self.ns.cleanup_one, netns)
+                outer = f"vxbcs{self.suffix}"
+                run(["ip", "link", "add", outer, "type", "veth", "peer", "name", "eth0", "netns", netns])
+                stack.callback(run, ["ip", "link", "del", outer], check=False)
+                prefix = cs.UNDERLAY.prefixlen
+                run(["ip", "addr", "add", f"{cs.UNDERLAY[1]}/{prefix}", "dev", outer])
+                run(["ip", "link", "set", outer, "up"])
+                run(["ip", "-n", netns, "addr", "add", f"{cs.UNDERLAY[2]}/{prefix}", "dev", "eth0"])
+                run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+                shm = "/dev/shm" if Path("/dev/shm").is_dir() else None  # no disk syncs
+                etcd = EtcdServer(client_host=str(cs.UNDERLAY[1]), parent=shm)
+                stack.callback(etcd.destroy)
+                etcd.start()
+                workdir = self.workdir / f"cluster-{hosts}"
+                workdir.mkdir(parents=True, exist_ok=True)
+                result = cs.run_case(workdir, netns, etcd.url, hosts, p.cluster_endpoints, p.churn_seconds,
+                                     p.churn_rate, say)  # fmt: skip
+            self.results.info[f"cluster_scale_{hosts}"] = cs.describe(result)
+            note = "; ".join(result.notes)
+            row = self.results.add("cluster-scale", case, "full resync", "s", [result.resync_seconds], note=note)
+            if hosts == 100:
+                row.target, row.met = "<= 10 s", result.resync_ok and result.resync_seconds <= 10.0
+            latencies = result.latencies_ms or [float("inf")]
+            calls = result.etcd_ms or [0.0]
+            note = (f"{result.changes_per_second:.0f}/s, {result.lost_changes} lost; the change's own etcd calls: "
+                    f"p50 {statistics.median(calls):.1f} ms, p99 {percentile(calls, 0.99):.1f} ms")  # fmt: skip
+            row = self.results.add("cluster-scale", case, "change latency", "ms", latencies,
+                                   p99=percentile(latencies, 0.99), note=note)  # fmt: skip
+            row.target = f"p99 <= 100 ms at {p.churn_rate:g}/s"
+            row.met = percentile(latencies, 0.99) <= 100.0 and not result.lost_changes
+            row = self.results.add("cluster-scale", case, "plugin rss", "MiB", [result.rss_mib],
+                                   note=f"arbiter + worker; the worker {result.worker_rss_mib:.0f} MiB")  # fmt: skip
+            row.target, row.met = "<= 150 MB", result.rss_mib * (1 << 20) <= 150e6
+            self.results.add("cluster-scale", case, "plugin cpu", "% of a core", [result.cpu_percent],
+                             note="during the churn")  # fmt: skip
+            self.results.add("cluster-scale", case, "netlink ops per change", "ops", [result.ops_per_change],
+                             note="neighbour/FDB writes the kernel notified")  # fmt: skip
+
 
 # --------------------------------------------------------------------------------------------- output
 
@@ -1316,9 +1395,12 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(sections) - set(SECTIONS))
         if unknown:
             raise SystemExit(f"bench: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
-    missing = [tool for tool in ("iperf3", "nsenter", "ip", "docker", "iptables") if shutil.which(tool) is None]
+    tools = sorted({tool for name in sections for tool in SECTION_TOOLS.get(name, DOCKER_TOOLS)})
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
-        raise SystemExit(f"bench: missing tools: {', '.join(missing)} (apt-get install iperf3 util-linux iproute2)")
+        raise SystemExit(
+            f"bench: missing tools: {', '.join(missing)} (apt-get install iperf3 util-linux iproute2 etcd-server)"
+        )
     if args.png:
         try:
             import matplotlib  # noqa: F401
@@ -1350,12 +1432,13 @@ def main(argv: list[str] | None = None) -> int:
             ("scale", bench.scale),
             ("dataplane-cross", bench.dataplane_cross),
             ("convergence", bench.convergence),
+            ("cluster-scale", bench.cluster_scale),
         ]
         try:
             for name, step in steps:
                 if name not in sections:
                     continue
-                if name in ("dataplane-cross", "convergence"):
+                if name in ("dataplane-cross", "convergence", "cluster-scale"):
                     bench.stop_plugin()  # one vxlanpy at a time; the cluster runs its own
                 step_started = time.monotonic()
                 try:

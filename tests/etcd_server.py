@@ -118,12 +118,15 @@ class EtcdServer:
         tls: TlsFiles | None = None,
         wrapper: Sequence[str] = (),
         connect: Connect = _connect,
+        parent: str | None = None,
     ) -> None:
+        """`root`: a cluster's directory (the data dir is root/name); else a new one under `parent` (e.g.
+        /dev/shm, for no disk syncs in a benchmark)."""
         self.binary = shutil.which("etcd")
         if self.binary is None:
             raise FileNotFoundError("etcd is not installed (Debian package etcd-server)")
         self.name = name
-        self.data_dir = Path(tempfile.mkdtemp(prefix="vxlanpy-etcd-")) if root is None else root / name
+        self.data_dir = Path(tempfile.mkdtemp(prefix="vxlanpy-etcd-", dir=parent)) if root is None else root / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.client_host = client_host
         self.client_port = client_port or free_port()

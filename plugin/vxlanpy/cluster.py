@@ -3,9 +3,12 @@
 Each host keeps one etcd lease alive and puts under it, per segment (VNI), its VTEP address and the MAC and
 addresses of each local endpoint.  A watcher thread reads everything under `live/` once, programs the kernel
 statically (FDB: MAC -> remote VTEP, neighbour: IP -> MAC, all-zero FDB entries to each remote VTEP, and the
-VTEP allow-list in the host firewall), then follows the watch from the revision it read.  When a host dies its
-lease expires, its keys vanish, and every other host removes its entries.  When etcd is unreachable the kernel
-state stays as it is (containers keep talking); on reconnection the thread republishes and resyncs in full.
+VTEP allow-list in the host firewall), then follows the watch from the revision it read.  An applier thread
+programs what the events changed, a batch at a time: an endpoint's event writes only that endpoint's entries
+(no table dumps, whatever the size of the segment), a VTEP's event programs its segment and the filter again.
+When a host dies its lease expires, its keys vanish, and every other host removes its entries.  When etcd is
+unreachable the kernel state stays as it is (containers keep talking); on reconnection the thread republishes
+and resyncs in full.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import queue
 import re
 import threading
 import time
@@ -30,8 +34,10 @@ from .store.etcd import EtcdKV, EtcdStore, KeyValue, LeaseNotFound, key_part
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+K = TypeVar("K")
 
 WATCH_IDLE = 10.0
+NETWORKS_MAX_AGE = 1.0  # seconds the event applier trusts its copy of this host's networks
 MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
 
@@ -41,6 +47,38 @@ class SegmentView:
 
     vteps: dict[str, IPAddress] = field(default_factory=dict)  # host -> VTEP
     endpoints: dict[tuple[str, str], RemoteEndpoint] = field(default_factory=dict)  # (host, endpoint id) -> entry
+    # How many entries of `endpoints` use each MAC and address: whether a removed one is still someone's, in O(1).
+    macs: dict[str, int] = field(default_factory=dict, repr=False)
+    addresses: dict[IPAddress, int] = field(default_factory=dict, repr=False)
+
+    def put(self, key: tuple[str, str], remote: RemoteEndpoint | None) -> RemoteEndpoint | None:
+        """Set (None: remove) one endpoint's entry, keeping the counts; returns the entry it replaces."""
+        old = self.endpoints.pop(key, None) if remote is None else self.endpoints.get(key)
+        if remote is not None:
+            self.endpoints[key] = remote
+        for entry, step in ((old, -1), (remote, 1)):
+            if entry is not None:
+                _count(self.macs, entry.mac, step)
+                for address in entry.addresses:
+                    _count(self.addresses, address, step)
+        return old
+
+
+def _count(counts: dict[K, int], item: K, step: int) -> None:
+    counts[item] = counts.get(item, 0) + step
+    if counts[item] <= 0:
+        del counts[item]
+
+
+@dataclass(frozen=True)
+class ViewChange:
+    """What one watch event changed in a segment's view: an endpoint's entry (before, after; None when absent),
+    or, with `endpoint` None, its VTEPs, which the whole segment (and the VTEP filter) is programmed again for."""
+
+    vni: int
+    endpoint: tuple[str, str] | None = None
+    old: RemoteEndpoint | None = None
+    new: RemoteEndpoint | None = None
 
 
 class EtcdCluster:
@@ -69,6 +107,10 @@ class EtcdCluster:
         self._view: defaultdict[int, SegmentView] = defaultdict(SegmentView)
         self._view_lock = threading.Lock()
         self._stop = threading.Event()
+        self._changes: queue.SimpleQueue[ViewChange] = queue.SimpleQueue()  # watch thread -> applier thread
+        self._networks: list[Network] | None = None  # this host's networks, for the applier: None = read the store
+        self._networks_read = 0.0
+        self._networks_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.synced = threading.Event()
         # The node record (None: no identity check, as in tests of the data path alone); local_addresses: this
@@ -82,7 +124,12 @@ class EtcdCluster:
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        for target, name in ((self._watch_loop, "vxlanpy-watch"), (self._keepalive_loop, "vxlanpy-lease")):
+        loops = (
+            (self._watch_loop, "vxlanpy-watch"),
+            (self._apply_loop, "vxlanpy-apply"),
+            (self._keepalive_loop, "vxlanpy-lease"),
+        )
+        for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -158,14 +205,17 @@ class EtcdCluster:
         if network.config.local is None:
             raise Conflict(f"network vni {network.vni} has no local VTEP address; set -o local=ADDRESS or -o dev=...")
         vtep = str(network.config.local)
+        self._forget_networks()
         self._leased(lambda lease: self.kv.put(self._live(network.vni, "vtep", self.host), vtep, lease))
         self._apply(network.vni)
 
     def unpublish_network(self, network: Network) -> None:
+        self._forget_networks()
         self.kv.delete(self._live(network.vni, "vtep", self.host))
         self.kv.delete_prefix(self._live(network.vni, "ep", self.host, ""))
         self._release_addresses(network.vni, keep=set())
         self._apply_filter()
+        self._forget_networks()  # also after: the applier may have read the store before the row went
 
     def _release_addresses(self, vni: int, keep: set[str]) -> None:
         """Drop this host's address claims on the segment, except those of the endpoints in `keep`: a claim must
@@ -242,12 +292,24 @@ class EtcdCluster:
             try:
                 self.lease()
                 self.republish()
-                items, revision = self.kv.range(prefix)
-                with self._view_lock:
-                    self._view.clear()
+                self._forget_networks()
+                started = time.monotonic()
+                view: defaultdict[int, SegmentView] = defaultdict(SegmentView)
+                count = revision = 0
+                for items, revision in self.kv.range_pages(prefix):  # noqa: B007 - the watch starts after the last
                     for kv in items:
-                        self._update_view("PUT", kv, prefix)
+                        self._update_view("PUT", kv, prefix, view)
+                    count += len(items)
+                with self._view_lock:
+                    self._view = view
+                read = time.monotonic()
                 self._apply_all()
+                log.info(
+                    "etcd sync: %d keys read in %.2f s, the kernel programmed from them in %.2f s",
+                    count,
+                    read - started,
+                    time.monotonic() - read,
+                )
                 self.synced.set()
                 if self.on_reconnect is not None:
                     self.on_reconnect()
@@ -257,9 +319,9 @@ class EtcdCluster:
                     for kind, kv in self.kv.watch(prefix, revision + 1, idle_timeout=WATCH_IDLE):
                         revision = max(revision, kv.mod_revision)
                         with self._view_lock:
-                            vni = self._update_view(kind, kv, prefix)
-                        if vni is not None:
-                            self._apply(vni)
+                            change = self._update_view(kind, kv, prefix)
+                        if change is not None:
+                            self._changes.put(change)
             except IdentityConflict as exc:
                 self.synced.clear()
                 self._refuse(exc)
@@ -272,40 +334,132 @@ class EtcdCluster:
                 log.exception("etcd sync failed; resyncing")
                 self._stop.wait(1.0)
 
-    def _update_view(self, kind: str, kv: KeyValue, prefix: str) -> int | None:
-        """Apply one key change to the view; returns the VNI it concerns, None for our own keys or junk."""
+    def _update_view(
+        self, kind: str, kv: KeyValue, prefix: str, view: defaultdict[int, SegmentView] | None = None
+    ) -> ViewChange | None:
+        """Apply one key change to the view (or to `view`, one being built); returns what changed, None for our
+        own keys or junk."""
         parts = kv.key.removeprefix(prefix).split("/")
         try:
             vni = int(parts[0])
             host = parts[2]
             if host == self.host:
                 return None
-            segment = self._view[vni]
+            segment = (self._view if view is None else view)[vni]
             if parts[1] == "vtep" and len(parts) == 3:
                 if kind == "DELETE":
                     segment.vteps.pop(host, None)
                 else:
                     segment.vteps[host] = ipaddress.ip_address(kv.value)
-            elif parts[1] == "ep" and len(parts) == 4:
+                return ViewChange(vni)
+            if parts[1] == "ep" and len(parts) == 4:
+                key = (host, parts[3])
                 if kind == "DELETE":
-                    segment.endpoints.pop((host, parts[3]), None)
-                else:
-                    record = json.loads(kv.value)
-                    if not MAC.match(str(record["mac"])):
-                        raise ValueError("bad MAC")
-                    segment.endpoints[(host, parts[3])] = RemoteEndpoint(
-                        mac=str(record["mac"]).lower(),
-                        vtep=ipaddress.ip_address(record["vtep"]),
-                        addresses=tuple(ipaddress.ip_address(address) for address in record["addresses"]),
-                    )
-            else:
-                return None
+                    return ViewChange(vni, key, segment.put(key, None), None)
+                record = json.loads(kv.value)
+                if not MAC.match(str(record["mac"])):
+                    raise ValueError("bad MAC")
+                new = RemoteEndpoint(
+                    mac=str(record["mac"]).lower(),
+                    vtep=ipaddress.ip_address(record["vtep"]),
+                    addresses=tuple(ipaddress.ip_address(address) for address in record["addresses"]),
+                )
+                return ViewChange(vni, key, segment.put(key, new), new)
+            return None
         except (IndexError, KeyError, ValueError, TypeError):
             log.warning("ignoring malformed key %s in etcd", kv.key)
             return None
-        return vni
 
     # -- programming the kernel -----------------------------------------------------------------------------
+
+    def _apply_loop(self) -> None:
+        """Program what the watch saw, every change queued meanwhile at once: under a burst of events the kernel
+        work is done per batch (one network lookup, each endpoint once), not per event."""
+        while not self._stop.is_set():
+            try:
+                batch = [self._changes.get(timeout=0.5)]
+            except queue.Empty:
+                continue
+            while True:
+                try:
+                    batch.append(self._changes.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._apply_changes(batch)
+            except Exception:  # the watch's next full resync puts the kernel right
+                log.exception("cannot program %d changes from etcd", len(batch))
+
+    def _apply_changes(self, batch: list[ViewChange]) -> None:
+        """For an endpoint, only its own entries (no table dumps, no firewall: a few netlink writes whatever the
+        size of the segment); for a VTEP, the whole segment and the VTEP filter."""
+        whole = {change.vni for change in batch if change.endpoint is None}
+        merged: dict[tuple[int, tuple[str, str]], ViewChange] = {}
+        for change in batch:
+            if change.endpoint is None or change.vni in whole:
+                continue
+            first = merged.get((change.vni, change.endpoint))
+            merged[(change.vni, change.endpoint)] = (
+                change if first is None else ViewChange(change.vni, change.endpoint, first.old, change.new)
+            )
+        for vni in sorted(whole):
+            self._apply(vni)
+        with self._view_lock:  # what the view holds now: a full resync may have passed these events by
+            current = [
+                ViewChange(c.vni, c.endpoint, c.old, self._view[c.vni].endpoints.get(c.endpoint))
+                for c in merged.values()
+                if c.endpoint is not None
+            ]
+        changes = [change for change in current if change.old != change.new]  # e.g. a re-put under a new lease
+        if not changes:
+            return
+        networks = self._known_networks()
+        for vni in sorted({change.vni for change in changes}):
+            gone_macs, gone_addresses, remotes = self._entries_to_change(vni, [c for c in changes if c.vni == vni])
+            for network in networks:
+                if network.vni != vni:
+                    continue
+                try:
+                    self.links.update_remotes(network, gone_macs, gone_addresses, remotes)
+                except VxlanpyError as exc:
+                    log.warning("cannot update remote entries of vni %d: %s; programming the segment", vni, exc)
+                    self._forget_networks()  # it may be one being deleted
+                    self._apply_network(network)
+
+    def _known_networks(self) -> list[Network]:
+        """This host's networks, read from the store at most once a second, and again after one is published or
+        unpublished or etcd is resynced: under a stream of endpoint events, no etcd round trip per batch.  A
+        network created meanwhile is programmed in full by its own publish_network."""
+        with self._networks_lock:
+            now = time.monotonic()
+            if self._networks is None or now - self._networks_read > NETWORKS_MAX_AGE:
+                self._networks, self._networks_read = self.store.list_networks(), now
+            return self._networks
+
+    def _forget_networks(self) -> None:
+        with self._networks_lock:
+            self._networks = None
+
+    def _entries_to_change(
+        self, vni: int, changes: list[ViewChange]
+    ) -> tuple[set[str], set[IPAddress], list[RemoteEndpoint]]:
+        """What the kernel must drop and (re)write after `changes`: the old entries' MACs and addresses, but
+        those another endpoint still uses (a host's stale record of a container that moved) stay, and that
+        endpoint's entries are written again, so that the kernel ends as a full `sync_remotes` leaves it."""
+        remotes = {change.new.mac: change.new for change in changes if change.new is not None}
+        wanted_addresses = {address for remote in remotes.values() for address in remote.addresses}
+        gone_macs = {change.old.mac for change in changes if change.old is not None} - remotes.keys()
+        gone_addresses = {a for change in changes if change.old is not None for a in change.old.addresses}
+        gone_addresses -= wanted_addresses
+        with self._view_lock:
+            segment = self._view.get(vni, SegmentView())
+            shared_macs = {mac for mac in gone_macs if mac in segment.macs}
+            shared_addresses = {address for address in gone_addresses if address in segment.addresses}
+            if shared_macs or shared_addresses:  # rare: worth a scan of the segment
+                for remote in segment.endpoints.values():
+                    if remote.mac in shared_macs or not shared_addresses.isdisjoint(remote.addresses):
+                        remotes.setdefault(remote.mac, remote)
+        return gone_macs - shared_macs, gone_addresses - shared_addresses, list(remotes.values())
 
     def _apply_all(self) -> None:
         for network in self.store.list_networks():

@@ -600,6 +600,15 @@ class Recorder:
 def recording(links: NetlinkLinks) -> Recorder:
     recorder = Recorder(links._ipr)
     links._ipr = recorder
+    write_neighbours = links._raw.write_neighbours
+
+    def record_batch(writes: list[Any]) -> None:  # the batched neighbour and FDB writes, as the one-call names
+        for write in writes:
+            command = "del" if write.mode is None else "append" if write.mode & 0x800 else "replace"
+            recorder.changes.append(("fdb" if write.family == socket.AF_BRIDGE else "neigh", command))
+        write_neighbours(writes)
+
+    links._raw.write_neighbours = record_batch  # type: ignore[method-assign]
     return recorder
 
 
@@ -669,6 +678,108 @@ def test_sync_remotes_programs_exactly_the_remotes(host: str, links: NetlinkLink
         "neigh": set(),
     }
     assert links.remote_entries(net) == (set(), [])
+
+
+def test_update_remotes_changes_only_the_given_entries_without_reading_the_tables(
+    host: str, links: NetlinkLinks
+) -> None:
+    net = make_network(43, gateway6="fd77::1/64", dev="eth0", local=UNDERLAY_A, learning=False)
+    links.ensure_network(net)
+    flood = {ip(UNDERLAY_B), ip("10.99.0.3")}
+    b = RemoteEndpoint(MAC_B, ip(UNDERLAY_B), (ip("192.168.77.12"), ip("fd77::c")))
+    c = RemoteEndpoint(MAC_C, ip("10.99.0.3"), (ip("192.168.77.13"),))
+    links.sync_remotes(net, flood, [b, c])
+    try:
+        updates_change_only_their_entries(host, links, net, flood, b)
+    finally:
+        links.remove_network(net)  # no device left sending floods to the underlay addresses of later tests
+
+
+def updates_change_only_their_entries(
+    host: str, links: NetlinkLinks, net: Network, flood: set[Any], b: RemoteEndpoint
+) -> None:
+    own_mac = must_link(host, net.vxlan)["address"]
+    # C leaves; X arrives; B moves to 10.99.0.3 (its addresses are rewritten, none is dropped).
+    recorder = recording(links)
+    x = RemoteEndpoint(MAC_X, ip(UNDERLAY_B), (ip("192.168.77.50"),))
+    moved_b = RemoteEndpoint(MAC_B, ip("10.99.0.3"), b.addresses)
+    links.update_remotes(net, {MAC_C}, {ip("192.168.77.13")}, [x, moved_b])
+    assert recorder.dumps == 0
+    assert recorder.changes == [
+        ("neigh", "del"),  # 192.168.77.13 (C), before its forwarding entries
+        ("fdb", "del"),  # C's static bridge entry
+        ("fdb", "del"),  # C's VXLAN entry
+        ("fdb", "replace"),  # B -> 10.99.0.3
+        ("fdb", "replace"),  # X -> UNDERLAY_B
+        ("fdb", "replace"),  # B's static bridge entry
+        ("fdb", "replace"),  # X's
+        ("neigh", "replace"),  # 192.168.77.12 -> B
+        ("neigh", "replace"),  # fd77::c -> B
+        ("neigh", "replace"),  # 192.168.77.50 -> X, after the path to it
+    ]
+    expected = {
+        "vxlan": {
+            ("00:00:00:00:00:00", UNDERLAY_B, "permanent"),  # the flood list is not an endpoint's: untouched
+            ("00:00:00:00:00:00", "10.99.0.3", "permanent"),
+            (MAC_B, "10.99.0.3", "permanent"),
+            (MAC_X, UNDERLAY_B, "permanent"),
+        },
+        "bridge": {(MAC_B, "static"), (MAC_X, "static"), (own_mac, "permanent")},
+        "neigh": {("192.168.77.12", MAC_B), ("fd77::c", MAC_B), ("192.168.77.50", MAC_X)},
+    }
+    assert remote_state(host, net) == expected
+    # The same change again, and the removal of what is already gone: nothing fails, nothing changes.
+    links.update_remotes(net, {MAC_C}, {ip("192.168.77.13")}, [x, moved_b])
+    assert remote_state(host, net) == expected
+    # What a full sync would leave is what the updates left: it has nothing to write.
+    recorder.changes.clear()
+    links.sync_remotes(net, flood, [moved_b, x])
+    assert recorder.changes == []
+
+
+def test_update_remotes_refuses_bad_input_and_missing_networks(links: NetlinkLinks) -> None:
+    net = make_network(44, dev="eth0", local=UNDERLAY_A, learning=False)
+    with pytest.raises(DataplaneError, match="does not exist; recreate the network or restart the plugin"):
+        links.update_remotes(net, set(), set(), [RemoteEndpoint(MAC_B, ip(UNDERLAY_B), (ip("192.168.77.12"),))])
+    links.ensure_network(net)
+    try:
+        with pytest.raises(DataplaneError, match="'ff:ff:ff:ff:ff:ff' as a remote endpoint's MAC: not a unicast"):
+            links.update_remotes(net, {"ff:ff:ff:ff:ff:ff"}, set(), [])
+        with pytest.raises(DataplaneError, match="0.0.0.0"):
+            links.update_remotes(net, set(), set(), [RemoteEndpoint(MAC_B, ip("0.0.0.0"), ())])
+    finally:
+        links.remove_network(net)
+
+
+def test_sync_remotes_writes_thousands_of_entries_in_batches(host: str, links: NetlinkLinks) -> None:
+    """A full resync of a large segment: every entry lands, and a refused write is reported with its reason."""
+    net = make_network(45, dev="eth0", local=UNDERLAY_A, learning=False)
+    links.ensure_network(net)
+    count = 1500  # several batches of writes (3 per endpoint)
+    remotes = [
+        RemoteEndpoint(f"02:5c:00:00:{i >> 8:02x}:{i & 0xFF:02x}", ip(f"10.99.{1 + i // 250}.1"),
+                       (ipaddress.ip_address("192.168.80.0") + i,))
+        for i in range(count)
+    ]  # fmt: skip
+    flood = {remote.vtep for remote in remotes}
+    try:
+        batches_land(host, links, net, flood, remotes)
+    finally:
+        links.remove_network(net)
+
+
+def batches_land(host: str, links: NetlinkLinks, net: Network, flood: set[Any], remotes: list[RemoteEndpoint]) -> None:
+    count = len(remotes)
+    links.sync_remotes(net, flood, remotes)
+    state = remote_state(host, net)
+    assert len(state["neigh"]) == count
+    assert len([e for e in state["vxlan"] if e[0] != "00:00:00:00:00:00"]) == count
+    assert len([e for e in state["bridge"] if e[1] == "static"]) == count
+    assert links.remote_entries(net) == (flood, sorted(remotes, key=lambda remote: remote.mac))
+    # A VTEP of the other family is refused by the kernel: the error names the entry and what to do.
+    broken = [*remotes[:10], RemoteEndpoint(MAC_X, ip("fd00::2"), ())]
+    with pytest.raises(DataplaneError, match=r"cannot point 02:00:00:00:77:50 at VTEP fd00::2 .*address family"):
+        links.sync_remotes(net, flood, broken)
 
 
 def foreign_entries(ns: str, net: Network) -> dict[str, list[Any]]:

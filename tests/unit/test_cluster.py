@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from vxlanpy.cluster import EtcdCluster
-from vxlanpy.dataplane.base import Underlay
+from vxlanpy.dataplane.base import RemoteEndpoint, Underlay
 from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
 from vxlanpy.driver import Driver
 from vxlanpy.errors import Conflict, InvalidOption, StoreError
-from vxlanpy.models import Subnet
-from vxlanpy.store.etcd import EtcdConfig, EtcdKV, EtcdStore
+from vxlanpy.models import Network, NetworkConfig, Subnet
+from vxlanpy.store.etcd import EtcdConfig, EtcdKV, EtcdStore, KeyValue
 
 from ..etcd_server import EtcdServer
 
@@ -184,3 +186,105 @@ def test_removing_a_network_releases_every_address_claim_of_this_host(hosts: Cal
     a.driver.delete_network(net(1))
     b.driver.create_endpoint(net(2), net(12), ipaddress.IPv4Interface("10.60.0.2/24"), None, None)
     assert [e.endpoint_id for e in b.store.list_endpoints()] == [net(12)]
+
+
+def test_an_endpoint_change_programs_only_that_endpoints_entries(hosts: Callable[[str, str], Host]) -> None:
+    a, b = hosts("ha", "192.0.2.1"), hosts("hb", "192.0.2.2")
+    a.driver.create_network(net(1), {"vni": "308"}, SUBNET)
+    b.driver.create_network(net(2), {"vni": "308"}, SUBNET)
+    a.driver.create_endpoint(net(1), net(11), ipaddress.IPv4Interface("10.60.0.2/24"), None, None)
+    network = b.store.list_networks()[0]
+    assert eventually(lambda: len(b.links.remote_entries(network)[1]) == 1)
+    b.links.calls.clear()
+    filter_before = b.firewall.vtep_filter
+
+    a.driver.create_endpoint(net(1), net(12), ipaddress.IPv4Interface("10.60.0.3/24"), None, None)
+    a.driver.delete_endpoint(net(1), net(11))
+
+    def only_the_second() -> bool:
+        return [r.addresses for r in b.links.remote_entries(network)[1]] == [(ipaddress.ip_address("10.60.0.3"),)]
+
+    assert eventually(only_the_second)
+    # No whole-segment programming (it dumps the kernel's tables), no firewall rewrite: the VTEPs did not change.
+    assert "update_remotes" in b.links.calls
+    assert "sync_remotes" not in b.links.calls
+    assert b.firewall.vtep_filter == filter_before
+
+
+class _OneNetworkStore:
+    """Just what EtcdCluster's event handling reads of the store: the host's name and its networks."""
+
+    def __init__(self, network: Network) -> None:
+        self.host = "me"
+        self.network = network
+
+    def list_networks(self) -> list[Network]:
+        return [self.network]
+
+
+def _offline_cluster() -> tuple[EtcdCluster, FakeLinks, Network]:
+    network = Network(net(3), NetworkConfig(vni=309, local=ipaddress.ip_address("192.0.2.9")), SUBNET)
+    links = FakeLinks()
+    links.ensure_network(network)
+    kv = EtcdKV(EtcdConfig.from_url("etcd://127.0.0.1:9"))  # never called here
+    cluster = EtcdCluster(kv, _OneNetworkStore(network), links, FakeFirewall())  # type: ignore[arg-type]
+    return cluster, links, network
+
+
+def _event(cluster: EtcdCluster, kind: str, host: str, endpoint: str, mac: str = "", address: str = "") -> Any:
+    prefix = cluster.kv.key("live", "")
+    value = json.dumps({"mac": mac, "vtep": f"192.0.2.{len(host)}", "addresses": [address] if address else []})
+    with cluster._view_lock:
+        return cluster._update_view(kind, KeyValue(f"{prefix}309/ep/{host}/{endpoint}", value, 1, 0), prefix)
+
+
+def test_changes_queued_together_are_programmed_in_one_update() -> None:
+    cluster, links, network = _offline_cluster()
+    mac1, mac2 = "02:42:0a:3c:00:02", "02:42:0a:3c:00:03"
+    batch = [
+        _event(cluster, "PUT", "h1", "e1", mac1, "10.60.0.2"),
+        _event(cluster, "PUT", "h1", "e2", mac2, "10.60.0.3"),
+        _event(cluster, "DELETE", "h1", "e1"),
+    ]
+    cluster._apply_changes(batch)
+    assert links.calls.count("update_remotes") == 1
+    assert links.remote_entries(network)[1] == [
+        RemoteEndpoint(mac2, ipaddress.ip_address("192.0.2.2"), (ipaddress.ip_address("10.60.0.3"),))
+    ]
+    # A host putting the same record back (a new lease), or a removal and re-add within one batch: no kernel work.
+    links.calls.clear()
+    cluster._apply_changes([_event(cluster, "PUT", "h1", "e2", mac2, "10.60.0.3")])
+    cluster._apply_changes(
+        [_event(cluster, "DELETE", "h1", "e2"), _event(cluster, "PUT", "h1", "e2", mac2, "10.60.0.3")]
+    )
+    assert links.calls == []
+
+
+def test_a_mac_another_host_still_publishes_keeps_its_entries() -> None:
+    """A container moved from h1 to h22 with its MAC and address: h1's stale record going away must not take
+    the entries that now lead to h22."""
+    cluster, links, network = _offline_cluster()
+    mac = "02:42:0a:3c:00:02"
+    cluster._apply_changes([_event(cluster, "PUT", "h1", "e1", mac, "10.60.0.2")])
+    cluster._apply_changes([_event(cluster, "PUT", "h22", "e1", mac, "10.60.0.2")])
+    cluster._apply_changes([_event(cluster, "DELETE", "h1", "e1")])
+    assert links.remote_entries(network)[1] == [
+        RemoteEndpoint(mac, ipaddress.ip_address("192.0.2.3"), (ipaddress.ip_address("10.60.0.2"),))
+    ]
+    cluster._apply_changes([_event(cluster, "DELETE", "h22", "e1")])
+    assert links.remote_entries(network)[1] == []
+
+
+def test_range_pages_reads_every_key_at_one_revision(etcd: EtcdServer) -> None:
+    kv = EtcdKV(EtcdConfig.from_url(etcd.url, prefix=f"/test-{uuid.uuid4().hex[:8]}", timeout=2))
+    for index in range(25):
+        kv.put(kv.key("live", f"k{index:02d}"), str(index))
+    kv.put(kv.key("live-not-under-the-prefix"), "x")
+    pages = kv.range_pages(kv.key("live", ""), page=10)
+    first, revision = next(pages)
+    kv.put(kv.key("live", "k99"), "written after the first page")  # not in this read: its revision is later
+    rest = list(pages)
+    assert [len(items) for items in (first, *(items for items, _ in rest))] == [10, 10, 5]
+    assert {rev for _, rev in rest} == {revision}
+    keys = [item.key.rsplit("/", 1)[1] for items in (first, *(items for items, _ in rest)) for item in items]
+    assert keys == [f"k{index:02d}" for index in range(25)]

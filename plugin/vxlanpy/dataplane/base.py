@@ -19,7 +19,7 @@ class Underlay:
     gateways: tuple[IPAddress, ...] = ()  # of the main table's default routes that leave by this interface
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a host may hold 10^5 of them
 class RemoteEndpoint:
     """An endpoint on another host, as the kernel needs it: its MAC, its addresses and its host's VTEP."""
 
@@ -64,6 +64,14 @@ class Links(Protocol):
           and a permanent neighbour entry per address (IP -> MAC) on the bridge, which the bridge's
           neigh_suppress uses to answer ARP/ND locally.
         Entries for other MACs, addresses or VTEPs are removed."""
+        ...
+
+    def update_remotes(
+        self, network: Network, gone_macs: set[str], gone_addresses: set[IPAddress], remotes: list[RemoteEndpoint]
+    ) -> None:
+        """Change only some remote entries (one watch event's worth), as sync_remotes would, without reading
+        the kernel's tables: remove every entry of `gone_macs` and the neighbour entries of `gone_addresses`,
+        then add or correct the entries of `remotes`.  Nothing else is touched."""
         ...
 
     def remote_entries(self, network: Network) -> tuple[set[IPAddress], list[RemoteEndpoint]]:

@@ -60,6 +60,27 @@ class FakeLinks:
             raise DataplaneError(f"bridge {network.bridge} does not exist")
         self.remotes[network.vni] = (set(flood), sorted(remotes, key=lambda remote: remote.mac))
 
+    def update_remotes(
+        self, network: Network, gone_macs: set[str], gone_addresses: set[IPAddress], remotes: list[RemoteEndpoint]
+    ) -> None:
+        self._enter("update_remotes")
+        if network.bridge not in self.networks:
+            raise DataplaneError(f"bridge {network.bridge} does not exist")
+        # Modelled as the kernel holds them: MAC -> VTEP (FDB) and address -> MAC (neighbours), apart.
+        flood, present = self.remotes.get(network.vni, (set(), []))
+        vteps = {remote.mac: remote.vtep for remote in present if remote.mac not in gone_macs}
+        neigh = {a: remote.mac for remote in present for a in remote.addresses if a not in gone_addresses}
+        for remote in remotes:
+            vteps[remote.mac] = remote.vtep
+            neigh.update((address, remote.mac) for address in remote.addresses)
+        self.remotes[network.vni] = (
+            flood,
+            [
+                RemoteEndpoint(mac, vtep, tuple(sorted((a for a, m in neigh.items() if m == mac), key=str)))
+                for mac, vtep in sorted(vteps.items())
+            ],
+        )
+
     def remote_entries(self, network: Network) -> tuple[set[IPAddress], list[RemoteEndpoint]]:
         return self.remotes.get(network.vni, (set(), []))
 

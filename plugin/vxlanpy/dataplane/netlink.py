@@ -105,18 +105,6 @@ def _netlink(action: str, remedies: Mapping[int, str] | None = None) -> Iterator
         raise _dataplane_error(action, error, remedies or {}) from error
 
 
-@contextmanager
-def _gone_ok(action: str) -> Iterator[None]:
-    """Like `_netlink`, for a removal: an entry that is already gone is what the caller wanted."""
-    try:
-        yield
-    except NetlinkError as error:
-        if error.code != errno.ENOENT:
-            raise _dataplane_error(action, error, {}) from error
-    except OSError as error:
-        raise _dataplane_error(action, error, {}) from error
-
-
 _FAMILY_REMEDY = {
     errno.EAFNOSUPPORT: " (the VTEP's address family differs from the network's underlay); "
     "use VTEP addresses of the family of -o local",
@@ -188,6 +176,10 @@ def _checked_address(value: object, what: str) -> IPAddress:
     if not isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address) or value.is_unspecified:
         raise DataplaneError(f"refusing {value!r} as {what}: not an IP address; check what the other hosts publish")
     return value
+
+
+def _order(address: IPAddress) -> tuple[int, IPAddress]:
+    return address.version, address
 
 
 def _addresses_sorted(addresses: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
@@ -264,6 +256,39 @@ def _label_request(seq: int, name: str, alias: str, no_ipv6: bool) -> bytes:
         attrs += _nlattr(_IFLA_AF_SPEC, _nlattr(socket.AF_INET6, mode))
     body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attrs
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), _RTM_SETLINK, _NLM_F_REQUEST | _NLM_F_ACK, seq, 0) + body
+
+
+_RTM_NEWNEIGH, _RTM_DELNEIGH = 28, 29
+_NDMSG = struct.Struct("=BxxxiHBB")
+_NDA_DST, _NDA_LLADDR = 1, 2
+_NLM_F_REPLACE, _NLM_F_CREATE, _NLM_F_APPEND = 0x100, 0x400, 0x800
+_NEIGH_BATCH = 256  # writes per send(): their acknowledgements fit in the socket's receive buffer
+
+
+@dataclass(frozen=True)
+class _NeighWrite:
+    """One neighbour or FDB write (what `ip neigh replace/del` and `bridge fdb replace/append/del` send), with
+    what to say if the kernel refuses it."""
+
+    action: str  # "cannot add ...", for the error
+    family: int
+    ifindex: int
+    lladdr: str | None = None
+    dst: IPAddress | None = None
+    state: int = 0
+    flags: int = 0  # NTF_SELF / NTF_MASTER
+    mode: int | None = _NLM_F_CREATE | _NLM_F_REPLACE  # None: a removal (an entry already gone is fine)
+    remedies: Mapping[int, str] = field(default_factory=dict)
+
+    def request(self, seq: int) -> bytes:
+        attrs = b""
+        if self.dst is not None:
+            attrs += _nlattr(_NDA_DST, self.dst.packed)
+        if self.lladdr is not None:
+            attrs += _nlattr(_NDA_LLADDR, bytes.fromhex(self.lladdr.replace(":", "")))
+        body = _NDMSG.pack(self.family, self.ifindex, self.state, self.flags, 0) + attrs
+        kind, flags = (_RTM_DELNEIGH, 0) if self.mode is None else (_RTM_NEWNEIGH, self.mode)
+        return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, _NLM_F_REQUEST | _NLM_F_ACK | flags, seq, 0) + body
 
 
 def _open_raw_socket(netns: str | None, groups: int = 0) -> socket.socket:
@@ -371,6 +396,32 @@ class _RawDumps:
                     if code:
                         failed[name] = code
         return failed
+
+    def write_neighbours(self, writes: list[_NeighWrite]) -> None:
+        """Send `writes` in order, `_NEIGH_BATCH` per send() instead of one request and one answer each (a full
+        resync of 10^4 remote endpoints is 3 * 10^4 writes); raises the first refusal as a DataplaneError once
+        its batch is answered, the writes before it being done (as with one call each, nothing after it is)."""
+        for start in range(0, len(writes), _NEIGH_BATCH):
+            seqs: dict[int, _NeighWrite] = {}
+            batch = b""
+            for write in writes[start : start + _NEIGH_BATCH]:
+                self._seq += 1
+                seqs[self._seq] = write
+                batch += write.request(self._seq)
+            self._sock.send(batch)
+            refused: tuple[int, _NeighWrite, int] | None = None
+            while seqs:
+                for msg_type, msg_seq, payload in _messages(self._sock.recv(1 << 20)):
+                    if msg_type != _NLMSG_ERROR or msg_seq not in seqs:
+                        continue
+                    write = seqs.pop(msg_seq)
+                    code = -struct.unpack_from("=i", payload)[0]
+                    if code and not (write.mode is None and code == errno.ENOENT):
+                        if refused is None or msg_seq < refused[0]:
+                            refused = (msg_seq, write, code)
+            if refused is not None:
+                _, write, code = refused
+                raise _dataplane_error(write.action, OSError(code, os.strerror(code)), write.remedies)
 
     def _dump(self, kind: int, header: bytes, attrs: bytes = b"") -> Iterator[bytes]:
         """The payload of each message of one dump."""
@@ -565,6 +616,21 @@ class NetlinkLinks:
             for address in remote.addresses:
                 _checked_address(address, f"an address of {remote.mac}")
         self._run(f"program the remote endpoints of {network.vxlan}", self._sync_remotes, network, wanted_flood, wanted)
+
+    def update_remotes(
+        self, network: Network, gone_macs: set[str], gone_addresses: set[IPAddress], remotes: list[RemoteEndpoint]
+    ) -> None:
+        macs = {_unicast_mac(mac) for mac in gone_macs}
+        addresses = {_checked_address(address, "a former neighbour") for address in gone_addresses}
+        wanted: dict[str, RemoteEndpoint] = {}
+        for remote in remotes:
+            wanted[_unicast_mac(remote.mac)] = remote
+            _checked_address(remote.vtep, f"the VTEP of {remote.mac}")
+            for address in remote.addresses:
+                _checked_address(address, f"an address of {remote.mac}")
+        self._run(
+            f"update the remote endpoints of {network.vxlan}", self._update_remotes, network, macs, addresses, wanted
+        )
 
     def remote_entries(self, network: Network) -> tuple[set[IPAddress], list[RemoteEndpoint]]:
         return self._run(f"read the remote endpoints of {network.vxlan}", self._remote_entries, network)
@@ -816,6 +882,8 @@ class NetlinkLinks:
 
         Nothing is removed here: in multi-host mode `sync_remotes` owns the flood list, and reconciliation
         calls this again; a peer dropped from the options goes with the next `sync_remotes`."""
+        if not network.config.peers:  # multi-host mode: no dump of a table that may hold 10^5 remote entries
+            return
         present = self._read_remotes(network, vxlan, None).flood
         for peer in sorted(set(network.config.peers) - present, key=str):
             self._add_flood(network, vxlan, peer)
@@ -848,30 +916,51 @@ class NetlinkLinks:
 
         # Retire first what is no longer wanted, in the order that never leaves an answer without a path:
         # neighbour entries, then the bridge's static entries, then the VXLAN entries and flood VTEPs.
-        for address in sorted(present.neigh.keys() - neigh.keys(), key=lambda a: (a.version, a)):
-            self._remove_neigh(network, bridge, address)
-        for mac in sorted(present.static - wanted.keys()):
-            self._remove_bridge_static(network, vxlan, mac)
-        for mac in sorted(present.vxlan.keys() - wanted.keys()):
-            self._remove_vxlan_entry(network, vxlan, mac)
+        writes = [
+            self._neigh_removal(network, bridge, a) for a in sorted(present.neigh.keys() - neigh.keys(), key=_order)
+        ]
+        writes += [self._bridge_static_removal(network, vxlan, mac) for mac in sorted(present.static - wanted.keys())]
+        writes += [
+            self._vxlan_entry_removal(network, vxlan, mac) for mac in sorted(present.vxlan.keys() - wanted.keys())
+        ]
         for vtep in sorted(present.flood - flood - _default_destinations(network.config), key=str):
-            self._remove_flood(network, vxlan, vtep)
+            writes.append(self._flood_removal(network, vxlan, vtep))
 
         # Then add or correct what is missing, the forwarding path before the neighbour entry it serves.
-        for vtep in sorted(flood - present.flood, key=str):
-            self._add_flood(network, vxlan, vtep)
+        writes += [self._flood(network, vxlan, vtep) for vtep in sorted(flood - present.flood, key=str)]
         for mac, remote in sorted(wanted.items()):
             vteps = present.vxlan.get(mac, set())
             if vteps == {remote.vtep}:
                 continue
             if len(vteps) > 1:  # a replace only changes the first destination: start over
-                self._remove_vxlan_entry(network, vxlan, mac)
-            self._set_vxlan_entry(network, vxlan, mac, remote.vtep)
-        for mac in sorted(wanted.keys() - present.static):
-            self._set_bridge_static(network, vxlan, mac)
-        for address, mac in sorted(neigh.items(), key=lambda item: (item[0].version, item[0])):
+                writes.append(self._vxlan_entry_removal(network, vxlan, mac))
+            writes.append(self._vxlan_entry(network, vxlan, mac, remote.vtep))
+        writes += [self._bridge_static(network, vxlan, mac) for mac in sorted(wanted.keys() - present.static)]
+        for address, mac in sorted(neigh.items(), key=lambda item: _order(item[0])):
             if present.neigh.get(address) != mac:
-                self._set_neigh(network, bridge, address, mac)
+                writes.append(self._neigh(network, bridge, address, mac))
+        self._raw.write_neighbours(writes)
+
+    def _update_remotes(
+        self, network: Network, gone_macs: set[str], gone_addresses: set[IPAddress], wanted: dict[str, RemoteEndpoint]
+    ) -> None:
+        """One change's worth of `_sync_remotes`, in its order, without reading the tables: a replace is
+        idempotent and a removal of what is gone is fine, so nothing needs to be known of what is there."""
+        found = self._network_links(network)
+        if found is None:
+            raise DataplaneError(
+                f"cannot program remote endpoints: {network.vxlan} or {network.bridge} does not exist; "
+                "recreate the network or restart the plugin so that it reconciles"
+            )
+        vxlan, bridge = found
+        writes = [self._neigh_removal(network, bridge, address) for address in sorted(gone_addresses, key=_order)]
+        writes += [self._bridge_static_removal(network, vxlan, mac) for mac in sorted(gone_macs)]
+        writes += [self._vxlan_entry_removal(network, vxlan, mac) for mac in sorted(gone_macs)]
+        writes += [self._vxlan_entry(network, vxlan, mac, remote.vtep) for mac, remote in sorted(wanted.items())]
+        writes += [self._bridge_static(network, vxlan, mac) for mac in sorted(wanted)]
+        for mac, remote in sorted(wanted.items()):
+            writes += [self._neigh(network, bridge, address, mac) for address in _addresses_sorted(remote.addresses)]
+        self._raw.write_neighbours(writes)
 
     def _remote_entries(self, network: Network) -> tuple[set[IPAddress], list[RemoteEndpoint]]:
         found = self._network_links(network)
@@ -939,6 +1028,68 @@ class NetlinkLinks:
         # nlm_request_batch sends the message as built: fdb()/neigh() would only filter a full dump here.
         return list(self._ipr.nlm_request_batch([request]))
 
+    # The writes of `_sync_remotes` and `_update_remotes`, batched by `_RawDumps.write_neighbours`: the requests
+    # `bridge fdb` and `ip neigh` send, with the message to give when the kernel refuses one.
+
+    @staticmethod
+    def _flood(network: Network, vxlan: Msg, vtep: IPAddress) -> _NeighWrite:
+        return _NeighWrite(
+            f"cannot add flood VTEP {vtep} to {network.vxlan}", socket.AF_BRIDGE, int(vxlan["index"]), ALL_ZEROS_MAC,
+            vtep, _VXLAN_ENTRY_STATE, NTF_SELF, _NLM_F_CREATE | _NLM_F_APPEND, _FAMILY_REMEDY,
+        )  # fmt: skip
+
+    @staticmethod
+    def _flood_removal(network: Network, vxlan: Msg, vtep: IPAddress) -> _NeighWrite:
+        return _NeighWrite(
+            f"cannot remove former flood VTEP {vtep} from {network.vxlan}", socket.AF_BRIDGE, int(vxlan["index"]),
+            ALL_ZEROS_MAC, vtep, flags=NTF_SELF, mode=None,
+        )  # fmt: skip
+
+    @staticmethod
+    def _vxlan_entry(network: Network, vxlan: Msg, mac: str, vtep: IPAddress) -> _NeighWrite:
+        return _NeighWrite(
+            f"cannot point {mac} at VTEP {vtep} on {network.vxlan}", socket.AF_BRIDGE, int(vxlan["index"]), mac,
+            vtep, _VXLAN_ENTRY_STATE, NTF_SELF, remedies=_FAMILY_REMEDY,
+        )  # fmt: skip
+
+    @staticmethod
+    def _vxlan_entry_removal(network: Network, vxlan: Msg, mac: str) -> _NeighWrite:
+        return _NeighWrite(
+            f"cannot remove remote {mac} from {network.vxlan}", socket.AF_BRIDGE, int(vxlan["index"]), mac,
+            flags=NTF_SELF, mode=None,
+        )  # fmt: skip
+
+    @staticmethod
+    def _bridge_static(network: Network, vxlan: Msg, mac: str) -> _NeighWrite:
+        return _NeighWrite(
+            f"cannot add static entry {mac} on port {network.vxlan} to bridge {network.bridge}", socket.AF_BRIDGE,
+            int(vxlan["index"]), mac, state=_BRIDGE_STATIC_STATE, flags=NTF_MASTER,
+        )  # fmt: skip
+
+    @staticmethod
+    def _bridge_static_removal(network: Network, vxlan: Msg, mac: str) -> _NeighWrite:
+        return _NeighWrite(
+            f"cannot remove static entry {mac} from bridge {network.bridge}", socket.AF_BRIDGE, int(vxlan["index"]),
+            mac, state=_BRIDGE_STATIC_STATE, flags=NTF_MASTER, mode=None,
+        )  # fmt: skip
+
+    @staticmethod
+    def _neigh(network: Network, bridge: Msg, address: IPAddress, mac: str) -> _NeighWrite:
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        remedies = {errno.EINVAL: f" (is IPv{address.version} disabled on {network.bridge}?)"}
+        return _NeighWrite(
+            f"cannot add neighbour {address} -> {mac} to bridge {network.bridge}", family, int(bridge["index"]), mac,
+            address, NUD_PERMANENT, remedies=remedies,
+        )  # fmt: skip
+
+    @staticmethod
+    def _neigh_removal(network: Network, bridge: Msg, address: IPAddress) -> _NeighWrite:
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        return _NeighWrite(
+            f"cannot remove neighbour {address} from bridge {network.bridge}", family, int(bridge["index"]),
+            dst=address, mode=None,
+        )  # fmt: skip
+
     def _add_flood(self, network: Network, vxlan: Msg, vtep: IPAddress) -> None:
         with _netlink(f"cannot add flood VTEP {vtep} to {network.vxlan}", _FAMILY_REMEDY):
             self._ipr.fdb(
@@ -949,37 +1100,6 @@ class NetlinkLinks:
                 state=_VXLAN_ENTRY_STATE,
                 flags=NTF_SELF,
             )
-
-    def _remove_flood(self, network: Network, vxlan: Msg, vtep: IPAddress) -> None:
-        with _gone_ok(f"cannot remove former flood VTEP {vtep} from {network.vxlan}"):
-            self._ipr.fdb("del", ifindex=vxlan["index"], lladdr=ALL_ZEROS_MAC, dst=str(vtep), flags=NTF_SELF)
-
-    def _set_vxlan_entry(self, network: Network, vxlan: Msg, mac: str, vtep: IPAddress) -> None:
-        with _netlink(f"cannot point {mac} at VTEP {vtep} on {network.vxlan}", _FAMILY_REMEDY):
-            self._ipr.fdb(
-                "replace", ifindex=vxlan["index"], lladdr=mac, dst=str(vtep), state=_VXLAN_ENTRY_STATE, flags=NTF_SELF
-            )
-
-    def _remove_vxlan_entry(self, network: Network, vxlan: Msg, mac: str) -> None:
-        with _gone_ok(f"cannot remove remote {mac} from {network.vxlan}"):
-            self._ipr.fdb("del", ifindex=vxlan["index"], lladdr=mac, flags=NTF_SELF)
-
-    def _set_bridge_static(self, network: Network, vxlan: Msg, mac: str) -> None:
-        with _netlink(f"cannot add static entry {mac} on port {network.vxlan} to bridge {network.bridge}"):
-            self._ipr.fdb("replace", ifindex=vxlan["index"], lladdr=mac, state=_BRIDGE_STATIC_STATE, flags=NTF_MASTER)
-
-    def _remove_bridge_static(self, network: Network, vxlan: Msg, mac: str) -> None:
-        with _gone_ok(f"cannot remove static entry {mac} from bridge {network.bridge}"):
-            self._ipr.fdb("del", ifindex=vxlan["index"], lladdr=mac, state=_BRIDGE_STATIC_STATE, flags=NTF_MASTER)
-
-    def _set_neigh(self, network: Network, bridge: Msg, address: IPAddress, mac: str) -> None:
-        remedies = {errno.EINVAL: f" (is IPv{address.version} disabled on {network.bridge}?)"}
-        with _netlink(f"cannot add neighbour {address} -> {mac} to bridge {network.bridge}", remedies):
-            self._ipr.neigh("replace", ifindex=bridge["index"], dst=str(address), lladdr=mac, state=NUD_PERMANENT)
-
-    def _remove_neigh(self, network: Network, bridge: Msg, address: IPAddress) -> None:
-        with _gone_ok(f"cannot remove neighbour {address} from bridge {network.bridge}"):
-            self._ipr.neigh("del", ifindex=bridge["index"], dst=str(address))
 
     # -- veth --------------------------------------------------------------------------------------------
 

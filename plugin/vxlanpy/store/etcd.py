@@ -264,6 +264,30 @@ class EtcdKV:
         ]
         return items, int(result["header"]["revision"])
 
+    def range_pages(self, prefix: str, page: int = 1000) -> Iterator[tuple[list[KeyValue], int]]:
+        """The keys under `prefix`, `page` at a time, every page read at the revision of the first: (items,
+        revision) per page.  A host reading 10^5 keys never holds the whole answer (JSON, base64) at once."""
+        start, revision = prefix, 0
+        while True:
+            body: dict[str, Any] = {"key": _b64(start), "range_end": _prefix_end(prefix), "limit": page}
+            if revision:
+                body["revision"] = revision
+            result = self.call("/kv/range", body)
+            revision = revision or int(result["header"]["revision"])
+            items = [
+                KeyValue(
+                    _unb64(kv["key"]),
+                    _unb64(kv.get("value", "")),
+                    int(kv.get("mod_revision", 0)),
+                    int(kv.get("lease", 0)),
+                )
+                for kv in result.get("kvs", [])
+            ]
+            yield items, revision
+            if not result.get("more") or not items:
+                return
+            start = items[-1].key + "\0"  # the next key after the last one read
+
     def get(self, key: str) -> str | None:
         result = self.call("/kv/range", {"key": _b64(key)})
         kvs = result.get("kvs", [])
