@@ -204,8 +204,8 @@ class DockerView(Protocol):
 
 
 def vxlanpy_plugin_drivers(plugins: list[dict[str, Any]]) -> set[str]:
-    """The driver names of the installed managed plugins that are vxlanpy (`docker plugin ls`, any alias):
-    NAME:TAG as listed, and NAME alone for :latest, as `docker network create -d NAME` takes it."""
+    """The driver names of the installed managed plugins that are vxlanpy (`docker plugin ls`, any alias), as
+    listed: NAME:TAG, the only form `docker network create -d` resolves (moby#33347)."""
     names: set[str] = set()
     for plugin in plugins:
         config = plugin.get("Config") or {}
@@ -218,7 +218,7 @@ def vxlanpy_plugin_drivers(plugins: list[dict[str, Any]]) -> set[str]:
             continue
         name = str(plugin.get("Name") or "")
         if name:
-            names.update({name, name.removesuffix(":latest")})
+            names.add(name)
     return names
 
 

@@ -451,9 +451,9 @@ def test_serve_refuses_a_bad_metrics_address_in_one_line() -> None:
 
 @pytest.fixture
 def aliased(cli: CliHarness) -> CliHarness:
-    """The plugin installed as `docker plugin install --alias vxadv`: Docker shows the driver as vxadv."""
+    """The plugin installed as `docker plugin install --alias vxadv`: Docker shows the driver as vxadv:latest."""
     cli.docker.networks.clear()
-    cli.docker_network(NET, "demo", {EP: ("f" * 64, "web")}, driver="vxadv")
+    cli.docker_network(NET, "demo", {EP: ("f" * 64, "web")}, driver="vxadv:latest")
     return cli
 
 
@@ -488,8 +488,8 @@ def test_a_network_of_another_driver_is_refused(cli: CliHarness) -> None:
 
 
 def test_a_network_of_a_plugin_alias_without_state_is_reported(cli: CliHarness) -> None:
-    cli.docker.drivers.add("vxadv")  # `docker plugin ls` shows vxlanpy installed as vxadv
-    cli.docker_network("e" * 64, "ghost", driver="vxadv")
+    cli.docker.drivers.add("vxadv:latest")  # `docker plugin ls` shows vxlanpy installed as vxadv
+    cli.docker_network("e" * 64, "ghost", driver="vxadv:latest")
     result = cli.run("ls")
     assert "Docker network ghost has no state in the plugin" in result.stderr
     result = cli.run("inspect", "ghost")  # Docker's half of it: not refused as another driver's network
@@ -553,7 +553,7 @@ OTHER = {
 
 
 def test_plugin_drivers_are_the_managed_vxlanpy_plugins_names_and_aliases() -> None:
-    assert vxlanpy_plugin_drivers([MANAGED, OTHER]) == {"vxadv:latest", "vxadv"}
+    assert vxlanpy_plugin_drivers([MANAGED, OTHER]) == {"vxadv:latest"}
     tagged = {**MANAGED, "Name": "vxlanpy/vxlanpy:0.2"}
     assert vxlanpy_plugin_drivers([tagged]) == {"vxlanpy/vxlanpy:0.2"}
 
@@ -581,7 +581,7 @@ def test_sdk_docker_takes_the_stores_ids_and_vxlanpys_drivers() -> None:
     api = FakeApi(
         [
             {"Id": "1" * 64, "Name": "held", "Driver": "renamed"},  # in the store, whatever its driver
-            {"Id": "2" * 64, "Name": "aliased", "Driver": "vxadv"},  # an installed plugin's alias
+            {"Id": "2" * 64, "Name": "aliased", "Driver": "vxadv:latest"},  # an installed plugin's alias
             {"Id": "3" * 64, "Name": "tagged", "Driver": "vxlanpy/vxlanpy:latest"},
             {"Id": "4" * 64, "Name": "plain", "Driver": "bridge"},
             {"Id": "5" * 64, "Name": "weave", "Driver": "weave:latest"},
@@ -592,5 +592,5 @@ def test_sdk_docker_takes_the_stores_ids_and_vxlanpys_drivers() -> None:
     docker._api = api
     assert [n.name for n in docker.vxlanpy_networks(["1" * 64])] == ["held", "aliased", "tagged"]
     assert api.inspected == ["1" * 64, "2" * 64, "3" * 64]  # the others are not even inspected
-    assert docker.is_vxlanpy_driver("vxadv") and not docker.is_vxlanpy_driver("weave:latest")
+    assert docker.is_vxlanpy_driver("vxadv:latest") and not docker.is_vxlanpy_driver("weave:latest")
     assert SdkDocker(drivers=["mine"]).is_vxlanpy_driver("mine")
