@@ -13,6 +13,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 
 from tests.multihost.cluster import ping_until
 
-from .harness import LABEL, REGISTRY_PLUGIN, REPO_ROOT, Engine
+from .harness import LABEL, REGISTRY_PLUGIN, REPO_ROOT, TIMINGS, Engine
 
 ALIAS = "vxadv"
 DRIVER = f"{ALIAS}:latest"  # the plugin's name, and its driver's, as `docker plugin ls` shows them
@@ -28,6 +29,7 @@ VNI = 4200
 SUBNET = "10.42.0.0/24"
 SUBNET_B = "10.43.0.0/24"
 GATEWAY = "10.42.0.1"
+COMMAND_SECONDS: dict[str, list[float]] = {}  # wall time of each `vxlanpy` run, process start included
 
 
 def vxlanpy(engine: Engine, *args: str) -> subprocess.CompletedProcess[str]:
@@ -35,7 +37,8 @@ def vxlanpy(engine: Engine, *args: str) -> subprocess.CompletedProcess[str]:
     pid = engine.dockerd.pidfile.read_text().strip()
     env = {**engine.env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugin"), str(REPO_ROOT)])}
     env.pop("VXLANPY_SOCKET", None)
-    return subprocess.run(
+    started = time.monotonic()
+    result = subprocess.run(
         ["nsenter", "-t", pid, "-m", "-n", "--", sys.executable, "-m", "vxlanpy", *args],
         env=env,
         capture_output=True,
@@ -43,6 +46,8 @@ def vxlanpy(engine: Engine, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+    COMMAND_SECONDS.setdefault(args[0], []).append(time.monotonic() - started)
+    return result
 
 
 def output(result: subprocess.CompletedProcess[str]) -> str:
@@ -131,3 +136,6 @@ def test_ls_inspect_peers_doctor_gc_and_recover_on_an_aliased_plugin(engine: Eng
         assert engine.link(f"vxlan-{VNI + 1}") is not None, "recover did not make the second network's devices again"
         ok, pinged = ping_until(container, GATEWAY, timeout=5)
         assert ok, f"the network does not work after recover: {pinged}\n{engine.plugin_log(aliased)}"
+        TIMINGS["vxlanpy on the host, aliased managed plugin (wall, s)"] = ", ".join(
+            f"{command} {max(seconds):.2f}" for command, seconds in COMMAND_SECONDS.items()
+        )
