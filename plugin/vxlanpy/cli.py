@@ -11,11 +11,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
@@ -26,13 +26,17 @@ from .client import (
     EXIT_OK,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    PLUGINS_DIR,
+    VXLANPY_DRIVER_NAME,
     CliError,
     DockerNetwork,
     DockerView,
     PluginClient,
     SdkDocker,
+    discover_socket,
     netns_names,
     proc_netns,
+    vxlanpy_plugin_drivers,
 )
 from .config import DEFAULT_SOCKET, Settings
 from .errors import VxlanpyError
@@ -47,6 +51,9 @@ class Env:
 
     socket: str = DEFAULT_SOCKET
     timeout: float = 30.0
+    # No --socket nor VXLANPY_SOCKET: fall back on a managed plugin's socket when the default one is missing.
+    discover: bool = False
+    plugins_dir: Path = PLUGINS_DIR
     make_plugin: Callable[[str, float], PluginClient] = PluginClient
     make_docker: Callable[[float], DockerView] = SdkDocker
     make_probe: Callable[[], Any] | None = None
@@ -56,6 +63,8 @@ class Env:
 
     def plugin(self) -> PluginClient:
         if self._plugin is None:
+            if self.discover:
+                self.socket = discover_socket(self.socket, self.plugins_dir)
             self._plugin = self.make_plugin(self.socket, self.timeout)
         return self._plugin
 
@@ -113,7 +122,8 @@ pass_env = click.make_pass_decorator(Env)
     envvar="VXLANPY_SOCKET",
     default=DEFAULT_SOCKET,
     show_default=True,
-    help="The plugin's socket (env VXLANPY_SOCKET).",
+    help="The plugin's socket (env VXLANPY_SOCKET); when neither is given and the default is missing, "
+    "the socket of the managed plugin (/run/docker/plugins/ID/vxlanpy.sock) if one runs.",
 )
 @click.option("--timeout", type=click.FloatRange(1, 600), default=30.0, show_default=True, help="Seconds per request.")
 @click.pass_context
@@ -138,7 +148,8 @@ def main(ctx: click.Context, socket_path: str, timeout: float) -> None:
     3 the plugin or Docker cannot be reached.
     """
     if ctx.obj is None:
-        ctx.obj = Env(socket=socket_path, timeout=timeout)
+        given = ctx.get_parameter_source("socket_path") is not click.core.ParameterSource.DEFAULT
+        ctx.obj = Env(socket=socket_path, timeout=timeout, discover=not given)
     elif ctx.get_parameter_source("socket_path") is not click.core.ParameterSource.DEFAULT:
         ctx.obj.socket = socket_path
 
@@ -188,7 +199,8 @@ def _listing(env: Env) -> tuple[list[dict[str, Any]], list[str]]:
     from .views import build_rows
 
     listing = env.plugin().call("GET", "/vxlanpy/ls")
-    docker_networks = _docker_or_none(env, lambda d: d.vxlanpy_networks(), "showing no Docker names")
+    ids = [network["id"] for network in listing.get("networks", [])]
+    docker_networks = _docker_or_none(env, lambda d: d.vxlanpy_networks(ids), "showing no Docker names")
     containers = _docker_or_none(env, lambda d: d.containers(), "") if docker_networks is not None else []
     # gateway=docker_gwbridge: Docker's bridge driver publishes the ports, so only Docker knows them.
     docker_ports = None
@@ -206,7 +218,8 @@ def _report_names(env: Env) -> dict[str, str]:
     try:
         networks = env.plugin().call("GET", "/vxlanpy/ls").get("networks", [])
         docker = env.docker()
-        return report_names(networks, docker.vxlanpy_networks(), docker.containers(), env.namespaces())
+        ids = [network["id"] for network in networks]
+        return report_names(networks, docker.vxlanpy_networks(ids), docker.containers(), env.namespaces())
     except CliError:
         return {}
 
@@ -219,14 +232,23 @@ class Resolved:
 
 
 def resolve_network(env: Env, ref: str) -> Resolved:
-    """NETWORK as Docker knows it (name, id or id prefix), else a plugin network id prefix."""
+    """NETWORK as Docker knows it (name, id or id prefix), else a plugin network id prefix.
+
+    A Docker network is vxlanpy's when the plugin's store holds its id, whatever the driver's name (a managed
+    plugin's is vxlanpy/vxlanpy:latest, or its alias); or, its state lost, when its driver is vxlanpy's."""
     docker = _docker_or_none(env, lambda d: d.network(ref), "looking the network up in the plugin only")
+    networks = env.plugin().call("GET", "/vxlanpy/ls").get("networks", [])
     if docker is not None:
-        if docker.driver != "vxlanpy":
-            raise CliError(f"network {docker.name} uses the {docker.driver} driver, not vxlanpy", EXIT_FAILED)
+        if docker.id not in {network["id"] for network in networks} and not env.docker().is_vxlanpy_driver(
+            docker.driver
+        ):
+            raise CliError(
+                f"network {docker.name} is not vxlanpy's: it uses the {docker.driver} driver, "
+                "and the plugin holds no network with its id",
+                EXIT_FAILED,
+            )
         return Resolved(docker.id, docker.name, docker)
     if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref):
-        networks = env.plugin().call("GET", "/vxlanpy/ls").get("networks", [])
         matches = [network["id"] for network in networks if network["id"].startswith(ref)]
         if len(matches) == 1:
             return Resolved(matches[0], None, None)
@@ -361,7 +383,7 @@ def doctor_command(env: Env, as_json: bool) -> None:
     doctor = Doctor(env.probe(), env.plugin(), env.docker)
     findings = []
     if not as_json:
-        progress(f"checking this host (plugin socket {env.socket}) ...")
+        progress(f"checking this host (plugin socket {env.plugin().socket_path}) ...")
     for finding in doctor.run():
         findings.append(finding)
         if as_json:
@@ -412,7 +434,7 @@ def gc_command(env: Env, dry_run: bool, forget: tuple[str, ...]) -> None:
 
     forget_ids = _forgettable(env, forget) if forget else []
     what = "dry run: nothing is changed" if dry_run else "repairing"
-    progress(f"reconciling through the plugin on {env.socket} ({what}) ...")
+    progress(f"reconciling through the plugin on {env.plugin().socket_path} ({what}) ...")
     started = time.monotonic()
     names = _report_names(env)
     # Pool claims of creates that never completed are released only when Docker says which pools it uses.
@@ -511,11 +533,10 @@ def node_rm_command(env: Env, host: str, force: bool) -> None:
 
 # -- recover -----------------------------------------------------------------------------------------------------
 
-VXLANPY_DRIVER_NAME = re.compile(r"^(?:.+/)?vxlanpy(?::[A-Za-z0-9_.-]+)?$")  # vxlanpy, vxlanpy:latest, repo/vxlanpy:tag
 
-
-def _docker_inventory(env: Env) -> list[dict[str, Any]]:
-    """Every Docker network, inspected, with the containers on it (docker SDK, low-level client)."""
+def _docker_inventory(env: Env) -> tuple[list[dict[str, Any]], set[str]]:
+    """Every Docker network, inspected, with the containers on it (docker SDK, low-level client); and the driver
+    names of the managed vxlanpy plugins installed (their aliases)."""
     try:
         import docker
         import requests.exceptions
@@ -524,6 +545,7 @@ def _docker_inventory(env: Env) -> list[dict[str, Any]]:
     try:
         api = docker.APIClient(**docker.utils.kwargs_from_env(), version="auto", timeout=env.timeout)
         networks = [api.inspect_network(item["Id"]) for item in api.networks()]
+        plugin_drivers = vxlanpy_plugin_drivers(api.plugins())
         containers: dict[str, dict[str, Any]] = {}
         for network in networks:
             for cid in network.get("Containers") or {}:
@@ -536,7 +558,7 @@ def _docker_inventory(env: Env) -> list[dict[str, Any]]:
         raise CliError(f"cannot reach Docker: {' '.join(str(exc).split())[:200]}", EXIT_UNREACHABLE) from None
     for network in networks:
         network["_containers"] = {cid: containers.get(cid, {}) for cid in network.get("Containers") or {}}
-    return networks
+    return networks, plugin_drivers
 
 
 def _published(container: dict[str, Any]) -> list[dict[str, Any]]:
@@ -596,7 +618,8 @@ def _recovered_network(network: dict[str, Any], ours: Callable[[str], bool]) -> 
     "drivers",
     multiple=True,
     metavar="NAME",
-    help="Also treat networks of this driver as vxlanpy's (besides vxlanpy, vxlanpy:TAG, REPO/vxlanpy:TAG).",
+    help="Also treat networks of this driver as vxlanpy's (besides vxlanpy, vxlanpy:TAG, REPO/vxlanpy:TAG and "
+    "the names of the managed vxlanpy plugins installed, aliases included).",
 )
 @pass_env
 def recover_command(env: Env, dry_run: bool, drivers: tuple[str, ...]) -> None:
@@ -611,6 +634,10 @@ def recover_command(env: Env, dry_run: bool, drivers: tuple[str, ...]) -> None:
          for -p PORT, the host port the kernel's DNAT rule still has); on vxlanpy's IPAM, the pools, gateways
          and addresses are reserved again;
       3. the devices of lost networks that Docker no longer knows are removed; reconciliation does the rest.
+
+    A network is vxlanpy's when the store (or the kernel's devices) knows its id; with an empty store, when its
+    driver is vxlanpy[:TAG], REPO/vxlanpy[:TAG], a managed vxlanpy plugin's name or alias (`docker plugin ls`),
+    or a --driver.
 
     Start-up never removes the devices of networks the store does not know; `vxlanpy health` reports them.
 
@@ -627,8 +654,9 @@ def recover_command(env: Env, dry_run: bool, drivers: tuple[str, ...]) -> None:
 
     verb = "would " if dry_run else ""
     started = time.monotonic()
-    progress(f"recovering through the plugin on {env.socket}{' (dry run: nothing is changed)' if dry_run else ''} ...")
     plugin = env.plugin()
+    note = " (dry run: nothing is changed)" if dry_run else ""
+    progress(f"recovering through the plugin on {plugin.socket_path}{note} ...")
     state = plugin.call("POST", "/vxlanpy/recover", {"step": "state", "dry_run": dry_run})
     actions = 0
     if state.get("store_file"):
@@ -636,7 +664,8 @@ def recover_command(env: Env, dry_run: bool, drivers: tuple[str, ...]) -> None:
         actions += 1
     known = set(state.get("known", []))
     lost = {item["id"]: item for item in state.get("lost", [])}
-    inventory = _docker_inventory(env)
+    inventory, plugin_drivers = _docker_inventory(env)
+    names |= plugin_drivers
     docker_ids = {str(network["Id"]) for network in inventory}
     for network in inventory:
         network_id = str(network["Id"])

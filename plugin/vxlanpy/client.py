@@ -10,8 +10,9 @@ import errno
 import http.client
 import json
 import os
+import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,9 @@ EXIT_USAGE = 2  # bad arguments (Click's own usage errors use 2 as well)
 EXIT_UNREACHABLE = 3  # the plugin or Docker cannot be reached
 
 NETNS_DIR = Path("/run/netns")
+PLUGINS_DIR = Path("/run/docker/plugins")
+MANAGED_SOCKET = "vxlanpy.sock"  # config.json's Interface.Socket: dockerd puts it in PLUGINS_DIR/<plugin id>/
+VXLANPY_DRIVER_NAME = re.compile(r"^(?:.+/)?vxlanpy(?::[A-Za-z0-9_.-]+)?$")  # vxlanpy, vxlanpy:latest, repo/vxlanpy:tag
 Body = dict[str, Any]
 # (HTTP method, path, JSON body or None, timeout) -> (status, raw response body)
 Transport = Callable[[str, str, bytes | None, float], tuple[int, bytes]]
@@ -71,7 +75,8 @@ def unreachable_message(path: str, exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError) or code == errno.ENOENT:
         return (
             f"cannot reach the plugin: {path} does not exist; is it running? "
-            "(start it with `sudo vxlanpy serve` or scripts/run, or point VXLANPY_SOCKET/--socket at its socket)"
+            "(start it with `sudo vxlanpy serve` or scripts/run, or `docker plugin enable` a managed one; "
+            "or point VXLANPY_SOCKET/--socket at its socket)"
         )
     if isinstance(exc, PermissionError) or code in (errno.EACCES, errno.EPERM):
         return f"cannot reach the plugin: permission denied on {path}; run as root (or a member of its group)"
@@ -80,6 +85,40 @@ def unreachable_message(path: str, exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
         return f"cannot reach the plugin: no answer on {path} in time (is it stuck? see its log)"
     return f"cannot reach the plugin on {path}: {exc}"
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(str(path)) == 0
+
+
+def managed_sockets(plugins_dir: Path = PLUGINS_DIR) -> list[str]:
+    """The sockets of the running managed vxlanpy plugins (`docker plugin install`), as dockerd lays them out;
+    a disabled plugin's socket file may stay behind, so only those that accept a connection count."""
+    try:
+        found = sorted(plugins_dir.glob(f"*/{MANAGED_SOCKET}"))
+    except OSError:
+        return []
+    return [str(path) for path in found if path.is_socket() and _answers(path)]
+
+
+def discover_socket(default: str, plugins_dir: Path = PLUGINS_DIR) -> str:
+    """The socket to use when none was given: the default one when it exists (`vxlanpy serve`, systemd), else
+    the one managed plugin's socket.  Several managed plugins: the user has to choose."""
+    if os.path.exists(default):
+        return default
+    found = managed_sockets(plugins_dir)
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise CliError(
+            f"{default} does not exist and {len(found)} managed vxlanpy plugins run ({', '.join(found)}); "
+            "choose one: vxlanpy --socket /run/docker/plugins/$(docker plugin inspect -f '{{.Id}}' NAME)/"
+            f"{MANAGED_SOCKET}",
+            EXIT_USAGE,
+        )
+    return default
 
 
 class PluginClient:
@@ -145,7 +184,15 @@ class DockerContainer:
 
 
 class DockerView(Protocol):
-    def vxlanpy_networks(self) -> list[DockerNetwork]: ...
+    def vxlanpy_networks(self, ids: Collection[str] = ()) -> list[DockerNetwork]:
+        """Docker's networks that are the plugin's: those whose id is in `ids` (the plugin's store: whatever
+        name or alias the driver has), and those of a vxlanpy driver the store lacks (its state was lost)."""
+        ...
+
+    def is_vxlanpy_driver(self, name: str) -> bool:
+        """Whether `name` is a driver name of vxlanpy: vxlanpy[:TAG], REPO/vxlanpy[:TAG], or the name (alias) of
+        an installed managed plugin that serves vxlanpy's socket."""
+        ...
 
     def network(self, ref: str) -> DockerNetwork | None: ...
 
@@ -162,6 +209,25 @@ class DockerView(Protocol):
     def subnets_in_use(self) -> set[str]:
         """The subnets of every Docker network, whatever its driver."""
         ...
+
+
+def vxlanpy_plugin_drivers(plugins: list[dict[str, Any]]) -> set[str]:
+    """The driver names of the installed managed plugins that are vxlanpy (`docker plugin ls`, any alias), as
+    listed: NAME:TAG, the only form `docker network create -d` resolves (moby#33347)."""
+    names: set[str] = set()
+    for plugin in plugins:
+        config = plugin.get("Config") or {}
+        interface = config.get("Interface") or {}
+        reference = str(plugin.get("PluginReference") or "")
+        types = [str(t) for t in interface.get("Types") or ()]
+        if interface.get("Socket") != MANAGED_SOCKET and not VXLANPY_DRIVER_NAME.match(reference):
+            continue
+        if not any(t.startswith("docker.networkdriver/") for t in types):
+            continue
+        name = str(plugin.get("Name") or "")
+        if name:
+            names.add(name)
+    return names
 
 
 def _network_from(attrs: dict[str, Any]) -> DockerNetwork:
@@ -184,10 +250,11 @@ def _network_from(attrs: dict[str, Any]) -> DockerNetwork:
 class SdkDocker:
     """DockerView on the docker SDK's low-level client, connected on first use (DOCKER_HOST etc. honoured)."""
 
-    def __init__(self, timeout: float = 30.0, driver: str = "vxlanpy") -> None:
+    def __init__(self, timeout: float = 30.0, drivers: Collection[str] = ()) -> None:
         self.timeout = timeout
-        self.driver = driver
+        self.drivers = set(drivers)  # more driver names to take for vxlanpy's (recover --driver)
         self._api: Any = None
+        self._plugin_drivers: set[str] | None = None
 
     def _client(self) -> Any:
         if self._api is None:
@@ -212,10 +279,21 @@ class SdkDocker:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise CliError(f"cannot reach Docker: {_docker_reason(exc)}", EXIT_UNREACHABLE) from None
 
-    def vxlanpy_networks(self) -> list[DockerNetwork]:
-        listed = self._call(lambda api: api.networks(filters={"driver": self.driver})) or []
+    def plugin_drivers(self) -> set[str]:
+        if self._plugin_drivers is None:
+            self._plugin_drivers = vxlanpy_plugin_drivers(self._call(lambda api: api.plugins()) or [])
+        return self._plugin_drivers
+
+    def is_vxlanpy_driver(self, name: str) -> bool:
+        return bool(VXLANPY_DRIVER_NAME.match(name)) or name in self.drivers or name in self.plugin_drivers()
+
+    def vxlanpy_networks(self, ids: Collection[str] = ()) -> list[DockerNetwork]:
+        wanted = set(ids)
+        listed = self._call(lambda api: api.networks()) or []
         networks = []
         for item in listed:
+            if str(item["Id"]) not in wanted and not self.is_vxlanpy_driver(str(item.get("Driver") or "")):
+                continue
             ref = str(item["Id"])
             attrs = self._call(lambda api, ref=ref: api.inspect_network(ref))  # type: ignore[misc]
             if attrs is not None:

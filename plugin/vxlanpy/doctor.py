@@ -456,7 +456,7 @@ class Doctor:
             yield Finding(SKIP, "Docker and plugin agree", "needs the plugin's state")
             return
         try:
-            docker_networks = self.docker().vxlanpy_networks()
+            docker_networks = self.docker().vxlanpy_networks([network["id"] for network in self.networks])
         except CliError as exc:
             yield Finding(WARN, "Docker and plugin agree", exc.message, fix="start dockerd, or run as root")
             return
@@ -723,7 +723,9 @@ class Doctor:
 
         try:
             docker = self.docker()
-            return report_names(self.networks or [], docker.vxlanpy_networks(), docker.containers(), [])
+            networks = self.networks or []
+            ids = [network["id"] for network in networks]
+            return report_names(networks, docker.vxlanpy_networks(ids), docker.containers(), [])
         except CliError:
             return {}
 

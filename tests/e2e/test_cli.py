@@ -313,7 +313,9 @@ def test_errors_are_one_line_with_exit_codes(
     lone = lone_container()
     result = vxlanpy(plugin, "attach", lone.name, "bridge")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == "vxlanpy: network bridge uses the bridge driver, not vxlanpy"
+    assert result.stderr.strip().splitlines()[-1] == (
+        "vxlanpy: network bridge is not vxlanpy's: it uses the bridge driver, and the plugin holds no network with its id"
+    )
     result = vxlanpy(plugin, "--socket", "/run/docker/plugins/nobody.sock", "ls")
     assert result.returncode == 3 and "does not exist; is it running?" in result.stderr
     result = vxlanpy(plugin, "--socket", "/run/docker/plugins/nobody.sock", "health")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,7 @@ class FakeDocker:
         self.down = False
         self.boom = False
         self.ports: dict[str, list[str]] = {}  # container id -> published ports, as Docker lists them
+        self.drivers = {"vxlanpy"}  # driver names taken for vxlanpy's (a managed plugin adds its name and aliases)
 
     def _check(self) -> None:
         if self.boom:
@@ -74,9 +76,12 @@ class FakeDocker:
         if self.down:
             raise CliError("cannot reach Docker: dockerd does not answer", 3)
 
-    def vxlanpy_networks(self) -> list[DockerNetwork]:
+    def vxlanpy_networks(self, ids: Collection[str] = ()) -> list[DockerNetwork]:
         self._check()
-        return [network for network in self.networks.values() if network.driver == "vxlanpy"]
+        return [n for n in self.networks.values() if n.id in ids or self.is_vxlanpy_driver(n.driver)]
+
+    def is_vxlanpy_driver(self, name: str) -> bool:
+        return name in self.drivers
 
     def network(self, ref: str) -> DockerNetwork | None:
         self._check()
@@ -167,9 +172,15 @@ class CliHarness:
 
     # -- scenery -------------------------------------------------------------------------------------------
 
-    def docker_network(self, network_id: str, name: str, endpoints: dict[str, tuple[str, str]] | None = None) -> None:
+    def docker_network(
+        self,
+        network_id: str,
+        name: str,
+        endpoints: dict[str, tuple[str, str]] | None = None,
+        driver: str = "vxlanpy",
+    ) -> None:
         self.docker.networks[name] = DockerNetwork(
-            network_id, name, "vxlanpy", subnets=["10.1.0.0/24"], endpoints=endpoints or {}
+            network_id, name, driver, subnets=["10.1.0.0/24"], endpoints=endpoints or {}
         )
 
     def container(self, name: str, cid: str, mode: str = "none", running: bool = True) -> DockerContainer:

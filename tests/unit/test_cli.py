@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import socket
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from vxlanpy.attach import attachment_id, container_target, reservation_holder
 from vxlanpy.cli import main
+from vxlanpy.client import PluginClient, SdkDocker, discover_socket, vxlanpy_plugin_drivers
 
 from .cli_fakes import HOST, CliHarness, dir_stat, socket_stat
 from .conftest import EP, NET, NET2, Harness
@@ -441,3 +445,153 @@ def test_serve_refuses_a_bad_metrics_address_in_one_line() -> None:
     result = CliRunner().invoke(main, ["serve"], env={"VXLANPY_METRICS_ADDR": "localhost:notaport"})
     assert result.exit_code == 2
     assert result.stderr.strip().startswith("vxlanpy: VXLANPY_METRICS_ADDR='localhost:notaport' is not valid")
+
+
+# -- a managed plugin: any driver name, any socket --------------------------------------------------------------
+
+
+@pytest.fixture
+def aliased(cli: CliHarness) -> CliHarness:
+    """The plugin installed as `docker plugin install --alias vxadv`: Docker shows the driver as vxadv:latest."""
+    cli.docker.networks.clear()
+    cli.docker_network(NET, "demo", {EP: ("f" * 64, "web")}, driver="vxadv:latest")
+    return cli
+
+
+def test_ls_and_inspect_recognise_the_plugins_networks_by_id_whatever_the_driver_name(aliased: CliHarness) -> None:
+    result = aliased.run("ls")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1].split()[:3] == ["demo", NET[:12], "42"]
+    assert "warning" not in result.stderr, result.stderr
+    result = aliased.run("inspect", "demo")
+    assert result.exit_code == 0, result.output
+    assert f"id:        {NET}" in result.stdout and "web" in result.stdout
+
+
+def test_peers_gc_and_doctor_on_an_aliased_driver(aliased: CliHarness) -> None:
+    result = aliased.run("peers", "demo")
+    assert result.exit_code == 0 and "result: the kernel matches the store" in result.stdout, result.output
+    result = aliased.run("gc")
+    assert result.exit_code == 0 and "nothing to do" in result.stdout, result.output
+    assert aliased.harness.store.get_network(NET) is not None
+    healthy_host(aliased)
+    result = aliased.run("doctor")
+    assert "] Docker and plugin agree: 1 vxlanpy networks in both" in result.stdout, result.stdout
+    assert result.exit_code == 0, result.stdout
+
+
+def test_a_network_of_another_driver_is_refused(cli: CliHarness) -> None:
+    cli.docker_network("e" * 64, "plain", driver="bridge")
+    result = cli.run("inspect", "plain")
+    assert result.exit_code == 1
+    assert "network plain is not vxlanpy's: it uses the bridge driver" in one_line_error(result)
+    assert "plain" not in cli.run("ls").stdout
+
+
+def test_a_network_of_a_plugin_alias_without_state_is_reported(cli: CliHarness) -> None:
+    cli.docker.drivers.add("vxadv:latest")  # `docker plugin ls` shows vxlanpy installed as vxadv
+    cli.docker_network("e" * 64, "ghost", driver="vxadv:latest")
+    result = cli.run("ls")
+    assert "Docker network ghost has no state in the plugin" in result.stderr
+    result = cli.run("inspect", "ghost")  # Docker's half of it: not refused as another driver's network
+    assert result.exit_code == 0 and "ghost" in result.stdout, result.output
+
+
+def listening(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen()
+    return sock
+
+
+def test_without_socket_option_the_managed_plugins_socket_is_used(cli: CliHarness, tmp_path: Path) -> None:
+    used: list[str] = []
+    env = cli.env()
+    env.socket, env.discover, env.plugins_dir = str(tmp_path / "vxlanpy.sock"), True, tmp_path
+
+    def make_plugin(path: str, timeout: float) -> PluginClient:
+        used.append(path)
+        return PluginClient(path, timeout, transport=cli.transport)
+
+    env.make_plugin = make_plugin
+    managed = tmp_path / "a1" / "vxlanpy.sock"
+    with listening(managed):
+        result = CliRunner().invoke(main, ["ls"], obj=env, catch_exceptions=False)
+        assert result.exit_code == 0 and "demo" in result.stdout, result.output
+        assert used == [str(managed)]
+
+        with listening(tmp_path / "b2" / "vxlanpy.sock"):
+            env._plugin, env.socket = None, str(tmp_path / "vxlanpy.sock")
+            result = CliRunner().invoke(main, ["ls"], obj=env, catch_exceptions=False)
+            assert result.exit_code == 2
+            assert "2 managed vxlanpy plugins run" in one_line_error(result) and "--socket" in result.stderr
+
+        with listening(tmp_path / "vxlanpy.sock"):  # the default socket, when it exists, comes first
+            assert discover_socket(env.socket, tmp_path) == env.socket
+    assert discover_socket(str(tmp_path / "vxlanpy.sock"), tmp_path / "nothing") == str(tmp_path / "vxlanpy.sock")
+    stale = tmp_path / "c3" / "vxlanpy.sock"  # a disabled plugin's socket file, nobody listening
+    listening(stale).close()
+    assert stale.is_socket() and discover_socket(env.socket, tmp_path) == env.socket
+
+
+def test_an_explicit_socket_is_never_replaced(tmp_path: Path) -> None:
+    with listening(tmp_path / "a1" / "vxlanpy.sock"):
+        result = CliRunner().invoke(main, ["--socket", str(tmp_path / "gone.sock"), "health"])
+    assert result.exit_code == 1 and f"{tmp_path / 'gone.sock'} does not exist" in result.stderr
+
+
+MANAGED = {
+    "Name": "vxadv:latest",
+    "PluginReference": "127.0.0.1:5000/vxlanpy/vxlanpy:test",
+    "Config": {"Interface": {"Socket": "vxlanpy.sock", "Types": ["docker.networkdriver/1.0", "docker.ipamdriver/1.0"]}},
+}
+OTHER = {
+    "Name": "weave:latest",
+    "PluginReference": "docker.io/weaveworks/net-plugin:latest",
+    "Config": {"Interface": {"Socket": "weave.sock", "Types": ["docker.networkdriver/1.0"]}},
+}
+
+
+def test_plugin_drivers_are_the_managed_vxlanpy_plugins_names_and_aliases() -> None:
+    assert vxlanpy_plugin_drivers([MANAGED, OTHER]) == {"vxadv:latest"}
+    tagged = {**MANAGED, "Name": "vxlanpy/vxlanpy:0.2"}
+    assert vxlanpy_plugin_drivers([tagged]) == {"vxlanpy/vxlanpy:0.2"}
+
+
+class FakeApi:
+    """The docker SDK's low-level client, as SdkDocker uses it."""
+
+    def __init__(self, networks: list[dict[str, str]], plugins: list[dict[str, object]]) -> None:
+        self.listed, self.installed = networks, plugins
+        self.inspected: list[str] = []
+
+    def networks(self) -> list[dict[str, str]]:
+        return self.listed
+
+    def plugins(self) -> list[dict[str, object]]:
+        return self.installed
+
+    def inspect_network(self, ref: str) -> dict[str, object]:
+        self.inspected.append(ref)
+        found = next(n for n in self.listed if n["Id"] == ref)
+        return {"Id": ref, "Name": found["Name"], "Driver": found["Driver"]}
+
+
+def test_sdk_docker_takes_the_stores_ids_and_vxlanpys_drivers() -> None:
+    api = FakeApi(
+        [
+            {"Id": "1" * 64, "Name": "held", "Driver": "renamed"},  # in the store, whatever its driver
+            {"Id": "2" * 64, "Name": "aliased", "Driver": "vxadv:latest"},  # an installed plugin's alias
+            {"Id": "3" * 64, "Name": "tagged", "Driver": "vxlanpy/vxlanpy:latest"},
+            {"Id": "4" * 64, "Name": "plain", "Driver": "bridge"},
+            {"Id": "5" * 64, "Name": "weave", "Driver": "weave:latest"},
+        ],
+        [MANAGED, OTHER],
+    )
+    docker = SdkDocker()
+    docker._api = api
+    assert [n.name for n in docker.vxlanpy_networks(["1" * 64])] == ["held", "aliased", "tagged"]
+    assert api.inspected == ["1" * 64, "2" * 64, "3" * 64]  # the others are not even inspected
+    assert docker.is_vxlanpy_driver("vxadv:latest") and not docker.is_vxlanpy_driver("weave:latest")
+    assert SdkDocker(drivers=["mine"]).is_vxlanpy_driver("mine")
