@@ -92,6 +92,33 @@ def make_tls(directory: Path, addresses: Sequence[str] = ("127.0.0.1",), name: s
     return TlsFiles(ca, server_cert, server_key, client_cert, client_key)
 
 
+def wait_until_healthy(
+    what: str,
+    request: Callable[..., tuple[int, Any]],
+    alive: Callable[[], bool],
+    log_tail: Callable[[], str],
+    timeout: float,
+    give_up: Callable[[], None],
+) -> None:
+    """Poll etcd's /health through `request` until it says healthy; `give_up` (stop it) and raise, with its log,
+    when it exits or stays unhealthy for `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"{what} exited while starting; its log:\n{log_tail()}")
+        try:
+            status, body = request("GET", "/health", timeout=1)
+            if status == 200 and isinstance(body, dict) and body.get("health") == "true":
+                return
+            last = f"HTTP {status}: {body!r}"
+        except OSError as exc:
+            last = repr(exc)
+        time.sleep(0.05)
+    give_up()
+    raise RuntimeError(f"{what} did not become healthy within {timeout:.0f} s ({last}); its log:\n{log_tail()}")
+
+
 class _Connection(http.client.HTTPSConnection):
     """HTTP or HTTPS over a socket from `connect` (e.g. one made inside a network namespace)."""
 
@@ -183,21 +210,7 @@ class EtcdServer:
         self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if not self.alive:
-                raise RuntimeError(f"etcd {self.name} exited while starting; its log:\n{self.log_tail()}")
-            try:
-                status, body = self.request("GET", "/health", timeout=1)
-                if status == 200 and isinstance(body, dict) and body.get("health") == "true":
-                    return
-                last = f"HTTP {status}: {body!r}"
-            except OSError as exc:
-                last = repr(exc)
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"etcd {self.name} not healthy within {timeout:.0f} s ({last}):\n{self.log_tail()}")
+        wait_until_healthy(f"etcd {self.name}", self.request, lambda: self.alive, self.log_tail, timeout, self.stop)
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 3.0) -> tuple[int, Any]:
         """A request to the client URL (with the client certificate under TLS): (status, JSON or text)."""

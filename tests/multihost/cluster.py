@@ -45,6 +45,7 @@ from typing import Any
 
 from tests.docker_cleanup import remove_labelled
 from tests.engines import dockerd_environment
+from tests.etcd_server import wait_until_healthy
 from tests.plugin_socket import plugin_call, plugin_get  # noqa: F401  (re-exported for the suites)
 
 try:
@@ -416,21 +417,7 @@ class Etcd(ManagedProcess):
             "--log-level", "warn",
         ]  # fmt: skip
         self._spawn(argv)
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if not self.alive:
-                raise RuntimeError(f"etcd exited while starting; its log:\n{self.log_tail()}")
-            try:
-                status, body = self.request("GET", "/health", timeout=1)
-                if status == 200 and isinstance(body, dict) and body.get("health") == "true":
-                    return
-                last = f"HTTP {status}: {body!r}"
-            except OSError as exc:
-                last = repr(exc)
-            time.sleep(0.05)
-        self.kill9()
-        raise RuntimeError(f"etcd did not become healthy within {timeout:.0f} s ({last}); its log:\n{self.log_tail()}")
+        wait_until_healthy("etcd", self.request, lambda: self.alive, self.log_tail, timeout, self.kill9)
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 3.0) -> tuple[int, Any]:
         """An HTTP request to etcd's client URL, made from inside the underlay namespace."""

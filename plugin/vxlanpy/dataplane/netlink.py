@@ -903,14 +903,18 @@ class NetlinkLinks:
             )
         return vxlan, bridge
 
-    def _sync_remotes(self, network: Network, flood: set[IPAddress], wanted: dict[str, RemoteEndpoint]) -> None:
+    def _remote_links(self, network: Network) -> tuple[Msg, Msg]:
+        """The network's VXLAN device and bridge, on which remote endpoints are programmed."""
         found = self._network_links(network)
         if found is None:
             raise DataplaneError(
                 f"cannot program remote endpoints: {network.vxlan} or {network.bridge} does not exist; "
                 "recreate the network or restart the plugin so that it reconciles"
             )
-        vxlan, bridge = found
+        return found
+
+    def _sync_remotes(self, network: Network, flood: set[IPAddress], wanted: dict[str, RemoteEndpoint]) -> None:
+        vxlan, bridge = self._remote_links(network)
         present = self._read_remotes(network, vxlan, bridge)
         neigh = {address: mac for mac, remote in wanted.items() for address in remote.addresses}
 
@@ -946,13 +950,7 @@ class NetlinkLinks:
     ) -> None:
         """One change's worth of `_sync_remotes`, in its order, without reading the tables: a replace is
         idempotent and a removal of what is gone is fine, so nothing needs to be known of what is there."""
-        found = self._network_links(network)
-        if found is None:
-            raise DataplaneError(
-                f"cannot program remote endpoints: {network.vxlan} or {network.bridge} does not exist; "
-                "recreate the network or restart the plugin so that it reconciles"
-            )
-        vxlan, bridge = found
+        vxlan, bridge = self._remote_links(network)
         writes = [self._neigh_removal(network, bridge, address) for address in sorted(gone_addresses, key=_order)]
         writes += [self._bridge_static_removal(network, vxlan, mac) for mac in sorted(gone_macs)]
         writes += [self._vxlan_entry_removal(network, vxlan, mac) for mac in sorted(gone_macs)]
