@@ -173,7 +173,7 @@ def test_an_election_is_waited_out_within_the_budget() -> None:
     kv, sessions = kv_with(refused, electing, electing, timeout=3.0)
     assert kv.range("/p/") == ([], 7)
     assert sum(len(session.calls) for session in sessions) > 3  # several rounds
-    assert time.monotonic() - elected < 0.3
+    assert time.monotonic() - elected < 1.0  # rounds 0.1 s apart; a margin for a loaded machine
 
 
 def test_tls_failures_are_not_retried_and_say_what_to_check() -> None:

@@ -264,7 +264,7 @@ def test_node_rm_refuses_a_live_host_and_removes_a_dead_one_everywhere(cluster: 
     assert result["forced"] is True and result["keys"] > 0
     assert eventually(lambda: a.links.remote_entries(a.store.list_networks()[0]) == (set(), []), within=3)
     took = time.monotonic() - started
-    assert took < 1.5, f"entries of the removed host stayed {took:.2f} s"
+    assert took < 3.0, f"entries of the removed host stayed {took:.2f} s"
     left = [key for key in snapshot(a.kv) if "node-bbbb" in key or "10.71.0" in key]
     assert left == [], left
     assert [row["id"] for row in a.nodes.listing()] == ["node-aaaa"]
