@@ -289,6 +289,9 @@ class RealHost:
             VXLANPY_HOST=REAL_HOST,
             VXLANPY_LOG_LEVEL="info",
             VXLANPY_ETCD_TIMEOUT="10",
+            # No Docker here: at start-up the plugin removes the networks Docker does not list, and a dockerd of
+            # the machine's own (scripts/test runs one) lists none of this benchmark's.
+            DOCKER_HOST=f"unix://{self.workdir / 'no-docker.sock'}",
         )
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

@@ -91,7 +91,7 @@ def docker_chains(host: Host) -> list[str]:
         for tool in TOOLS
         for table in ("filter", "nat")
         for line in iptables(host, "-t", table, "-S", tool=tool).splitlines()
-        if "DOCKER" in line or "docker0" in line
+        if ("DOCKER" in line or "docker0" in line) and "VXLANPY" not in line  # vxlanpy's own hook names docker0
     ]
 
 
