@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_cluster import eventually, net
 from vxlanpy.app import create_app
 from vxlanpy.cluster import EtcdCluster
 from vxlanpy.config import Settings
@@ -31,19 +32,6 @@ from .cli_fakes import CliHarness
 from .conftest import Harness
 
 SUBNET = (Subnet(ipaddress.ip_network("10.70.0.0/24"), ipaddress.ip_interface("10.70.0.1/24")),)
-
-
-def net(n: int) -> str:
-    return f"{n:064x}"
-
-
-def eventually(check: Callable[[], bool], within: float = 3.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 # -- choosing the identity --------------------------------------------------------------------------------------
