@@ -153,11 +153,14 @@ def create_app(
     return app
 
 
+WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR: the master stops too, instead of a new worker
+
+
 def _exit_refused(message: str) -> None:
-    """Another live host took our identity while etcd was out of reach: stop serving rather than write under it.
-    Exit code 3 is gunicorn's "worker failed to boot": the master stops too, as when this is found at start."""
+    """Another live host took our identity while etcd was out of reach: stop serving rather than write under it,
+    with the exit code of a refusal found at start (server.py)."""
     logging.getLogger("vxlanpy").critical("stopping: %s", message)
-    os._exit(3)
+    os._exit(WORKER_BOOT_ERROR)
 
 
 def _read_body(limit: int) -> bytes:

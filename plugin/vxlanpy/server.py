@@ -492,9 +492,6 @@ class PluginWorker(Worker):  # type: ignore[misc]
 # -- the application -------------------------------------------------------------------------------------------
 
 
-WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR
-
-
 class PluginServer(BaseApplication):  # type: ignore[misc]
     def __init__(
         self,
@@ -531,7 +528,7 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         configure_logging(self.settings.log_level)
-        from .app import create_app
+        from .app import WORKER_BOOT_ERROR, create_app
         from .nodes import IdentityConflict
 
         try:
