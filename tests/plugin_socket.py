@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vxlanpy.client import unix_transport
+from vxlanpy.operator.client import unix_transport
 
 
 def _decoded(status: int, raw: bytes) -> tuple[int, Any]:

@@ -1,3 +1,3 @@
-from .cli import main
+from .operator.cli import main
 
 main()

@@ -20,15 +20,16 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import api
-from .client import DockerListing
 from .config import Settings
 from .driver import STALE_UNJOINED_SECONDS, Driver
 from .errors import StoreError, VxlanpyError
 from .ipam import Ipam
 from .metrics import Metrics
 from .nodes import IdentityConflict
-from .operations import Operations
+from .operator import api
+from .operator.client import DockerListing
+from .operator.operations import Operations
+from .operator.sandbox import NetlinkSandboxes, Sandboxes
 from .protocol import (
     LIBNETWORK_BODY_HINT,
     Body,
@@ -39,7 +40,6 @@ from .protocol import (
     read_limited,
 )
 from .protocol_ipam import IpamDriverProtocol
-from .sandbox import NetlinkSandboxes, Sandboxes
 from .wiring import build
 
 log = logging.getLogger("vxlanpy.requests")
@@ -73,7 +73,7 @@ def create_app(
         driver, cluster = components.driver, components.cluster
         settings = replace(settings, host=components.host)  # the identity, in multi-host mode
         if docker_listing is None:
-            from .client import docker_listing as ask_docker
+            from .operator.client import docker_listing as ask_docker
 
             docker_listing = ask_docker
     if ipam is None:

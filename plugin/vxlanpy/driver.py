@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from .attach import is_attachment_id
 from .dataplane.base import Firewall, Links
 from .errors import Conflict, InvalidOption, NotFound, VxlanpyError
 from .models import (
@@ -34,6 +33,7 @@ from .models import (
     PortMapping,
     Subnet,
     endpoint_mac,
+    is_attachment_id,
 )
 from .options import check_gateway_mode, check_subnets_clear_of_underlay, parse_network_options
 from .store.base import Store

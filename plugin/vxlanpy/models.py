@@ -6,7 +6,9 @@ Interface names are derived from checked values only (a VNI, a hex endpoint id),
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -261,3 +263,23 @@ class Endpoint:
             sandbox_key=data.get("sandbox_key"),
             created=float(data.get("created", 0.0)),
         )
+
+
+# Attachments (`vxlanpy attach`) are endpoints whose id is derived from what they attach and the network id, with
+# a check so that an attachment is told from one of Docker's random ids (a false positive has a chance of 2^-64).
+_ATTACH_HASH_PREFIX = b"vxlanpy-attach\0"
+_ATTACH_CHECK_PREFIX = b"vxlanpy-attach-check\0"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def attachment_id(target: str, network_id: str) -> str:
+    digest = hashlib.sha256(_ATTACH_HASH_PREFIX + target.encode() + b"\0" + network_id.encode()).hexdigest()[:48]
+    return digest + _attachment_check(digest)
+
+
+def is_attachment_id(endpoint_id: str) -> bool:
+    return bool(_HEX64.match(endpoint_id)) and _attachment_check(endpoint_id[:48]) == endpoint_id[48:]
+
+
+def _attachment_check(digest: str) -> str:
+    return hashlib.sha256(_ATTACH_CHECK_PREFIX + digest.encode()).hexdigest()[:16]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from vxlanpy.client import unix_transport
+from vxlanpy.operator.client import unix_transport
 
 from .helpers import DRIVER, LABELS, PluginProcess, TestHost, docker, links, unique_name
 

@@ -23,9 +23,9 @@ import pytest
 
 import vxlanpy
 from vxlanpy.dataplane.iptables import IptablesFirewall
-from vxlanpy.doctor import Doctor, Finding, LocalProbe
 from vxlanpy.errors import DataplaneError
 from vxlanpy.models import Endpoint, Network, NetworkConfig, PortMapping, Subnet
+from vxlanpy.operator.doctor import Doctor, Finding, LocalProbe
 
 pytestmark = [
     pytest.mark.kernel,

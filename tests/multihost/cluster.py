@@ -570,7 +570,9 @@ class Dockerd(ManagedProcess):
             if self.socket_path.exists():
                 try:
                     # "auto": the engine's own API version (Docker 29 refuses clients older than 1.44).
-                    self.client = docker.DockerClient(base_url=f"unix://{self.socket_path}", version="auto", timeout=120)
+                    self.client = docker.DockerClient(
+                        base_url=f"unix://{self.socket_path}", version="auto", timeout=120
+                    )
                     return
                 except Exception as exc:  # noqa: BLE001 - not up yet
                     last = repr(exc)

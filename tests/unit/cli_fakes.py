@@ -15,12 +15,12 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from vxlanpy.app import create_app
-from vxlanpy.cli import Env, main
-from vxlanpy.client import CliError, DockerContainer, DockerNetwork, PluginClient
 from vxlanpy.config import Settings
 from vxlanpy.errors import DataplaneError
-from vxlanpy.operations import expected_vxlan_device
-from vxlanpy.sandbox import Plumbed, Plumbing, choose_ifname
+from vxlanpy.operator.cli import Env, main
+from vxlanpy.operator.client import CliError, DockerContainer, DockerNetwork, PluginClient
+from vxlanpy.operator.operations import expected_vxlan_device
+from vxlanpy.operator.sandbox import Plumbed, Plumbing, choose_ifname
 
 from .conftest import Harness
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vxlanpy.attach import attachment_id, container_target, reservation_holder
-from vxlanpy.cli import main
-from vxlanpy.client import PluginClient, SdkDocker, discover_socket, vxlanpy_plugin_drivers
+from vxlanpy.models import attachment_id
+from vxlanpy.operator.attach import container_target, reservation_holder
+from vxlanpy.operator.cli import main
+from vxlanpy.operator.client import PluginClient, SdkDocker, discover_socket, vxlanpy_plugin_drivers
 
 from .cli_fakes import HOST, CliHarness, dir_stat, socket_stat
 from .conftest import EP, NET, NET2, Harness

@@ -20,7 +20,7 @@ from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
 from vxlanpy.driver import Driver
 from vxlanpy.errors import DataplaneError, InvalidOption
 from vxlanpy.ipam import Ipam
-from vxlanpy.sandbox import Plumbed, Plumbing
+from vxlanpy.operator.sandbox import Plumbed, Plumbing
 from vxlanpy.store.memory import MemoryStore
 
 NET = "a" * 64

@@ -10,18 +10,19 @@ from typing import Any
 
 import pytest
 
-from vxlanpy.attach import (
-    attachment_id,
+from vxlanpy.cluster import SegmentView
+from vxlanpy.dataplane.base import RemoteEndpoint
+from vxlanpy.errors import InvalidOption
+from vxlanpy.metrics import Metrics, MetricsServer, parse_metrics_addr
+from vxlanpy.models import Subnet, attachment_id, is_attachment_id
+from vxlanpy.operator.attach import (
     container_target,
     first_free,
-    is_attachment_id,
     is_host_address,
     netns_target,
     valid_netns_path,
 )
-from vxlanpy.cluster import SegmentView
-from vxlanpy.dataplane.base import RemoteEndpoint
-from vxlanpy.doctor import (
+from vxlanpy.operator.doctor import (
     Ruleset,
     firewall_layout,
     hook_precedence,
@@ -30,9 +31,6 @@ from vxlanpy.doctor import (
     parse_nft_chains,
     rule_matches_vxlan,
 )
-from vxlanpy.errors import InvalidOption
-from vxlanpy.metrics import Metrics, MetricsServer, parse_metrics_addr
-from vxlanpy.models import Subnet
 
 from .cli_fakes import CliHarness
 from .conftest import EP, EP2, NET, NET2, Harness
@@ -600,7 +598,7 @@ def test_gc_removes_a_dead_containers_endpoint_whose_veth_survived(harness: Harn
 def test_gc_releases_the_pool_of_a_create_that_never_completed(harness: Harness) -> None:
     """RequestPool and the gateway's RequestAddress came, CreateNetwork never did (the plugin was killed in
     between): once no row and no Docker network uses the pool, gc releases it, and the subnet is free again."""
-    from vxlanpy.client import DockerNetwork
+    from vxlanpy.operator.client import DockerNetwork
 
     cli, ipam, grant = _ipam_harness(harness)  # 10.1.0.0/24 is NET's pool
     lost = ipam.request_pool("vxlanpy-local", None, None, None, {})  # an automatic pool: 10.200.0.0/24
@@ -671,7 +669,7 @@ def test_recover_keeps_the_host_port_vxlanpy_chose_for_a_port_docker_left_to_it(
 
 
 def _listing(ids: set[str] | None = None, subnets: set[str] | None = None) -> Any:
-    from vxlanpy.client import DockerListing
+    from vxlanpy.operator.client import DockerListing
 
     return DockerListing(frozenset(ids or ()), frozenset(subnets or ()))
 

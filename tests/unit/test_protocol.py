@@ -141,7 +141,10 @@ def test_unknown_path_is_404_json(harness: Harness) -> None:
         (b'{"NetworkID": 5}', "wrong type"),
         (b'{"NetworkID": "../../etc/passwd"}', "not a Docker id"),
         (b"{}", "missing the field NetworkID"),
-        (b"", "missing the field NetworkID: its body is empty, as when dockerd retries a call after the plugin restarted"),
+        (
+            b"",
+            "missing the field NetworkID: its body is empty, as when dockerd retries a call after the plugin restarted",
+        ),
         ('{"NetworkID": "é"}'.encode(), "not a Docker id"),
     ],
 )

@@ -27,11 +27,11 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .errors import BadRequest, VxlanpyError
-from .metrics import Metrics
-from .models import IPAddress
+from ..errors import BadRequest, VxlanpyError
+from ..metrics import Metrics
+from ..models import IPAddress
+from ..protocol import body_too_large, decode_body, read_limited
 from .operations import Operations, Recovery, parse_recovered_network
-from .protocol import body_too_large, decode_body, read_limited
 
 log = logging.getLogger("vxlanpy.requests")
 

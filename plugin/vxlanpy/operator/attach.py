@@ -17,16 +17,13 @@ takes the highest free address of the subnet (Docker allocates from the bottom).
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable
 
-from .models import IPAddress, IPInterface, Subnet
+from ..models import IPAddress, IPInterface, Subnet
 
 ATTACH_LABEL = "attach"
-_HASH_PREFIX = b"vxlanpy-attach\0"
-_CHECK_PREFIX = b"vxlanpy-attach-check\0"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -42,19 +39,6 @@ def container_target(container_id: str) -> str:
 
 def netns_target(name: str) -> str:
     return f"netns:{name}"
-
-
-def attachment_id(target: str, network_id: str) -> str:
-    digest = hashlib.sha256(_HASH_PREFIX + target.encode() + b"\0" + network_id.encode()).hexdigest()[:48]
-    return digest + _check(digest)
-
-
-def is_attachment_id(endpoint_id: str) -> bool:
-    return bool(_HEX64.match(endpoint_id)) and _check(endpoint_id[:48]) == endpoint_id[48:]
-
-
-def _check(digest: str) -> str:
-    return hashlib.sha256(_CHECK_PREFIX + digest.encode()).hexdigest()[:16]
 
 
 def valid_target(target: str) -> bool:

@@ -20,6 +20,9 @@ from typing import Any
 
 import click
 
+from ..config import DEFAULT_SOCKET, Settings
+from ..errors import VxlanpyError
+from ..models import GATEWAY_DOCKER
 from .attach import container_target, netns_target
 from .client import (
     EXIT_FAILED,
@@ -38,9 +41,6 @@ from .client import (
     proc_netns,
     vxlanpy_plugin_drivers,
 )
-from .config import DEFAULT_SOCKET, Settings
-from .errors import VxlanpyError
-from .models import GATEWAY_DOCKER
 
 DEBUG_ENV = "VXLANPY_DEBUG"
 
@@ -171,8 +171,8 @@ def serve() -> None:
     Example:
       sudo VXLANPY_METRICS_ADDR=127.0.0.1:9478 vxlanpy serve
     """
-    from .metrics import METRICS_ADDR_ENV, parse_metrics_addr
-    from .server import serve as run_server
+    from ..metrics import METRICS_ADDR_ENV, parse_metrics_addr
+    from ..server import serve as run_server
 
     try:
         settings = Settings.from_env()

@@ -17,21 +17,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .attach import IFNAME as IFNAME_PATTERN
-from .attach import (
-    attachment_id,
-    first_free,
-    is_attachment_id,
-    is_host_address,
-    is_reservation_of_attachment,
-    reservation_holder,
-    valid_netns_path,
-    valid_target,
-)
-from .dataplane.base import RemoteEndpoint
-from .driver import NETWORK_ALIAS_PREFIX, STALE_UNJOINED_SECONDS, Driver, ReconcileReport
-from .errors import BadRequest, Conflict, InvalidOption, NotFound, VxlanpyError
-from .ipam import (
+from ..dataplane.base import RemoteEndpoint
+from ..driver import NETWORK_ALIAS_PREFIX, STALE_UNJOINED_SECONDS, Driver, ReconcileReport
+from ..errors import BadRequest, Conflict, InvalidOption, NotFound, VxlanpyError
+from ..ipam import (
     CONTAINER_LABEL,
     GATEWAY_RECORD,
     Ipam,
@@ -40,8 +29,8 @@ from .ipam import (
     orphan_pool_claims,
     orphan_reservations,
 )
-from .metrics import Metrics
-from .models import (
+from ..metrics import Metrics
+from ..models import (
     BRIDGE_PREFIX,
     LINK_ALIAS_PREFIX,
     Endpoint,
@@ -50,9 +39,20 @@ from .models import (
     Network,
     PortMapping,
     Subnet,
+    attachment_id,
+    is_attachment_id,
+)
+from ..store.base import AddressBook
+from .attach import IFNAME as IFNAME_PATTERN
+from .attach import (
+    first_free,
+    is_host_address,
+    is_reservation_of_attachment,
+    reservation_holder,
+    valid_netns_path,
+    valid_target,
 )
 from .sandbox import Plumbing, Sandboxes
-from .store.base import AddressBook
 
 log = logging.getLogger(__name__)
 

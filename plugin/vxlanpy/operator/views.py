@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .attach import attachment_id, container_target, netns_target
+from ..models import GATEWAY_DOCKER, GATEWAY_VXLANPY, attachment_id
+from .attach import container_target, netns_target
 from .client import DockerNetwork
-from .models import GATEWAY_DOCKER, GATEWAY_VXLANPY
 
 COLUMNS = ("NAME", "ID", "VNI", "MODE", "SUBNETS", "DEVICES", "MTU", "PEERS", "ENDPOINTS")
 Row = dict[str, Any]

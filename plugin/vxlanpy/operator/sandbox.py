@@ -14,8 +14,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import Conflict, DataplaneError, NotFound
-from .models import IPAddress, IPInterface
+from ..errors import Conflict, DataplaneError, NotFound
+from ..models import IPAddress, IPInterface
 
 MAX_IFNAME_INDEX = 64
 

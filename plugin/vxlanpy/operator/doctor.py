@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .attach import is_attachment_id
+from ..dataplane.iptables import DOCKER_USER_CHAIN, FORWARD_CHAIN, FORWARD_HOOK, INTERNAL_CHAIN, forward_rules
+from ..models import is_attachment_id
 from .client import CliError, DockerView, PluginClient
-from .dataplane.iptables import DOCKER_USER_CHAIN, FORWARD_CHAIN, FORWARD_HOOK, INTERNAL_CHAIN, forward_rules
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 MODULES = ("vxlan", "bridge", "br_netfilter")
