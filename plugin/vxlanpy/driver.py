@@ -22,8 +22,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
+from .cluster_base import Cluster
 from .dataplane.base import Firewall, Links
 from .errors import Conflict, InvalidOption, NotFound, VxlanpyError
 from .models import (
@@ -47,20 +47,6 @@ STALE_UNJOINED_SECONDS = 60.0
 JOINING_SECONDS = 10.0  # a joined endpoint without its sandbox file is being started, not stale, this long
 DST_PREFIX = "eth"
 NETWORK_ALIAS_PREFIX = f"{LINK_ALIAS_PREFIX}net:"
-
-
-class Cluster(Protocol):
-    """Multi-host publication (cluster.EtcdCluster): what other hosts need to know about this one."""
-
-    def publish_network(self, network: Network) -> None: ...
-
-    def unpublish_network(self, network: Network) -> None: ...
-
-    def publish_endpoint(self, network: Network, endpoint: Endpoint) -> None:
-        """Raises Conflict when one of the endpoint's addresses is in use on another host of the segment."""
-        ...
-
-    def unpublish_endpoint(self, network: Network, endpoint: Endpoint) -> None: ...
 
 
 @dataclass(frozen=True)

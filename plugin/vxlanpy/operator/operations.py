@@ -15,8 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..cluster_base import Cluster
 from ..dataplane.base import RemoteEndpoint
 from ..driver import NETWORK_ALIAS_PREFIX, STALE_UNJOINED_SECONDS, Driver, ReconcileReport
 from ..errors import BadRequest, Conflict, InvalidOption, NotFound, VxlanpyError
@@ -53,6 +54,9 @@ from .attach import (
     valid_target,
 )
 from .sandbox import Plumbing, Sandboxes
+
+if TYPE_CHECKING:
+    from ..cluster import SegmentView
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +169,7 @@ class Operations:
         self._lock = threading.Lock()
 
     @property
-    def cluster(self) -> Any:
+    def cluster(self) -> Cluster | None:
         return self.driver.cluster
 
     @property
@@ -189,9 +193,8 @@ class Operations:
             ]
         return peers
 
-    def _segment(self, vni: int) -> Any:
-        remote_view = getattr(self.cluster, "remote_view", None)
-        return remote_view(vni) if callable(remote_view) else None
+    def _segment(self, vni: int) -> SegmentView | None:
+        return self.cluster.remote_view(vni) if self.cluster is not None else None
 
     def listing(self) -> Body:
         links = self.driver.links.owned_links()
@@ -232,7 +235,7 @@ class Operations:
 
     def nodes(self) -> Body:
         """The cluster's hosts (`vxlanpy node ls`); on the SQLite store, this one host."""
-        nodes = getattr(self.cluster, "nodes", None)
+        nodes = self.cluster.nodes if self.cluster is not None else None
         if nodes is not None:
             return {"host": self.host, "multi_host": True, "nodes": nodes.listing()}
         endpoints = self.store.list_endpoints()
@@ -255,7 +258,7 @@ class Operations:
 
     def node_rm(self, identity: str, force: bool) -> Body:
         """Remove a host that is gone for good from the cluster (`vxlanpy node rm`)."""
-        nodes = getattr(self.cluster, "nodes", None)
+        nodes = self.cluster.nodes if self.cluster is not None else None
         if nodes is None:
             raise Conflict(
                 "this plugin keeps its state in a single-host (SQLite) store, which only ever holds this host: "
@@ -290,7 +293,7 @@ class Operations:
         view = self._segment(network.vni)
         hosts: dict[IPAddress, str] = {}
         wanted_flood: set[IPAddress] = set(config.peers)
-        wanted: dict[str, tuple[str | None, str | None, RemoteEndpoint]] = {}
+        wanted: dict[str, tuple[str | None, str | None, RemoteEndpoint | None]] = {}
         if view is not None:
             for host, vtep in view.vteps.items():
                 wanted_flood.add(vtep)
@@ -309,14 +312,14 @@ class Operations:
         kernel_by_mac = {remote.mac: remote for remote in kernel_remotes}
         entries = []
         for mac in sorted(set(wanted) | set(kernel_by_mac)):
-            host, endpoint_id, remote = wanted.get(mac, (None, None, None))
+            holder, endpoint_id, remote = wanted.get(mac, (None, None, None))
             in_kernel = kernel_by_mac.get(mac)
             store_view = _remote_view(remote) if remote is not None else None
             kernel_view = _remote_view(in_kernel) if in_kernel is not None else None
             entries.append(
                 {
                     "mac": mac,
-                    "host": host,
+                    "host": holder,
                     "endpoint": endpoint_id,
                     "store": store_view,
                     "kernel": kernel_view,
@@ -368,7 +371,7 @@ class Operations:
         probe("store", lambda: f"{len(self.store.list_networks())} networks; {self.store.check()}")
         probe("netlink", lambda: f"{len(self.driver.links.owned_links())} vxlanpy links")
         probe("state", self._state_check)
-        synced = getattr(self.cluster, "synced", None)
+        synced = self.cluster.synced if self.cluster is not None else None
         if synced is not None:
 
             def etcd() -> str:
