@@ -312,9 +312,9 @@ class Operations:
         kernel_by_mac = {remote.mac: remote for remote in kernel_remotes}
         entries = []
         for mac in sorted(set(wanted) | set(kernel_by_mac)):
-            holder, endpoint_id, remote = wanted.get(mac, (None, None, None))
+            holder, endpoint_id, stored = wanted.get(mac, (None, None, None))
             in_kernel = kernel_by_mac.get(mac)
-            store_view = _remote_view(remote) if remote is not None else None
+            store_view = _remote_view(stored) if stored is not None else None
             kernel_view = _remote_view(in_kernel) if in_kernel is not None else None
             entries.append(
                 {
