@@ -312,7 +312,7 @@ class Operations:
         kernel_by_mac = {remote.mac: remote for remote in kernel_remotes}
         entries = []
         for mac in sorted(set(wanted) | set(kernel_by_mac)):
-            holder, endpoint_id, stored = wanted.get(mac, (None, None, None))
+            holder, holder_endpoint, stored = wanted.get(mac, (None, None, None))
             in_kernel = kernel_by_mac.get(mac)
             store_view = _remote_view(stored) if stored is not None else None
             kernel_view = _remote_view(in_kernel) if in_kernel is not None else None
@@ -320,7 +320,7 @@ class Operations:
                 {
                     "mac": mac,
                     "host": holder,
-                    "endpoint": endpoint_id,
+                    "endpoint": holder_endpoint,
                     "store": store_view,
                     "kernel": kernel_view,
                     "match": store_view is not None and store_view == kernel_view,
