@@ -106,7 +106,17 @@ def create_app(
     app.extensions["vxlanpy.driver"] = driver
     app.extensions["vxlanpy.ipam"] = ipam
     # The operator's private endpoints (/vxlanpy/...), metrics and health: see api.py and metrics.py.
-    operations = Operations(driver, ipam.book, ipam.host, sandboxes or NetlinkSandboxes(), metrics)
+    operations = Operations(
+        driver=driver,
+        store=driver.store,
+        links=driver.links,
+        firewall=driver.firewall,
+        cluster=driver.cluster,
+        book=ipam.book,
+        host=ipam.host,
+        sandboxes=sandboxes or NetlinkSandboxes(),
+        metrics=metrics,
+    )
     metrics.watch_state(operations.metrics_state)
     if reconcile and docker_listing is not None:
         _sweep_unfinished_creates(operations, docker_listing)

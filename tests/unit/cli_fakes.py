@@ -19,7 +19,7 @@ from vxlanpy.config import Settings
 from vxlanpy.errors import DataplaneError
 from vxlanpy.operator.cli import Env, main
 from vxlanpy.operator.client import CliError, DockerContainer, DockerNetwork, PluginClient
-from vxlanpy.operator.operations import expected_vxlan_device
+from vxlanpy.operator.reading import expected_vxlan_device
 from vxlanpy.operator.sandbox import Plumbed, Plumbing, choose_ifname
 
 from .conftest import Harness
