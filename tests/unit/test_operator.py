@@ -12,6 +12,7 @@ import pytest
 
 from vxlanpy.cluster import SegmentView
 from vxlanpy.dataplane.base import RemoteEndpoint
+from vxlanpy.dataplane.firewall_rules import Ruleset
 from vxlanpy.errors import InvalidOption
 from vxlanpy.metrics import Metrics, MetricsServer, parse_metrics_addr
 from vxlanpy.models import Subnet, attachment_id, is_attachment_id
@@ -22,13 +23,12 @@ from vxlanpy.operator.attach import (
     netns_target,
     valid_netns_path,
 )
-from vxlanpy.operator.doctor import (
-    Ruleset,
+from vxlanpy.operator.doctor.base import parse_nft_chains
+from vxlanpy.operator.doctor.rules import (
     firewall_layout,
     hook_precedence,
     input_verdict,
     is_iptables_own,
-    parse_nft_chains,
     rule_matches_vxlan,
 )
 
