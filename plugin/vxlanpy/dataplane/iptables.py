@@ -1,19 +1,6 @@
 """The host firewall through iptables: every rule vxlanpy needs lives in vxlanpy's own chains.
 
-Layout (filter in IPv4 and IPv6, nat in IPv4 only):
-
-    filter FORWARD (position 1)   -> VXLANPY-FORWARD     -> VXLANPY-INTERNAL  isolation; internal networks
-    nat    POSTROUTING            -> VXLANPY-POSTROUTING -> VXP-<vni>         MASQUERADE
-    nat    PREROUTING, OUTPUT     -> VXLANPY-DNAT        -> VXPD-<vni>        published ports
-    filter INPUT (position 1)     -> VXLANPY-INPUT                            VXLAN only from known VTEPs
-    filter DOCKER-USER (pos. 1)   -> VXLANPY-FORWARD                          when dockerd runs (see ensure_base)
-    ebtables filter OUTPUT        -> VXLANPY-OUT                              the gateways' own frames stay home
-
-Isolation takes no rule per network: VXLANPY-FORWARD is the same few rules for every vxlanpy bridge
-(`forward_rules`), so every forwarded packet of the host, Docker's too, crosses a handful of rules whatever
-the number of networks, and creating a network writes nothing in the filter table.  Only an internal network
-adds two rules to VXLANPY-INTERNAL.  (vxlanpy < 0.2 had a VXP-<vni> filter chain per network and two jumps
-to it in VXLANPY-FORWARD: `ensure_base` rewrites that chain and deletes them.)
+The chains, their rules and why isolation takes no rule per network: see firewall_rules.py.
 
 vxlanpy's isolation does not depend on Docker's firewall, nor on the FORWARD policy: VXLANPY-FORWARD accepts
 what vxlanpy's networks need and drops everything else entering a vxlanpy bridge, so it holds with policy

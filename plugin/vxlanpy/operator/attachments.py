@@ -16,7 +16,7 @@ from ..ipam import GATEWAY_RECORD, describe_holder
 from ..models import Endpoint, IPAddress, IPInterface, Network, Subnet, attachment_id
 from .attach import IFNAME as IFNAME_PATTERN
 from .attach import first_free, is_host_address, reservation_holder, valid_netns_path, valid_target
-from .context import Body, Collaborators, endpoint_view
+from .context import Body, Concern, endpoint_view
 from .sandbox import Plumbed, Plumbing
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,7 @@ def _subnet_for(network: Network, version: int, requested: IPAddress | None) -> 
     return subnet
 
 
-class Attachments:
-    def __init__(self, shared: Collaborators) -> None:
-        self.shared = shared
-
+class Attachments(Concern):
     def attach(
         self,
         network_id: str,

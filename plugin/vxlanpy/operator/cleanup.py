@@ -12,15 +12,12 @@ from ..driver import STALE_UNJOINED_SECONDS, ReconcileReport
 from ..ipam import CONTAINER_LABEL, GATEWAY_RECORD, orphan_pool_claims, orphan_reservations
 from ..models import Endpoint, is_attachment_id
 from .attach import is_reservation_of_attachment, reservation_holder
-from .context import Body, Collaborators
+from .context import Body, Concern
 
 log = logging.getLogger(__name__)
 
 
-class Cleanup:
-    def __init__(self, shared: Collaborators) -> None:
-        self.shared = shared
-
+class Cleanup(Concern):
     def gc(self, dry_run: bool, forget: list[str] | None = None, docker_pools: set[str] | None = None) -> Body:
         """Reconcile, then sweep stale attachments and their addresses.  `forget` names networks Docker no longer
         knows (the CLI checks that): they are deleted as `docker network rm` would have.  `docker_pools`: the

@@ -151,3 +151,10 @@ class Collaborators:
                         self.book.release_address(key, str(address.ip))
                 except VxlanpyError as exc:  # gc sweeps it later
                     log.error("cannot release %s in %s: %s", address.ip, key, exc)
+
+
+class Concern:
+    """One concern of the operator's side (reading, cleanup, attachments), working with the shared collaborators."""
+
+    def __init__(self, shared: Collaborators) -> None:
+        self.shared = shared

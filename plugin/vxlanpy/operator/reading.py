@@ -11,7 +11,7 @@ from typing import Any
 from ..dataplane.base import RemoteEndpoint
 from ..errors import Conflict, VxlanpyError
 from ..models import BRIDGE_PREFIX, IPAddress, Network, is_attachment_id
-from .context import Body, Collaborators, endpoint_view
+from .context import Body, Concern, endpoint_view
 
 
 def network_mode(network: Network, multi_host: bool) -> str:
@@ -31,11 +31,8 @@ def _remote_view(remote: RemoteEndpoint) -> Body:
     return {"mac": remote.mac, "vtep": str(remote.vtep), "addresses": sorted(str(a) for a in remote.addresses)}
 
 
-class Reading:
+class Reading(Concern):
     """The operator's read-only views of the plugin's state (and `node rm`, which acts on the cluster's list)."""
-
-    def __init__(self, shared: Collaborators) -> None:
-        self.shared = shared
 
     def _peers(self, network: Network) -> list[Body]:
         config = network.config
