@@ -602,11 +602,11 @@ def recording(links: NetlinkLinks) -> Recorder:
     links._ipr = recorder
     write_neighbours = links._raw.write_neighbours
 
-    def record_batch(writes: list[Any]) -> None:  # the batched neighbour and FDB writes, as the one-call names
+    def record_batch(writes: list[Any]) -> Any:  # the batched neighbour and FDB writes, as the one-call names
         for write in writes:
             command = "del" if write.mode is None else "append" if write.mode & 0x800 else "replace"
             recorder.changes.append(("fdb" if write.family == socket.AF_BRIDGE else "neigh", command))
-        write_neighbours(writes)
+        return write_neighbours(writes)
 
     links._raw.write_neighbours = record_batch  # type: ignore[method-assign]
     return recorder
