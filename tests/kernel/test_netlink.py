@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
+import vxlanpy
 from vxlanpy.dataplane.base import RemoteEndpoint, Underlay
 from vxlanpy.dataplane.netlink import NetlinkLinks
 from vxlanpy.errors import Conflict, DataplaneError, InvalidOption
@@ -1052,3 +1054,34 @@ def test_only_a_bridge_with_an_ipv6_gateway_gets_ipv6_addresses(
     assert ping(sandbox, "192.168.77.1")  # everything up and forwarding, and still no IPv6 address on them
     assert link_locals() == []
     assert [a for a in ipv6_addresses(sandbox, endpoint.container_veth) if a.startswith("fe80:")]
+
+
+# -- IPv4 devconf through netlink (the firewall's way round a read-only /proc/sys) ----------------------------
+
+SET_ROUTE_LOCALNET = r"""
+from pyroute2 import IPRoute
+from vxlanpy.dataplane.rtnl import set_ipv4_devconf
+with IPRoute() as ipr:
+    ipr.link("add", ifname="vxbr-77", kind="bridge")
+set_ipv4_devconf("vxbr-77", "route_localnet", 1)
+print(open("/proc/sys/net/ipv4/conf/vxbr-77/route_localnet").read().strip())
+set_ipv4_devconf("vxbr-77", "route_localnet", 0)
+print(open("/proc/sys/net/ipv4/conf/vxbr-77/route_localnet").read().strip())
+set_ipv4_devconf("vxbr-78", "route_localnet", 1)  # no such device: nothing to do, as for the sysctl
+print("done")
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_route_localnet_is_set_through_netlink() -> None:
+    """It works on the namespace of the calling process: run in a private one."""
+    plugin_dir = os.path.dirname(os.path.dirname(vxlanpy.__file__))
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", SET_ROUTE_LOCALNET],
+        env={**os.environ, "PYTHONPATH": plugin_dir},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "0", "done"]
