@@ -13,18 +13,17 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, netns
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-import vxlanpy
 from vxlanpy.dataplane.base import RemoteEndpoint, Underlay
 from vxlanpy.dataplane.netlink import NetlinkLinks
+from vxlanpy.dataplane.rtnl import set_ipv4_devconf
 from vxlanpy.errors import Conflict, DataplaneError, InvalidOption
 from vxlanpy.models import Endpoint, Network, NetworkConfig, Subnet, endpoint_mac, gateway_mac
 
@@ -1058,30 +1057,23 @@ def test_only_a_bridge_with_an_ipv6_gateway_gets_ipv6_addresses(
 
 # -- IPv4 devconf through netlink (the firewall's way round a read-only /proc/sys) ----------------------------
 
-SET_ROUTE_LOCALNET = r"""
-from pyroute2 import IPRoute
-from vxlanpy.dataplane.rtnl import set_ipv4_devconf
-with IPRoute() as ipr:
-    ipr.link("add", ifname="vxbr-77", kind="bridge")
-set_ipv4_devconf("vxbr-77", "route_localnet", 1)
-print(open("/proc/sys/net/ipv4/conf/vxbr-77/route_localnet").read().strip())
-set_ipv4_devconf("vxbr-77", "route_localnet", 0)
-print(open("/proc/sys/net/ipv4/conf/vxbr-77/route_localnet").read().strip())
-set_ipv4_devconf("vxbr-78", "route_localnet", 1)  # no such device: nothing to do, as for the sysctl
-print("done")
-"""
+
+def route_localnet(ns: str, dev: str) -> str:
+    return run(ns, "cat", f"/proc/sys/net/ipv4/conf/{dev}/route_localnet").stdout.strip()
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
-def test_route_localnet_is_set_through_netlink() -> None:
-    """It works on the namespace of the calling process: run in a private one."""
-    plugin_dir = os.path.dirname(os.path.dirname(vxlanpy.__file__))
-    result = subprocess.run(
-        ["unshare", "--net", sys.executable, "-c", SET_ROUTE_LOCALNET],
-        env={**os.environ, "PYTHONPATH": plugin_dir},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["1", "0", "done"]
+def test_route_localnet_is_set_through_netlink(host: str) -> None:
+    """set_ipv4_devconf works on the namespace of the calling thread: a thread of its own enters `host`."""
+    with IPRoute(netns=host, flags=0) as ipr:
+        ipr.link("add", ifname="vxbr-77", kind="bridge")
+
+    def in_host(value: int, dev: str = "vxbr-77") -> None:
+        netns.setns(host, flags=0)  # this thread only; it ends with the pool
+        set_ipv4_devconf(dev, "route_localnet", value)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(in_host, 1).result()
+        assert route_localnet(host, "vxbr-77") == "1"
+        pool.submit(in_host, 0).result()
+        assert route_localnet(host, "vxbr-77") == "0"
+        pool.submit(in_host, 1, "vxbr-78").result()  # no such device: nothing to do, as for the sysctl

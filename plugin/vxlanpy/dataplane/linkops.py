@@ -96,12 +96,7 @@ class LinkOps:
     _raw: RawSocket
 
     def _link(self, name: str) -> Msg | None:
-        try:
-            return self._ipr.link("get", ifname=name)[0]
-        except NetlinkError as error:
-            if error.code == errno.ENODEV:
-                return None
-            raise dataplane_error(f"cannot look up interface {name}", error, {}) from error
+        return self._lookup(f"interface {name}", ifname=name)
 
     def _require(self, name: str) -> Msg:
         link = self._link(name)
@@ -110,12 +105,16 @@ class LinkOps:
         return link
 
     def _link_at(self, index: int) -> Msg | None:
+        return self._lookup(f"interface #{index}", index=index)
+
+    def _lookup(self, what: str, **which: Any) -> Msg | None:
+        """The link `which` selects (ifname= or index=), None when there is none."""
         try:
-            return self._ipr.link("get", index=index)[0]
+            return self._ipr.link("get", **which)[0]
         except NetlinkError as error:
             if error.code == errno.ENODEV:
                 return None
-            raise dataplane_error(f"cannot look up interface #{index}", error, {}) from error
+            raise dataplane_error(f"cannot look up {what}", error, {}) from error
 
     def _owned_link(self, name: str, remedy: str) -> Msg | None:
         """The link called `name` if there is one, refusing to touch a link vxlanpy did not create."""
