@@ -33,7 +33,8 @@ from .dataplane.base import RemoteEndpoint
 from .errors import Conflict, StoreError
 from .models import Endpoint, IPAddress, Network
 from .nodes import IdentityConflict, Nodes
-from .store.etcd import EtcdKV, EtcdStore, KeyValue, LeaseNotFound, key_part
+from .store.etcd import EtcdStore
+from .store.etcd_kv import EtcdKV, KeyValue, LeaseNotFound, key_part
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

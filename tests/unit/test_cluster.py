@@ -19,7 +19,8 @@ from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
 from vxlanpy.driver import Driver
 from vxlanpy.errors import Conflict, InvalidOption, StoreError
 from vxlanpy.models import IPAddress, Network, NetworkConfig, Subnet
-from vxlanpy.store.etcd import EtcdConfig, EtcdKV, EtcdStore, KeyValue
+from vxlanpy.store.etcd import EtcdStore
+from vxlanpy.store.etcd_kv import EtcdConfig, EtcdKV, KeyValue
 from vxlanpy.store.memory import MemoryStore
 
 from ..etcd_server import EtcdServer
