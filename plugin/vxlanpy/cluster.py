@@ -75,13 +75,13 @@ def _count(counts: dict[K, int], item: K, step: int) -> None:
 
 @dataclass(frozen=True)
 class ViewChange:
-    """What one watch event changed in a segment's view: an endpoint's entry (before, after; None when absent),
-    or, with `endpoint` None, its VTEPs, which the whole segment (and the VTEP filter) is programmed again for."""
+    """What one watch event changed in a segment's view: an endpoint's entry (`old`: what it was, None when it
+    was absent; the view holds what it is now), or, with `endpoint` None, its VTEPs, which the whole segment (and
+    the VTEP filter) is programmed again for."""
 
     vni: int
     endpoint: tuple[str, str] | None = None
     old: RemoteEndpoint | None = None
-    new: RemoteEndpoint | None = None
 
 
 class EtcdCluster:
@@ -354,7 +354,7 @@ class EtcdCluster:
             if parts[1] == "ep" and len(parts) == 4:
                 key = (host, parts[3])
                 if kind == "DELETE":
-                    return ViewChange(vni, key, segment.put(key, None), None)
+                    return ViewChange(vni, key, segment.put(key, None))
                 record = json.loads(kv.value)
                 if not MAC.match(str(record["mac"])):
                     raise ValueError("bad MAC")
@@ -363,7 +363,7 @@ class EtcdCluster:
                     vtep=ipaddress.ip_address(record["vtep"]),
                     addresses=tuple(ipaddress.ip_address(address) for address in record["addresses"]),
                 )
-                return ViewChange(vni, key, segment.put(key, new), new)
+                return ViewChange(vni, key, segment.put(key, new))
             return None
         except (IndexError, KeyError, ValueError, TypeError):
             log.warning("ignoring malformed key %s in etcd", kv.key)
