@@ -60,8 +60,6 @@ def build(settings: Settings) -> Components:
     cluster = EtcdCluster(
         kv,
         etcd_store,
-        links,
-        firewall,
         lease_ttl=settings.lease_ttl,
         lease_file=lease_file,
         nodes=Nodes(kv, identity, settings.hostname),

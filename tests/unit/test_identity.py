@@ -104,8 +104,6 @@ class Host:
         self.cluster = EtcdCluster(
             self.kv,
             self.store,
-            self.links,
-            FakeFirewall(),
             lease_ttl=2,
             nodes=self.nodes,
             local_addresses=lambda: local_addresses(self.links, self.store, None),
