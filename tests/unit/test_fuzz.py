@@ -22,6 +22,7 @@ from vxlanpy.errors import DataplaneError, InvalidOption
 from vxlanpy.ipam import Ipam
 from vxlanpy.operator.sandbox import Plumbed, Plumbing
 from vxlanpy.store.memory import MemoryStore
+from vxlanpy.wiring import assemble
 
 NET = "a" * 64
 EP = "c" * 64
@@ -176,7 +177,7 @@ class NoSandboxes:
 def make_app() -> tuple[Any, MemoryStore, FakeLinks, FakeFirewall]:
     store, links, firewall = MemoryStore(), FakeLinks(), FakeFirewall()
     driver = Driver(store, links, firewall, vni_range=(100, 200), port_is_free=lambda mapping: True)
-    app = create_app(driver, Settings(), reconcile=False, ipam=Ipam(store, host="fuzz"), sandboxes=NoSandboxes())
+    app = create_app(assemble(driver, Settings(), ipam=Ipam(store, host="fuzz"), sandboxes=NoSandboxes()))
     # a network and an endpoint to aim at, so that calls on existing objects are exercised too
     client = app.test_client()
     client.post(

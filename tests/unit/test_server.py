@@ -25,12 +25,12 @@ HALF_REQUEST = b"POST /Plugin.Activate HTTP/1.1\r\nHost: p\r\n"
 
 CHILD = r"""
 import os, resource, sys
-from vxlanpy.app import create_app
 from vxlanpy.config import Settings
 from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
 from vxlanpy.driver import Driver
 from vxlanpy.server import PluginServer
 from vxlanpy.store.memory import MemoryStore
+from vxlanpy.wiring import assemble
 
 request_seconds, nofile, activated_fd = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 if nofile:
@@ -39,9 +39,9 @@ if activated_fd >= 0:  # what systemd does for vxlanpy.socket: the listening soc
     os.dup2(activated_fd, 3)
     os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
 
-class Server(PluginServer):  # the production server; only the app is wired on fakes
-    def load(self):
-        return create_app(Driver(MemoryStore(), FakeLinks(), FakeFirewall()), self.settings, reconcile=False)
+class Server(PluginServer):  # the production server and lifecycle; only the components are fakes
+    def components(self):
+        return assemble(Driver(MemoryStore(), FakeLinks(), FakeFirewall()), self.settings)
 
 server = Server(Settings.from_env())
 server.request_seconds = request_seconds
