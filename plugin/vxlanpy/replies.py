@@ -86,18 +86,18 @@ def answer(
     seconds = time.monotonic() - started
     metrics.observe_request(method, status, seconds)
     if log_success or status >= 300:
-        _log(method, dialect, body, status, result, seconds)
+        _log(method, dialect, body if read_body else None, status, result, seconds)
     return reply(result, status)
 
 
-def _log(method: str, dialect: Dialect, body: Body, status: int, result: Body, seconds: float) -> None:
+def _log(method: str, dialect: Dialect, body: Body | None, status: int, result: Body, seconds: float) -> None:
     if status < 300:
         granted = dialect.granted(result)
         outcome = f"ok {granted}" if granted else "ok"
     else:
         # an error's message; a health check's 503 carries its status instead
         outcome = f"error {status}: {result.get(dialect.error_key) or result.get('status')}"
-    described = dialect.describe(body)
+    described = dialect.describe(body) if body is not None else ""
     line = f"{method} {described} {outcome}" if described else f"{method} {outcome}"
     log.log(logging.INFO if status < 500 else logging.ERROR, "%s %.1fms", line, seconds * 1000)
 
