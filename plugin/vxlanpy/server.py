@@ -13,7 +13,12 @@ buffered bytes, never a thread, and is closed when its request is not complete w
 once idle for gunicorn's `keepalive`.  At most `max_connections` are open: past that, the one that has waited
 longest for a request is closed to make room.  Writing a response gets `IO_SECONDS` in all.  It is still
 gunicorn (the arbiter, systemd's socket from LISTEN_FDS, READY=1 to NOTIFY_SOCKET, graceful stop), and
-gunicorn's own parser, WSGI environ and error answers; the worker only decides when a request is complete.
+gunicorn's own parser, WSGI environ and error answers; the worker only decides when a request is complete
+(framing.py).
+
+The background work (lifecycle.py: reconciliation, the cluster's threads, the firewall-hook watcher, metrics)
+starts in the worker process, after the fork, when gunicorn loads the app (PluginServer.load), before the socket
+accepts requests; it stops when the worker exits, however it exits.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from vxlanpy.operator.client import DockerListing
 from vxlanpy.wiring import assemble
 
 from .conftest import NET, Harness
+from .test_cluster import eventually
 
 
 class FakeCluster:
@@ -59,15 +60,6 @@ def names(threads: set[threading.Thread]) -> set[str]:
     return {thread.name for thread in threads}
 
 
-def eventually(check: Callable[[], bool], within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def recording(harness: Harness, calls: list[str]) -> None:
     """Record each reconciliation in `calls`, and run it."""
     reconcile = harness.driver.reconcile
@@ -76,7 +68,7 @@ def recording(harness: Harness, calls: list[str]) -> None:
         calls.append("reconcile")
         return reconcile(**options)
 
-    harness.driver.reconcile = recorded  # type: ignore[method-assign]
+    harness.driver.reconcile = recorded  # type: ignore[assignment,method-assign]
 
 
 @pytest.fixture
