@@ -41,6 +41,7 @@ T = TypeVar("T")
 K = TypeVar("K")
 
 WATCH_IDLE = 10.0
+STOP_JOIN_SECONDS = 1.0
 MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
 
@@ -94,8 +95,10 @@ class EtcdCluster:
         lease_file: Path | None = None,
         nodes: Nodes | None = None,
         local_addresses: Callable[[], list[IPAddress]] | None = None,
+        watch_idle: float = WATCH_IDLE,
     ) -> None:
         self.kv = kv
+        self.watch_idle = watch_idle
         self.store = store
         self.host = store.host
         self.kernel: KernelOwner | None = None  # the driver, which programs what the watch learns
@@ -131,8 +134,16 @@ class EtcdCluster:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_JOIN_SECONDS) -> list[str]:
+        """Ends the threads and waits for them, `timeout` seconds each at most; returns the names of those still
+        running.  The applier and the lease keep-alive wake at once; a watch blocked reading an idle stream ends at
+        its idle timeout (`watch_idle`) at the latest, and holds no lock meanwhile: a stop is not delayed for it."""
         self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        running = [thread.name for thread in self._threads if thread.is_alive()]
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        return running
 
     def program_through(self, owner: KernelOwner) -> None:
         self.kernel = owner
@@ -313,9 +324,9 @@ class EtcdCluster:
                 if self.on_reconnect is not None:
                     self.on_reconnect()
                 while not self._stop.is_set():
-                    # An idle watch ends after WATCH_IDLE seconds and is resumed from the last revision seen;
+                    # An idle watch ends after `watch_idle` seconds and is resumed from the last revision seen;
                     # a broken one raises StoreError and leads to a full resync.
-                    for kind, kv in self.kv.watch(prefix, revision + 1, idle_timeout=WATCH_IDLE):
+                    for kind, kv in self.kv.watch(prefix, revision + 1, idle_timeout=self.watch_idle):
                         revision = max(revision, kv.mod_revision)
                         with self._view_lock:
                             change = self._update_view(kind, kv, prefix)

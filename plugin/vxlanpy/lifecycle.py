@@ -85,7 +85,9 @@ class Lifecycle:
         if self._hook_watcher is not None:
             self._hook_watcher.join(JOIN_SECONDS)
         if self._cluster_started and self.components.cluster is not None:
-            self.components.cluster.stop()
+            lingering = self.components.cluster.stop()
+            if lingering:  # a watch reading an idle stream: it ends at its idle timeout, and is a daemon thread
+                log.info("still ending: %s", ", ".join(lingering))
         log.info("background work stopped")
 
     # -- the steps

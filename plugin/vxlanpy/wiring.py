@@ -46,7 +46,9 @@ class BackgroundCluster(Protocol):
 
     def start(self) -> None: ...
 
-    def stop(self) -> None: ...
+    def stop(self) -> list[str]:
+        """Returns the names of the threads still running."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -388,3 +388,19 @@ def test_a_watch_event_during_a_network_create_is_programmed_after_it(hosts: Cal
     network = b.store.get_network(net(2))
     assert network is not None
     assert eventually(lambda: [r.mac for r in b.links.remote_entries(network)[1]] == ["02:42:0a:3c:00:02"])
+
+
+def test_stop_ends_the_clusters_threads(etcd: EtcdServer) -> None:
+    """The applier and the lease keep-alive end at once; a watch reading an idle stream ends at its idle timeout,
+    and stop() says it is still running rather than waiting for it."""
+    kv = EtcdKV(EtcdConfig.from_url(etcd.url, prefix=f"/test-{uuid.uuid4().hex[:8]}", timeout=2))
+    cluster = EtcdCluster(kv, EtcdStore(kv, "hs"), lease_ttl=2, watch_idle=1.0)
+    cluster.resume_lease()
+    cluster.start()
+    assert cluster.synced.wait(5)
+    names = {"vxlanpy-watch", "vxlanpy-apply", "vxlanpy-lease"}
+    assert names <= {thread.name for thread in threading.enumerate()}
+    lingering = cluster.stop()  # the applier polls its queue every 0.5 s
+    assert set(lingering) <= {"vxlanpy-watch"}
+    assert eventually(lambda: not names & {thread.name for thread in threading.enumerate()}, within=3.0)
+    assert cluster.stop(timeout=0.2) == []

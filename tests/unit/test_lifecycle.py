@@ -46,10 +46,11 @@ class FakeCluster:
         self.calls.append("cluster.start")
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
         self.calls.append("cluster.stop")
         self._stop.set()
         self._thread.join()
+        return []
 
 
 def our_threads() -> set[threading.Thread]:
