@@ -4,7 +4,7 @@
     etcd on 10.255.77.1     vxlanpy "real" on VNI 7700: bridge + VXLAN device, programmed from etcd
 
 The simulated hosts live in this process: each is an EtcdStore + EtcdCluster of its own (the plugin's own
-publishing code, with the in-package fake links and firewall, so no kernel objects), under a lease of its own,
+publishing code, with no driver and so no kernel objects: they never watch), under a lease of its own,
 publishing its VTEP and its endpoints on the same VNI.  The real host's kernel is watched through a netlink
 socket subscribed to neighbour and FDB notifications inside its namespace: each entry the plugin writes is
 seen as it lands, without dumping tables of tens of thousands of entries while measuring.
@@ -31,7 +31,6 @@ from typing import Any
 from tests.multihost.cluster import netns_socket, vxlanpy_command, with_descendants
 from tests.plugin_socket import plugin_call
 from vxlanpy.cluster import EtcdCluster
-from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
 from vxlanpy.models import Endpoint, Network, NetworkConfig, Subnet
 from vxlanpy.store.etcd import EtcdConfig, EtcdKV, EtcdStore
 
@@ -205,7 +204,7 @@ class SimHost:
     def __post_init__(self) -> None:
         kv = EtcdKV(EtcdConfig.from_url(self.url, timeout=10.0))
         store = EtcdStore(kv, f"sim{self.index:03d}")
-        self.cluster = EtcdCluster(kv, store, FakeLinks(), FakeFirewall(), lease_ttl=SIM_LEASE_TTL)
+        self.cluster = EtcdCluster(kv, store, lease_ttl=SIM_LEASE_TTL)
         vtep = SIM_VTEPS[self.index + 1]
         self.network = Network(
             network_id=secrets.token_hex(32),
@@ -229,10 +228,9 @@ class SimHost:
         return self.cluster.store
 
     def publish_network(self) -> None:
-        """What CreateNetwork does on a host in etcd mode: the store's record, the (fake) kernel objects, then the
+        """What CreateNetwork does on a host in etcd mode, but the kernel objects: the store's record, then the
         VTEP under the lease."""
         self.store.add_network(self.network)
-        self.cluster.links.ensure_network(self.network)
         self.cluster.publish_network(self.network)
 
     def publish(self, endpoint: Endpoint) -> None:

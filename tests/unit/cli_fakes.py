@@ -21,6 +21,7 @@ from vxlanpy.operator.cli import Env, main
 from vxlanpy.operator.client import CliError, DockerContainer, DockerNetwork, PluginClient
 from vxlanpy.operator.reading import expected_vxlan_device
 from vxlanpy.operator.sandbox import Plumbed, Plumbing, choose_ifname
+from vxlanpy.wiring import Components, assemble
 
 from .conftest import Harness
 
@@ -147,10 +148,15 @@ class CliHarness:
         self.docker = FakeDocker()
         self.probe = FakeProbe()
         self.namespaces: list[str] = []
-        self.app = create_app(harness.driver, Settings(host=HOST), reconcile=False, sandboxes=self.sandboxes)
-        self.flask = self.app.test_client()
+        self.serve(assemble(harness.driver, Settings(host=HOST), sandboxes=self.sandboxes))
         self.plugin_up = True
         self.socket = "/run/docker/plugins/vxlanpy.sock"
+
+    def serve(self, components: Components) -> None:
+        """The CLI talks to an app on these components from now on."""
+        self.components = components
+        self.app = create_app(components)
+        self.flask = self.app.test_client()
 
     def transport(self, method: str, path: str, data: bytes | None, timeout: float) -> tuple[int, bytes]:
         if not self.plugin_up:

@@ -44,10 +44,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import re
-import socket
-import struct
 import subprocess
 import threading
 from dataclasses import replace
@@ -86,6 +83,7 @@ from .firewall_rules import (
     vtep_filter_rules,
 )
 from .gateway_guard import GatewayGuard
+from .rtnl import set_ipv4_devconf
 
 log = logging.getLogger(__name__)
 
@@ -466,7 +464,7 @@ class IptablesFirewall:
                 devconf = _IPV4_DEVCONF_KEY.fullmatch(key)
                 if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and devconf is not None:
                     # A read-only /proc/sys (managed plugin): the same per-device setting through netlink.
-                    _set_ipv4_devconf(devconf["dev"], devconf["name"], int(value))
+                    set_ipv4_devconf(devconf["dev"], devconf["name"], int(value))
                     return
                 raise DataplaneError(
                     f"cannot write /proc/sys/{key}: {exc.strerror}. Hint: run as root with /proc/sys writable,"
@@ -479,47 +477,5 @@ class IptablesFirewall:
             raise _error(f"sysctl -w {key}={value}", result)
 
 
-# -- per-device IPv4 settings through netlink (for a read-only /proc/sys) ---------------------------------
-
+# A sysctl key that `rtnl.set_ipv4_devconf` can set through netlink when /proc/sys is read-only.
 _IPV4_DEVCONF_KEY = re.compile(r"net/ipv4/conf/(?P<dev>[A-Za-z0-9_.-]{1,15})/(?P<name>route_localnet)")
-_IPV4_DEVCONF = {"route_localnet": 26}  # IPV4_DEVCONF_ROUTE_LOCALNET, include/uapi/linux/ip.h
-_RTM_SETLINK, _NLMSG_ERROR, _NLM_F_REQUEST, _NLM_F_ACK = 19, 2, 0x1, 0x4
-_IFLA_AF_SPEC, _IFLA_INET_CONF = 26, 1
-
-
-def _nla(kind: int, payload: bytes) -> bytes:
-    header = struct.pack("=HH", 4 + len(payload), kind)
-    return header + payload + b"\0" * (-len(payload) % 4)
-
-
-def _set_ipv4_devconf(dev: str, name: str, value: int) -> None:
-    """`sysctl net.ipv4.conf.<dev>.<name>=<value>` as RTM_SETLINK IFLA_AF_SPEC/AF_INET/IFLA_INET_CONF.
-
-    The kernel reads IFLA_INET_CONF as nested attributes whose type is the IPV4_DEVCONF_* index.  This needs
-    CAP_NET_ADMIN only, not a writable /proc/sys.  A missing device is not an error (as for the sysctl).
-    """
-    try:
-        index = socket.if_nametoindex(dev)
-    except OSError:
-        return
-    conf = _nla(_IFLA_INET_CONF, _nla(_IPV4_DEVCONF[name], struct.pack("=I", value)))
-    attrs = _nla(_IFLA_AF_SPEC, _nla(socket.AF_INET, conf))
-    ifinfo = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0)
-    body = ifinfo + attrs
-    message = struct.pack("=IHHII", 16 + len(body), _RTM_SETLINK, _NLM_F_REQUEST | _NLM_F_ACK, 1, 0) + body
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-        sock.settimeout(_TIMEOUT)
-        try:
-            sock.send(message)
-            reply = sock.recv(65536)
-        except OSError as exc:
-            raise DataplaneError(f"netlink: setting {name} on {dev} failed: {exc}") from exc
-    if len(reply) >= 20 and struct.unpack_from("=H", reply, 4)[0] == _NLMSG_ERROR:
-        code = -struct.unpack_from("=i", reply, 16)[0]
-        if code == errno.ENODEV:
-            return
-        if code:
-            raise DataplaneError(
-                f"netlink: setting {name}={value} on {dev} failed: {errno.errorcode.get(code, code)} "
-                f"({os.strerror(code)}). Hint: the plugin needs CAP_NET_ADMIN"
-            )

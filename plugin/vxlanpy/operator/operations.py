@@ -42,7 +42,6 @@ class Operations(Reading, Cleanup, Attachments):
 
     def __init__(
         self,
-        *,
         driver: Driver,
         store: Store,
         links: Links,
