@@ -211,16 +211,15 @@ def _recovered_network(network: dict[str, Any], ours: Callable[[str], bool]) -> 
     }
 
 
+_DRIVER_HELP = (
+    "Also treat networks of this driver as vxlanpy's (besides vxlanpy, vxlanpy:TAG, REPO/vxlanpy:TAG and "
+    "the names of the managed vxlanpy plugins installed, aliases included)."
+)
+
+
 @main.command("recover")
 @click.option("--dry-run", is_flag=True, help="Only show what would be done.")
-@click.option(
-    "--driver",
-    "drivers",
-    multiple=True,
-    metavar="NAME",
-    help="Also treat networks of this driver as vxlanpy's (besides vxlanpy, vxlanpy:TAG, REPO/vxlanpy:TAG and "
-    "the names of the managed vxlanpy plugins installed, aliases included).",
-)
+@click.option("--driver", "drivers", multiple=True, metavar="NAME", help=_DRIVER_HELP)
 @pass_env
 def recover_command(env: Env, dry_run: bool, drivers: tuple[str, ...]) -> None:
     """Rebuild the plugin's state after it was lost (state.db deleted, emptied, read-only or replaced by a bad

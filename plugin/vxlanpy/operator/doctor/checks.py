@@ -92,29 +92,23 @@ def check_activation(exam: Examination) -> Iterator[Finding]:
     """Whether the plugin answers dockerd's handshake (Plugin.Activate) as a network driver."""
     if not exam.socket_usable:
         return
+    check = "plugin answers dockerd"
     try:
         status, body = exam.plugin.request("POST", "/Plugin.Activate", {}, timeout=10)
     except CliError as exc:
-        yield Finding(
-            FAIL,
-            "plugin answers dockerd",
-            exc.message,
-            why="dockerd's requests to the plugin fail, so does every vxlanpy network command",
-            fix="restart the plugin and look at its log",
-        )
-        return
-    implements = body.get("Implements") if isinstance(body, dict) else None
-    if status == 200 and isinstance(implements, list) and "NetworkDriver" in implements:
-        exam.plugin_ok = True
-        yield Finding(OK, "plugin answers dockerd", f"Plugin.Activate: {', '.join(map(str, implements))}")
+        summary = exc.message
+        why = "dockerd's requests to the plugin fail, so does every vxlanpy network command"
+        fix = "restart the plugin and look at its log"
     else:
-        yield Finding(
-            FAIL,
-            "plugin answers dockerd",
-            f"Plugin.Activate answered HTTP {status}: {str(body)[:120]}",
-            why="dockerd does not take it for a network driver",
-            fix="check that vxlanpy (not another program) serves this socket; restart it",
-        )
+        implements = body.get("Implements") if isinstance(body, dict) else None
+        if status == 200 and isinstance(implements, list) and "NetworkDriver" in implements:
+            exam.plugin_ok = True
+            yield Finding(OK, check, f"Plugin.Activate: {', '.join(map(str, implements))}")
+            return
+        summary = f"Plugin.Activate answered HTTP {status}: {str(body)[:120]}"
+        why = "dockerd does not take it for a network driver"
+        fix = "check that vxlanpy (not another program) serves this socket; restart it"
+    yield Finding(FAIL, check, summary, why=why, fix=fix)
 
 
 def check_health(exam: Examination) -> Iterator[Finding]:
@@ -339,11 +333,10 @@ def describe_report(report: dict[str, Any], dry_run: bool, names: dict[str, str]
         lines.append(f"{verb('removed', 'would remove')} attachment {who}: {item['reason']}")
     for vni in report.get("expired_networks", []):
         lines.append(f"{verb('removed', 'would remove')} network of vni {vni}: its create never finished")
-    if report.get("kept_links"):
-        lines.append(
-            f"lost state? kept {len(report['kept_links'])} links and {len(report.get('kept_chains', []))} chains of "
-            "networks the store does not know: run `vxlanpy recover`"
-        )
+    kept_links, kept_chains = report.get("kept_links", []), report.get("kept_chains", [])
+    if kept_links:
+        kept = f"kept {len(kept_links)} links and {len(kept_chains)} chains of networks the store does not know"
+        lines.append(f"lost state? {kept}: run `vxlanpy recover`")
     for item in report.get("forgotten_networks", []):
         lines.append(f"{verb('forgot', 'would forget')} network {item['id'][:12]} (vni {item['vni']})")
     for item in report.get("released_pools", []):
