@@ -8,7 +8,6 @@ test whatever its outcome, and at the end of the session no vxlanpy link (vxbr-/
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import socket
 import subprocess
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.tiers import mark_unavailable, needs_root
 
 from .helpers import (
     DRIVER,
@@ -46,12 +47,12 @@ from .helpers import (
 
 
 def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "the e2e suite needs root (run it with: sudo ./scripts/test)"
+    if (reason := needs_root("the e2e suite")) is not None:
+        return reason
     if docker is None:
-        return "the docker SDK is not installed (pip install -e '.[test]')"
+        return "the docker SDK is not installed: pip install -e '.[test]'"
     if IPRoute is None:
-        return "pyroute2 is not installed"
+        return "pyroute2 is not installed: pip install -e '.[test]'"
     try:
         client = docker.from_env(version="auto", timeout=10)
         client.ping()
@@ -90,9 +91,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if reason is None:
         _deselect_for_older_engines(config, items, ours)
         return
-    marker = pytest.mark.skip(reason=reason)
-    for item in ours:
-        item.add_marker(marker)
+    mark_unavailable(ours, reason)
 
 
 # --------------------------------------------------------------------------------------------- docker

@@ -1,0 +1,47 @@
+"""The benchmark tier: each file's prerequisites, checked at collection.  What is missing is named; the tests
+are skipped, or under scripts/test (VXLANPY_FORBID_SKIPS=1) fail (tests/tiers.py)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.multihost.cluster import missing_prerequisites as multihost_prerequisites
+from tests.tiers import first_reason, mark_unavailable, missing_programs, needs_root, tier_of
+
+
+def docker_answers() -> str | None:
+    answer = subprocess.run(["docker", "info"], capture_output=True, check=False)
+    return None if answer.returncode == 0 else "no Docker engine answers `docker info`: start dockerd"
+
+
+# Per test file: its checks, in order.  The quick benchmark runs every section: Docker on this host (the plugin
+# on /run/docker/plugins/vxlanpy.sock) and the multi-host cluster; cluster-scale only etcd and one vxlanpy.
+PREREQUISITES: dict[str, tuple[Callable[[], str | None], ...]] = {
+    "test_bench_quick.py": (
+        lambda: needs_root("the benchmark"),
+        lambda: missing_programs("iperf3", "nsenter", "docker"),
+        docker_answers,
+        multihost_prerequisites,
+    ),
+    "test_bench_cluster_scale.py": (
+        lambda: needs_root("the cluster-scale benchmark (namespaces, iptables)"),
+        lambda: missing_programs("ip", "iptables", "etcd"),
+    ),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    reasons: dict[str, str | None] = {}
+    for item in items:
+        path = Path(str(item.path))
+        if tier_of(path) != "bench" or path.name not in PREREQUISITES:
+            continue
+        if path.name not in reasons:
+            reasons[path.name] = first_reason(*PREREQUISITES[path.name])
+        reason = reasons[path.name]
+        if reason is not None:
+            mark_unavailable([item], reason)
