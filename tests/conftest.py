@@ -12,6 +12,8 @@ import pytest
 
 from tests.tiers import FORBID_SKIPS_ENV, mark_tiers, refuse_unavailable, skips_forbidden
 
+pytest_plugins = ["pytester"]  # tests/unit/test_tiers.py runs small pytest sessions through these hooks
+
 FORBIDDEN_PROGRAMS = {"sh", "bash", "dash", "zsh", "ip", "bridge", "brctl"}
 PLUGIN_DIR = os.sep + os.path.join("plugin", "vxlanpy") + os.sep
 _violations: list[str] = []
