@@ -1,14 +1,16 @@
 """The benchmark tier: each file's prerequisites, checked at collection.  What is missing is named; the tests
-are skipped, or under scripts/test (VXLANPY_FORBID_SKIPS=1) fail (tests/tiers.py)."""
+are skipped, or under scripts/test (VXLANPY_FORBID_SKIPS=1) fail (tests/tiers.py).  The quick benchmark runs
+vxlanpy in the host namespace: its FORWARD hook is removed from the host's firewall at the end of the session."""
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.docker_cleanup import remove_forward_hook
 from tests.multihost.cluster import missing_prerequisites as multihost_prerequisites
 from tests.tiers import first_reason, mark_unavailable, missing_programs, needs_root, tier_of
 
@@ -45,3 +47,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         reason = reasons[path.name]
         if reason is not None:
             mark_unavailable([item], reason)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _forward_hook_removed_at_the_end() -> Iterator[None]:
+    """Set up before, so torn down after, every benchmark run of the session (only when one really runs)."""
+    yield
+    problems = remove_forward_hook()
+    assert not problems, "removing vxlanpy's FORWARD hook at the end of the bench session:\n  " + "\n  ".join(problems)

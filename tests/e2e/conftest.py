@@ -2,7 +2,8 @@
 
 The whole e2e suite is skipped (with the reason) when not running as root or when no Docker engine answers.
 Every container and network a test creates carries the label `vxlanpy.test=1`; they are removed after each
-test whatever its outcome, and at the end of the session no vxlanpy link (vxbr-/vxlan-/vxh-) may remain.
+test whatever its outcome, and at the end of the session no vxlanpy link (vxbr-/vxlan-/vxh-) may remain; the
+plugin's FORWARD hook (VXLANPY-FORWARD, VXLANPY-INTERNAL) is removed from the host's firewall once it has stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.docker_cleanup import remove_forward_hook
 from tests.tiers import mark_unavailable, needs_root
 
 from .helpers import (
@@ -164,7 +166,18 @@ class MetricsPluginProcess(PluginProcess):
 
 
 @pytest.fixture(scope="session")
-def plugin(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterator[PluginProcess]:
+def _forward_hook_removed_at_the_end() -> Iterator[None]:
+    """After the session's plugin has stopped (it needs this fixture, so this ends after it): its FORWARD hook,
+    which a stopping plugin leaves in place on purpose, is taken out of the host's firewall."""
+    yield
+    problems = remove_forward_hook()
+    assert not problems, "removing vxlanpy's FORWARD hook at the end of the e2e session:\n  " + "\n  ".join(problems)
+
+
+@pytest.fixture(scope="session")
+def plugin(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, _forward_hook_removed_at_the_end: None
+) -> Iterator[PluginProcess]:
     process = MetricsPluginProcess(tmp_path_factory.mktemp("vxlanpy-plugin"), free_loopback_port())
     process.start()
     yield process
