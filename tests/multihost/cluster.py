@@ -15,6 +15,11 @@ its own containerd, whose shim sockets stay private), then execs dockerd with it
 
 Everything lives under one short temporary directory ``/tmp/vxmh-<hex>`` (Unix socket paths must stay short).
 Traffic only ever goes to addresses inside the namespaces created here.
+
+This module is the Cluster facade; the parts live beside it, by concern: layout (names, addresses), netns
+(commands, sockets and HTTP inside a namespace), processes (children in a session of their own), etcd_process,
+dockerd (and the busybox image), plugin_process (vxlanpy), hosts, containers (what tests ask of a container),
+packets (VXLAN, ARP, ICMP, captures) and convergence.  Every name the suites import from here still is.
 """
 
 from __future__ import annotations

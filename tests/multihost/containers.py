@@ -6,8 +6,6 @@ import ipaddress
 import time
 from typing import Any
 
-# --------------------------------------------------------------------------------------------- assertions
-
 
 def container_address(container: Any, network_name: str) -> tuple[str, str, str]:
     """(IPv4 address, MAC address, gateway) of `container` on `network_name`, as Docker reports them."""

@@ -12,8 +12,6 @@ from .hosts import Host
 from .netns import run
 from .packets import first_echo_reply
 
-# --------------------------------------------------------------------------------------------- convergence
-
 
 def median(values: list[float]) -> float:
     return statistics.median(values)

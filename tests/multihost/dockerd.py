@@ -19,8 +19,6 @@ from .layout import HOST_BUSYBOX, IMAGE, docker
 from .netns import run
 from .processes import ManagedProcess
 
-# --------------------------------------------------------------------------------------------- dockerd
-
 
 def cgroup_mount_script() -> list[str]:
     """Shell lines that mount, again, the cgroup hierarchies this process sees under /sys/fs/cgroup.

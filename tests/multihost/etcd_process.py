@@ -11,8 +11,6 @@ from .layout import ETCD_IP, ETCD_PORT
 from .netns import netns_http, netns_socket
 from .processes import ManagedProcess
 
-# --------------------------------------------------------------------------------------------- etcd
-
 
 class Etcd(ManagedProcess):
     """etcd inside the underlay namespace, listening on 10.250.0.254:2379; stop()/start() keep its data dir."""

@@ -17,8 +17,6 @@ from .layout import IMAGE, LABELS, host_ip
 from .netns import netns_socket, run
 from .plugin_process import Plugin
 
-# --------------------------------------------------------------------------------------------- hosts
-
 
 @dataclass
 class Host:

@@ -19,8 +19,6 @@ def run(argv: list[str], *, check: bool = True, timeout: float = 30.0) -> subpro
     return result
 
 
-# --------------------------------------------------------------------------------------------- netns sockets
-
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
 

@@ -11,8 +11,6 @@ from tests.plugin_socket import PluginNotReady, plugin_call, wait_until_activate
 from .layout import LEASE_TTL, REPO_ROOT
 from .processes import ManagedProcess
 
-# --------------------------------------------------------------------------------------------- vxlanpy
-
 
 def vxlanpy_command() -> list[str]:
     """`vxlanpy serve` from the venv running the tests, else the repository's .venv."""

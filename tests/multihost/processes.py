@@ -8,8 +8,6 @@ import subprocess
 import time
 from pathlib import Path
 
-# --------------------------------------------------------------------------------------------- processes
-
 
 def pid_alive(pid: int) -> bool:
     try:
