@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,16 +29,6 @@ def _load_bench() -> ModuleType:
 
 
 bench = _load_bench()
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "the cluster-scale benchmark needs root (namespaces, iptables)"
-    missing = [tool for tool in ("ip", "iptables", "etcd") if shutil.which(tool) is None]
-    return f"missing tools: {', '.join(missing)} (apt-get install iproute2 iptables etcd-server)" if missing else None
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 
 
 def test_quick_cluster_scale_produces_every_row_and_cleans_up(tmp_path: Path) -> None:

@@ -13,18 +13,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-
-from tests.multihost.cluster import missing_prerequisites  # noqa: E402
 
 # scripts/ is no package: load the benchmark module from its file for its list of cases.
 _spec = importlib.util.spec_from_file_location("vxlanpy_bench", REPO / "scripts" / "bench.py")
@@ -34,20 +28,6 @@ sys.modules["vxlanpy_bench"] = bench  # dataclasses look their module up while t
 _spec.loader.exec_module(bench)
 
 SOCKET = Path("/run/docker/plugins/vxlanpy.sock")
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "the benchmark needs root (sudo .venv/bin/python -m pytest tests/bench)"
-    missing = [tool for tool in ("iperf3", "nsenter", "docker") if shutil.which(tool) is None]
-    if missing:
-        return f"missing tools: {', '.join(missing)}"
-    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
-        return "no Docker engine answers"
-    return missing_prerequisites()
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 
 
 def test_quick_benchmark_runs_every_case(tmp_path: Path) -> None:
