@@ -117,6 +117,7 @@ class FakeProbe:
     stats: dict[str, os.stat_result] = field(default_factory=dict)
     commands: dict[tuple[str, ...], tuple[int, str, str]] = field(default_factory=dict)
     root: bool = True
+    ran: list[tuple[str, ...]] = field(default_factory=list)  # every command, in order
 
     def read(self, path: str) -> str | None:
         return self.files.get(path)
@@ -125,6 +126,7 @@ class FakeProbe:
         return self.stats.get(path)
 
     def run(self, argv: list[str]) -> tuple[int, str, str]:
+        self.ran.append(tuple(argv))
         return self.commands.get(tuple(argv), (127, "", f"{argv[0]}: not installed"))
 
     def is_root(self) -> bool:

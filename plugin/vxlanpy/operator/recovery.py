@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..driver import NETWORK_ALIAS_PREFIX
 from ..errors import BadRequest
 from ..ipam import Ipam, first_host
-from ..models import BRIDGE_PREFIX, LINK_ALIAS_PREFIX, Endpoint, IPAddress, PortMapping, Subnet
+from ..models import BRIDGE_PREFIX, LINK_ALIAS_PREFIX, Endpoint, IPAddress, Network, PortMapping, Subnet
 from .context import Body
 
 if TYPE_CHECKING:
@@ -233,6 +233,20 @@ class Recovery:
             result["vni"] = network.vni
         else:
             result["vni"] = network.vni
+        self._adopt_endpoints(network, wanted, published, dry_run, result)
+        if wanted.ipam_vxlanpy and not dry_run:
+            result["ipam"] += self._reserve_again(network, wanted)
+        return result
+
+    def _adopt_endpoints(
+        self,
+        network: Network,
+        wanted: RecoveredNetwork,
+        published: dict[IPAddress, list[PortMapping]],
+        dry_run: bool,
+        result: Body,
+    ) -> None:
+        """The rows of the endpoints whose veth survives, joined to their sandbox, with their published ports."""
         links = self.shared.links.owned_links()
         for wanted_ep in wanted.endpoints:
             if self.shared.store.get_endpoint(wanted_ep.endpoint_id) is not None:
@@ -254,15 +268,18 @@ class Recovery:
             ports = _kept_host_ports(wanted_ep, published)
             if ports and not network.internal:
                 self.shared.driver.program_external_connectivity(network.network_id, wanted_ep.endpoint_id, ports)
-        if wanted.ipam_vxlanpy and not dry_run:
-            ipam = Ipam(self.shared.book, self.shared.host, clock=self.shared.clock)
-            for subnet in (*network.ipv4, *network.ipv6):
-                addresses = [
-                    a.ip for ep in wanted.endpoints for a in (ep.ipv4, ep.ipv6) if a is not None and a.ip in subnet.pool
-                ]
-                gateway = subnet.gateway.ip if subnet.gateway is not None else None
-                result["ipam"] += ipam.recover_pool(network.network_id, subnet.pool, gateway, addresses)
-        return result
+
+    def _reserve_again(self, network: Network, wanted: RecoveredNetwork) -> list[str]:
+        """The network's pools and the endpoints' addresses reserved again in vxlanpy's IPAM."""
+        ipam = Ipam(self.shared.book, self.shared.host, clock=self.shared.clock)
+        recovered: list[str] = []
+        for subnet in (*network.ipv4, *network.ipv6):
+            addresses = [
+                a.ip for ep in wanted.endpoints for a in (ep.ipv4, ep.ipv6) if a is not None and a.ip in subnet.pool
+            ]
+            gateway = subnet.gateway.ip if subnet.gateway is not None else None
+            recovered += ipam.recover_pool(network.network_id, subnet.pool, gateway, addresses)
+        return recovered
 
     def _finish(self, forget: list[str], dry_run: bool) -> Body:
         lost = self.shared.lost_networks()
