@@ -396,11 +396,12 @@ def test_stop_ends_the_clusters_threads(etcd: EtcdServer) -> None:
     kv = EtcdKV(EtcdConfig.from_url(etcd.url, prefix=f"/test-{uuid.uuid4().hex[:8]}", timeout=2))
     cluster = EtcdCluster(kv, EtcdStore(kv, "hs"), lease_ttl=2, watch_idle=1.0)
     cluster.resume_lease()
+    before = set(threading.enumerate())  # other tests' watches may still be ending
     cluster.start()
     assert cluster.synced.wait(5)
-    names = {"vxlanpy-watch", "vxlanpy-apply", "vxlanpy-lease"}
-    assert names <= {thread.name for thread in threading.enumerate()}
+    ours = set(threading.enumerate()) - before
+    assert {thread.name for thread in ours} == {"vxlanpy-watch", "vxlanpy-apply", "vxlanpy-lease"}
     lingering = cluster.stop()  # the applier polls its queue every 0.5 s
     assert set(lingering) <= {"vxlanpy-watch"}
-    assert eventually(lambda: not names & {thread.name for thread in threading.enumerate()}, within=3.0)
+    assert eventually(lambda: not any(thread.is_alive() for thread in ours), within=3.0)
     assert cluster.stop(timeout=0.2) == []
