@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from tests.multihost.cluster import with_descendants
 
@@ -48,6 +49,27 @@ class CaseResult:
     changes_per_second: float
     etcd_ms: list[float] = field(default_factory=list)  # each change's publish/unpublish calls, in the bench
     notes: list[str] = field(default_factory=list)
+
+
+Change = TypeVar("Change")
+
+
+def churn_plan(churned: list[Change], count: int, lag: int) -> list[tuple[str, Change]]:
+    """("del" | "add", item) for `count` changes, then the re-adds still due: every item removed comes back.
+
+    Removals and re-adds alternate: removal k, then the re-add of the item removed `lag` removals before, so that
+    the two changes of one endpoint are never in the plugin's queue together (it would rightly do nothing for
+    them)."""
+    ordered: list[tuple[str, Change]] = []
+    removed = 0
+    while len(ordered) < count and removed < len(churned):
+        ordered.append(("del", churned[removed]))
+        if removed >= lag:
+            ordered.append(("add", churned[removed - lag]))
+        removed += 1
+    ordered = ordered[:count]
+    readd = {id(item) for what, item in ordered if what == "add"}
+    return ordered + [("add", item) for what, item in ordered if what == "del" and id(item) not in readd]
 
 
 def run_case(
@@ -138,19 +160,7 @@ def run_case(
         count = max(2, int(churn_seconds * churn_rate))
         lag = max(1, min(count // 4, int(churn_rate / 2)))  # an endpoint comes back about a second after it left
         churned = rng.sample([(sim, endpoint) for sim in sims for endpoint in sim.endpoints], k=min(total, count))
-        # Removals and re-adds alternate: removal k, then the re-add of the endpoint removed `lag` removals
-        # before, so that the two changes of one endpoint are never in the plugin's queue together (it would
-        # rightly do nothing for them), then the re-adds still due.
-        ordered: list[tuple[str, SimHost, Endpoint]] = []
-        removed = 0
-        while len(ordered) < count and removed < len(churned):
-            ordered.append(("del", *churned[removed]))
-            if removed >= lag:
-                ordered.append(("add", *churned[removed - lag]))
-            removed += 1
-        ordered = ordered[:count]
-        readd = {id(endpoint) for what, _, endpoint in ordered if what == "add"}
-        ordered += [("add", sim, ep) for what, sim, ep in ordered if what == "del" and id(ep) not in readd]
+        ordered = [(what, sim, endpoint) for what, (sim, endpoint) in churn_plan(churned, count, lag)]
         etcd_ms: list[float] = []  # how long each change's own etcd calls took (the part no host can speed up)
         events_before = watch.events
         _, cpu_before = real.stats()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from scripts.benchmark.cli import SECTIONS
+from scripts.benchmark.cluster_scale import churn_plan
 from scripts.benchmark.output import format_markdown, format_table
 from scripts.benchmark.params import FULL, QUICK, expected_cases
 from scripts.benchmark.results import Results
@@ -52,3 +53,16 @@ def test_table_and_markdown_show_median_p99_comparison_and_target() -> None:
     assert markdown[1] == "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     assert markdown[3].startswith("| control | vxlanpy | docker run --rm | 340 ms |")
     assert markdown[3].endswith(" | **no** |")
+
+
+def test_churn_plan_brings_every_removed_endpoint_back_later() -> None:
+    endpoints = [f"ep{index}" for index in range(1000)]
+    for items, count, lag in ((1000, 300, 50), (1000, 20, 5), (4, 20, 50), (3, 2, 1)):
+        plan = churn_plan(endpoints[:items], count, lag)
+        removed = [item for what, item in plan if what == "del"]
+        assert removed and len(removed) == len(set(removed)), plan
+        assert sorted(item for what, item in plan if what == "add") == sorted(removed), plan
+        for item in removed:
+            gone, back = plan.index(("del", item)), plan.index(("add", item))
+            # Never back to back: the plugin would see both changes of one endpoint queued together.
+            assert back - gone >= (lag if items > count else 2), (item, plan)
