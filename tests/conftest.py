@@ -1,4 +1,5 @@
-"""Checks that apply to every tier: vxlanpy code never starts a shell, nor `ip`, `bridge` or `brctl`."""
+"""What applies to every tier: vxlanpy code never starts a shell, nor `ip`, `bridge` or `brctl`; each test carries
+its tier's marker; a tier that cannot run here is skipped, or under scripts/test fails (tests/tiers.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from tests.tiers import FORBID_SKIPS_ENV, mark_tiers, refuse_unavailable, skips_forbidden
+
+pytest_plugins = ["pytester"]  # tests/unit/test_tiers.py runs small pytest sessions through these hooks
 
 FORBIDDEN_PROGRAMS = {"sh", "bash", "dash", "zsh", "ip", "bridge", "brctl"}
 PLUGIN_DIR = os.sep + os.path.join("plugin", "vxlanpy") + os.sep
@@ -45,13 +50,20 @@ def no_shell_from_vxlanpy() -> Iterator[None]:
     assert _violations[before:] == [], "vxlanpy must use netlink and argv lists, never a shell"
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    mark_tiers(items)
+
+
+@pytest.hookimpl(tryfirst=True)  # before any fixture of the test is set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    refuse_unavailable(item)
+
+
 # Under scripts/test every prerequisite is installed, so a skipped test means a tier did not really run:
 # with VXLANPY_FORBID_SKIPS=1 (scripts/test sets it) the session fails, naming each skip and its reason.
-FORBID_SKIPS_ENV = "VXLANPY_FORBID_SKIPS"
-
-
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if os.environ.get(FORBID_SKIPS_ENV) != "1":
+    if not skips_forbidden():
         return
     skipped = terminalreporter.stats.get("skipped", [])
     if not skipped:
@@ -64,5 +76,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if os.environ.get(FORBID_SKIPS_ENV) == "1" and reporter is not None and reporter.stats.get("skipped"):
+    if skips_forbidden() and reporter is not None and reporter.stats.get("skipped"):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

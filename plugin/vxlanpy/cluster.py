@@ -6,9 +6,10 @@ statically (FDB: MAC -> remote VTEP, neighbour: IP -> MAC, all-zero FDB entries 
 VTEP allow-list in the host firewall), then follows the watch from the revision it read.  An applier thread
 programs what the events changed, a batch at a time: an endpoint's event writes only that endpoint's entries
 (no table dumps, whatever the size of the segment), a VTEP's event programs its segment and the filter again.
-When a host dies its lease expires, its keys vanish, and every other host removes its entries.  When etcd is
-unreachable the kernel state stays as it is (containers keep talking); on reconnection the thread republishes
-and resyncs in full.
+The kernel is the driver's: this module never touches it, it hands each batch to the driver (KernelOwner), which
+programs a network under the lock its requests hold.  When a host dies its lease expires, its keys vanish, and
+every other host removes its entries.  When etcd is unreachable the kernel state stays as it is (containers keep
+talking); on reconnection the thread republishes and resyncs in full.
 """
 
 from __future__ import annotations
@@ -23,21 +24,24 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from .dataplane.base import Firewall, Links, RemoteEndpoint
-from .errors import Conflict, StoreError, VxlanpyError
+from .cluster_base import KernelOwner, RemoteChanges
+from .dataplane.base import RemoteEndpoint
+from .errors import Conflict, StoreError
 from .models import Endpoint, IPAddress, Network
 from .nodes import IdentityConflict, Nodes
-from .store.etcd import EtcdKV, EtcdStore, KeyValue, LeaseNotFound, key_part
+from .store.etcd import EtcdStore
+from .store.etcd_kv import EtcdKV, KeyValue, LeaseNotFound, key_part
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 K = TypeVar("K")
 
 WATCH_IDLE = 10.0
-NETWORKS_MAX_AGE = 1.0  # seconds the event applier trusts its copy of this host's networks
+STOP_JOIN_SECONDS = 1.0
 MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
 
@@ -72,13 +76,13 @@ def _count(counts: dict[K, int], item: K, step: int) -> None:
 
 @dataclass(frozen=True)
 class ViewChange:
-    """What one watch event changed in a segment's view: an endpoint's entry (before, after; None when absent),
-    or, with `endpoint` None, its VTEPs, which the whole segment (and the VTEP filter) is programmed again for."""
+    """What one watch event changed in a segment's view: an endpoint's entry (`old`: what it was, None when it
+    was absent; the view holds what it is now), or, with `endpoint` None, its VTEPs, which the whole segment (and
+    the VTEP filter) is programmed again for."""
 
     vni: int
     endpoint: tuple[str, str] | None = None
     old: RemoteEndpoint | None = None
-    new: RemoteEndpoint | None = None
 
 
 class EtcdCluster:
@@ -86,19 +90,18 @@ class EtcdCluster:
         self,
         kv: EtcdKV,
         store: EtcdStore,
-        links: Links,
-        firewall: Firewall,
         lease_ttl: int = 10,
         on_reconnect: Callable[[], None] | None = None,
         lease_file: Path | None = None,
         nodes: Nodes | None = None,
         local_addresses: Callable[[], list[IPAddress]] | None = None,
+        watch_idle: float = WATCH_IDLE,
     ) -> None:
         self.kv = kv
+        self.watch_idle = watch_idle
         self.store = store
         self.host = store.host
-        self.links = links
-        self.firewall = firewall
+        self.kernel: KernelOwner | None = None  # the driver, which programs what the watch learns
         self.lease_ttl = lease_ttl
         self.on_reconnect = on_reconnect
         self.lease_file = lease_file
@@ -108,9 +111,6 @@ class EtcdCluster:
         self._view_lock = threading.Lock()
         self._stop = threading.Event()
         self._changes: queue.SimpleQueue[ViewChange] = queue.SimpleQueue()  # watch thread -> applier thread
-        self._networks: list[Network] | None = None  # this host's networks, for the applier: None = read the store
-        self._networks_read = 0.0
-        self._networks_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.synced = threading.Event()
         # The node record (None: no identity check, as in tests of the data path alone); local_addresses: this
@@ -134,8 +134,19 @@ class EtcdCluster:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_JOIN_SECONDS) -> list[str]:
+        """Ends the threads and waits for them, `timeout` seconds each at most; returns the names of those still
+        running.  The applier and the lease keep-alive wake at once; a watch blocked reading an idle stream ends at
+        its idle timeout (`watch_idle`) at the latest, and holds no lock meanwhile: a stop is not delayed for it."""
         self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        running = [thread.name for thread in self._threads if thread.is_alive()]
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        return running
+
+    def program_through(self, owner: KernelOwner) -> None:
+        self.kernel = owner
 
     # -- publishing (called by the driver, under its network lock) -----------------------------------------
 
@@ -205,17 +216,12 @@ class EtcdCluster:
         if network.config.local is None:
             raise Conflict(f"network vni {network.vni} has no local VTEP address; set -o local=ADDRESS or -o dev=...")
         vtep = str(network.config.local)
-        self._forget_networks()
         self._leased(lambda lease: self.kv.put(self._live(network.vni, "vtep", self.host), vtep, lease))
-        self._apply(network.vni)
 
     def unpublish_network(self, network: Network) -> None:
-        self._forget_networks()
         self.kv.delete(self._live(network.vni, "vtep", self.host))
         self.kv.delete_prefix(self._live(network.vni, "ep", self.host, ""))
         self._release_addresses(network.vni, keep=set())
-        self._apply_filter()
-        self._forget_networks()  # also after: the applier may have read the store before the row went
 
     def _release_addresses(self, vni: int, keep: set[str]) -> None:
         """Drop this host's address claims on the segment, except those of the endpoints in `keep`: a claim must
@@ -286,13 +292,16 @@ class EtcdCluster:
             view = self._view.get(vni, SegmentView())
             return SegmentView(dict(view.vteps), dict(view.endpoints))
 
+    def remote_vteps(self) -> set[IPAddress]:
+        with self._view_lock:
+            return {vtep for segment in self._view.values() for vtep in segment.vteps.values()}
+
     def _watch_loop(self) -> None:
         prefix = self.kv.key("live", "")
         while not self._stop.is_set():
             try:
                 self.lease()
                 self.republish()
-                self._forget_networks()
                 started = time.monotonic()
                 view: defaultdict[int, SegmentView] = defaultdict(SegmentView)
                 count = revision = 0
@@ -303,7 +312,8 @@ class EtcdCluster:
                 with self._view_lock:
                     self._view = view
                 read = time.monotonic()
-                self._apply_all()
+                if self.kernel is not None:
+                    self.kernel.program_segments()
                 log.info(
                     "etcd sync: %d keys read in %.2f s, the kernel programmed from them in %.2f s",
                     count,
@@ -314,9 +324,9 @@ class EtcdCluster:
                 if self.on_reconnect is not None:
                     self.on_reconnect()
                 while not self._stop.is_set():
-                    # An idle watch ends after WATCH_IDLE seconds and is resumed from the last revision seen;
+                    # An idle watch ends after `watch_idle` seconds and is resumed from the last revision seen;
                     # a broken one raises StoreError and leads to a full resync.
-                    for kind, kv in self.kv.watch(prefix, revision + 1, idle_timeout=WATCH_IDLE):
+                    for kind, kv in self.kv.watch(prefix, revision + 1, idle_timeout=self.watch_idle):
                         revision = max(revision, kv.mod_revision)
                         with self._view_lock:
                             change = self._update_view(kind, kv, prefix)
@@ -355,7 +365,7 @@ class EtcdCluster:
             if parts[1] == "ep" and len(parts) == 4:
                 key = (host, parts[3])
                 if kind == "DELETE":
-                    return ViewChange(vni, key, segment.put(key, None), None)
+                    return ViewChange(vni, key, segment.put(key, None))
                 record = json.loads(kv.value)
                 if not MAC.match(str(record["mac"])):
                     raise ValueError("bad MAC")
@@ -364,17 +374,17 @@ class EtcdCluster:
                     vtep=ipaddress.ip_address(record["vtep"]),
                     addresses=tuple(ipaddress.ip_address(address) for address in record["addresses"]),
                 )
-                return ViewChange(vni, key, segment.put(key, new), new)
+                return ViewChange(vni, key, segment.put(key, new))
             return None
         except (IndexError, KeyError, ValueError, TypeError):
             log.warning("ignoring malformed key %s in etcd", kv.key)
             return None
 
-    # -- programming the kernel -----------------------------------------------------------------------------
+    # -- programming the kernel, through its owner ---------------------------------------------------------
 
     def _apply_loop(self) -> None:
         """Program what the watch saw, every change queued meanwhile at once: under a burst of events the kernel
-        work is done per batch (one network lookup, each endpoint once), not per event."""
+        work is done per batch (one lock and one update per network, each endpoint once), not per event."""
         while not self._stop.is_set():
             try:
                 batch = [self._changes.get(timeout=0.5)]
@@ -393,102 +403,44 @@ class EtcdCluster:
     def _apply_changes(self, batch: list[ViewChange]) -> None:
         """For an endpoint, only its own entries (no table dumps, no firewall: a few netlink writes whatever the
         size of the segment); for a VTEP, the whole segment and the VTEP filter."""
-        whole = {change.vni for change in batch if change.endpoint is None}
-        merged: dict[tuple[int, tuple[str, str]], ViewChange] = {}
-        for change in batch:
-            if change.endpoint is None or change.vni in whole:
-                continue
-            first = merged.get((change.vni, change.endpoint))
-            merged[(change.vni, change.endpoint)] = (
-                change if first is None else ViewChange(change.vni, change.endpoint, first.old, change.new)
-            )
-        for vni in sorted(whole):
-            self._apply(vni)
-        with self._view_lock:  # what the view holds now: a full resync may have passed these events by
-            current = [
-                ViewChange(c.vni, c.endpoint, c.old, self._view[c.vni].endpoints.get(c.endpoint))
-                for c in merged.values()
-                if c.endpoint is not None
-            ]
-        changes = [change for change in current if change.old != change.new]  # e.g. a re-put under a new lease
-        if not changes:
+        if self.kernel is None:
             return
-        networks = self._known_networks()
-        for vni in sorted({change.vni for change in changes}):
-            gone_macs, gone_addresses, remotes = self._entries_to_change(vni, [c for c in changes if c.vni == vni])
-            for network in networks:
-                if network.vni != vni:
-                    continue
-                try:
-                    self.links.update_remotes(network, gone_macs, gone_addresses, remotes)
-                except VxlanpyError as exc:
-                    log.warning("cannot update remote entries of vni %d: %s; programming the segment", vni, exc)
-                    self._forget_networks()  # it may be one being deleted
-                    self._apply_network(network)
-
-    def _known_networks(self) -> list[Network]:
-        """This host's networks, read from the store at most once a second, and again after one is published or
-        unpublished or etcd is resynced: under a stream of endpoint events, no etcd round trip per batch.  A
-        network created meanwhile is programmed in full by its own publish_network."""
-        with self._networks_lock:
-            now = time.monotonic()
-            if self._networks is None or now - self._networks_read > NETWORKS_MAX_AGE:
-                self._networks, self._networks_read = self.store.list_networks(), now
-            return self._networks
-
-    def _forget_networks(self) -> None:
-        with self._networks_lock:
-            self._networks = None
+        whole = {change.vni for change in batch if change.endpoint is None}
+        before: defaultdict[int, dict[tuple[str, str], RemoteEndpoint | None]] = defaultdict(dict)
+        for change in batch:  # each endpoint's entry before the batch; the view says what it is now
+            if change.endpoint is not None and change.vni not in whole:
+                before[change.vni].setdefault(change.endpoint, change.old)
+        if whole:
+            self.kernel.program_segments(whole)
+        for vni, endpoints in sorted(before.items()):
+            self.kernel.update_segment(vni, partial(self._entries_to_change, vni, endpoints))
 
     def _entries_to_change(
-        self, vni: int, changes: list[ViewChange]
-    ) -> tuple[set[str], set[IPAddress], list[RemoteEndpoint]]:
-        """What the kernel must drop and (re)write after `changes`: the old entries' MACs and addresses, but
-        those another endpoint still uses (a host's stale record of a container that moved) stay, and that
-        endpoint's entries are written again, so that the kernel ends as a full `sync_remotes` leaves it."""
-        remotes = {change.new.mac: change.new for change in changes if change.new is not None}
-        wanted_addresses = {address for remote in remotes.values() for address in remote.addresses}
-        gone_macs = {change.old.mac for change in changes if change.old is not None} - remotes.keys()
-        gone_addresses = {a for change in changes if change.old is not None for a in change.old.addresses}
-        gone_addresses -= wanted_addresses
+        self, vni: int, before: dict[tuple[str, str], RemoteEndpoint | None]
+    ) -> RemoteChanges | None:
+        """What the kernel must drop and (re)write for these endpoints, from their entries `before` to what the
+        view holds now (a full resync may have passed their events by); None when that is nothing, e.g. a re-put
+        under a new lease.  The old entries' MACs and addresses go, but those another endpoint still uses (a
+        host's stale record of a container that moved) stay, and that endpoint's entries are written again, so
+        that the kernel ends as a full `sync_remotes` leaves it."""
         with self._view_lock:
             segment = self._view.get(vni, SegmentView())
+            changes = [(old, segment.endpoints.get(key)) for key, old in before.items()]
+            changes = [(old, new) for old, new in changes if old != new]
+            if not changes:
+                return None
+            remotes = {new.mac: new for _, new in changes if new is not None}
+            wanted_addresses = {address for remote in remotes.values() for address in remote.addresses}
+            gone_macs = {old.mac for old, _ in changes if old is not None} - remotes.keys()
+            gone_addresses = {address for old, _ in changes if old is not None for address in old.addresses}
+            gone_addresses -= wanted_addresses
             shared_macs = {mac for mac in gone_macs if mac in segment.macs}
             shared_addresses = {address for address in gone_addresses if address in segment.addresses}
             if shared_macs or shared_addresses:  # rare: worth a scan of the segment
                 for remote in segment.endpoints.values():
                     if remote.mac in shared_macs or not shared_addresses.isdisjoint(remote.addresses):
                         remotes.setdefault(remote.mac, remote)
-        return gone_macs - shared_macs, gone_addresses - shared_addresses, list(remotes.values())
-
-    def _apply_all(self) -> None:
-        for network in self.store.list_networks():
-            self._apply_network(network)
-        self._apply_filter()
-
-    def _apply(self, vni: int) -> None:
-        for network in self.store.list_networks():
-            if network.vni == vni:
-                self._apply_network(network)
-        self._apply_filter()
-
-    def _apply_network(self, network: Network) -> None:
-        view = self.remote_view(network.vni)
-        flood = set(network.config.peers) | set(view.vteps.values())
-        try:
-            self.links.sync_remotes(network, flood, list(view.endpoints.values()))
-        except VxlanpyError as exc:  # e.g. the network is being deleted right now
-            log.warning("cannot program remote entries of vni %d: %s", network.vni, exc)
-
-    def _apply_filter(self) -> None:
-        networks = self.store.list_networks()
-        ports = {network.config.dstport for network in networks}
-        with self._view_lock:
-            vteps = {vtep for segment in self._view.values() for vtep in segment.vteps.values()}
-        try:
-            self.firewall.sync_vtep_filter(ports, vteps)
-        except VxlanpyError as exc:
-            log.warning("cannot update the VTEP filter: %s", exc)
+        return RemoteChanges(gone_macs - shared_macs, gone_addresses - shared_addresses, list(remotes.values()))
 
     # -- the lease ------------------------------------------------------------------------------------------
 

@@ -6,47 +6,38 @@ collaborators (store, links, firewall) are injected, so unit tests run it on fak
 Ordering rule, so that a crash at any point is recoverable by `reconcile()`:
   * creating: write the state row first, then change the kernel; a failure rolls both back;
   * deleting: change the kernel first, then delete the row.
-Reconciliation then only has to make the kernel match the store: recreate what a row describes and
-remove vxlanpy-labelled links and chains that no row owns.
+Reconciliation (reconcile.py) then only has to make the kernel match the store: recreate what a row describes
+and remove vxlanpy-labelled links and chains that no row owns.
+
+The driver is the one owner of kernel state: in multi-host mode the cluster's watch programs what other hosts
+publish through program_segments/update_segment, under the same per-network lock as Docker's requests.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from .cluster_base import Cluster
+from .cluster_base import Cluster, RemoteChanges
 from .dataplane.base import Firewall, Links
-from .errors import Conflict, InvalidOption, NotFound, VxlanpyError
-from .models import (
-    LINK_ALIAS_PREFIX,
-    Endpoint,
-    Network,
-    PortMapping,
-    Subnet,
-    endpoint_mac,
-    is_attachment_id,
-)
+from .errors import InvalidOption, NotFound, VxlanpyError
+from .models import Endpoint, Network, PortMapping, Subnet, endpoint_mac
 from .options import check_gateway_mode, check_subnets_clear_of_underlay, parse_network_options
+from .ports import allocate_ports, host_port_is_free
+from .reconcile import NETWORK_ALIAS_PREFIX as NETWORK_ALIAS_PREFIX  # the names other modules import from here
+from .reconcile import STALE_UNJOINED_SECONDS, Reconciler, ReconcileReport, sandbox_path_exists
 from .store.base import Store
 
 log = logging.getLogger(__name__)
 
-EPHEMERAL_PORTS = (49153, 60999)  # Docker's bridge driver uses the same range
-# libnetwork joins an endpoint right after creating it; one still unjoined after this long was left behind by
-# a start that failed while the plugin was down, and nothing will ever delete it but reconciliation.
-STALE_UNJOINED_SECONDS = 60.0
-JOINING_SECONDS = 10.0  # a joined endpoint without its sandbox file is being started, not stale, this long
 DST_PREFIX = "eth"
-NETWORK_ALIAS_PREFIX = f"{LINK_ALIAS_PREFIX}net:"
+NETWORKS_MAX_AGE = 1.0  # seconds the watch's changes trust the driver's copy of this host's networks
 
 
 @dataclass(frozen=True)
@@ -65,31 +56,6 @@ class GatewaySkip:
 
     ipv4: bool
     ipv6: bool
-
-
-@dataclass
-class ReconcileReport:
-    """What a reconciliation did (or, in a dry run, would do)."""
-
-    recreated_networks: list[int] = field(default_factory=list)
-    reattached_endpoints: list[str] = field(default_factory=list)
-    lost_endpoints: list[str] = field(default_factory=list)
-    removed_endpoints: list[str] = field(default_factory=list)
-    removed_links: list[str] = field(default_factory=list)
-    removed_chains: list[int] = field(default_factory=list)
-    expired_networks: list[int] = field(default_factory=list)  # creates Docker never completed (VNIs)
-    kept_links: list[str] = field(default_factory=list)  # unowned, but the store may have lost their rows
-    kept_chains: list[int] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (
-            f"networks ensured {len(self.recreated_networks)}, endpoints reattached {len(self.reattached_endpoints)}, "
-            f"endpoints lost {len(self.lost_endpoints)}, stale endpoints removed {len(self.removed_endpoints)}, "
-            f"orphan links removed {len(self.removed_links)}, "
-            f"orphan chains removed {len(self.removed_chains)}, "
-            f"unfinished creates removed {len(self.expired_networks)}, "
-            f"unowned links kept {len(self.kept_links)}"
-        )
 
 
 class KeyedLocks:
@@ -129,8 +95,14 @@ class Driver:
         self.vni_range = vni_range
         self.default_dev = default_dev
         self.port_is_free = port_is_free or host_port_is_free
-        self._network_locks = KeyedLocks()
+        self.network_locks = KeyedLocks()  # held by each request on a network and each change of its kernel state
         self._ports_lock = threading.Lock()
+        self._filter_lock = threading.Lock()  # the VTEP filter is the host's, not a network's
+        self._networks: dict[str, Network] | None = None  # this host's networks, for the watch's changes
+        self._networks_read = 0.0
+        self._networks_lock = threading.Lock()
+        if cluster is not None:
+            cluster.program_through(self)
 
     # -- networks -------------------------------------------------------------------------------------------
 
@@ -162,7 +134,7 @@ class Driver:
     ) -> Network:
         """`ipv4_enabled`/`ipv6_enabled`: Docker's --ipv4/--ipv6 when it sends them (28+), None otherwise.
         A network with IPv6 only (`--ipv4=false --ipv6`) has no IPv4 subnet: no masquerade, no published ports."""
-        with self._network_locks.hold(network_id):
+        with self.network_locks.hold(network_id):
             existing = self.store.get_network(network_id)
             if existing is not None:
                 return existing  # dockerd retried a call that had succeeded
@@ -185,11 +157,14 @@ class Driver:
             else:
                 network = build(requested.vni)
                 self.store.add_network(network, pending_since=self.clock())
+            self._forget_networks()  # a watch event from now on must find this network
             try:
                 self.links.ensure_network(network)
                 self.firewall.ensure_network(network, [])
                 if self.cluster is not None:
                     self.cluster.publish_network(network)
+                    self._program_remotes(network)  # what the segment's other hosts publish
+                    self._sync_vtep_filter()
                 self.store.confirm_network(network_id)
             except Exception:
                 self._roll_back_network(network)
@@ -215,9 +190,12 @@ class Driver:
                 undo()
             except VxlanpyError as exc:  # keep the original error; reconciliation cleans up the rest
                 log.error("rollback of network %s incomplete: %s", network.network_id[:12], exc)
+        self._forget_networks()
+        if cluster is not None:
+            self._sync_vtep_filter()
 
     def delete_network(self, network_id: str) -> None:
-        with self._network_locks.hold(network_id):
+        with self.network_locks.hold(network_id):
             network = self.store.get_network(network_id)
             if network is None:
                 return  # already gone: let `docker network rm` succeed
@@ -228,6 +206,9 @@ class Driver:
             if self.cluster is not None:
                 self.cluster.unpublish_network(network)
             self.store.delete_network(network_id)
+            self._forget_networks()  # a watch event waiting for this lock must not program the network
+            if self.cluster is not None:
+                self._sync_vtep_filter()
 
     def get_network(self, network_id: str) -> Network:
         network = self.store.get_network(network_id)
@@ -248,7 +229,7 @@ class Driver:
         ipv6: ipaddress.IPv6Interface | None,
         mac: str | None,
     ) -> Endpoint:
-        with self._network_locks.hold(network_id):
+        with self.network_locks.hold(network_id):
             network = self.get_network(network_id)
             existing = self.store.get_endpoint(endpoint_id)
             if existing is not None:
@@ -286,20 +267,20 @@ class Driver:
         return endpoint
 
     def delete_endpoint(self, network_id: str, endpoint_id: str) -> None:
-        with self._network_locks.hold(network_id):
+        with self.network_locks.hold(network_id):
             endpoint = self.store.get_endpoint(endpoint_id)
             if endpoint is None:
                 return  # dockerd may delete twice, or an endpoint that never finished
             self.links.remove_endpoint(endpoint)
             if endpoint.ports:
-                self._refresh_firewall(network_id, drop=endpoint_id)
+                self.refresh_firewall(network_id, drop=endpoint_id)
             network = self.store.get_network(network_id)
             if self.cluster is not None and network is not None:
                 self.cluster.unpublish_endpoint(network, endpoint)
             self.store.delete_endpoint(endpoint_id)
 
     def join(self, network_id: str, endpoint_id: str, sandbox_key: str | None) -> JoinInfo:
-        with self._network_locks.hold(network_id):
+        with self.network_locks.hold(network_id):
             network = self.get_network(network_id)
             endpoint = self.get_endpoint(network_id, endpoint_id)
             if sandbox_key and endpoint.sandbox_key != sandbox_key:
@@ -316,7 +297,7 @@ class Driver:
             )
 
     def leave(self, network_id: str, endpoint_id: str) -> None:
-        with self._network_locks.hold(network_id):
+        with self.network_locks.hold(network_id):
             endpoint = self.store.get_endpoint(endpoint_id)
             if endpoint is not None and endpoint.sandbox_key:
                 self.store.put_endpoint(replace(endpoint, sandbox_key=None))
@@ -328,7 +309,7 @@ class Driver:
         Revoke follows when it stops being the gateway.  Docker 29 may ask again without a Revoke in between
         (the endpoint became the gateway of the other IP family too): the ports are then set again, keeping the
         host ports chosen before."""
-        with self._network_locks.hold(network_id):
+        with self.network_locks.hold(network_id):
             network = self.get_network(network_id)
             endpoint = self.get_endpoint(network_id, endpoint_id)
             if network.internal or not ports:
@@ -355,237 +336,102 @@ class Driver:
                 )
                 return endpoint
             with self._ports_lock:
-                chosen = self._allocate_ports(endpoint, ports)
+                chosen = allocate_ports(endpoint, ports, self.store.list_endpoints(), self.port_is_free)
                 updated = endpoint.with_ports(chosen)
                 self.store.put_endpoint(updated)
             try:
-                self._refresh_firewall(network_id)
+                self.refresh_firewall(network_id)
             except Exception:
                 self.store.put_endpoint(endpoint)  # the row must not claim ports the kernel does not publish
                 raise
             return updated
 
     def revoke_external_connectivity(self, network_id: str, endpoint_id: str) -> None:
-        with self._network_locks.hold(network_id):
+        with self.network_locks.hold(network_id):
             endpoint = self.store.get_endpoint(endpoint_id)
             if endpoint is None or not endpoint.ports:
                 return
             self.store.put_endpoint(endpoint.with_ports(()))
-            self._refresh_firewall(network_id)
+            self.refresh_firewall(network_id)
 
-    def _allocate_ports(self, endpoint: Endpoint, wanted: list[PortMapping]) -> tuple[PortMapping, ...]:
-        taken = {
-            (port.proto, port.host_port)
-            for other in self.store.list_endpoints()
-            if other.endpoint_id != endpoint.endpoint_id
-            for port in other.ports
-        }
-        # Set again without a Revoke (Docker 29): a port chosen by vxlanpy stays the same.
-        before = {(port.proto, port.container_port, port.host_ip): port.host_port for port in endpoint.ports}
-        chosen: list[PortMapping] = []
-        for mapping in wanted:
-            kept = None if mapping.host_port else before.get((mapping.proto, mapping.container_port, mapping.host_ip))
-            again = replace(mapping, host_port=kept or 0)
-            if kept is not None and (mapping.proto, kept) not in taken and self.port_is_free(again):
-                chosen.append(again)
-            elif mapping.host_port:
-                key = (mapping.proto, mapping.host_port)
-                if key in taken or not self.port_is_free(mapping):
-                    raise Conflict(
-                        f"host port {mapping.host_port}/{mapping.proto} is already allocated; "
-                        "publish on another host port"
-                    )
-                chosen.append(mapping)
-            else:
-                chosen.append(self._ephemeral(mapping, taken))
-            taken.add((mapping.proto, chosen[-1].host_port))
-        return tuple(chosen)
-
-    def _ephemeral(self, mapping: PortMapping, taken: set[tuple[str, int]]) -> PortMapping:
-        for port in range(EPHEMERAL_PORTS[0], EPHEMERAL_PORTS[1] + 1):
-            candidate = replace(mapping, host_port=port)
-            if (mapping.proto, port) not in taken and self.port_is_free(candidate):
-                return candidate
-        raise Conflict(f"no free host port left in {EPHEMERAL_PORTS[0]}-{EPHEMERAL_PORTS[1]}; publish an explicit port")
-
-    def _refresh_firewall(self, network_id: str, drop: str | None = None) -> None:
+    def refresh_firewall(self, network_id: str, drop: str | None = None) -> None:
+        """Rewrite the network's nat chains from its endpoints' rows (but `drop`'s); the network's lock is held."""
         network = self.get_network(network_id)
         endpoints = [e for e in self.store.list_endpoints(network_id) if e.endpoint_id != drop]
         self.firewall.ensure_network(network, endpoints)
 
+    # -- what other hosts publish (multi-host mode) -----------------------------------------------------------
+    # The cluster's watch changes the kernel only through these two (cluster_base.KernelOwner), and they change a
+    # network's entries only under its lock.  They take one network lock at a time and hold nothing else while
+    # waiting for it; a request holding a network lock writes to etcd, which needs nothing the watch holds.
+
+    def program_segments(self, vnis: Collection[int] | None = None) -> None:
+        for network in self._known_networks(fresh=vnis is None).values():
+            if vnis is None or network.vni in vnis:
+                with self.network_locks.hold(network.network_id):
+                    current = self._known_networks().get(network.network_id)
+                    if current is not None:  # not deleted while we waited
+                        self._program_remotes(current)
+        self._sync_vtep_filter()
+
+    def update_segment(self, vni: int, changes: Callable[[], RemoteChanges | None]) -> None:
+        for network in self._known_networks().values():
+            if network.vni != vni:
+                continue
+            with self.network_locks.hold(network.network_id):
+                current = self._known_networks().get(network.network_id)  # None: deleted while we waited
+                wanted = None if current is None else changes()
+                if current is None or wanted is None:
+                    continue
+                try:
+                    self.links.update_remotes(current, wanted.gone_macs, wanted.gone_addresses, wanted.remotes)
+                except VxlanpyError as exc:
+                    log.warning("cannot update remote entries of vni %d: %s; programming the segment", vni, exc)
+                    self._program_remotes(current)
+
+    def _program_remotes(self, network: Network) -> None:
+        """Every remote entry of `network`, from the cluster's view as it is now; the network's lock is held."""
+        if self.cluster is None:
+            return
+        view = self.cluster.remote_view(network.vni)
+        flood = set(network.config.peers) | set(view.vteps.values())
+        try:
+            self.links.sync_remotes(network, flood, list(view.endpoints.values()))
+        except VxlanpyError as exc:  # e.g. its devices are gone: reconciliation recreates them
+            log.warning("cannot program remote entries of vni %d: %s", network.vni, exc)
+
+    def _sync_vtep_filter(self) -> None:
+        """Accept VXLAN from the cluster's VTEPs on this host's ports.  One writer at a time, each reading the
+        sets once it writes, so an older set never lands after a newer one."""
+        if self.cluster is None:
+            return
+        with self._filter_lock:
+            try:
+                ports = {network.config.dstport for network in self.store.list_networks()}
+                self.firewall.sync_vtep_filter(ports, self.cluster.remote_vteps())
+            except VxlanpyError as exc:
+                log.warning("cannot update the VTEP filter: %s", exc)
+
+    def _known_networks(self, fresh: bool = False) -> dict[str, Network]:
+        """This host's networks by id, read from the store at most once a second, and again after one is created
+        or deleted: under a stream of watch events, no store round trip per batch.  The store is read under the
+        lock, so a read that began before a deletion cannot put the deleted network back after it."""
+        with self._networks_lock:
+            now = time.monotonic()
+            if fresh or self._networks is None or now - self._networks_read > NETWORKS_MAX_AGE:
+                self._networks = {network.network_id: network for network in self.store.list_networks()}
+                self._networks_read = now
+            return self._networks
+
+    def _forget_networks(self) -> None:
+        with self._networks_lock:
+            self._networks = None
+
     # -- restart --------------------------------------------------------------------------------------------
 
     def reconcile(self, dry_run: bool = False, unjoined_grace: float = STALE_UNJOINED_SECONDS) -> ReconcileReport:
-        """Make the kernel match the store: recreate what is missing, remove vxlanpy objects no row owns.
-
-        Safe while requests run: the kernel is read before the store, and requests write a row before they touch
-        the kernel, so whatever this snapshot holds without a row is a real orphan; each network is then
-        re-read and repaired under its lock, so a network deleted meanwhile is not brought back.
-        Endpoints never joined for `unjoined_grace` seconds are removed: at start-up, before serving, that is all
-        of them (0), since the start that created them cannot have succeeded."""
-        report = ReconcileReport()
-        links = self.links.owned_links()
-        chains = self.firewall.owned_vnis()
-        pending = self.store.pending_networks()
-        networks = self.store.list_networks()
-        endpoints = self.store.list_endpoints()
-        if not dry_run:
-            self.firewall.ensure_base()
-        expired = self._expire_unfinished_creates(pending, networks, report, dry_run, unjoined_grace)
-        # The expired networks' devices are in the snapshot: they were owned until now, not orphans.
-        known_aliases = {network.alias for network in networks} | {endpoint.alias for endpoint in endpoints}
-        networks = [network for network in networks if network.network_id not in expired]
-        endpoints = [endpoint for endpoint in endpoints if endpoint.network_id not in expired]
-        orphans = {name: alias for name, alias in links.items() if alias not in known_aliases}
-        orphan_chains = chains - {network.vni for network in networks} - set(report.expired_networks)
-        lost = sorted({alias for alias in orphans.values() if alias.startswith(NETWORK_ALIAS_PREFIX)})
-        if lost:
-            # Creation writes the row before any device and deletion removes devices before the row, so a network's
-            # devices without its row mean the store lost rows (deleted, emptied or replaced by a bad restore), not
-            # a leftover: Docker's containers may still use them.  Keep every unowned object, and say how to recover.
-            report.kept_links = sorted(orphans)
-            report.kept_chains = sorted(orphan_chains)
-            log.error(
-                "the store does not know %d vxlanpy network(s) whose devices exist (%s): their state was lost "
-                "(state.db deleted, emptied or replaced?). Nothing of theirs is removed. Run `vxlanpy recover` to "
-                "adopt the networks Docker still knows (and remove the devices of the others)",
-                len(lost),
-                ", ".join(sorted(name for name, alias in orphans.items() if alias in lost)),
-            )
-        else:
-            for name in sorted(orphans):
-                report.removed_links.append(name)
-                if not dry_run:
-                    self.links.remove_link(name)
-            for vni in sorted(orphan_chains):
-                report.removed_chains.append(vni)
-                if not dry_run:
-                    self.firewall.remove_network(vni)
-        known_endpoints = {endpoint.endpoint_id for endpoint in endpoints}
-        for network in networks:
-            with self._network_locks.hold(network.network_id):
-                self._reconcile_network(network.network_id, links, known_endpoints, report, dry_run, unjoined_grace)
-        network_ids = {network.network_id for network in networks}
-        for endpoint in endpoints:
-            if endpoint.network_id not in network_ids:  # its network's row is gone: nothing can use it
-                report.lost_endpoints.append(endpoint.endpoint_id)
-                if not dry_run:
-                    self.links.remove_endpoint(endpoint)
-                    self.store.delete_endpoint(endpoint.endpoint_id)
-        return report
-
-    def _expire_unfinished_creates(
-        self,
-        pending: dict[str, float],
-        networks: list[Network],
-        report: ReconcileReport,
-        dry_run: bool,
-        grace: float,
-    ) -> set[str]:
-        """Networks whose create never finished (the plugin was killed in the middle; Docker's retry carries no
-        body and fails, so Docker never knew them): removed with their devices and chains, which frees their VNI
-        and subnet.  At start-up, before serving, every pending network is such a leftover; while serving, one
-        pending for `grace` seconds."""
-        rows = {network.network_id: network for network in networks}
-        expired: set[str] = set()
-        for network_id, since in sorted(pending.items()):
-            if self.clock() - since < grace:
-                continue
-            network = rows.get(network_id)
-            if network is None:
-                if not dry_run:
-                    self.store.confirm_network(network_id)  # a mark whose row was never written
-                continue
-            with self._network_locks.hold(network_id):
-                if network_id not in self.store.pending_networks():
-                    continue  # its create finished meanwhile
-            expired.add(network_id)
-            report.expired_networks.append(network.vni)
-            log.warning(
-                "network %s (vni %d): its create never finished (the plugin stopped in the middle), so Docker does "
-                "not know it; %s its devices, chains and row",
-                network_id[:12],
-                network.vni,
-                "would remove" if dry_run else "removing",
-            )
-            if not dry_run:
-                self.delete_network(network_id)
-        return expired
-
-    def _reconcile_network(
-        self,
-        network_id: str,
-        links: dict[str, str],
-        known_endpoints: set[str],
-        report: ReconcileReport,
-        dry_run: bool,
-        unjoined_grace: float,
-    ) -> None:
-        network = self.store.get_network(network_id)
-        if network is None:
-            return  # deleted since the snapshot
-        if network.bridge not in links or network.vxlan not in links:
-            report.recreated_networks.append(network.vni)
-        if not dry_run:
-            self.links.ensure_network(network)
-        endpoints = self.store.list_endpoints(network_id)
-        for endpoint in endpoints:
-            if endpoint.endpoint_id in known_endpoints:  # newer ones are being set up by their own request
-                self._reconcile_endpoint(network, endpoint, links, report, dry_run, unjoined_grace)
-        if not dry_run:
-            self.firewall.ensure_network(network, endpoints)
-
-    def _reconcile_endpoint(
-        self,
-        network: Network,
-        endpoint: Endpoint,
-        links: dict[str, str],
-        report: ReconcileReport,
-        dry_run: bool,
-        unjoined_grace: float,
-    ) -> None:
-        if self._is_stale(endpoint, unjoined_grace):
-            report.removed_endpoints.append(endpoint.endpoint_id)
-            if not dry_run:
-                self.links.remove_endpoint(endpoint)
-                if endpoint.ports:
-                    self._refresh_firewall(network.network_id, drop=endpoint.endpoint_id)
-                if self.cluster is not None:
-                    self.cluster.unpublish_endpoint(network, endpoint)
-                self.store.delete_endpoint(endpoint.endpoint_id)
-        elif endpoint.host_veth in links or endpoint.sandbox_key is None:
-            # Put a surviving veth back on a recreated bridge, or recreate one Docker has not used yet.
-            report.reattached_endpoints.append(endpoint.endpoint_id)
-            if not dry_run:
-                self.links.ensure_endpoint(network, endpoint)
-        else:
-            # The container's interface died with its veth; only Docker can rebuild the sandbox.
-            report.lost_endpoints.append(endpoint.endpoint_id)
-            log.warning(
-                "endpoint %s lost its veth %s while joined; restart its container to reconnect it",
-                endpoint.endpoint_id[:12],
-                endpoint.host_veth,
-            )
-
-    def _is_stale(self, endpoint: Endpoint, unjoined_grace: float) -> bool:
-        """An endpoint Docker will never delete: its container's sandbox is gone, or it was never joined."""
-        age = self.clock() - endpoint.created
-        if endpoint.sandbox_key is not None:
-            if self.sandbox_exists(endpoint.sandbox_key) is not False:
-                return False
-            # Docker makes the namespace file only after Join (runc's prestart hook): a container being started
-            # has none yet, and removing its veth then fails the start ("Link not found").  `vxlanpy attach`
-            # joins namespaces that exist already.
-            return is_attachment_id(endpoint.endpoint_id) or age >= min(unjoined_grace, JOINING_SECONDS)
-        return age >= unjoined_grace
-
-
-def sandbox_path_exists(path: str) -> bool | None:
-    """Whether a sandbox (network namespace file) still exists; None when we cannot tell, e.g. inside a managed
-    plugin that does not see Docker's netns directory."""
-    if not os.path.isdir(os.path.dirname(path)):
-        return None
-    return os.path.exists(path)
+        """Make the kernel match the store (reconcile.py); safe while requests run."""
+        return Reconciler(self).run(dry_run, unjoined_grace)
 
 
 def _no_subnet_message(ipv4_enabled: bool | None, ipv6_enabled: bool | None) -> str:
@@ -619,17 +465,3 @@ def _check_in_subnets(
     if not any(address.ip in subnet.pool for subnet in subnets):
         pools = ", ".join(str(subnet.pool) for subnet in subnets)
         raise InvalidOption(f"{what} {address} is outside the network's subnets ({pools})")
-
-
-def host_port_is_free(mapping: PortMapping) -> bool:
-    """True when nothing on this host is bound to the port now (docker-proxy and other services included)."""
-    family = socket.AF_INET6 if mapping.host_ip is not None and mapping.host_ip.version == 6 else socket.AF_INET
-    kind = socket.SOCK_DGRAM if mapping.proto == "udp" else socket.SOCK_STREAM
-    address = str(mapping.host_ip) if mapping.host_ip is not None else ("::" if family == socket.AF_INET6 else "")
-    with socket.socket(family, kind) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((address, mapping.host_port))
-        except OSError:
-            return False
-    return True

@@ -234,10 +234,13 @@ class MetricsServer:
         self.server: WSGIServer | None = None
         self.bound = threading.Event()
         self._stop = threading.Event()
+        self._binding: threading.Thread | None = None
+        self._serving: threading.Thread | None = None
 
     def start(self) -> None:
         if not self._try_bind(first=True):
-            threading.Thread(target=self._bind_loop, name="vxlanpy-metrics-bind", daemon=True).start()
+            self._binding = threading.Thread(target=self._bind_loop, name="vxlanpy-metrics-bind", daemon=True)
+            self._binding.start()
 
     def _try_bind(self, first: bool) -> bool:
         host, port = self.address
@@ -248,7 +251,8 @@ class MetricsServer:
             level = logging.ERROR if first else logging.DEBUG
             log.log(level, "cannot serve metrics on %s:%d: %s; retrying every %.0f s", host, port, exc, self.retry)
             return False
-        threading.Thread(target=self.server.serve_forever, name="vxlanpy-metrics", daemon=True).start()
+        self._serving = threading.Thread(target=self.server.serve_forever, name="vxlanpy-metrics", daemon=True)
+        self._serving.start()
         self.bound.set()
         log.info("metrics and health on http://%s/metrics and /health", _display(host, port))
         return True
@@ -262,11 +266,16 @@ class MetricsServer:
     def port(self) -> int:
         return int(self.server.server_port) if self.server is not None else self.address[1]
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving and wait for the listener's threads (a scrape being answered finishes on its own)."""
         self._stop.set()
+        if self._binding is not None:
+            self._binding.join(timeout)  # so that it binds no server after this
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+        if self._serving is not None:
+            self._serving.join(timeout)
 
 
 def _display(host: str, port: int) -> str:

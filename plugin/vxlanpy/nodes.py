@@ -32,7 +32,8 @@ from typing import Any
 
 from .errors import Conflict, InvalidOption
 from .models import IPAddress
-from .store.etcd import HOST_NAME, EtcdKV
+from .store.etcd import HOST_NAME
+from .store.etcd_kv import EtcdKV
 
 log = logging.getLogger(__name__)
 

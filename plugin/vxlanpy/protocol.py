@@ -8,17 +8,16 @@ response body.  Reference: moby daemon/libnetwork/docs/remote.md and drivers/rem
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 from .driver import DST_PREFIX, Driver
-from .errors import BadRequest, InvalidOption, PayloadTooLarge
+from .errors import BadRequest, InvalidOption
 from .models import PROTOCOL_NAMES, PortMapping, Subnet
+from .replies import MAX_BODY, Body, Dialect, log_text
 
-Body = dict[str, Any]
 Handler = Callable[[Body], Body]
 
 DOCKER_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -35,69 +34,16 @@ PORTMAP_OPTION = "com.docker.network.portmap"
 IFNAME_OPTION = "com.docker.network.endpoint.ifname"
 
 
-MAX_BODY = 1 << 20  # libnetwork's largest request is a few KiB
+def describe_request(body: Body) -> str:
+    """A network-driver request in the log: the networks' and endpoints' short ids."""
+    return f"network={log_text(body, 'NetworkID', 12)} endpoint={log_text(body, 'EndpointID', 12)}"
+
+
 LIBNETWORK_BODY_HINT = "libnetwork's requests are a few KiB"
-# libnetwork's requests nest at most 4 levels (CreateNetwork's Options, a portmap's bindings); 32 leaves room and
-# keeps a hostile body from exhausting the parser's recursion (a RecursionError, once an internal error).
-MAX_DEPTH = 32
-
-
-def decode_body(raw: bytes) -> Body:
-    """dockerd sends no Content-Type, and some calls have an empty body."""
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except RecursionError:
-        raise _too_deep() from None
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if _depth_exceeds(body, MAX_DEPTH):
-        raise _too_deep()
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
-
-
-def read_limited(stream: IO[bytes], content_length: int | None, limit: int) -> bytes | None:
-    """A request body of at most `limit` bytes, or None when it is larger: a Content-Length says so, or a chunked
-    body (no Content-Length) runs past it.  Reads a chunk at a time, since a read may return less than asked."""
-    if (content_length or 0) > limit:
-        return None
-    parts, size = [], 0
-    while size <= limit:
-        part = stream.read(limit + 1 - size)
-        if not part:
-            break
-        parts.append(part)
-        size += len(part)
-    return None if size > limit else b"".join(parts)
-
-
-def body_too_large(path: str, limit: int, hint: str) -> PayloadTooLarge:
-    """The error for a request body over `limit` bytes sent to `path`."""
-    size = f"{limit >> 20} MiB" if limit >= 1 << 20 and not limit % (1 << 20) else f"{limit >> 10} KiB"
-    return PayloadTooLarge(f"request body is larger than {size}, the most /{path.lstrip('/')[:80]} accepts; {hint}")
-
-
-def _too_deep() -> BadRequest:
-    return BadRequest(
-        f"request body nests JSON more than {MAX_DEPTH} levels deep; libnetwork's requests nest a few levels only"
-    )
-
-
-def _depth_exceeds(value: object, limit: int) -> bool:
-    """Whether lists and objects nest more than `limit` levels (iteratively: no recursion to exhaust)."""
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
+# Errors travel as {"Err": message}, for the plugin handshake too.
+NETWORK_DIALECT = Dialect(
+    error_key="Err", body_limit=MAX_BODY, body_hint=LIBNETWORK_BODY_HINT, describe=describe_request
+)
 
 
 def field(body: Body, name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:

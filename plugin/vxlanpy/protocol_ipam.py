@@ -3,7 +3,7 @@
 Each handler checks the decoded request strictly (libnetwork's requests are well-formed: a field it always
 sends that is missing, a wrong type or a bad CIDR is refused, not guessed at), calls the Ipam with typed
 values and returns the response body.  Reference: moby daemon/libnetwork/docs/ipam.md and
-ipams/remote/api/api.go.  Errors travel as {"Error": message} (app.py), not the network driver's "Err".
+ipams/remote/api/api.go.  Errors travel as {"Error": message}, not the network driver's "Err" (IPAM_DIALECT).
 """
 
 from __future__ import annotations
@@ -14,10 +14,33 @@ from typing import Any
 from .errors import BadRequest
 from .ipam import GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, Ipam
 from .models import IPAddress, IPNetwork
-from .protocol import Body, Handler, field
+from .protocol import LIBNETWORK_BODY_HINT, Handler, field
+from .replies import MAX_BODY, Body, Dialect, log_text
 
 REQUEST_ADDRESS_TYPE = "RequestAddressType"  # ipamapi.RequestAddressType
 GATEWAY_ADDRESS_TYPE = "com.docker.network.gateway"  # netlabel.Gateway
+PREFIX = "IpamDriver."  # every method of this protocol
+
+
+def describe_request(body: Body) -> str:
+    """An IPAM request in the log: the pool (its id, or the subnet asked for) and the address asked for."""
+    pool = log_text(body, "PoolID") if "PoolID" in body else log_text(body, "Pool")
+    return f"pool={pool} address={log_text(body, 'Address')}"
+
+
+def granted(reply: Body) -> str | None:
+    """The address or pool a successful reply hands out."""
+    value = reply.get("Address") or reply.get("Pool")
+    return value if isinstance(value, str) else None
+
+
+IPAM_DIALECT = Dialect(
+    error_key="Error",  # libnetwork reads a remote IPAM driver's error from "Error"
+    body_limit=MAX_BODY,
+    body_hint=LIBNETWORK_BODY_HINT,
+    describe=describe_request,
+    granted=granted,
+)
 
 
 def _string_map(body: Body, name: str) -> dict[str, str]:

@@ -13,7 +13,12 @@ buffered bytes, never a thread, and is closed when its request is not complete w
 once idle for gunicorn's `keepalive`.  At most `max_connections` are open: past that, the one that has waited
 longest for a request is closed to make room.  Writing a response gets `IO_SECONDS` in all.  It is still
 gunicorn (the arbiter, systemd's socket from LISTEN_FDS, READY=1 to NOTIFY_SOCKET, graceful stop), and
-gunicorn's own parser, WSGI environ and error answers; the worker only decides when a request is complete.
+gunicorn's own parser, WSGI environ and error answers; the worker only decides when a request is complete
+(framing.py).
+
+The background work (lifecycle.py: reconciliation, the cluster's threads, the firewall-hook watcher, metrics)
+starts in the worker process, after the fork, when gunicorn loads the app (PluginServer.load), before the socket
+accepts requests; it stops when the worker exits, however it exits.
 """
 
 from __future__ import annotations
@@ -25,27 +30,29 @@ import queue
 import resource
 import selectors
 import socket
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn import http, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.http import wsgi
 from gunicorn.workers.base import Worker
 
-from .app import MAX_BODY  # the app's MAX_CONTENT_LENGTH: a longer body is handed over as is, for its 413
 from .config import Settings
+from .framing import expects_continue, frame_request
+
+if TYPE_CHECKING:
+    from .lifecycle import Lifecycle
+    from .wiring import Components
 
 SOCKET_UMASK = 0o117  # socket mode 0660: root and the docker group only
 
 REQUEST_SECONDS = 10.0  # from a connection's first byte (or its accept) until its request has fully arrived
 IO_SECONDS = 10.0  # for writing one response (and for the rare blocking read a thread does)
-MAX_HEAD = 64 * 1024  # request line and headers; gunicorn's own limits (limit_request_*) still apply
 BUFFER_BUDGET = 64 << 20  # bytes buffered across all connections before the largest waiting one is closed
 RESERVED_FDS = 64  # kept for the store, netlink, iptables' children and the log when capping connections
 READ_SIZE = 64 * 1024
@@ -74,106 +81,6 @@ def configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-# -- request framing -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Framed:
-    """The first request in a buffer: its first `length` bytes.  `last` when the connection must close after it:
-    the framing is malformed or too large, so gunicorn's parser or the app answers it with an error, and where
-    a next request would start is unknown."""
-
-    length: int
-    last: bool = False
-
-
-@dataclass(frozen=True)
-class _Head:
-    body_start: int
-    lengths: frozenset[bytes]
-    codings: tuple[bytes, ...]
-    expects_continue: bool
-
-
-def _head(buffer: bytes | bytearray) -> _Head | None:
-    head_end = buffer.find(b"\r\n\r\n")
-    if head_end < 0:
-        return None
-    lengths: set[bytes] = set()
-    codings: list[bytes] = []
-    expects_continue = False
-    for line in bytes(buffer[:head_end]).split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name, value = name.strip().lower(), value.strip()
-        if name == b"content-length":
-            lengths.add(value)
-        elif name == b"transfer-encoding":
-            codings.extend(coding.strip().lower() for coding in value.split(b","))
-        elif name == b"expect":
-            expects_continue = value.lower() == b"100-continue"
-    return _Head(head_end + 4, frozenset(lengths), tuple(codings), expects_continue)
-
-
-def frame_request(buffer: bytes | bytearray) -> Framed | None:
-    """Where the first HTTP/1.x request in `buffer` ends, or None while it is incomplete.
-
-    Only the framing is judged here (the end of the headers, Content-Length, a chunked body); every other check
-    is gunicorn's parser's, which gets these bytes next."""
-    head = _head(buffer)
-    if head is None:
-        return Framed(len(buffer), last=True) if len(buffer) > MAX_HEAD else None
-    if head.codings:
-        if head.lengths or head.codings[-1] != b"chunked":
-            return Framed(head.body_start, last=True)  # gunicorn refuses it (400 or 501)
-        return _frame_chunked(buffer, head.body_start)
-    if not head.lengths:
-        return Framed(head.body_start)
-    (length, *others) = head.lengths
-    if others or not (length.isascii() and length.isdigit()):
-        return Framed(head.body_start, last=True)  # gunicorn refuses it (400)
-    if int(length) > MAX_BODY:  # the app answers 413 from the header alone
-        return Framed(min(head.body_start + int(length), len(buffer)), last=True)
-    end = head.body_start + int(length)
-    return Framed(end) if len(buffer) >= end else None
-
-
-def expects_continue(buffer: bytes | bytearray) -> bool:
-    """Whether the client waits for `100 Continue` before it sends the body (curl does, for large bodies)."""
-    head = _head(buffer)
-    return head is not None and head.expects_continue
-
-
-def _frame_chunked(buffer: bytes | bytearray, position: int) -> Framed | None:
-    decoded = 0
-    while True:
-        line_end = buffer.find(b"\r\n", position)
-        if line_end < 0:
-            return Framed(len(buffer), last=True) if len(buffer) - position > MAX_HEAD else None
-        size_text = bytes(buffer[position:line_end]).partition(b";")[0].strip()
-        if not (size_text.isascii() and size_text.isalnum()):
-            return Framed(len(buffer), last=True)  # gunicorn refuses it (400)
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            return Framed(len(buffer), last=True)
-        position = line_end + 2
-        if size == 0:  # the last chunk, then trailer fields up to an empty line
-            if buffer[position : position + 2] == b"\r\n":
-                return Framed(position + 2)
-            trailers_end = buffer.find(b"\r\n\r\n", position)
-            if trailers_end < 0:
-                return Framed(len(buffer), last=True) if len(buffer) - position > MAX_HEAD else None
-            return Framed(trailers_end + 4)
-        position += size + 2
-        if len(buffer) < position:
-            return None  # a huge chunk runs into BUFFER_BUDGET or the request's deadline
-        if buffer[position - 2 : position] != b"\r\n":
-            return Framed(len(buffer), last=True)
-        decoded += size
-        if decoded > MAX_BODY:
-            return Framed(position, last=True)  # the app answers 413 once it has read past MAX_BODY
-
-
 # -- the worker ------------------------------------------------------------------------------------------------
 
 
@@ -196,6 +103,7 @@ class PluginWorker(Worker):  # type: ignore[misc]
     to write its answer to, and gives the connection back through `done`."""
 
     alive: bool  # gunicorn's: False once the worker is to stop
+    app: PluginServer
 
     def init_process(self) -> None:
         self.selector = selectors.DefaultSelector()
@@ -213,8 +121,11 @@ class PluginWorker(Worker):  # type: ignore[misc]
         if soft != resource.RLIM_INFINITY:
             limit = min(limit, soft - RESERVED_FDS)
         self.max_connections = max(limit, int(self.cfg.threads) + 1)
-        self.request_seconds = float(getattr(self.app, "request_seconds", REQUEST_SECONDS))
-        super().init_process()  # loads the app, then run()
+        self.request_seconds = self.app.request_seconds
+        try:
+            super().init_process()  # loads the app (and starts the background work), then run()
+        finally:
+            self.app.stop()  # however the worker ends: stopped, failed to boot, or a signal's SystemExit
 
     # -- the loop
 
@@ -502,8 +413,8 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
         """`request_seconds`: how long a request may take to arrive in full (PluginWorker)."""
         self.settings = settings
         self.metrics_addr = metrics_addr
-        self.metrics_server: Any = None
         self.request_seconds = request_seconds
+        self.lifecycle: Lifecycle | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -526,25 +437,28 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
             if key in self.cfg.settings:  # control_socket_disable only exists in newer gunicorn
                 self.cfg.set(key, value)
 
+    def components(self) -> Components:
+        """The production components (tests serve fakes instead)."""
+        from .wiring import build
+
+        return build(self.settings)
+
     def load(self) -> Any:
+        """In the worker process, after the fork: the background work (metrics and health included) starts here,
+        before the socket accepts requests; an identity another live host holds exits with WORKER_BOOT_ERROR."""
         configure_logging(self.settings.log_level)
-        from .app import WORKER_BOOT_ERROR, create_app
-        from .nodes import IdentityConflict
+        from .app import create_app
+        from .lifecycle import Lifecycle
 
-        try:
-            app = create_app(settings=self.settings)
-        except IdentityConflict:
-            # create_app logged why; without a traceback, and gunicorn's "worker failed to boot" code stops the
-            # master too, instead of starting the worker again and again
-            sys.exit(WORKER_BOOT_ERROR)
-        if self.metrics_addr is not None:
-            # In the worker, beside the app whose counters it shows (VXLANPY_METRICS_ADDR; off by default).
-            from .metrics import MetricsServer
+        components = self.components()
+        self.lifecycle = Lifecycle(components, metrics_addr=self.metrics_addr)
+        self.lifecycle.start()
+        return create_app(components)
 
-            operations = app.extensions["vxlanpy.operations"]
-            self.metrics_server = MetricsServer(self.metrics_addr, app.extensions["vxlanpy.metrics"], operations.health)
-            self.metrics_server.start()
-        return app
+    def stop(self) -> None:
+        """When the worker exits."""
+        if self.lifecycle is not None:
+            self.lifecycle.stop()
 
 
 def serve(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> None:

@@ -1,36 +1,95 @@
-"""The production wiring: which store, links, firewall and cluster a Settings object asks for."""
+"""Wiring: every component of the plugin, built once.
+
+`build(settings)` picks the production store, links, firewall and cluster a Settings object asks for;
+`assemble(driver, settings)` adds what sits on any driver (IPAM, operations, metrics), so tests build the same
+components on fakes.  Nothing here starts anything: lifecycle.Lifecycle starts and stops the background work,
+app.create_app serves the components.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .config import Settings
 from .dataplane.base import Links
 from .driver import Driver
 from .errors import StoreError, VxlanpyError
+from .ipam import Ipam
+from .metrics import Metrics
 from .models import IPAddress
+from .operator.operations import Operations
+from .operator.sandbox import NetlinkSandboxes, Sandboxes
 from .store.base import Store
 
 if TYPE_CHECKING:
-    from .cluster import EtcdCluster
+    from .operator.client import DockerListing
     from .store.etcd import EtcdKV
 
 log = logging.getLogger("vxlanpy")
 
+DockerAsker = Callable[[], "DockerListing | None"]  # Docker's networks, or None when Docker cannot be asked
 
-@dataclass
+
+class BackgroundCluster(Protocol):
+    """What the lifecycle does with the multi-host layer (cluster.EtcdCluster)."""
+
+    on_reconnect: Callable[[], None] | None  # after every (re)connection to etcd
+    on_refused: Callable[[str], None] | None  # another live host took our identity
+
+    def resume_lease(self) -> bool: ...
+
+    def claim_identity(self) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> list[str]:
+        """Returns the names of the threads still running."""
+        ...
+
+
+@dataclass(frozen=True)
 class Components:
     driver: Driver
-    cluster: EtcdCluster | None  # multi-host mode only; the app starts it
-    host: str  # the name this host's records are kept under: its identity in multi-host mode
+    ipam: Ipam
+    operations: Operations
+    metrics: Metrics
+    cluster: BackgroundCluster | None = None  # multi-host mode only
+    # With Docker's networks, start-up removes the networks and releases the pool claims of network creates
+    # that never completed on Docker's side; None: Docker is not asked.
+    docker_listing: DockerAsker | None = None
+
+
+def assemble(
+    driver: Driver,
+    settings: Settings,
+    *,
+    cluster: BackgroundCluster | None = None,
+    ipam: Ipam | None = None,
+    sandboxes: Sandboxes | None = None,
+    docker_listing: DockerAsker | None = None,
+) -> Components:
+    """Everything that sits on `driver`.  The IPAM driver keeps its records in the driver's own store, so they are
+    shared as widely as it is; `settings.host` is the name this host's records are kept under."""
+    if ipam is None:
+        ipam = Ipam(driver.store, host=settings.host, pool4=settings.ipam_pool4, pool6=settings.ipam_pool6)
+    metrics = Metrics()
+    sandboxes = sandboxes or NetlinkSandboxes()
+    operations = Operations(
+        driver, driver.store, driver.links, driver.firewall, driver.cluster, ipam.book, ipam.host, sandboxes, metrics
+    )
+    metrics.watch_state(operations.metrics_state)
+    return Components(driver, ipam, operations, metrics, cluster, docker_listing)
 
 
 def build(settings: Settings) -> Components:
+    """The production components: the kernel's links and firewall, the store (and cluster) of the settings."""
     from .dataplane.iptables import IptablesFirewall
     from .dataplane.netlink import NetlinkLinks
+    from .operator.client import docker_listing
 
     links = NetlinkLinks()
     firewall = IptablesFirewall()
@@ -39,7 +98,7 @@ def build(settings: Settings) -> Components:
 
         store = open_store(settings.store_url, settings.state_dir)
         driver = Driver(store, links, firewall, vni_range=settings.vni_range, default_dev=settings.default_dev)
-        return Components(driver, None, settings.host)
+        return assemble(driver, settings, docker_listing=docker_listing)
 
     from .cluster import EtcdCluster
     from .nodes import Nodes
@@ -60,8 +119,6 @@ def build(settings: Settings) -> Components:
     cluster = EtcdCluster(
         kv,
         etcd_store,
-        links,
-        firewall,
         lease_ttl=settings.lease_ttl,
         lease_file=lease_file,
         nodes=Nodes(kv, identity, settings.hostname),
@@ -70,7 +127,8 @@ def build(settings: Settings) -> Components:
     driver = Driver(
         etcd_store, links, firewall, vni_range=settings.vni_range, default_dev=settings.default_dev, cluster=cluster
     )
-    return Components(driver, cluster, identity)
+    # the records are kept under the identity, not the hostname
+    return assemble(driver, replace(settings, host=identity), cluster=cluster, docker_listing=docker_listing)
 
 
 def identity_of(settings: Settings, kv: EtcdKV) -> str:

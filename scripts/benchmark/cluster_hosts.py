@@ -1,7 +1,7 @@
 """The hosts of the cluster-scale section: N simulated ones in this process, and the one real vxlanpy.
 
-The simulated hosts are each an EtcdStore + EtcdCluster of their own (the plugin's own publishing code, with the
-in-package fake links and firewall, so no kernel objects), under a lease of their own, publishing their VTEP and
+The simulated hosts are each an EtcdStore + EtcdCluster of their own (the plugin's own publishing code, with no
+driver and so no kernel objects: they never watch), under a lease of their own, publishing their VTEP and
 their endpoints on the same VNI.  The real host is vxlanpy in a namespace of its own, etcd at the other end of
 its veth.
 """
@@ -17,7 +17,6 @@ from pathlib import Path
 from tests.multihost.cluster import vxlanpy_command, with_descendants
 
 from vxlanpy.cluster import EtcdCluster
-from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
 from vxlanpy.models import Endpoint, Network, NetworkConfig, Subnet
 from vxlanpy.store.etcd import EtcdConfig, EtcdKV, EtcdStore
 
@@ -52,7 +51,7 @@ class SimHost:
     def __post_init__(self) -> None:
         kv = EtcdKV(EtcdConfig.from_url(self.url, timeout=10.0))
         store = EtcdStore(kv, f"sim{self.index:03d}")
-        self.cluster = EtcdCluster(kv, store, FakeLinks(), FakeFirewall(), lease_ttl=SIM_LEASE_TTL)
+        self.cluster = EtcdCluster(kv, store, lease_ttl=SIM_LEASE_TTL)
         vtep = SIM_VTEPS[self.index + 1]
         self.network = Network(
             network_id=secrets.token_hex(32),
@@ -76,10 +75,9 @@ class SimHost:
         return self.cluster.store
 
     def publish_network(self) -> None:
-        """What CreateNetwork does on a host in etcd mode: the store's record, the (fake) kernel objects, then the
+        """What CreateNetwork does on a host in etcd mode, but the kernel objects: the store's record, then the
         VTEP under the lease."""
         self.store.add_network(self.network)
-        self.cluster.links.ensure_network(self.network)
         self.cluster.publish_network(self.network)
 
     def publish(self, endpoint: Endpoint) -> None:

@@ -9,15 +9,13 @@ import os
 import re
 import secrets
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.helpers import SOCKET_PATH, plugin_command, socket_answers
-from tests.plugin_socket import plugin_call
-
-from .runner import log_tail, stop_process_group
+from tests.multihost.processes import ManagedProcess
+from tests.plugin_socket import PluginNotReady, wait_until_activated
 
 SANDBOX = "/var/run/docker/netns/vxlanpy-bench-fake"  # never exists: only recorded by Join
 
@@ -105,41 +103,25 @@ def endpoint_down(sock: SocketClient, network_id: str, endpoint_id: str) -> floa
     return time.perf_counter() - started
 
 
-class PluginProcess:
+class PluginProcess(ManagedProcess):
     """A vxlanpy started in a session of its own, logging to `log_path`, answering on `socket_path`."""
 
     def __init__(self, socket_path: Path, log_path: Path) -> None:
+        super().__init__("vxlanpy", log_path)
         self.socket_path = socket_path
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
 
     def launch(self, argv: list[str], env: dict[str, str], cwd: Path, timeout: float) -> None:
         """Start `argv` and wait until the plugin answers /Plugin.Activate as a network driver."""
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vxlanpy exited while starting; see {self.log_path}:\n{self.log_tail()}")
-            try:
-                status, body = plugin_call(str(self.socket_path), "/Plugin.Activate", timeout=2)
-                if status == 200 and isinstance(body, dict) and "NetworkDriver" in body.get("Implements", []):
-                    return
-            except OSError:
-                pass  # not listening yet
-            time.sleep(0.05)
-        raise RuntimeError(f"vxlanpy did not answer within {timeout:.0f} s; see {self.log_path}:\n{self.log_tail()}")
+        self._spawn(argv, env, cwd)
 
-    def log_tail(self, lines: int = 30) -> str:
-        return log_tail(self.log_path, lines)
+        def exited() -> str | None:
+            code = None if self.process is None else self.process.poll()
+            return None if code is None else f"vxlanpy exited while starting (exit status {code})"
 
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process_group(self.process)
-            self.process = None
+        try:
+            wait_until_activated(str(self.socket_path), timeout, gone=exited)
+        except PluginNotReady as exc:
+            raise PluginNotReady(f"{exc}; see {self.log_path}:\n{self.log_tail()}") from None
 
 
 class BenchPlugin(PluginProcess):
@@ -171,10 +153,10 @@ class BenchPlugin(PluginProcess):
         env.pop("VXLANPY_STORE", None)
         self.launch(command, env, self.workdir, timeout)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 15.0) -> None:
         if self.process is None:
             return
-        super().stop()
+        super().stop(timeout)
         if self.socket_path.exists() and not socket_answers(self.socket_path):
             self.socket_path.unlink()
 

@@ -51,32 +51,6 @@ def quiet(action: Callable[[], Any]) -> None:
         pass
 
 
-def log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def stop_process_group(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    """SIGTERM the session `process` leads, SIGKILL it after `grace` seconds, then SIGKILL what is left of the
-    group (gunicorn workers that outlived their master)."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, signum)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=grace)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 class Namespaces:
     """Named network namespaces made here (`ip netns add`), deleted at exit."""
 

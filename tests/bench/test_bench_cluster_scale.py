@@ -8,26 +8,13 @@ timing is asserted (CI machines are noisy), the targets are read in docs/benchma
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from scripts.benchmark.params import QUICK, expected_cases
 
 from tests.bench.conftest import BenchRun
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "the cluster-scale benchmark needs root (namespaces, iptables)"
-    missing = [tool for tool in ("ip", "iptables", "etcd") if shutil.which(tool) is None]
-    return f"missing tools: {', '.join(missing)} (apt-get install iproute2 iptables etcd-server)" if missing else None
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 
 
 def test_quick_cluster_scale_produces_every_row_and_cleans_up(

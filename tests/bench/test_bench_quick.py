@@ -12,33 +12,15 @@ one that runs tests/e2e (whose plugin holds the socket until that session ends):
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from scripts.benchmark.params import QUICK, expected_cases
 
 from tests.bench.conftest import BenchRun
-from tests.multihost.cluster import missing_prerequisites
 
 SOCKET = Path("/run/docker/plugins/vxlanpy.sock")
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "the benchmark needs root (sudo .venv/bin/python -m pytest tests/bench)"
-    missing = [tool for tool in ("iperf3", "nsenter", "docker") if shutil.which(tool) is None]
-    if missing:
-        return f"missing tools: {', '.join(missing)}"
-    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
-        return "no Docker engine answers"
-    return missing_prerequisites()
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 
 
 def test_quick_benchmark_runs_every_case(tmp_path: Path, run_bench: Callable[..., BenchRun]) -> None:

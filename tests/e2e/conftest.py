@@ -2,13 +2,13 @@
 
 The whole e2e suite is skipped (with the reason) when not running as root or when no Docker engine answers.
 Every container and network a test creates carries the label `vxlanpy.test=1`; they are removed after each
-test whatever its outcome, and at the end of the session no vxlanpy link (vxbr-/vxlan-/vxh-) may remain.
+test whatever its outcome, and at the end of the session no vxlanpy link (vxbr-/vxlan-/vxh-) may remain; the
+plugin's FORWARD hook (VXLANPY-FORWARD, VXLANPY-INTERNAL) is removed from the host's firewall once it has stopped.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import socket
 import subprocess
@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.docker_cleanup import remove_forward_hook
+from tests.tiers import mark_unavailable, needs_root
 
 from .helpers import (
     DRIVER,
@@ -46,12 +49,12 @@ from .helpers import (
 
 
 def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "the e2e suite needs root (run it with: sudo ./scripts/test)"
+    if (reason := needs_root("the e2e suite")) is not None:
+        return reason
     if docker is None:
-        return "the docker SDK is not installed (pip install -e '.[test]')"
+        return "the docker SDK is not installed: pip install -e '.[test]'"
     if IPRoute is None:
-        return "pyroute2 is not installed"
+        return "pyroute2 is not installed: pip install -e '.[test]'"
     try:
         client = docker.from_env(version="auto", timeout=10)
         client.ping()
@@ -90,9 +93,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if reason is None:
         _deselect_for_older_engines(config, items, ours)
         return
-    marker = pytest.mark.skip(reason=reason)
-    for item in ours:
-        item.add_marker(marker)
+    mark_unavailable(ours, reason)
 
 
 # --------------------------------------------------------------------------------------------- docker
@@ -165,7 +166,18 @@ class MetricsPluginProcess(PluginProcess):
 
 
 @pytest.fixture(scope="session")
-def plugin(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterator[PluginProcess]:
+def _forward_hook_removed_at_the_end() -> Iterator[None]:
+    """After the session's plugin has stopped (it needs this fixture, so this ends after it): its FORWARD hook,
+    which a stopping plugin leaves in place on purpose, is taken out of the host's firewall."""
+    yield
+    problems = remove_forward_hook()
+    assert not problems, "removing vxlanpy's FORWARD hook at the end of the e2e session:\n  " + "\n  ".join(problems)
+
+
+@pytest.fixture(scope="session")
+def plugin(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, _forward_hook_removed_at_the_end: None
+) -> Iterator[PluginProcess]:
     process = MetricsPluginProcess(tmp_path_factory.mktemp("vxlanpy-plugin"), free_loopback_port())
     process.start()
     yield process

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.docker_cleanup import remove_labelled  # noqa: F401  (re-exported for the suites)
-from tests.plugin_socket import plugin_call, plugin_get  # noqa: F401  (re-exported for the suites)
+from tests.plugin_socket import PluginNotReady, plugin_call, plugin_get, wait_until_activated  # noqa: F401  (plugin_call, plugin_get: re-exported for the suites)
 
 try:
     import docker
@@ -276,29 +276,17 @@ class PluginProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        last_error = "no answer yet"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"the plugin exited with code {self.process.returncode} while starting; its log:\n"
-                    f"{self.log_tail()}",
-                    pytrace=False,
-                )
-            try:
-                status, body = plugin_call(str(self.socket_path), "/Plugin.Activate", timeout=2)
-                if status == 200 and isinstance(body, dict) and "NetworkDriver" in body.get("Implements", []):
-                    return
-                last_error = f"HTTP {status}: {body!r}"
-            except OSError as exc:
-                last_error = repr(exc)
-            time.sleep(0.1)
-        self.stop()
-        pytest.fail(
-            f"the plugin did not answer /Plugin.Activate on {self.socket_path} within {timeout:.0f} s "
-            f"(last: {last_error}); its log:\n{self.log_tail()}",
-            pytrace=False,
-        )
+        process = self.process
+
+        def exited() -> str | None:
+            code = process.poll()
+            return None if code is None else f"the plugin exited with code {code} while starting"
+
+        try:
+            wait_until_activated(str(self.socket_path), timeout, gone=exited, interval=0.1)
+        except PluginNotReady as exc:
+            self.stop()
+            pytest.fail(f"{exc}; its log:\n{self.log_tail()}", pytrace=False)
 
     def kill9(self) -> None:
         """SIGKILL the plugin (its whole process group, gunicorn workers included) and wait for it."""

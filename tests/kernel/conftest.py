@@ -2,6 +2,8 @@
 
 Everything the tests build lives inside namespaces created here, so tearing the namespaces down removes it
 all (bridges, VXLAN devices, both ends of every veth).  Teardown runs whether the test passed or not.
+Without root or iproute2/iptables/nsenter the tier is skipped, naming what is missing; under scripts/test
+(VXLANPY_FORBID_SKIPS=1) it fails instead (tests/tiers.py).
 """
 
 from __future__ import annotations
@@ -9,11 +11,27 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute, netns
 
+from tests.tiers import first_reason, mark_unavailable, missing_programs, needs_root, tier_of
+
 NETNS_PREFIX = "vxt-"
+KERNEL_PROGRAMS = ("ip", "bridge", "iptables", "ip6tables", "iptables-restore", "nsenter")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    ours = [item for item in items if tier_of(Path(str(item.path))) == "kernel"]
+    if not ours:
+        return
+    reason = first_reason(
+        lambda: needs_root("the kernel tier (network namespaces, bridges, VXLAN devices, iptables)"),
+        lambda: missing_programs(*KERNEL_PROGRAMS),
+    )
+    if reason is not None:
+        mark_unavailable(ours, reason)
 
 
 def unique_name(prefix: str = NETNS_PREFIX) -> str:

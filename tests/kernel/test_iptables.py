@@ -25,7 +25,7 @@ import vxlanpy
 from vxlanpy.dataplane.iptables import IptablesFirewall
 from vxlanpy.errors import DataplaneError
 from vxlanpy.models import Endpoint, Network, NetworkConfig, PortMapping, Subnet
-from vxlanpy.operator.doctor import Doctor, Finding, LocalProbe
+from vxlanpy.operator.doctor import FIREWALL_CHECKS, Examination, Finding, LocalProbe
 
 pytestmark = [
     pytest.mark.kernel,
@@ -977,8 +977,10 @@ class NetnsProbe(LocalProbe):
 def doctor_sees(ns: str) -> dict[str, list[Finding]]:
     """doctor's firewall findings in `ns`, by check (what `sudo vxlanpy doctor` prints there)."""
     seen: dict[str, list[Finding]] = {}
-    for finding in Doctor(NetnsProbe(ns), None, None).firewall():  # type: ignore[arg-type]
-        seen.setdefault(finding.check, []).append(finding)
+    examination = Examination(NetnsProbe(ns), None, None)  # type: ignore[arg-type]
+    for check in FIREWALL_CHECKS:
+        for finding in check(examination):
+            seen.setdefault(finding.check, []).append(finding)
     return seen
 
 

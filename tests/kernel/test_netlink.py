@@ -18,11 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, netns
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from vxlanpy.dataplane.base import RemoteEndpoint, Underlay
 from vxlanpy.dataplane.netlink import NetlinkLinks
+from vxlanpy.dataplane.rtnl import set_ipv4_devconf
 from vxlanpy.errors import Conflict, DataplaneError, InvalidOption
 from vxlanpy.models import Endpoint, Network, NetworkConfig, Subnet, endpoint_mac, gateway_mac
 
@@ -602,11 +603,11 @@ def recording(links: NetlinkLinks) -> Recorder:
     links._ipr = recorder
     write_neighbours = links._raw.write_neighbours
 
-    def record_batch(writes: list[Any]) -> None:  # the batched neighbour and FDB writes, as the one-call names
+    def record_batch(writes: list[Any]) -> Any:  # the batched neighbour and FDB writes, as the one-call names
         for write in writes:
             command = "del" if write.mode is None else "append" if write.mode & 0x800 else "replace"
             recorder.changes.append(("fdb" if write.family == socket.AF_BRIDGE else "neigh", command))
-        write_neighbours(writes)
+        return write_neighbours(writes)
 
     links._raw.write_neighbours = record_batch  # type: ignore[method-assign]
     return recorder
@@ -1052,3 +1053,27 @@ def test_only_a_bridge_with_an_ipv6_gateway_gets_ipv6_addresses(
     assert ping(sandbox, "192.168.77.1")  # everything up and forwarding, and still no IPv6 address on them
     assert link_locals() == []
     assert [a for a in ipv6_addresses(sandbox, endpoint.container_veth) if a.startswith("fe80:")]
+
+
+# -- IPv4 devconf through netlink (the firewall's way round a read-only /proc/sys) ----------------------------
+
+
+def route_localnet(ns: str, dev: str) -> str:
+    return run(ns, "cat", f"/proc/sys/net/ipv4/conf/{dev}/route_localnet").stdout.strip()
+
+
+def test_route_localnet_is_set_through_netlink(host: str) -> None:
+    """set_ipv4_devconf works on the namespace of the calling thread: a thread of its own enters `host`."""
+    with IPRoute(netns=host, flags=0) as ipr:
+        ipr.link("add", ifname="vxbr-77", kind="bridge")
+
+    def in_host(value: int, dev: str = "vxbr-77") -> None:
+        netns.setns(host, flags=0)  # this thread only; it ends with the pool
+        set_ipv4_devconf(dev, "route_localnet", value)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(in_host, 1).result()
+        assert route_localnet(host, "vxbr-77") == "1"
+        pool.submit(in_host, 0).result()
+        assert route_localnet(host, "vxbr-77") == "0"
+        pool.submit(in_host, 1, "vxbr-78").result()  # no such device: nothing to do, as for the sysctl

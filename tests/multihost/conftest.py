@@ -1,7 +1,7 @@
 """Multi-host harness: three Docker hosts, an underlay and etcd on this one machine (see cluster.py).
 
-* The whole suite is skipped, with the reason, when not root or when dockerd, containerd, etcd, iproute2,
-  iptables or the docker SDK are missing.
+* The whole suite is skipped, naming what is missing (root, dockerd, containerd, etcd, iproute2, iptables, the
+  docker SDK, busybox), and fails instead under scripts/test (VXLANPY_FORBID_SKIPS=1, tests/tiers.py).
 * `cluster` (session) builds the namespaces, etcd and one dockerd per host (with the busybox image);
   `vx_cluster` (session) additionally starts vxlanpy on every host, with VXLANPY_STORE=etcd://10.250.0.254:2379.
   Tests of plain Docker use `cluster`; tests of vxlanpy use `vx_cluster`.
@@ -30,6 +30,7 @@ import pytest
 
 from tests.engines import engine_major
 from tests.etcd_server import EtcdCluster, make_tls
+from tests.tiers import mark_unavailable
 
 from .cluster import (
     DRIVER,
@@ -59,8 +60,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             config.hook.pytest_deselected(items=dropped)
             items[:] = [item for item in items if item not in dropped]
         return
-    for item in ours:
-        item.add_marker(pytest.mark.skip(reason=reason))
+    mark_unavailable(ours, reason)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,17 @@ import pytest
 
 from tests.engines import engine_name
 
-from .cluster import ETCD_IP, ETCD_PORT, HOST_BUSYBOX, LABELS, Cluster, container_address, exec_text, ping_until
+from .cluster import (
+    ETCD_IP,
+    ETCD_PORT,
+    HOST_BUSYBOX,
+    LABELS,
+    Cluster,
+    container_address,
+    exec_text,
+    netns_socket,
+    ping_until,
+)
 
 
 def bridge_network(host: Any, subnet: str) -> Any:
@@ -116,18 +126,8 @@ def _underlay_mac(cluster: Cluster) -> str:
 def test_outsider_namespace_is_on_the_underlay_and_removed(cluster: Cluster) -> None:
     mac = _underlay_mac(cluster)
     with cluster.outsider("10.250.0.99") as netns:
-        with_socket = cluster["h1"].socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with_socket.bind(("10.250.0.1", 0))
-        port = with_socket.getsockname()[1]
-        from .cluster import netns_socket
-
-        sender = netns_socket(netns, socket.AF_INET, socket.SOCK_DGRAM)
-        sender.sendto(b"hello", ("10.250.0.1", port))
-        with_socket.settimeout(3)
-        data, (source, _) = with_socket.recvfrom(100)
-        sender.close()
-        with_socket.close()
-        assert (data, source) == (b"hello", "10.250.0.99")
+        source, _ = _outsider_said_hello(cluster, netns)
+        assert source == "10.250.0.99"
     assert netns not in cluster.namespaces
     # Adding and removing a port must not change the underlay bridge's MAC (the hosts' ARP entry for etcd).
     assert _underlay_mac(cluster) == mac
@@ -140,3 +140,34 @@ def _netns_list() -> list[str]:
 
     result = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
     return [line for line in result.stdout.splitlines() if line.split()]
+
+
+def _outsider_said_hello(cluster: Cluster, netns: str) -> tuple[str, str]:
+    """The outsider sends h1 a datagram (so h1 learns its MAC); returns the source h1 saw and the outsider's MAC."""
+    import json
+    import subprocess
+
+    receiver = cluster["h1"].socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("10.250.0.1", 0))
+    sender = netns_socket(netns, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sender.sendto(b"hello", ("10.250.0.1", receiver.getsockname()[1]))
+        receiver.settimeout(3)
+        data, (source, _) = receiver.recvfrom(100)
+        assert data == b"hello"
+    finally:
+        sender.close()
+        receiver.close()
+    shown = subprocess.run(
+        ["ip", "-n", netns, "-j", "link", "show", "eth0"], capture_output=True, text=True, check=True
+    )
+    return source, str(json.loads(shown.stdout)[0]["address"])
+
+
+def test_an_outsider_made_again_keeps_its_mac(cluster: Cluster) -> None:
+    """Else each test's outsider at 10.250.0.99 has a new MAC, and the hosts' ARP entry from the last one is stale."""
+    with cluster.outsider("10.250.0.99") as netns:
+        _, first = _outsider_said_hello(cluster, netns)
+    with cluster.outsider("10.250.0.99") as netns:
+        _, second = _outsider_said_hello(cluster, netns)
+    assert first == second

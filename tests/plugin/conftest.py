@@ -1,7 +1,8 @@
 """The managed-plugin suite: vxlanpy as Docker users install it (see harness.py for the layout).
 
-* Tests that need the engine (or root) are skipped, with the reason, when not root or when dockerd,
-  debootstrap, docker-registry or docker-compose are missing (scripts/test installs them).
+* Tests that need the engine (or root) are skipped, naming what is missing, when not root or when dockerd,
+  debootstrap, docker-registry or docker-compose are missing; under scripts/test, which installs them
+  (VXLANPY_FORBID_SKIPS=1), they fail instead (tests/tiers.py).
 * `engine` (session): the namespace, its dockerd (with the busybox image) and the registry on its loopback.
 * `built` (session): scripts/build-plugin creates vxlanpy/vxlanpy:latest and 127.0.0.1:5000/vxlanpy/vxlanpy:test
   in that engine; the second is pushed to the registry and removed, so that installing it really pulls.
@@ -13,12 +14,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.tiers import mark_unavailable, needs_root
 
 from .harness import (
     LOCAL_PLUGIN,
@@ -36,13 +38,15 @@ ROOT_FIXTURES = {"engine", "built"}
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     ours = [item for item in items if PLUGIN_TESTS_DIR in Path(str(item.path)).resolve().parents]
+    if not ours:
+        return
+    engine_tests = [item for item in ours if ROOT_FIXTURES & set(getattr(item, "fixturenames", ()))]
     reason = missing_prerequisites()
-    for item in ours:
-        if ROOT_FIXTURES & set(getattr(item, "fixturenames", ())):
-            if reason is not None:
-                item.add_marker(pytest.mark.skip(reason=reason))
-        elif item.get_closest_marker("needs_root") and os.geteuid() != 0:
-            item.add_marker(pytest.mark.skip(reason="needs root (namespaces, mounts): run it with sudo"))
+    if reason is not None:
+        mark_unavailable(engine_tests, reason)
+    root_reason = needs_root("this test (namespaces, mounts)")
+    if root_reason is not None:
+        mark_unavailable([item for item in ours if item.get_closest_marker("needs_root")], root_reason)
 
 
 def pytest_configure(config: pytest.Config) -> None:

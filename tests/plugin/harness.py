@@ -41,11 +41,12 @@ from tests.multihost.cluster import (
     kill_pids,
     netns_pids,
     netns_socket,
-    plugin_call,
     process_name,
     run,
     with_descendants,
 )
+from tests.plugin_socket import PluginNotReady, wait_until_activated
+from tests.tiers import first_reason, missing_programs, needs_root
 
 PLUGIN_TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PLUGIN_TESTS_DIR.parents[1]
@@ -69,14 +70,12 @@ TIMINGS: dict[str, str] = {}
 
 
 def missing_prerequisites() -> str | None:
-    if os.geteuid() != 0:
-        return "the managed-plugin suite needs root (namespaces, dockerd, debootstrap): run it with sudo"
-    missing = [name for name in REQUIRED if shutil.which(name) is None]
-    if missing:
-        return f"missing: {', '.join(missing)} (apt-get install docker.io debootstrap docker-registry docker-compose)"
-    if not Path("/bin/busybox").exists():
-        return "/bin/busybox is missing (apt-get install busybox-static)"
-    return None
+    """Why the managed-plugin suite cannot run here (naming what to install), or None."""
+    return first_reason(
+        lambda: needs_root("the managed-plugin suite (namespaces, dockerd, debootstrap)"),
+        lambda: missing_programs(*REQUIRED),
+        lambda: None if Path("/bin/busybox").exists() else "/bin/busybox not found: apt-get install busybox-static",
+    )
 
 
 # --------------------------------------------------------------------------------------------- registry
@@ -283,12 +282,15 @@ class Engine:
                             seen["socket"] = time.monotonic()
                 if "socket" in seen:
                     try:
-                        status, body = plugin_call(str(path), "/Plugin.Activate", timeout=10)
-                    except OSError:
-                        status, body = 0, None
-                    if status == 200 and isinstance(body, dict) and "NetworkDriver" in body.get("Implements", []):
-                        seen["ready"] = time.monotonic()
+                        # Until `docker plugin enable` has returned and the join below has waited its 10 s.
+                        wait_until_activated(
+                            str(path), 70, gone=lambda: "gave up" if done.is_set() else None, interval=0.005,
+                            call_timeout=10,
+                        )  # fmt: skip
+                    except PluginNotReady:
                         return
+                    seen["ready"] = time.monotonic()
+                    return
                 time.sleep(0.005)
 
         watcher = threading.Thread(target=watch, name="vxpl-enable-watch", daemon=True)

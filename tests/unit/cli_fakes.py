@@ -19,8 +19,9 @@ from vxlanpy.config import Settings
 from vxlanpy.errors import DataplaneError
 from vxlanpy.operator.cli import Env, main
 from vxlanpy.operator.client import CliError, DockerContainer, DockerNetwork, PluginClient
-from vxlanpy.operator.operations import expected_vxlan_device
+from vxlanpy.operator.reading import expected_vxlan_device
 from vxlanpy.operator.sandbox import Plumbed, Plumbing, choose_ifname
+from vxlanpy.wiring import Components, assemble
 
 from .conftest import Harness
 
@@ -116,6 +117,7 @@ class FakeProbe:
     stats: dict[str, os.stat_result] = field(default_factory=dict)
     commands: dict[tuple[str, ...], tuple[int, str, str]] = field(default_factory=dict)
     root: bool = True
+    ran: list[tuple[str, ...]] = field(default_factory=list)  # every command, in order
 
     def read(self, path: str) -> str | None:
         return self.files.get(path)
@@ -124,6 +126,7 @@ class FakeProbe:
         return self.stats.get(path)
 
     def run(self, argv: list[str]) -> tuple[int, str, str]:
+        self.ran.append(tuple(argv))
         return self.commands.get(tuple(argv), (127, "", f"{argv[0]}: not installed"))
 
     def is_root(self) -> bool:
@@ -147,10 +150,15 @@ class CliHarness:
         self.docker = FakeDocker()
         self.probe = FakeProbe()
         self.namespaces: list[str] = []
-        self.app = create_app(harness.driver, Settings(host=HOST), reconcile=False, sandboxes=self.sandboxes)
-        self.flask = self.app.test_client()
+        self.serve(assemble(harness.driver, Settings(host=HOST), sandboxes=self.sandboxes))
         self.plugin_up = True
         self.socket = "/run/docker/plugins/vxlanpy.sock"
+
+    def serve(self, components: Components) -> None:
+        """The CLI talks to an app on these components from now on."""
+        self.components = components
+        self.app = create_app(components)
+        self.flask = self.app.test_client()
 
     def transport(self, method: str, path: str, data: bytes | None, timeout: float) -> tuple[int, bytes]:
         if not self.plugin_up:

@@ -14,6 +14,7 @@ from vxlanpy.config import Settings
 from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
 from vxlanpy.driver import Driver
 from vxlanpy.store.memory import MemoryStore
+from vxlanpy.wiring import assemble
 
 from ..etcd_server import EtcdServer
 
@@ -40,7 +41,7 @@ class Harness:
             clock=lambda: self.now,
             sandbox_exists=lambda path: path in self.live_sandboxes,
         )
-        self.client: FlaskClient = create_app(self.driver, Settings(), reconcile=False).test_client()
+        self.client: FlaskClient = create_app(assemble(self.driver, Settings())).test_client()
 
     def call(self, method: str, body: Any = None, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())

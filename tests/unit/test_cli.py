@@ -210,6 +210,30 @@ def test_attach_failure_in_the_namespace_rolls_back(cli: CliHarness) -> None:
     assert list(cli.harness.links.endpoints) == [cli.harness.store.list_endpoints(NET)[0].host_veth]
 
 
+def test_attach_failure_in_the_namespace_releases_the_reserved_address(cli: CliHarness) -> None:
+    cli.harness.store.claim_pool("10.1.0.0/24", f"{HOST}/abcdef012345", exclusive=False)  # a vxlanpy IPAM pool
+    cli.container("solo", CID)
+    cli.sandboxes.fail = True
+    result = cli.run("attach", "--ip", "10.1.0.9", "solo", "demo")
+    assert result.exit_code == 1 and "injected failure in plumb" in one_line_error(result)
+    assert "10.1.0.9" not in cli.harness.store.reserved_addresses("10.1.0.0/24")
+    assert [e.endpoint_id for e in cli.harness.store.list_endpoints(NET)] == [EP]
+    cli.sandboxes.fail = False
+    result = cli.run("attach", "--ip", "10.1.0.9", "solo", "demo")  # the address is free again
+    assert result.exit_code == 0, result.output
+
+
+def test_attach_refused_address_leaves_nothing_behind(cli: CliHarness) -> None:
+    cli.harness.store.claim_pool("10.1.0.0/24", f"{HOST}/abcdef012345", exclusive=False)
+    cli.container("solo", CID)
+    result = cli.run("attach", "--ip", "10.1.0.1", "solo", "demo")
+    assert result.exit_code == 1 and "is the network's gateway" in one_line_error(result)
+    result = cli.run("attach", "--ip", "10.1.0.9", "--ip6", "fd00::9", "solo", "demo")  # the network has no IPv6
+    assert result.exit_code != 0 and "has no IPv6 subnet" in one_line_error(result)
+    assert "10.1.0.9" not in cli.harness.store.reserved_addresses("10.1.0.0/24"), "the IPv4 reservation stays"
+    assert [e.endpoint_id for e in cli.harness.store.list_endpoints(NET)] == [EP]
+
+
 def test_attach_reserves_in_vxlanpys_ipam_and_detach_releases(cli: CliHarness) -> None:
     cli.harness.store.claim_pool("10.1.0.0/24", f"{HOST}/abcdef012345", exclusive=False)  # a vxlanpy IPAM pool
     cli.harness.store.reserve_address("10.1.0.0/24", "10.1.0.2", f"{HOST}/container-1")
@@ -392,6 +416,19 @@ def test_doctor_on_a_healthy_host_exits_0(cli: CliHarness) -> None:
         "VXLAN port udp/4789",
     ):
         assert f"] {check}:" in result.stdout, check
+
+
+def test_doctor_reports_in_its_order_and_reads_each_firewall_table_once(cli: CliHarness) -> None:
+    healthy_host(cli)
+    result = cli.run("doctor", "--json")
+    assert result.exit_code == 0, result.output
+    checks = [finding["check"] for finding in json.loads(result.stdout)]
+    order = ["kernel module vxlan", "plugin socket", "plugin answers dockerd", "state store", "IPv4 forwarding"]
+    order += ["firewall layout", "vxlanpy's FORWARD hook", "vxlanpy's isolation rules", "firewall of vni 42"]
+    order += ["MTU of vni 42", "peers of vni 42", "orphans", "VXLAN port udp/4789"]
+    assert [checks.index(check) for check in order] == sorted(checks.index(check) for check in order), checks
+    assert cli.probe.ran.count(("iptables", "-w", "10", "-t", "filter", "-S")) == 1
+    assert cli.probe.ran.count(("nft", "-j", "list", "chains")) == 1
 
 
 def test_doctor_explains_each_problem_and_exits_1(cli: CliHarness) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,8 +18,10 @@ from vxlanpy.dataplane.base import RemoteEndpoint, Underlay
 from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
 from vxlanpy.driver import Driver
 from vxlanpy.errors import Conflict, InvalidOption, StoreError
-from vxlanpy.models import Network, NetworkConfig, Subnet
-from vxlanpy.store.etcd import EtcdConfig, EtcdKV, EtcdStore, KeyValue
+from vxlanpy.models import IPAddress, Network, NetworkConfig, Subnet
+from vxlanpy.store.etcd import EtcdStore
+from vxlanpy.store.etcd_kv import EtcdConfig, EtcdKV, KeyValue
+from vxlanpy.store.memory import MemoryStore
 
 from ..etcd_server import EtcdServer
 
@@ -30,13 +33,25 @@ def etcd(etcd_server: EtcdServer) -> EtcdServer:
     return etcd_server
 
 
+def underlay(address: str) -> dict[str, Underlay]:
+    return {"eth0": Underlay("eth0", 1500, (ipaddress.ip_address(address),))}
+
+
 class Host:
-    def __init__(self, url: str, prefix: str, name: str, address: str, lease_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        name: str,
+        address: str,
+        lease_file: Path | None = None,
+        links: FakeLinks | None = None,
+    ) -> None:
         self.kv = EtcdKV(EtcdConfig.from_url(url, prefix=prefix, timeout=2))
         self.store = EtcdStore(self.kv, name)
-        self.links = FakeLinks({"eth0": Underlay("eth0", 1500, (ipaddress.ip_address(address),))})
+        self.links = links or FakeLinks(underlay(address))
         self.firewall = FakeFirewall()
-        self.cluster = EtcdCluster(self.kv, self.store, self.links, self.firewall, lease_ttl=2, lease_file=lease_file)
+        self.cluster = EtcdCluster(self.kv, self.store, lease_ttl=2, lease_file=lease_file)
         self.resumed = self.cluster.resume_lease()
         self.driver = Driver(
             self.store,
@@ -55,8 +70,8 @@ def hosts(etcd: EtcdServer) -> Iterator[Callable[..., Host]]:
     prefix = f"/test-{uuid.uuid4().hex[:8]}"
     made: list[Host] = []
 
-    def make(name: str, address: str, lease_file: Path | None = None) -> Host:
-        made.append(Host(etcd.url, prefix, name, address, lease_file))
+    def make(name: str, address: str, lease_file: Path | None = None, links: FakeLinks | None = None) -> Host:
+        made.append(Host(etcd.url, prefix, name, address, lease_file, links))
         return made[-1]
 
     yield make
@@ -211,23 +226,16 @@ def test_an_endpoint_change_programs_only_that_endpoints_entries(hosts: Callable
     assert b.firewall.vtep_filter == filter_before
 
 
-class _OneNetworkStore:
-    """Just what EtcdCluster's event handling reads of the store: the host's name and its networks."""
-
-    def __init__(self, network: Network) -> None:
-        self.host = "me"
-        self.network = network
-
-    def list_networks(self) -> list[Network]:
-        return [self.network]
-
-
 def _offline_cluster() -> tuple[EtcdCluster, FakeLinks, Network]:
+    """A cluster that only handles events (etcd is never called) and the driver that programs them."""
     network = Network(net(3), NetworkConfig(vni=309, local=ipaddress.ip_address("192.0.2.9")), SUBNET)
     links = FakeLinks()
     links.ensure_network(network)
-    kv = EtcdKV(EtcdConfig.from_url("etcd://127.0.0.1:9"))  # never called here
-    cluster = EtcdCluster(kv, _OneNetworkStore(network), links, FakeFirewall())  # type: ignore[arg-type]
+    store = MemoryStore()
+    store.add_network(network)
+    kv = EtcdKV(EtcdConfig.from_url("etcd://127.0.0.1:9"))
+    cluster = EtcdCluster(kv, EtcdStore(kv, "me"))
+    Driver(store, links, FakeFirewall(), cluster=cluster)
     return cluster, links, network
 
 
@@ -288,3 +296,112 @@ def test_range_pages_reads_every_key_at_one_revision(etcd: EtcdServer) -> None:
     assert {rev for _, rev in rest} == {revision}
     keys = [item.key.rsplit("/", 1)[1] for items in (first, *(items for items, _ in rest)) for item in items]
     assert keys == [f"k{index:02d}" for index in range(25)]
+
+
+# -- one owner of kernel state: a watch event and a Docker request on one network never interleave --------------
+
+PAUSE = 2.0  # how long the paused call waits for another thread to call in on its network
+
+
+class PausingLinks(FakeLinks):
+    """FakeLinks whose first `pause_in` call waits inside (holding the network's devices, as netlink would be
+    halfway through) until another thread calls in on the same network, or PAUSE seconds pass.  Calls that come
+    in meanwhile are recorded in `interleaved`."""
+
+    def __init__(self, underlays: dict[str, Underlay], pause_in: str) -> None:
+        super().__init__(underlays)
+        self.pause_in = pause_in
+        self.paused = threading.Event()
+        self.interleaved: list[str] = []
+        self._paused_vni: int | None = None
+        self._someone_came = threading.Event()
+
+    def _call(self, method: str, network: Network) -> None:
+        if self._paused_vni == network.vni:
+            self.interleaved.append(method)
+            self._someone_came.set()
+        if method == self.pause_in and not self.paused.is_set():
+            self._paused_vni = network.vni
+            self.paused.set()
+            self._someone_came.wait(PAUSE)
+            self._paused_vni = None
+
+    def ensure_network(self, network: Network) -> None:
+        self._call("ensure_network", network)
+        super().ensure_network(network)
+
+    def remove_network(self, network: Network) -> None:
+        self._call("remove_network", network)
+        super().remove_network(network)
+
+    def sync_remotes(self, network: Network, flood: set[IPAddress], remotes: list[RemoteEndpoint]) -> None:
+        self._call("sync_remotes", network)
+        super().sync_remotes(network, flood, remotes)
+
+    def update_remotes(
+        self, network: Network, gone_macs: set[str], gone_addresses: set[IPAddress], remotes: list[RemoteEndpoint]
+    ) -> None:
+        self._call("update_remotes", network)
+        super().update_remotes(network, gone_macs, gone_addresses, remotes)
+
+
+def _in_background(request: Callable[[], object]) -> threading.Thread:
+    thread = threading.Thread(target=request, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_watch_event_waits_for_a_network_being_removed_and_then_leaves_it_alone(hosts: Callable[..., Host]) -> None:
+    a = hosts("ha", "192.0.2.1")
+    b = hosts("hb", "192.0.2.2", links=PausingLinks(underlay("192.0.2.2"), pause_in="remove_network"))
+    assert isinstance(b.links, PausingLinks)
+    a.driver.create_network(net(1), {"vni": "306"}, SUBNET)
+    b.driver.create_network(net(2), {"vni": "306"}, SUBNET)
+    assert eventually(
+        lambda: b.links.remote_entries(b.store.list_networks()[0])[0] == {ipaddress.ip_address("192.0.2.1")}
+    )
+
+    removal = _in_background(lambda: b.driver.delete_network(net(2)))  # docker network rm, halfway through
+    assert b.links.paused.wait(5)
+    b.links.calls.clear()
+    a.driver.create_endpoint(net(1), net(11), ipaddress.IPv4Interface("10.60.0.2/24"), None, None)  # b's watch sees it
+    removal.join(10)
+
+    assert b.links.interleaved == [], "host b programmed a network while `docker network rm` was removing it"
+    assert b.store.list_networks() == []
+    time.sleep(0.3)  # the event's turn, once the network's lock was free: nothing of the removed network is touched
+    assert "update_remotes" not in b.links.calls and "sync_remotes" not in b.links.calls
+
+
+def test_a_watch_event_during_a_network_create_is_programmed_after_it(hosts: Callable[..., Host]) -> None:
+    a = hosts("ha", "192.0.2.1")
+    b = hosts("hb", "192.0.2.2", links=PausingLinks(underlay("192.0.2.2"), pause_in="ensure_network"))
+    assert isinstance(b.links, PausingLinks)
+    a.driver.create_network(net(1), {"vni": "307"}, SUBNET)
+
+    creation = _in_background(lambda: b.driver.create_network(net(2), {"vni": "307"}, SUBNET))  # halfway through
+    assert b.links.paused.wait(5)
+    a.driver.create_endpoint(net(1), net(11), ipaddress.IPv4Interface("10.60.0.2/24"), None, None)  # b's watch sees it
+    creation.join(10)
+
+    assert b.links.interleaved == [], "host b programmed a network while `docker network create` was making it"
+    network = b.store.get_network(net(2))
+    assert network is not None
+    assert eventually(lambda: [r.mac for r in b.links.remote_entries(network)[1]] == ["02:42:0a:3c:00:02"])
+
+
+def test_stop_ends_the_clusters_threads(etcd: EtcdServer) -> None:
+    """The applier and the lease keep-alive end at once; a watch reading an idle stream ends at its idle timeout,
+    and stop() says it is still running rather than waiting for it."""
+    kv = EtcdKV(EtcdConfig.from_url(etcd.url, prefix=f"/test-{uuid.uuid4().hex[:8]}", timeout=2))
+    cluster = EtcdCluster(kv, EtcdStore(kv, "hs"), lease_ttl=2, watch_idle=1.0)
+    cluster.resume_lease()
+    before = set(threading.enumerate())  # other tests' watches may still be ending
+    cluster.start()
+    assert cluster.synced.wait(5)
+    ours = set(threading.enumerate()) - before
+    assert {thread.name for thread in ours} == {"vxlanpy-watch", "vxlanpy-apply", "vxlanpy-lease"}
+    lingering = cluster.stop()  # the applier polls its queue every 0.5 s
+    assert set(lingering) <= {"vxlanpy-watch"}
+    assert eventually(lambda: not any(thread.is_alive() for thread in ours), within=3.0)
+    assert cluster.stop(timeout=0.2) == []

@@ -18,7 +18,8 @@ import requests
 
 from vxlanpy.config import Settings
 from vxlanpy.errors import InvalidOption, StoreError
-from vxlanpy.store.etcd import EtcdConfig, EtcdKV, EtcdStore, LeaseNotFound
+from vxlanpy.store.etcd import EtcdStore
+from vxlanpy.store.etcd_kv import EtcdConfig, EtcdKV, LeaseNotFound
 
 from ..etcd_server import EtcdCluster, EtcdServer, TlsFiles, make_tls
 

@@ -22,6 +22,7 @@ from vxlanpy.errors import DataplaneError, InvalidOption
 from vxlanpy.ipam import Ipam
 from vxlanpy.operator.sandbox import Plumbed, Plumbing
 from vxlanpy.store.memory import MemoryStore
+from vxlanpy.wiring import assemble
 
 NET = "a" * 64
 EP = "c" * 64
@@ -133,6 +134,14 @@ def objects_with(*keys: str) -> st.SearchStrategy[dict[str, Any]]:
 
 
 port_bindings = st.lists(objects_with("Proto", "IP", "Port", "HostIP", "HostPort", "HostPortEnd"), max_size=3)
+valid_port_bindings = st.lists(  # well-formed ones too, so that bindings are also published, not only refused
+    st.fixed_dictionaries(
+        {"Proto": st.sampled_from([6, 17, 132]), "Port": st.integers(1, 65535)},
+        optional={"HostPort": st.integers(0, 65535), "HostIP": st.sampled_from(["", "0.0.0.0", "127.0.0.1"])},
+    ),
+    min_size=1,
+    max_size=3,
+)
 interfaces = objects_with("Address", "AddressIPv6", "MacAddress")
 
 
@@ -176,10 +185,11 @@ class NoSandboxes:
 def make_app() -> tuple[Any, MemoryStore, FakeLinks, FakeFirewall]:
     store, links, firewall = MemoryStore(), FakeLinks(), FakeFirewall()
     driver = Driver(store, links, firewall, vni_range=(100, 200), port_is_free=lambda mapping: True)
-    app = create_app(driver, Settings(), reconcile=False, ipam=Ipam(store, host="fuzz"), sandboxes=NoSandboxes())
-    # a network and an endpoint to aim at, so that calls on existing objects are exercised too
+    app = create_app(assemble(driver, Settings(), ipam=Ipam(store, host="fuzz"), sandboxes=NoSandboxes()))
+    # a network and an endpoint to aim at, so that calls on existing objects are exercised too; if setting them up
+    # failed, every consistency check below would hold on empty state
     client = app.test_client()
-    client.post(
+    network = client.post(
         "/NetworkDriver.CreateNetwork",
         data=json.dumps(
             {
@@ -189,7 +199,7 @@ def make_app() -> tuple[Any, MemoryStore, FakeLinks, FakeFirewall]:
             }
         ),
     )
-    client.post(
+    endpoint = client.post(
         "/NetworkDriver.CreateEndpoint",
         data=json.dumps(
             {
@@ -199,6 +209,10 @@ def make_app() -> tuple[Any, MemoryStore, FakeLinks, FakeFirewall]:
             }
         ),
     )
+    assert (network.status_code, network.get_json(force=True)) == (200, {}), network.data
+    assert endpoint.status_code == 200, endpoint.data
+    made = store.get_endpoint(EP)
+    assert made is not None and made.host_veth in links.endpoints and len(links.networks) == 1
     return client, store, links, firewall
 
 
@@ -331,13 +345,24 @@ def test_any_network_options_are_refused_cleanly_or_accepted_whole(generic: dict
 
 
 @fuzz_settings
-@given(portmap=st.one_of(port_bindings, json_values))
-def test_any_port_bindings_are_refused_cleanly(portmap: Any) -> None:
+@given(portmap=st.one_of(port_bindings, valid_port_bindings, json_values))
+def test_any_port_bindings_are_refused_cleanly_or_published_whole(portmap: Any) -> None:
     client, store, links, firewall = make_app()
     body = {"NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": portmap}}
     response = client.post("/NetworkDriver.ProgramExternalConnectivity", data=json.dumps(body))
     reply = json.loads(response.data)
-    assert response.status_code == 200 or "internal error" not in reply["Err"], reply
+    endpoint = store.get_endpoint(EP)
+    assert endpoint is not None
+    published = {(port.proto, port.host_port) for port in endpoint.ports}
+    if response.status_code == 200:
+        assert reply == {}, reply
+        # what the store records is what the firewall publishes: one rule per binding at most
+        assert published == firewall.published() and len(endpoint.ports) <= len(portmap or [])
+    else:
+        # refused whole, with a message: no rule, no recorded port
+        assert response.status_code in (400, 409), reply
+        assert list(reply) == ["Err"] and reply["Err"] and "internal error" not in reply["Err"], reply
+        assert endpoint.ports == () and firewall.published() == set()
     assert_consistent(store, links, firewall)
 
 

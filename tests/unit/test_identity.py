@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_cluster import eventually, net
-from vxlanpy.app import create_app
 from vxlanpy.cluster import EtcdCluster
 from vxlanpy.config import Settings
 from vxlanpy.dataplane.base import Underlay
@@ -25,7 +24,7 @@ from vxlanpy.ipam import GLOBAL_ADDRESS_SPACE, Ipam
 from vxlanpy.models import Subnet
 from vxlanpy.nodes import IDENTITY_FILE, IdentityConflict, Nodes, choose_identity, label_of
 from vxlanpy.store.etcd import EtcdConfig, EtcdKV, EtcdStore
-from vxlanpy.wiring import identity_of, local_addresses
+from vxlanpy.wiring import assemble, identity_of, local_addresses
 
 from ..etcd_server import EtcdServer
 from .cli_fakes import CliHarness
@@ -94,7 +93,7 @@ def test_hostnames_are_made_fit_for_an_identity() -> None:
 
 
 class Host:
-    """A plugin's cluster side on fake kernels; `start` claims the identity first, as create_app does."""
+    """A plugin's cluster side on fake kernels; `start` claims the identity first, as the plugin's Lifecycle does."""
 
     def __init__(self, url: str, prefix: str, identity: str, address: str, hostname: str = "node") -> None:
         self.kv = EtcdKV(EtcdConfig.from_url(url, prefix=prefix, timeout=2))
@@ -104,8 +103,6 @@ class Host:
         self.cluster = EtcdCluster(
             self.kv,
             self.store,
-            self.links,
-            FakeFirewall(),
             lease_ttl=2,
             nodes=self.nodes,
             local_addresses=lambda: local_addresses(self.links, self.store, None),
@@ -293,8 +290,7 @@ def test_cli_node_ls_and_rm_on_etcd(cluster: Callable[..., Host], harness: Harne
     b = cluster("node-bbbb", "192.0.2.2").start()
     b.driver.create_network(net(2), {"vni": "303"}, SUBNET)
     cli = CliHarness(harness)
-    cli.app = create_app(a.driver, Settings(host="node-aaaa"), reconcile=False, sandboxes=cli.sandboxes)
-    cli.flask = cli.app.test_client()
+    cli.serve(assemble(a.driver, Settings(host="node-aaaa"), sandboxes=cli.sandboxes))
     lines = cli.run("node", "ls").output.splitlines()
     assert [line.split()[:4] for line in lines[1:]] == [
         ["node-aaaa", "node", "192.0.2.1", "alive"],

@@ -26,6 +26,7 @@ from vxlanpy.errors import BadRequest, InvalidOption
 from vxlanpy.ipam import AutoPools, Ipam, parse_auto_pools, parse_pool_id
 from vxlanpy.store.memory import MemoryStore
 from vxlanpy.store.sqlite import SqliteStore
+from vxlanpy.wiring import assemble
 
 GATEWAY_OPTIONS = {"RequestAddressType": "com.docker.network.gateway"}
 POOL_ID = re.compile(r"^10\.60\.0\.0/24 claim=h1/[0-9a-f]{12}-[0-9]+$")  # HOST/TOKEN-SECONDS
@@ -36,7 +37,7 @@ class Host:
         self.store = store
         self.ipam = Ipam(store, host=name, **pools)
         driver = Driver(store, FakeLinks(), FakeFirewall())
-        self.client: FlaskClient = create_app(driver, Settings(), reconcile=False, ipam=self.ipam).test_client()
+        self.client: FlaskClient = create_app(assemble(driver, Settings(), ipam=self.ipam)).test_client()
 
     def call(self, method: str, body: Any = None, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
@@ -600,11 +601,10 @@ def test_pool_id_round_trip() -> None:
 # -- wiring ------------------------------------------------------------------------------------------------------
 
 
-def test_create_app_builds_the_ipam_on_the_drivers_store() -> None:
+def test_the_wiring_builds_the_ipam_on_the_drivers_store() -> None:
     store = MemoryStore()
     settings = Settings()
-    app = create_app(Driver(store, FakeLinks(), FakeFirewall()), settings, reconcile=False)
-    ipam = app.extensions["vxlanpy.ipam"]
+    ipam = assemble(Driver(store, FakeLinks(), FakeFirewall()), settings).ipam
     assert isinstance(ipam, Ipam) and ipam.book is store
     assert ipam.host == settings.host
     assert str(ipam.pool4) == "10.200.0.0/16:24" and str(ipam.pool6) == "fd78:7870::/48:64"

@@ -12,6 +12,7 @@ import pytest
 
 from vxlanpy.cluster import SegmentView
 from vxlanpy.dataplane.base import RemoteEndpoint
+from vxlanpy.dataplane.firewall_rules import Ruleset
 from vxlanpy.errors import InvalidOption
 from vxlanpy.metrics import Metrics, MetricsServer, parse_metrics_addr
 from vxlanpy.models import Subnet, attachment_id, is_attachment_id
@@ -22,13 +23,12 @@ from vxlanpy.operator.attach import (
     netns_target,
     valid_netns_path,
 )
-from vxlanpy.operator.doctor import (
-    Ruleset,
+from vxlanpy.operator.doctor.base import parse_nft_chains
+from vxlanpy.operator.doctor.rules import (
     firewall_layout,
     hook_precedence,
     input_verdict,
     is_iptables_own,
-    parse_nft_chains,
     rule_matches_vxlan,
 )
 
@@ -101,7 +101,7 @@ def test_parse_metrics_addr_refuses(raw: str) -> None:
 
 
 def _scrape(cli: CliHarness) -> str:
-    metrics: Metrics = cli.app.extensions["vxlanpy.metrics"]
+    metrics: Metrics = cli.components.metrics
     return metrics.exposition().decode()
 
 
@@ -143,8 +143,8 @@ def test_a_failing_store_shows_as_store_up_0(harness: Harness) -> None:
 
 def test_metrics_and_health_over_http(harness: Harness) -> None:
     cli = CliHarness(harness)
-    operations = cli.app.extensions["vxlanpy.operations"]
-    server = MetricsServer(("127.0.0.1", 0), cli.app.extensions["vxlanpy.metrics"], operations.health)
+    operations = cli.components.operations
+    server = MetricsServer(("127.0.0.1", 0), cli.components.metrics, operations.health)
     server.start()
     try:
         assert server.bound.wait(5)
@@ -172,7 +172,7 @@ def test_metrics_server_retries_a_busy_port(harness: Harness) -> None:
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     port = holder.getsockname()[1]
-    server = MetricsServer(("127.0.0.1", port), cli.app.extensions["vxlanpy.metrics"], lambda: (True, {}), retry=0.1)
+    server = MetricsServer(("127.0.0.1", port), cli.components.metrics, lambda: (True, {}), retry=0.1)
     server.start()
     try:
         assert not server.bound.is_set()
@@ -449,7 +449,7 @@ def test_start_up_on_a_lost_store_keeps_the_devices_and_recover_adopts_them(harn
 
 def test_recover_reserves_the_addresses_of_a_network_on_vxlanpys_ipam(harness: Harness) -> None:
     cli = CliHarness(harness)
-    ipam = cli.app.extensions["vxlanpy.ipam"]
+    ipam = cli.components.ipam
     grant = ipam.request_pool("vxlanpy-local", ipaddress.ip_network("10.1.0.0/24"), None, None, {})
     ipam.request_address(grant.pool_id, None, gateway=True)
     harness.create_network(NET, generic={"vni": "42"})
@@ -466,7 +466,7 @@ def test_recover_reserves_the_addresses_of_a_network_on_vxlanpys_ipam(harness: H
     }
     result = _recover(cli, {"step": "adopt", "network": body})
     assert result["ipam"] == ["pool 10.1.0.0/24", "gateway 10.1.0.1", "10.1.0.2"]
-    ipam = cli.app.extensions["vxlanpy.ipam"]
+    ipam = cli.components.ipam
     assert str(ipam.request_address(grant.pool_id, None)) == "10.1.0.3/24"  # Docker's own PoolID works again
     assert grant.claim in lost.store.pool_holders("10.1.0.0/24")
     ipam.release_pool(grant.pool_id)  # docker network rm forgets the pool, recovered records included
@@ -532,8 +532,8 @@ def test_start_up_removes_every_unfinished_create(harness: Harness) -> None:
 
 def _ipam_harness(harness: Harness) -> tuple[CliHarness, Any, Any]:
     cli = CliHarness(harness)
-    ipam = cli.app.extensions["vxlanpy.ipam"]
-    operations = cli.app.extensions["vxlanpy.operations"]
+    ipam = cli.components.ipam
+    operations = cli.components.operations
     ipam.clock = operations.clock = lambda: harness.now
     operations.started = harness.now - 3600  # the plugin has been up for an hour
     operations.sandbox_in_use = lambda path: True  # containers are alive unless a test says otherwise
@@ -569,7 +569,7 @@ def test_gc_removes_the_endpoint_of_a_dead_container_and_releases_its_address(ha
     endpoint = harness.store.get_endpoint(EP)
     assert endpoint is not None
     del harness.links.endpoints[endpoint.host_veth]  # the container died, its veth with it
-    operations = cli.app.extensions["vxlanpy.operations"]
+    operations = cli.components.operations
     operations.sandbox_in_use = lambda path: None  # cannot tell: only reported
     assert "lost endpoint" in cli.run("gc").stdout and harness.store.get_endpoint(EP) is not None
     operations.sandbox_in_use = lambda path: False  # no process in it: the container is gone
@@ -585,7 +585,7 @@ def test_gc_removes_a_dead_containers_endpoint_whose_veth_survived(harness: Harn
     harness.create_endpoint(EP, NET, Address=str(address))
     harness.driver.join(NET, EP, SANDBOX)
     harness.live_sandboxes.add(SANDBOX)  # Docker kept the sandbox, with the veth in it: its Leave failed
-    operations = cli.app.extensions["vxlanpy.operations"]
+    operations = cli.components.operations
     operations.sandbox_in_use = lambda path: False
     harness.now += 30  # a docker run may still be between Join and its container's start
     assert "removed" not in cli.run("gc").stdout and harness.store.get_endpoint(EP) is not None
@@ -620,18 +620,16 @@ def test_gc_releases_the_pool_of_a_create_that_never_completed(harness: Harness)
 
 
 def test_start_up_releases_the_pools_of_creates_an_earlier_process_never_completed(harness: Harness) -> None:
-    from vxlanpy.app import create_app
-    from vxlanpy.config import Settings
     from vxlanpy.ipam import Ipam
 
     ipam = Ipam(harness.store, "testhost", clock=lambda: harness.now - 5)  # before this start
     lost = ipam.request_pool("vxlanpy-local", None, None, None, {})
     kept = ipam.request_pool("vxlanpy-local", ipaddress.ip_network("10.5.0.0/24"), None, None, {})
-    create_app(harness.driver, Settings(host="testhost"), docker_listing=lambda: _listing(subnets={"10.5.0.0/24"}))
+    _start_plugin(harness, lambda: _listing(subnets={"10.5.0.0/24"}))
     assert harness.store.claimed_pools() == {"10.5.0.0/24": {kept.claim}}
     unknown = ipam.request_pool("vxlanpy-local", None, None, None, {})
     assert unknown.pool == lost.pool
-    create_app(harness.driver, Settings(host="testhost"), docker_listing=lambda: None)  # Docker not asked: kept
+    _start_plugin(harness, lambda: None)  # Docker not asked: kept
     assert unknown.pool.exploded in {str(ipaddress.ip_network(p)) for p in harness.store.claimed_pools()}
 
 
@@ -668,6 +666,17 @@ def test_recover_keeps_the_host_port_vxlanpy_chose_for_a_port_docker_left_to_it(
     assert harness.firewall.published() == {("tcp", chosen[0].host_port), ("udp", 5353)}
 
 
+def _start_plugin(harness: Harness, docker_listing: Any) -> None:
+    """The plugin's start-up (and stop) on the harness's driver, with Docker's networks as `docker_listing` says."""
+    from vxlanpy.config import Settings
+    from vxlanpy.lifecycle import Lifecycle
+    from vxlanpy.wiring import assemble
+
+    lifecycle = Lifecycle(assemble(harness.driver, Settings(host="testhost"), docker_listing=docker_listing))
+    lifecycle.start()
+    lifecycle.stop()
+
+
 def _listing(ids: set[str] | None = None, subnets: set[str] | None = None) -> Any:
     from vxlanpy.operator.client import DockerListing
 
@@ -677,17 +686,13 @@ def _listing(ids: set[str] | None = None, subnets: set[str] | None = None) -> An
 def test_start_up_removes_a_network_whose_create_docker_never_completed(harness: Harness) -> None:
     """The create succeeded here, but the plugin was killed before dockerd read the answer: Docker does not know
     the network, so `docker network rm` never comes (the long network-create churn left such networks)."""
-    from vxlanpy.app import create_app
-    from vxlanpy.config import Settings
-
     _running(harness)  # NET, with an endpoint: Docker knows it
     harness.create_network(NET2, generic={"vni": "43"}, ipv4=[{"Pool": "10.2.0.0/24", "Gateway": "10.2.0.1/24"}])
-    settings = Settings(host="testhost")
-    create_app(harness.driver, settings, docker_listing=lambda: _listing(ids={"f" * 64}))  # another dockerd's
+    _start_plugin(harness, lambda: _listing(ids={"f" * 64}))  # another dockerd's
     assert harness.store.get_network(NET2) is not None and "vxbr-43" in harness.links.networks
-    create_app(harness.driver, settings, docker_listing=lambda: None)  # Docker not asked
+    _start_plugin(harness, lambda: None)  # Docker not asked
     assert harness.store.get_network(NET2) is not None
-    create_app(harness.driver, settings, docker_listing=lambda: _listing(ids={NET}))
+    _start_plugin(harness, lambda: _listing(ids={NET}))
     assert harness.store.get_network(NET2) is None
     assert "vxbr-43" not in harness.links.networks and 43 not in harness.firewall.owned_vnis()
     assert harness.store.get_network(NET) is not None and "vxbr-42" in harness.links.networks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from .conftest import EP, NET, Harness
@@ -168,6 +170,60 @@ def test_internal_bug_never_leaks_a_traceback(harness: Harness) -> None:
     harness.driver.join = None  # type: ignore[assignment,method-assign]
     status, body = harness.call("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP})
     assert status == 500 and body == {"Err": "internal error in vxlanpy (TypeError); see the plugin log"}
+
+
+def test_every_protocol_answers_a_bug_and_logs_it_the_same_way(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The network driver, the IPAM driver and the operator's endpoints share one error path: a JSON error under
+    the key their client reads, no traceback for the client, one log line with the traceback for the operator."""
+    harness.driver.join = None  # type: ignore[assignment,method-assign]
+    harness.store.list_networks = None  # type: ignore[assignment,method-assign]
+    harness.store.claim_pool = None  # type: ignore[assignment,method-assign]
+    with caplog.at_level(logging.INFO, logger="vxlanpy.requests"):
+        network = harness.client.post("/NetworkDriver.Join", json={"NetworkID": NET, "EndpointID": EP})
+        ipam = harness.client.post(
+            "/IpamDriver.RequestPool", json={"AddressSpace": "vxlanpy-local", "Pool": "10.9.0.0/24"}
+        )
+        operator = harness.client.get("/vxlanpy/ls")
+    assert (network.status_code, network.get_json(force=True)) == (
+        500,
+        {"Err": "internal error in vxlanpy (TypeError); see the plugin log"},
+    )
+    assert (ipam.status_code, ipam.get_json(force=True)) == (
+        500,
+        {"Error": "internal error in vxlanpy (TypeError); see the plugin log"},
+    )
+    assert (operator.status_code, operator.get_json(force=True)) == (
+        500,
+        {"Err": "internal error in vxlanpy (TypeError); see the plugin log"},
+    )
+    assert network.mimetype == ipam.mimetype == operator.mimetype
+    crashes = [record for record in caplog.records if record.getMessage().endswith(" crashed")]
+    assert [record.getMessage() for record in crashes] == [
+        "NetworkDriver.Join crashed",
+        "IpamDriver.RequestPool crashed",
+        "vxlanpy.ls crashed",
+    ]
+    assert all(record.exc_info is not None for record in crashes)  # the traceback is the operator's
+    lines = [record.getMessage() for record in caplog.records if not record.getMessage().endswith(" crashed")]
+    assert lines[0].startswith(
+        f"NetworkDriver.Join network={NET[:12]} endpoint={EP[:12]} error 500: internal error in vxlanpy (TypeError)"
+    )
+    assert lines[1].startswith("IpamDriver.RequestPool pool=10.9.0.0/24 address=- error 500: internal error")
+    assert lines[2].startswith("vxlanpy.ls error 500: internal error in vxlanpy (TypeError)")
+
+
+def test_the_request_log_keeps_one_line_per_request_whatever_the_ids(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="vxlanpy.requests"):
+        harness.call("NetworkDriver.DeleteNetwork", {"NetworkID": "x\nforged log line"})
+        harness.call("NetworkDriver.Nonsense", {})
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[0].startswith("NetworkDriver.DeleteNetwork network='x\\nforged log' endpoint=- error 400: "), lines
+    assert "\n" not in lines[0]
+    assert lines[1].startswith("unknown error 404: unknown method 'NetworkDriver.Nonsense'"), lines
 
 
 # -- bad input that used to reach an internal error (issue 12) ---------------------------------------------------

@@ -5,6 +5,8 @@ systemd's socket activation (LISTEN_FDS) and READY=1 to NOTIFY_SOCKET keep worki
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import resource
 import signal
@@ -25,12 +27,13 @@ HALF_REQUEST = b"POST /Plugin.Activate HTTP/1.1\r\nHost: p\r\n"
 
 CHILD = r"""
 import os, resource, sys
-from vxlanpy.app import create_app
 from vxlanpy.config import Settings
 from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
 from vxlanpy.driver import Driver
+from vxlanpy.metrics import METRICS_ADDR_ENV, parse_metrics_addr
 from vxlanpy.server import PluginServer
 from vxlanpy.store.memory import MemoryStore
+from vxlanpy.wiring import assemble
 
 request_seconds, nofile, activated_fd = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 if nofile:
@@ -39,11 +42,11 @@ if activated_fd >= 0:  # what systemd does for vxlanpy.socket: the listening soc
     os.dup2(activated_fd, 3)
     os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
 
-class Server(PluginServer):  # the production server; only the app is wired on fakes
-    def load(self):
-        return create_app(Driver(MemoryStore(), FakeLinks(), FakeFirewall()), self.settings, reconcile=False)
+class Server(PluginServer):  # the production server and lifecycle; only the components are fakes
+    def components(self):
+        return assemble(Driver(MemoryStore(), FakeLinks(), FakeFirewall()), self.settings)
 
-server = Server(Settings.from_env())
+server = Server(Settings.from_env(), parse_metrics_addr(os.environ.get(METRICS_ADDR_ENV)))
 server.request_seconds = request_seconds
 server.run()
 """
@@ -60,6 +63,7 @@ class Served:
         threads: int = 8,
         activated: socket.socket | None = None,
         notify_socket: str | None = None,
+        metrics_addr: str | None = None,
     ) -> None:
         self.socket_path = workdir / "vxlanpy.sock"
         self.log_path = workdir / "serve.log"
@@ -72,6 +76,8 @@ class Served:
         )
         if notify_socket is not None:
             env["NOTIFY_SOCKET"] = notify_socket
+        if metrics_addr is not None:
+            env["VXLANPY_METRICS_ADDR"] = metrics_addr
         fd = activated.fileno() if activated is not None else -1
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -339,3 +345,26 @@ def test_socket_activation_and_ready_notification(serving: Any, tmp_path: Path) 
             assert timed_activate(path, timeout=1.0) < 1.0
         assert served.stop() == 0, served.log()
     assert path.exists(), "the socket is systemd's: it stays for the next activation"
+
+
+# -- the background work -----------------------------------------------------------------------------------------
+
+
+def test_the_worker_starts_the_background_work_before_serving_and_stops_it_at_exit(serving: Any) -> None:
+    """PluginServer runs the lifecycle in gunicorn's worker: reconciliation and metrics are up before the socket
+    answers, and SIGTERM stops them with the worker."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    served = serving(metrics_addr=f"127.0.0.1:{port}")  # returns once Plugin.Activate answers
+    assert "reconciliation: " in served.log()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.request("GET", "/health")
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.read())["status"] == "healthy"
+    connection.close()
+    assert served.stop() == 0, served.log()
+    log = served.log()
+    assert log.index("reconciliation: ") < log.index("background work stopped"), log
+    with pytest.raises(ConnectionRefusedError):
+        http.client.HTTPConnection("127.0.0.1", port, timeout=5).connect()

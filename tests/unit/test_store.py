@@ -14,7 +14,8 @@ from vxlanpy.errors import Conflict, InvalidOption, StoreError
 from vxlanpy.models import Endpoint, Network, NetworkConfig, PortMapping, Subnet
 from vxlanpy.store import Store, open_store
 from vxlanpy.store.base import AddressBook
-from vxlanpy.store.etcd import EtcdConfig, EtcdKV, EtcdStore
+from vxlanpy.store.etcd import EtcdStore
+from vxlanpy.store.etcd_kv import EtcdConfig, EtcdKV
 from vxlanpy.store.memory import MemoryStore
 from vxlanpy.store.sqlite import SqliteStore
 

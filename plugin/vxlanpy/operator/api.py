@@ -11,50 +11,28 @@
     POST /vxlanpy/nodes/rm          {"host": identity, "force": bool}: remove a host that is gone for good
     POST /vxlanpy/recover           {"step": "state"|"adopt"|"finish", "dry_run", "network"?, "forget"?}: a lost store
 
-Errors are {"Err": message} with the error's status, as for the network driver.
+Errors are {"Err": message} with the error's status, as for the network driver (replies.answer).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
-import logging
 import re
-import time
 from collections.abc import Callable
-from typing import Any
 
-from flask import Flask, Response, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Flask, Response
 
-from ..errors import BadRequest, VxlanpyError
+from ..errors import BadRequest
 from ..metrics import Metrics
 from ..models import IPAddress
-from ..protocol import body_too_large, decode_body, read_limited
+from ..replies import Body, Dialect, answer
 from .operations import Operations, Recovery, parse_recovered_network
 
-log = logging.getLogger("vxlanpy.requests")
-
 PREFIX = "/vxlanpy"
-MAX_BODY = 1 << 16
 DOCKER_ID = re.compile(r"^[0-9a-f]{64}$")
-Body = dict[str, Any]
-
-
-def _reply(body: Body, status: int) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json")
-
-
-def _body() -> Body:
-    """The request's JSON object; a body over MAX_BODY is refused (413) without reading it whole."""
-    too_large = body_too_large(request.path, MAX_BODY, "the vxlanpy CLI sends a few hundred bytes")
-    try:
-        raw = read_limited(request.stream, request.content_length, MAX_BODY)
-    except RequestEntityTooLarge:  # over the app's MAX_CONTENT_LENGTH, without a Content-Length
-        raise too_large from None
-    if raw is None:
-        raise too_large
-    return decode_body(raw)
+OPERATOR_DIALECT = Dialect(
+    error_key="Err", body_limit=1 << 16, body_hint="the vxlanpy CLI sends a few hundred bytes", describe=lambda _: ""
+)
 
 
 def _network_id(value: object) -> str:
@@ -76,43 +54,29 @@ def _optional_address(body: Body, name: str) -> IPAddress | None:
 
 
 def register(app: Flask, operations: Operations, metrics: Metrics) -> None:
-    def run(name: str, action: Callable[[], tuple[Body, int]]) -> Response:
-        started = time.monotonic()
-        try:
-            body, status = action()
-        except VxlanpyError as exc:
-            body, status = {"Err": exc.message}, exc.status
-        except Exception as exc:  # a bug: keep the worker alive and say where to look
-            log.exception("%s/%s crashed", PREFIX, name)
-            body, status = {"Err": f"internal error in vxlanpy ({type(exc).__name__}); see the plugin log"}, 500
-        seconds = time.monotonic() - started
-        metrics.observe_request(f"vxlanpy.{name}", status, seconds)
-        if name != "health" or status != 200:  # probes every few seconds would drown the log
-            outcome = "ok" if status < 300 else f"error {status}: {body.get('Err') or body.get('status')}"
-            level = logging.INFO if status < 500 else logging.ERROR
-            log.log(level, "vxlanpy.%s %s %.1fms", name, outcome, seconds * 1000)
-        return _reply(body, status)
+    def run(name: str, action: Callable[[Body], tuple[Body, int]], read_body: bool = True) -> Response:
+        # probes every few seconds would drown the log: only an unhealthy answer is logged
+        return answer(f"vxlanpy.{name}", OPERATOR_DIALECT, metrics, action, read_body, log_success=name != "health")
 
     @app.route(f"{PREFIX}/health", methods=["GET", "POST"])
     def health() -> Response:
-        def action() -> tuple[Body, int]:
+        def action(_request: Body) -> tuple[Body, int]:
             healthy, body = operations.health()
             return body, 200 if healthy else 503
 
-        return run("health", action)
+        return run("health", action, read_body=False)
 
     @app.get(f"{PREFIX}/ls")
     def listing() -> Response:
-        return run("ls", lambda: (operations.listing(), 200))
+        return run("ls", lambda _: (operations.listing(), 200), read_body=False)
 
     @app.get(f"{PREFIX}/peers/<network>")
     def peers(network: str) -> Response:
-        return run("peers", lambda: (operations.peers(_network_id(network)), 200))
+        return run("peers", lambda _: (operations.peers(_network_id(network)), 200), read_body=False)
 
     @app.post(f"{PREFIX}/gc")
     def gc() -> Response:
-        def action() -> tuple[Body, int]:
-            body = _body()
+        def action(body: Body) -> tuple[Body, int]:
             dry_run = body.get("dry_run", False)
             if not isinstance(dry_run, bool):
                 raise BadRequest("dry_run must be true or false")
@@ -131,8 +95,7 @@ def register(app: Flask, operations: Operations, metrics: Metrics) -> None:
 
     @app.post(f"{PREFIX}/attach")
     def attach() -> Response:
-        def action() -> tuple[Body, int]:
-            body = _body()
+        def action(body: Body) -> tuple[Body, int]:
             netns = body.get("netns")
             if isinstance(netns, str):
                 netns = [netns]
@@ -155,12 +118,11 @@ def register(app: Flask, operations: Operations, metrics: Metrics) -> None:
 
     @app.get(f"{PREFIX}/nodes")
     def nodes() -> Response:
-        return run("nodes", lambda: (operations.nodes(), 200))
+        return run("nodes", lambda _: (operations.nodes(), 200), read_body=False)
 
     @app.post(f"{PREFIX}/nodes/rm")
     def node_rm() -> Response:
-        def action() -> tuple[Body, int]:
-            body = _body()
+        def action(body: Body) -> tuple[Body, int]:
             force = body.get("force", False)
             if not isinstance(force, bool):
                 raise BadRequest("force must be true or false")
@@ -173,8 +135,7 @@ def register(app: Flask, operations: Operations, metrics: Metrics) -> None:
 
     @app.post(f"{PREFIX}/recover")
     def recover() -> Response:
-        def action() -> tuple[Body, int]:
-            body = _body()
+        def action(body: Body) -> tuple[Body, int]:
             dry_run = body.get("dry_run", False)
             if not isinstance(dry_run, bool):
                 raise BadRequest("dry_run must be true or false")
@@ -195,8 +156,7 @@ def register(app: Flask, operations: Operations, metrics: Metrics) -> None:
 
     @app.post(f"{PREFIX}/detach")
     def detach() -> Response:
-        def action() -> tuple[Body, int]:
-            body = _body()
+        def action(body: Body) -> tuple[Body, int]:
             return operations.detach(_network_id(body.get("network")), str(body.get("target") or "")), 200
 
         return run("detach", action)
