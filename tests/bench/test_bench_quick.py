@@ -11,41 +11,28 @@ one that runs tests/e2e (whose plugin holds the socket until that session ends):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from scripts.benchmark.params import QUICK, expected_cases
 
-# scripts/ is no package: load the benchmark module from its file for its list of cases.
-_spec = importlib.util.spec_from_file_location("vxlanpy_bench", REPO / "scripts" / "bench.py")
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["vxlanpy_bench"] = bench  # dataclasses look their module up while the file executes
-_spec.loader.exec_module(bench)
+from tests.bench.conftest import BenchRun
 
 SOCKET = Path("/run/docker/plugins/vxlanpy.sock")
 
 
-def test_quick_benchmark_runs_every_case(tmp_path: Path) -> None:
+def test_quick_benchmark_runs_every_case(tmp_path: Path, run_bench: Callable[..., BenchRun]) -> None:
     json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
-    result = subprocess.run(
-        [str(REPO / "scripts" / "bench"), "--quick", "--json", str(json_path), "--png", str(png_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    context = f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-6000:]}"
+    result = run_bench("--quick", "--json", str(json_path), "--png", str(png_path))
+    context = result.context
     assert result.returncode == 0, context
     document = json.loads(json_path.read_text())
     assert document["errors"] == [], context
     assert document["missing"] == [], context
     present = {(row["section"], row["case"], row["metric"]) for row in document["rows"]}
-    expected = set(bench.expected_cases(bench.QUICK))
+    expected = set(expected_cases(QUICK))
     assert expected <= present, f"missing: {sorted(expected - present)}\n{context}"
     for row in document["rows"]:
         assert row["samples"] and row["value"] >= 0, row

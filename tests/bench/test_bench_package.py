@@ -1,0 +1,68 @@
+"""The benchmark package without running a benchmark (no root, no Docker): its command line loads every section
+module and names every section, and the table reads as docs/benchmarks.md shows it.
+
+    .venv/bin/python -m pytest -q tests/bench/test_bench_package.py
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from scripts.benchmark.cli import SECTIONS
+from scripts.benchmark.cluster_scale import churn_plan
+from scripts.benchmark.output import format_markdown, format_table
+from scripts.benchmark.params import FULL, QUICK, expected_cases
+from scripts.benchmark.results import Results
+
+from tests.bench.conftest import REPO
+
+
+def test_help_names_every_section_and_the_options() -> None:
+    # As scripts/bench runs it: `python -m scripts.benchmark` from the repository's root.
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.benchmark", "--help"], cwd=REPO, env={**os.environ, "COLUMNS": "300"},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: scripts/bench"), result.stdout
+    for word in ("--quick", "--json", "--png", "--only", "--scale-levels", *SECTIONS):
+        assert word in result.stdout, f"{word} not in:\n{result.stdout}"
+
+
+def test_every_section_has_expected_rows() -> None:
+    for params in (QUICK, FULL):
+        sections = {section for section, _, _ in expected_cases(params)}
+        assert sections == set(SECTIONS)
+
+
+def test_table_and_markdown_show_median_p99_comparison_and_target() -> None:
+    results = Results()
+    bridge = results.add("control", "bridge", "docker run --rm", "ms", [300.0, 310.0, 320.0])
+    mine = results.add("control", "vxlanpy", "docker run --rm", "ms", [330.0, 340.0, 1500.0], p99=1500.0)
+    results.compare(mine, bridge, 1.05, False, "bridge")
+    lines = format_table(results).splitlines()
+    assert lines[0].split() == ["section", "case", "metric", "median", "p99", "vs", "ratio", "target", "met"]
+    assert set(lines[1]) == {"-", " "}
+    assert lines[2].split()[-1] == "-"  # the baseline itself has no target
+    assert "340 ms" in lines[3] and "1.5e+03" in lines[3] and "1.097" in lines[3] and "<= 1.05x bridge" in lines[3]
+    assert lines[3].endswith("NO")
+    assert lines[0].index("median") == lines[2].index("310 ms") == lines[3].index("340 ms")  # aligned columns
+    markdown = format_markdown(results).splitlines()
+    assert markdown[1] == "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    assert markdown[3].startswith("| control | vxlanpy | docker run --rm | 340 ms |")
+    assert markdown[3].endswith(" | **no** |")
+
+
+def test_churn_plan_brings_every_removed_endpoint_back_later() -> None:
+    endpoints = [f"ep{index}" for index in range(1000)]
+    for items, count, lag in ((1000, 300, 50), (1000, 20, 5), (4, 20, 50), (3, 2, 1)):
+        plan = churn_plan(endpoints[:items], count, lag)
+        removed = [item for what, item in plan if what == "del"]
+        assert removed and len(removed) == len(set(removed)), plan
+        assert sorted(item for what, item in plan if what == "add") == sorted(removed), plan
+        for item in removed:
+            gone, back = plan.index(("del", item)), plan.index(("add", item))
+            # Never back to back: the plugin would see both changes of one endpoint queued together.
+            assert back - gone >= (lag if items > count else 2), (item, plan)
