@@ -78,7 +78,7 @@ def test_each_tier_is_the_directory_below_tests() -> None:
     assert tier_of(TESTS_DIR / "multihost" / "test_cluster.py") == "multihost"
     assert tier_of(TESTS_DIR / "bench" / "test_bench_quick.py") == "bench"
     assert tier_of(TESTS_DIR / "unit" / "test_cli.py") is None  # needs nothing: never unavailable
-    assert tier_of(TESTS_DIR.parent / "scripts" / "bench.py") is None
+    assert tier_of(TESTS_DIR.parent / "scripts" / "benchmark" / "cli.py") is None
 
 
 def test_every_test_of_a_tier_directory_carries_its_marker(pytester: pytest.Pytester) -> None:
