@@ -484,6 +484,19 @@ def tcp_connect(host: str, port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+def serves(host: str, port: int, text: str, within: float = 15.0) -> bool:
+    """Whether GET / on host:port answers with `text` within `within` seconds: a server just started in a
+    container listens a moment after `docker run` returns (refused until then)."""
+
+    def answered() -> bool:
+        try:
+            return text in http_get(host, port, timeout=2.0)
+        except OSError:
+            return False
+
+    return wait_for(answered, within)
+
+
 def http_get(host: str, port: int, path: str = "/", timeout: float = 3.0) -> str:
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:

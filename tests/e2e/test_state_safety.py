@@ -16,7 +16,7 @@ from typing import Any
 import docker
 import pytest
 
-from .helpers import DRIVER, PluginProcess, container_ip, exec_ok, http_get, links, ping_ok, plugin_call
+from .helpers import DRIVER, PluginProcess, container_ip, exec_ok, http_get, links, ping_ok, plugin_call, serves
 from .test_cli import ok, vxlanpy
 
 pytestmark = pytest.mark.e2e
@@ -86,7 +86,7 @@ def test_a_lost_store_keeps_what_docker_uses_and_recover_adopts_it(
     web = create_network(vni=7504, subnet="10.77.204.0/24")
     client = run_container(chosen)
     server = run_container(web, command=["sh", "-c", HTTPD], ports={"80/tcp": HOST_PORT})
-    assert PAGE in http_get("127.0.0.1", HOST_PORT)
+    assert serves("127.0.0.1", HOST_PORT, PAGE)
     vni = vni_of(chosen)
     before = {name for name in links() if name.endswith((f"-{vni}", "-7504"))}
     before |= {
@@ -186,7 +186,7 @@ def test_recover_keeps_the_host_port_vxlanpy_chose_for_a_bare_p_port(
     assert status == 200, info
     (published,) = info["Value"]["ports"]  # "0.0.0.0:PORT->80/tcp"
     port = int(published.split("->")[0].rpartition(":")[2])
-    assert PAGE in http_get("127.0.0.1", port)
+    assert serves("127.0.0.1", port, PAGE)
 
     plugin.kill9()
     delete_state(plugin)
