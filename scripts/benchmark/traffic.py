@@ -55,8 +55,10 @@ def iperf_once(case: PathCase, params: Params) -> float:
     for _attempt in range(20):  # the server may still be starting, or busy with the previous run
         result = run(argv, check=False, timeout=params.iperf_seconds + params.iperf_omit + 30)
         if result.returncode == 0:
-            report = json.loads(result.stdout)
-            return float(report["end"]["sum_received"]["bits_per_second"]) / 1e9
+            # a run the server cut short (busy with the previous one) exits 0 with no totals: try again
+            received = json.loads(result.stdout).get("end", {}).get("sum_received")
+            if received:
+                return float(received["bits_per_second"]) / 1e9
         time.sleep(0.2)
     raise RuntimeError(
         f"iperf3 to {case.name} ({case.server_ip}) failed: {result.stdout[-400:]} {result.stderr[-400:]}"
