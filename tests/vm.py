@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.engines import FetchError, _apt_options, _apt_state, _run, _update
+from tests.engines import FetchError, _apt_options, _apt_state, _run, _update, add_dead_end_uplink
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("VXLANPY_VM_CACHE", "/var/lib/vxlanpy-vm"))
@@ -187,7 +187,8 @@ def kernel_image(kernel: str) -> Path:
 
 def vng_argv(bin_dir: Path, image: Path, kvm: bool, memory: str, exec_line: str, rwdir: Path) -> list[str]:
     argv = [str(bin_dir / "vng"), "--verbose", "-r", str(image), "--memory", memory, "--cpus", "1"]
-    argv += ["--append", f"modprobe.blacklist={UNUSED_MODULES}", "--rwdir", str(rwdir)]
+    # apparmor=0: Debian's kernel enables AppArmor, and dockerd then wants apparmor_parser, which the host lacks.
+    argv += ["--append", f"modprobe.blacklist={UNUSED_MODULES} apparmor=0", "--rwdir", str(rwdir)]
     if not kvm:
         argv.append("--disable-kvm")
     return [*argv, "--exec", exec_line]
@@ -312,6 +313,11 @@ def guest_main(status_dir: Path, dockerd: bool, command: list[str]) -> int:
     for module in GUEST_MODULES:
         if subprocess.run(["modprobe", module], capture_output=True, check=False).returncode != 0:
             say_in_guest(f"WARNING: could not load kernel module {module}")
+    # The guest has no network card: vxlanpy picks its underlay from the default route, so give it one that
+    # leads nowhere.
+    routes = subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True, text=True, check=True)
+    if not routes.stdout.strip():
+        add_dead_end_uplink([])
     daemon = None
     if dockerd:
         daemon = _start_dockerd(status_dir / "dockerd.log")
@@ -356,7 +362,7 @@ def main(argv: list[str]) -> int:
             return guest_main(status_dir, dockerd, rest[1:] if rest[:1] == ["--"] else rest)
         args = parse(argv)
         return run(args.kernel, args.accel, args.memory, args.timeout, args.dockerd, args.command)
-    except VmError as exc:
+    except (VmError, FetchError) as exc:
         print(f"vm-run: ERROR: {exc}", file=sys.stderr, flush=True)
         return VM_FAILURE
 
