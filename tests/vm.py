@@ -136,7 +136,11 @@ def _resolve_kernel_package(suite: str) -> tuple[str, str]:
         depends = subprocess.run(
             ["dpkg-deb", "-f", str(debs[0]), "Depends"], capture_output=True, text=True, check=True
         ).stdout
-    # "linux-image-6.1.0-50-amd64 (= 6.1.176-1)"
+    return kernel_package(depends)
+
+
+def kernel_package(depends: str) -> tuple[str, str]:
+    """(name, version) of the kernel package in linux-image-amd64's Depends: "linux-image-6.1.0-50-amd64 (= 6.1.176-1)"."""
     first = depends.split(",")[0].strip()
     name, _, version = first.partition(" (= ")
     if not name.startswith("linux-image-") or not version.endswith(")"):
@@ -211,7 +215,9 @@ def run_guest(argv: list[str], bin_dir: Path, console: Path, timeout: float) -> 
 
 def console_tail(console: Path, lines: int = 40) -> str:
     try:
-        return "\n".join(console.read_text(errors="replace").splitlines()[-lines:])
+        # The serial console pads its lines with blanks: keep what has text.
+        kept = [line.strip() for line in console.read_text(errors="replace").splitlines() if line.strip()]
+        return "\n".join(kept[-lines:])
     except FileNotFoundError:
         return "(no console output)"
 
