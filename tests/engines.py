@@ -197,6 +197,17 @@ def _ip(*argv: str) -> None:
     _run(["ip", *argv], "ip " + " ".join(argv))
 
 
+def add_dead_end_uplink(ip_options: list[str]) -> None:
+    """eth0 with a documentation address and the default route, on a veth whose peer stays beside it (a kernel may
+    lack the dummy driver): vxlanpy finds its underlay, and nothing leaves the namespace through it.
+    `ip_options`: ["-n", NETNS], or [] for the current namespace."""
+    _ip(*ip_options, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+    _ip(*ip_options, "addr", "add", "192.0.2.1/24", "dev", "eth0")
+    _ip(*ip_options, "link", "set", "eth0p", "up")
+    _ip(*ip_options, "link", "set", "eth0", "up")
+    _ip(*ip_options, "route", "add", "default", "via", "192.0.2.254")
+
+
 def run_in_engine(name: str, command: list[str]) -> int:
     """Run `command` in a network namespace of its own, next to engine `name`'s dockerd (see the docstring)."""
     from tests.multihost.cluster import Dockerd  # the multi-host harness's dockerd, in a private mount namespace
@@ -213,13 +224,7 @@ def run_in_engine(name: str, command: list[str]) -> int:
     try:
         _ip("netns", "add", netns)
         _ip("-n", netns, "link", "set", "lo", "up")
-        # A documentation address on a veth whose peer stays in the namespace too (this kernel may lack the
-        # dummy driver): the default route exists, and nothing leaves the namespace through it.
-        _ip("-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
-        _ip("-n", netns, "addr", "add", "192.0.2.1/24", "dev", "eth0")
-        _ip("-n", netns, "link", "set", "eth0p", "up")
-        _ip("-n", netns, "link", "set", "eth0", "up")
-        _ip("-n", netns, "route", "add", "default", "via", "192.0.2.254")
+        add_dead_end_uplink(["-n", netns])
         dockerd.start(timeout=120)
         version = dockerd.client.version().get("Version", "?")
         print(f"tests.engines: dockerd {version} up in {netns} (log: {dockerd.log_path})", file=sys.stderr)

@@ -241,7 +241,10 @@ class PluginProcess:
         kept = [line for line in self.log_text().splitlines() if "pyroute2" not in line]
         return "\n".join(line[:400] for line in kept[-lines:])
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        """`timeout`: VXLANPY_TEST_PLUGIN_START_SECONDS or 30 (a guest under software emulation needs minutes)."""
+        if timeout is None:
+            timeout = float(os.environ.get("VXLANPY_TEST_PLUGIN_START_SECONDS", "30"))
         if self.alive:
             raise RuntimeError("the plugin is already running")
         if socket_answers(self.socket_path):

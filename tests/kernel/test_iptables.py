@@ -697,8 +697,9 @@ UDP_RECEIVE = r"""
 import socket, sys
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.bind(("0.0.0.0", 9999))
-sock.settimeout(float(sys.argv[1]))
 print("ready", flush=True)
+sys.stdin.readline()  # the datagram was sent: the wait counts from then, not from the sender's (slow) start
+sock.settimeout(float(sys.argv[1]))
 try:
     print(sock.recv(100).decode(), flush=True)
 except TimeoutError:
@@ -725,12 +726,16 @@ def udp_arrives(source: str, target: str, address: str, timeout: float = 1.0) ->
     """One datagram sent one way: unlike ping, this needs no reply to be let back in."""
     receiver = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{target}", sys.executable, "-c", UDP_RECEIVE, str(timeout)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+        assert receiver.stdin is not None and receiver.stdout is not None
+        assert receiver.stdout.readline().strip() == "ready"
         run(source, sys.executable, "-c", UDP_SEND, address)
+        receiver.stdin.write("sent\n")
+        receiver.stdin.flush()
         return receiver.stdout.readline().strip() == "datagram"
     finally:
         receiver.kill()

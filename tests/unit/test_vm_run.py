@@ -1,0 +1,35 @@
+"""scripts/vm-run's own logic that needs no guest: its command line and how it reads Debian's kernel package."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.engines import FetchError
+from tests.vm import kernel_package, parse
+
+
+def test_the_kernel_package_is_read_from_the_metapackage_depends() -> None:
+    assert kernel_package("linux-image-6.1.0-50-amd64 (= 6.1.176-1)") == ("linux-image-6.1.0-50-amd64", "6.1.176-1")
+    assert kernel_package("linux-image-6.12.117+deb13-amd64 (= 6.12.117-1), foo") == (
+        "linux-image-6.12.117+deb13-amd64",
+        "6.12.117-1",
+    )
+
+
+def test_a_depends_without_a_pinned_kernel_package_is_refused() -> None:
+    with pytest.raises(FetchError, match="cannot read the kernel package"):
+        kernel_package("linux-image-6.1.0-50-amd64")
+
+
+def test_the_command_follows_the_options_and_keeps_its_own_arguments() -> None:
+    args = parse(["--kernel", "trixie", "--dockerd", "--", "pytest", "-q", "--kernel", "x"])
+    assert (args.kernel, args.dockerd, args.accel) == ("trixie", True, "auto")
+    assert args.command == ["pytest", "-q", "--kernel", "x"]
+    assert parse(["uname", "-r"]).kernel == "bookworm"
+
+
+@pytest.mark.parametrize("argv", [[], ["--"], ["--kernel", "sid", "--", "true"]])
+def test_no_command_or_an_unknown_kernel_is_a_usage_error(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2
