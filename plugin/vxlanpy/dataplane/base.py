@@ -7,6 +7,12 @@ from typing import Protocol
 
 from ..models import Endpoint, IPAddress, Network, PortMapping
 
+# How a create of a gretap port on a kernel without GRE fails (netlink's EOPNOTSUPP, and the fake's).
+NO_GRE = (
+    " (the kernel lacks GRE support: load ip_gre (modprobe ip_gre; ip6_gre for an IPv6 underlay), "
+    "or use encap=vxlan)"
+)
+
 
 @dataclass(frozen=True)
 class Underlay:
