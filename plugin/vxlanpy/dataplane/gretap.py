@@ -25,6 +25,9 @@ from .base import NO_GRE
 from .linkops import VNI_REMEDY, LinkOps, Msg, address_or_none, alias_of, info_of, kind_of, netlink_errors
 
 GRETAP_KINDS = ("gretap", "ip6gretap")
+# ip6gretap adds by default a tunnel encapsulation limit option (8 bytes more: an overhead of 70); like iproute2's
+# `encaplimit none`, vxlanpy leaves it out, so that the overhead is 62 and the MTU default holds.
+IP6_TNL_F_IGN_ENCAP_LIMIT = 0x1
 # pyroute2 encodes the IPv4 flags big-endian, as the kernel reads them, but the IPv6 ones in host order: give
 # it the value whose host-order bytes are GRE_KEY's big-endian ones.
 _IP6GRE_KEY_FLAG = int.from_bytes(GRE_KEY.to_bytes(2, "big"), sys.byteorder)
@@ -46,6 +49,8 @@ def _spec(config: NetworkConfig, remote: Any, dev_index: int | None) -> dict[str
         f"{key}oflags": flags,
         f"{key}remote": str(remote),
     }
+    if kind == "ip6gretap":
+        spec["ip6gre_flags"] = IP6_TNL_F_IGN_ENCAP_LIMIT
     if config.local is not None:
         spec[f"{key}local"] = str(config.local)
     if dev_index is not None:
@@ -69,6 +74,7 @@ def _matches(port: Msg, config: NetworkConfig, remote: Any, dev_index: int | Non
         and address_or_none(info_of(port, f"{key}local")) == config.local
         and (info_of(port, f"{key}link") or None) == dev_index
         and (info_of(port, f"{key}ttl") or 0) == (config.ttl or 0)
+        and (kind == "gretap" or bool((info_of(port, "ip6gre_flags") or 0) & IP6_TNL_F_IGN_ENCAP_LIMIT))
     )
 
 

@@ -197,6 +197,8 @@ def render_detail(row: Row) -> str:
         extra = ""
         if device["kind"] == "vxlan":
             extra = f"; underlay {cell(device.get('dev'))}, local {cell(device.get('local'))}, port {device['dstport']}"
+        elif device["kind"] == "gretap":
+            extra = f"; underlay {cell(device.get('dev'))}, local {cell(device.get('local'))}, to {device['remote']}"
         devices.append(f"{device['name']} ({device['kind']}, {state}{extra})")
     lines.append(field("devices", ("\n" + " " * 11).join(devices) or "-"))
     lines.append(field("mtu", cell(row["mtu"])))
