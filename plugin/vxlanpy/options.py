@@ -16,7 +16,6 @@ from .digits import ascii_int
 from .errors import InvalidOption
 from .models import (
     ENCAP_GRETAP,
-    ENCAP_VXLAN,
     ENCAPS,
     GATEWAY_DOCKER,
     GATEWAY_MODES,
@@ -238,28 +237,34 @@ def _bool_option(options: Mapping[str, str], name: str) -> bool | None:
     raise InvalidOption(f"{name}={raw!r} is not valid; use true or false")
 
 
-def _gateway_option(options: Mapping[str, str]) -> str:
-    raw = options.get("gateway")
+def _choice_option(options: Mapping[str, str], name: str, choices: tuple[str, ...], choose: str) -> str:
+    """One of `choices` (the first when the option is absent or empty); `choose` says what each means."""
+    raw = options.get(name)
     if raw is None or raw == "":
-        return GATEWAY_VXLANPY
-    if raw not in GATEWAY_MODES:
-        raise InvalidOption(
-            f"gateway={_shown(raw)} is not valid; use gateway=vxlanpy (the default: vxlanpy's own gateway, "
-            "egress and published ports) or gateway=docker_gwbridge (Docker's docker_gwbridge serves egress "
-            "and -p, so `docker port` and `docker ps` show the ports; a second interface per container)"
-        )
+        return choices[0]
+    if raw not in choices:
+        raise InvalidOption(f"{name}={_shown(raw)} is not valid; {choose}")
     return raw
 
 
+def _gateway_option(options: Mapping[str, str]) -> str:
+    return _choice_option(
+        options,
+        "gateway",
+        GATEWAY_MODES,
+        "use gateway=vxlanpy (the default: vxlanpy's own gateway, egress and published ports) or "
+        "gateway=docker_gwbridge (Docker's docker_gwbridge serves egress and -p, so `docker port` and `docker ps` "
+        "show the ports; a second interface per container)",
+    )
+
+
 def _encap_option(options: Mapping[str, str], multi_host: bool) -> str:
-    raw = options.get("encap")
-    if raw is None or raw == "":
-        return ENCAP_VXLAN
-    if raw not in ENCAPS:
-        raise InvalidOption(
-            f"encap={_shown(raw)} is not valid; use encap=vxlan (the default) or encap=gretap (one GRE port per peer, "
-            "with remote= or peers=)"
-        )
+    raw = _choice_option(
+        options,
+        "encap",
+        ENCAPS,
+        "use encap=vxlan (the default) or encap=gretap (one GRE port per peer, with remote= or peers=)",
+    )
     if raw != ENCAP_GRETAP:
         return raw
     if multi_host:

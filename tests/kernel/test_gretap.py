@@ -30,7 +30,6 @@ from .test_netlink import (
     UNDERLAY_B,
     Lab,
     add_underlay_nic,
-    lab,  # noqa: F401 - the fixture
     link,
     make_network,
     must_link,

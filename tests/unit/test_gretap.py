@@ -4,6 +4,7 @@ and a kernel without GRE leaving nothing behind (the kernel itself: tests/kernel
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
 
@@ -12,7 +13,9 @@ from vxlanpy.errors import InvalidOption
 from vxlanpy.models import Network, NetworkConfig
 from vxlanpy.options import parse_network_options
 
-from .conftest import NET, Harness
+from .cli_fakes import CliHarness
+from .conftest import NET, NET2, Harness
+from .test_cli import cli, healthy_host  # noqa: F401 - cli: the fixture
 
 GRETAP = {"encap": "gretap"}
 
@@ -104,3 +107,35 @@ def test_the_encap_survives_the_store_and_older_rows_are_vxlan() -> None:
     assert NetworkConfig.from_dict(config.to_dict()) == config
     older = {key: value for key, value in config.to_dict().items() if key != "encap"}
     assert NetworkConfig.from_dict(older).encap == "vxlan"
+
+
+def test_ls_peers_and_doctor_show_the_gretap_ports(cli: CliHarness) -> None:  # noqa: F811 - the fixture
+    harness = cli.harness
+    harness.create_network(NET2, generic={**GRETAP, "vni": "43", "peers": "192.0.2.20,192.0.2.21"})
+    cli.docker_network(NET2, "gre")
+
+    result = cli.run("ls")
+    assert result.exit_code == 0, result.output
+    assert "vxbr-43,vxg-43-0,vxg-43-1" in result.stdout and "1458" in result.stdout
+    inspected = cli.run("inspect", "gre")
+    assert "vxg-43-1 (gretap, present; underlay eth0, local 192.0.2.10, to 192.0.2.21)" in inspected.stdout
+    peers = cli.run("peers", "gre")
+    assert peers.exit_code == 0, peers.output
+    assert "gretap ports vxg-43-0, vxg-43-1: all present" in peers.stdout
+
+    healthy_host(cli)
+    cli.probe.files["/sys/class/net/eth0/mtu"] = "1490\n"
+    harness.links.remove_link("vxg-43-1")  # the fake drops the whole network: every port missing
+    peers = cli.run("peers", "--json", "gre")
+    assert [(vtep["address"], vtep["kernel"]) for vtep in json.loads(peers.stdout)["vteps"]] == [
+        ("192.0.2.20", False),
+        ("192.0.2.21", False),
+    ]
+    assert (
+        "gretap ports vxg-43-0, vxg-43-1: MISSING in the kernel: vxg-43-0, vxg-43-1" in cli.run("peers", "gre").stdout
+    )
+    doctor = cli.run("doctor").stdout
+    assert "[FAIL] MTU of vni 43: network MTU 1458 + 42 bytes of GRE > underlay eth0 MTU 1490" in doctor
+    assert "[FAIL] peers of vni 43: VTEP 192.0.2.20 missing in kernel" in doctor
+    assert "gretap ports vxg-43-1 missing" in doctor
+    assert "VXLAN port udp/4789" in doctor  # the VXLAN network's check still runs

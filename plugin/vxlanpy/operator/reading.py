@@ -211,7 +211,12 @@ class Reading(Concern):
             "source": "static peers config",
             "vteps": vteps,
             "entries": [],
-            "device": {"name": ", ".join(ports), "differences": [f"{name} missing" for name in missing]},
+            "device": {
+                "name": "gretap ports",
+                "ports": list(ports),
+                "missing": missing,
+                "differences": [f"{name} missing" for name in missing],
+            },
             "match": not missing,
         }
 
