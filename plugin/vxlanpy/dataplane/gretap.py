@@ -83,7 +83,7 @@ def is_unlabelled_gretap_of(link: Msg, network: Network) -> bool:
     kind = kind_of(link)
     return (
         kind in GRETAP_KINDS
-        and is_gretap_port_of(str(link.get("ifname")), network.vni)
+        and str(link.get("ifname")) in network.tunnels
         and info_of(link, f"{_prefix(str(kind))}ikey") == network.vni
     )
 
@@ -133,8 +133,8 @@ class GretapPorts(LinkOps):
                 self._ipr.brport("set", index=port["index"], neigh_suppress=1, isolated=1)
 
     def _remove_stale_gretap_ports(self, network: Network, wanted: set[str]) -> None:
-        """Delete the network's gretap ports that are not in `wanted` (all of them when it is empty): ports of
-        peers the network no longer has, after a restore or `vxlanpy recover`.  A dump of every link: only
+        """Delete the network's labelled gretap ports that are not in `wanted`: ports of peers the network no
+        longer has, after a restore or `vxlanpy recover`.  A dump of every link: only
         gretap networks pay for it."""
         with netlink_errors(f"cannot list the gretap ports of {network.bridge}"):
             links = list(self._ipr.link("dump"))
@@ -142,5 +142,5 @@ class GretapPorts(LinkOps):
             name = str(link.get("ifname"))
             if name in wanted or not is_gretap_port_of(name, network.vni):
                 continue
-            if alias_of(link) == network.alias or (not alias_of(link) and is_unlabelled_gretap_of(link, network)):
+            if alias_of(link) == network.alias:
                 self._delete(link)

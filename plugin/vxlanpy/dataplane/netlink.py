@@ -195,8 +195,8 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
     def _remove_network(self, network: Network) -> None:
         self._bridges.pop(network.bridge, None)
         if network.config.encap == ENCAP_GRETAP:
-            self._remove_stale_gretap_ports(network, set())
-        for name in (network.vxlan, network.bridge):
+            self._remove_stale_gretap_ports(network, set(network.tunnels))
+        for name in (*network.tunnels, network.bridge):
             link = self._link(name)
             if link is not None and (is_owned(link) or _created_unlabelled(link, network)):
                 self._delete(link)
