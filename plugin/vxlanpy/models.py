@@ -19,12 +19,23 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Prefixes of every kernel object vxlanpy owns.  Reconciliation relies on them together with the link alias.
 BRIDGE_PREFIX = "vxbr-"
 VXLAN_PREFIX = "vxlan-"
+GRETAP_PREFIX = "vxg-"
 VETH_HOST_PREFIX = "vxh-"
 VETH_CONTAINER_PREFIX = "vxc-"
 LINK_ALIAS_PREFIX = "vxlanpy:"
 
 VXLAN_OVERHEAD_V4 = 50
 VXLAN_OVERHEAD_V6 = 70
+# gretap with a key: outer IP header (20; IPv6 40) + GRE with its key (8) + the inner Ethernet header (14).
+GRETAP_OVERHEAD_V4 = 42
+GRETAP_OVERHEAD_V6 = 62
+IFNAME_MAX = 15
+
+# `-o encap=`: how frames cross between hosts.  vxlan: one VXLAN device per network.  gretap: one keyed gretap
+# (ip6gretap) port per peer on the network's bridge, the GRE key carrying the VNI.
+ENCAP_VXLAN = "vxlan"
+ENCAP_GRETAP = "gretap"
+ENCAPS = (ENCAP_VXLAN, ENCAP_GRETAP)
 
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
 PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
@@ -44,6 +55,23 @@ def bridge_name(vni: int) -> str:
 
 def vxlan_name(vni: int) -> str:
     return f"{VXLAN_PREFIX}{vni}"
+
+
+def gretap_ports(config: NetworkConfig) -> dict[str, IPAddress]:
+    """The gretap ports of a network by name, each with its peer: `vxg-<VNI>` for remote=, `vxg-<VNI>-<n>` for
+    the n-th of peers=.  Built from the VNI and a position only; options.py refuses a peer list whose names would
+    not fit IFNAMSIZ."""
+    if config.encap != ENCAP_GRETAP:
+        return {}
+    if config.remote is not None:
+        return {f"{GRETAP_PREFIX}{config.vni}": config.remote}
+    return {f"{GRETAP_PREFIX}{config.vni}-{index}": peer for index, peer in enumerate(config.peers)}
+
+
+def is_gretap_port_of(name: str, vni: int) -> bool:
+    """Whether `name` has the shape of a gretap port of VNI `vni` (any position)."""
+    base = f"{GRETAP_PREFIX}{vni}"
+    return name == base or (name.startswith(f"{base}-") and name[len(base) + 1 :].isdigit())
 
 
 def veth_names(endpoint_id: str) -> tuple[str, str]:
@@ -100,6 +128,7 @@ class NetworkConfig:
     group: IPAddress | None = None
     mtu: int = 1450
     gateway: str = GATEWAY_VXLANPY
+    encap: str = ENCAP_VXLAN
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -125,6 +154,7 @@ class NetworkConfig:
             group=addr(data.get("group")),
             mtu=int(data["mtu"]),
             gateway=str(data.get("gateway") or GATEWAY_VXLANPY),  # rows written before the option existed
+            encap=str(data.get("encap") or ENCAP_VXLAN),  # the same
         )
 
 
@@ -151,6 +181,13 @@ class Network:
     @property
     def gateway_mac(self) -> str:
         return gateway_mac(self.config.vni)
+
+    @property
+    def tunnels(self) -> tuple[str, ...]:
+        """The links that carry the network to other hosts: its VXLAN device, or its gretap ports."""
+        if self.config.encap == ENCAP_GRETAP:
+            return tuple(gretap_ports(self.config))
+        return (self.vxlan,)
 
     @property
     def alias(self) -> str:

@@ -15,14 +15,20 @@ from .dataplane.base import Underlay
 from .digits import ascii_int
 from .errors import InvalidOption
 from .models import (
+    ENCAP_GRETAP,
+    ENCAPS,
     GATEWAY_DOCKER,
     GATEWAY_MODES,
     GATEWAY_VXLANPY,
+    GRETAP_OVERHEAD_V4,
+    GRETAP_OVERHEAD_V6,
+    IFNAME_MAX,
     VXLAN_OVERHEAD_V4,
     VXLAN_OVERHEAD_V6,
     IPAddress,
     IPNetwork,
     NetworkConfig,
+    gretap_ports,
 )
 
 DOCKER_MTU_OPTION = "com.docker.network.driver.mtu"
@@ -39,8 +45,10 @@ VALID_OPTIONS = (
     "mtu",
     DOCKER_MTU_OPTION,
     "gateway",
+    "encap",
 )
 PEER_MODES = ("remote", "peers", "group")
+NOT_FOR_GRETAP = ("group", "dstport", "learning")  # VXLAN's own: multicast, its UDP port, its FDB learning
 MAX_VNI = 16777215
 MIN_MTU = 576  # the smallest datagram every IPv4 host must accept
 INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
@@ -85,6 +93,7 @@ def parse_network_options(
     peers = _peers_option(options)
     local = _address_option(options, "local")
     gateway = _gateway_option(options)
+    encap = _encap_option(options, multi_host)
 
     modes = [mode for mode in PEER_MODES if mode in options]
     if multi_host and modes:
@@ -127,8 +136,11 @@ def parse_network_options(
             f"use one of: {', '.join(map(str, underlay.addresses)) or 'none'}, or set -o dev=INTERFACE"
         )
 
-    overhead = VXLAN_OVERHEAD_V6 if family == 6 else VXLAN_OVERHEAD_V4
-    mtu = _mtu_option(options, underlay.mtu - overhead, underlay, overhead)
+    if encap == ENCAP_GRETAP:
+        overhead = GRETAP_OVERHEAD_V6 if family == 6 else GRETAP_OVERHEAD_V4
+    else:
+        overhead = VXLAN_OVERHEAD_V6 if family == 6 else VXLAN_OVERHEAD_V4
+    mtu = _mtu_option(options, underlay.mtu - overhead, underlay, overhead, encap)
     chosen_local = local
 
     def config_for(chosen_vni: int) -> NetworkConfig:
@@ -144,8 +156,11 @@ def parse_network_options(
             group=group,
             mtu=mtu,
             gateway=gateway,
+            encap=encap,
         )
 
+    if encap == ENCAP_GRETAP:
+        _check_gretap_names(config_for(vni or MAX_VNI))
     return RequestedNetwork(vni=vni, config_for=config_for, underlay=underlay, gateway=gateway)
 
 
@@ -222,17 +237,60 @@ def _bool_option(options: Mapping[str, str], name: str) -> bool | None:
     raise InvalidOption(f"{name}={raw!r} is not valid; use true or false")
 
 
-def _gateway_option(options: Mapping[str, str]) -> str:
-    raw = options.get("gateway")
+def _choice_option(options: Mapping[str, str], name: str, choices: tuple[str, ...], choose: str) -> str:
+    """One of `choices` (the first when the option is absent or empty); `choose` says what each means."""
+    raw = options.get(name)
     if raw is None or raw == "":
-        return GATEWAY_VXLANPY
-    if raw not in GATEWAY_MODES:
+        return choices[0]
+    if raw not in choices:
+        raise InvalidOption(f"{name}={_shown(raw)} is not valid; {choose}")
+    return raw
+
+
+def _gateway_option(options: Mapping[str, str]) -> str:
+    return _choice_option(
+        options,
+        "gateway",
+        GATEWAY_MODES,
+        "use gateway=vxlanpy (the default: vxlanpy's own gateway, egress and published ports) or "
+        "gateway=docker_gwbridge (Docker's docker_gwbridge serves egress and -p, so `docker port` and `docker ps` "
+        "show the ports; a second interface per container)",
+    )
+
+
+def _encap_option(options: Mapping[str, str], multi_host: bool) -> str:
+    raw = _choice_option(
+        options,
+        "encap",
+        ENCAPS,
+        "use encap=vxlan (the default) or encap=gretap (one GRE port per peer, with remote= or peers=)",
+    )
+    if raw != ENCAP_GRETAP:
+        return raw
+    if multi_host:
         raise InvalidOption(
-            f"gateway={_shown(raw)} is not valid; use gateway=vxlanpy (the default: vxlanpy's own gateway, "
-            "egress and published ports) or gateway=docker_gwbridge (Docker's docker_gwbridge serves egress "
-            "and -p, so `docker port` and `docker ps` show the ports; a second interface per container)"
+            "encap=gretap needs remote= or peers=; the etcd store's automatic peers use VXLAN: drop -o encap=gretap"
+        )
+    for name in NOT_FOR_GRETAP:
+        if name in options:
+            raise InvalidOption(f"option {name} does not apply to encap=gretap (it is VXLAN's); remove -o {name}")
+    if "remote" not in options and "peers" not in options:
+        raise InvalidOption(
+            "encap=gretap needs remote=IP (point to point) or peers=IP,IP,... (a static list): GRE has no "
+            "multicast group and learns no peers"
         )
     return raw
+
+
+def _check_gretap_names(config: NetworkConfig) -> None:
+    """A gretap port's name holds the VNI and the peer's position, within the kernel's 15 characters."""
+    longest = max(gretap_ports(config), key=len)
+    if len(longest) > IFNAME_MAX:
+        most = 10 ** (IFNAME_MAX - len(f"vxg-{config.vni}-"))
+        raise InvalidOption(
+            f"peers= lists {len(config.peers)} addresses; with encap=gretap a network can have at most {most} peers "
+            f"(its ports are named vxg-VNI-N, at most {IFNAME_MAX} characters)"
+        )
 
 
 def _parse_address(name: str, raw: str) -> IPAddress:
@@ -260,7 +318,7 @@ def _peers_option(options: Mapping[str, str]) -> tuple[IPAddress, ...]:
     return peers
 
 
-def _mtu_option(options: Mapping[str, str], default: int, underlay: Underlay, overhead: int) -> int:
+def _mtu_option(options: Mapping[str, str], default: int, underlay: Underlay, overhead: int, encap: str) -> int:
     values = {name: options[name] for name in ("mtu", DOCKER_MTU_OPTION) if name in options}
     if len(set(values.values())) > 1:
         raise InvalidOption(f"mtu and {DOCKER_MTU_OPTION} disagree ({', '.join(values.values())}); give only one")
@@ -275,6 +333,7 @@ def _mtu_option(options: Mapping[str, str], default: int, underlay: Underlay, ov
     if mtu > default:
         raise InvalidOption(
             f"{name}={mtu} is too big for the underlay {underlay.dev} (MTU {underlay.mtu}) "
-            f"once VXLAN adds {overhead} bytes; use at most {default}, or raise the underlay MTU"
+            f"once {'GRE' if encap == ENCAP_GRETAP else 'VXLAN'} adds {overhead} bytes; use at most {default}, "
+            "or raise the underlay MTU"
         )
     return mtu

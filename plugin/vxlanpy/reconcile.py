@@ -170,7 +170,7 @@ class Reconciler:
         network = self.store.get_network(network_id)
         if network is None:
             return  # deleted since the snapshot
-        if network.bridge not in links or network.vxlan not in links:
+        if any(name not in links for name in (network.bridge, *network.tunnels)):
             report.recreated_networks.append(network.vni)
         if not dry_run:
             self.links.ensure_network(network)

@@ -7,6 +7,11 @@ from typing import Protocol
 
 from ..models import Endpoint, IPAddress, Network, PortMapping
 
+# How a create of a gretap port on a kernel without GRE fails (netlink's EOPNOTSUPP, and the fake's).
+NO_GRE = (
+    " (the kernel lacks GRE support: load ip_gre (modprobe ip_gre; ip6_gre for an IPv6 underlay), or use encap=vxlan)"
+)
+
 
 @dataclass(frozen=True)
 class Underlay:
@@ -44,7 +49,8 @@ class Links(Protocol):
 
     def ensure_network(self, network: Network) -> None:
         """Bridge (MTU, gateway addresses, anycast MAC) plus the VXLAN device enslaved to it, both up,
-        the VXLAN port with neigh_suppress on, and one all-zero FDB entry per static peer."""
+        the VXLAN port with neigh_suppress on, and one all-zero FDB entry per static peer.  With encap=gretap,
+        one keyed gretap port per peer instead, isolated on the bridge (see gretap.py), and no other."""
         ...
 
     def remove_network(self, network: Network) -> None: ...

@@ -7,8 +7,8 @@ from __future__ import annotations
 import ipaddress
 
 from ..errors import DataplaneError, InvalidOption
-from ..models import Endpoint, IPAddress, Network, PortMapping
-from .base import RemoteEndpoint, Underlay
+from ..models import ENCAP_GRETAP, Endpoint, IPAddress, Network, PortMapping
+from .base import NO_GRE, RemoteEndpoint, Underlay
 
 
 class FakeLinks:
@@ -23,6 +23,7 @@ class FakeLinks:
         self.remotes: dict[int, tuple[set[IPAddress], list[RemoteEndpoint]]] = {}  # vni -> (flood, remotes)
         self.fail_on: set[str] = set()
         self.calls: list[str] = []
+        self.gre = True  # False: a kernel without ip_gre, as netlink's gretap ports report it
 
     def _enter(self, method: str) -> None:
         self.calls.append(method)
@@ -40,6 +41,8 @@ class FakeLinks:
         self._enter("ensure_network")
         if network.bridge in self.aliens:
             raise DataplaneError(f"interface {network.bridge} exists and is not managed by vxlanpy")
+        if network.config.encap == ENCAP_GRETAP and not self.gre:
+            raise DataplaneError(f"cannot create gretap port {network.tunnels[0]}: Operation not supported{NO_GRE}")
         self.networks[network.bridge] = network
 
     def remove_network(self, network: Network) -> None:
@@ -86,14 +89,16 @@ class FakeLinks:
 
     def remove_link(self, name: str) -> None:
         self._enter("remove_link")
-        self.networks = {bridge: net for bridge, net in self.networks.items() if name not in (net.bridge, net.vxlan)}
+        self.networks = {
+            bridge: net for bridge, net in self.networks.items() if name != net.bridge and name not in net.tunnels
+        }
         self.endpoints.pop(name, None)
 
     def owned_links(self) -> dict[str, str]:
         links = {}
         for network in self.networks.values():
             links[network.bridge] = network.alias
-            links[network.vxlan] = network.alias
+            links.update((tunnel, network.alias) for tunnel in network.tunnels)
         for endpoint in self.endpoints.values():
             links[endpoint.host_veth] = endpoint.alias
         return links

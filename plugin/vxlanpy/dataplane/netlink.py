@@ -22,8 +22,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from ..errors import DataplaneError
-from ..models import Endpoint, IPAddress, Network, NetworkConfig
+from ..models import ENCAP_GRETAP, Endpoint, IPAddress, Network, NetworkConfig
 from .base import RemoteEndpoint, Underlay
+from .gretap import GretapPorts, is_unlabelled_gretap_of
 from .linkops import (
     VETH_REMEDY,
     VNI_REMEDY,
@@ -55,14 +56,14 @@ def _created_unlabelled(link: Msg, network: Network) -> bool:
     kind = kind_of(link)
     if kind == "bridge":
         return str(link.get("address") or "").lower() == network.gateway_mac
-    return kind == "vxlan" and info_of(link, "vxlan_id") == network.vni
+    return (kind == "vxlan" and info_of(link, "vxlan_id") == network.vni) or is_unlabelled_gretap_of(link, network)
 
 
 def _ip_key(address: IPAddress, v4: str, v6: str) -> str:
     return v6 if address.version == 6 else v4
 
 
-class NetlinkLinks(RemoteEndpoints, UnderlayLookup):
+class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
     """The `Links` protocol on one network namespace.
 
     pyroute2 0.9 binds a netlink socket (and an asyncio loop) to the thread that uses it and quietly opens
@@ -178,17 +179,24 @@ class NetlinkLinks(RemoteEndpoints, UnderlayLookup):
 
     def _ensure_network(self, network: Network) -> None:
         dev_index = self._dev_index(network.config.dev)
+        # gretap ports first: a kernel without GRE fails the create before the bridge exists.
+        gretap = self._ensure_gretap_ports(network, dev_index) if network.config.encap == ENCAP_GRETAP else None
         bridge = self._ensure_bridge(network)
         if self._netns is None:  # the first CreateEndpoint on it (`docker run` right after) skips a lookup
             self._bridges[network.bridge] = int(bridge["index"])
         self._ensure_gateways(network, bridge)
+        if gretap is not None:
+            self._attach_gretap_ports(network, bridge, gretap)
+            return
         vxlan = self._ensure_vxlan(network, bridge, dev_index)
         self._ensure_neigh_suppress(network, vxlan)
         self._ensure_peers(network, vxlan)
 
     def _remove_network(self, network: Network) -> None:
         self._bridges.pop(network.bridge, None)
-        for name in (network.vxlan, network.bridge):
+        if network.config.encap == ENCAP_GRETAP:
+            self._remove_stale_gretap_ports(network, set(network.tunnels))
+        for name in (*network.tunnels, network.bridge):
             link = self._link(name)
             if link is not None and (is_owned(link) or _created_unlabelled(link, network)):
                 self._delete(link)

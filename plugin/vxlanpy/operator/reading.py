@@ -10,7 +10,7 @@ from typing import Any
 
 from ..dataplane.base import RemoteEndpoint
 from ..errors import Conflict, VxlanpyError
-from ..models import BRIDGE_PREFIX, IPAddress, Network, is_attachment_id
+from ..models import BRIDGE_PREFIX, ENCAP_GRETAP, IPAddress, Network, gretap_ports, is_attachment_id
 from .context import Body, Concern, endpoint_view
 
 
@@ -67,14 +67,7 @@ class Reading(Concern):
                     "config": config.to_dict(),
                     "devices": [
                         {"name": network.bridge, "kind": "bridge", "present": network.bridge in links},
-                        {
-                            "name": network.vxlan,
-                            "kind": "vxlan",
-                            "present": network.vxlan in links,
-                            "dev": config.dev,
-                            "local": str(config.local) if config.local else None,
-                            "dstport": config.dstport,
-                        },
+                        *tunnel_devices(network, links),
                     ],
                     "peers": self._peers(network),
                     "endpoints": [
@@ -144,6 +137,8 @@ class Reading(Concern):
     def peers(self, network_id: str) -> Body:
         network = self.shared.driver.get_network(network_id)
         config = network.config
+        if config.encap == ENCAP_GRETAP:
+            return self._gretap_peers(network)
         kernel_flood, kernel_remotes = self.shared.links.remote_entries(network)
         view = self.shared.segment(network.vni)
         hosts: dict[IPAddress, str] = {}
@@ -199,6 +194,32 @@ class Reading(Concern):
             "match": match,
         }
 
+    def _gretap_peers(self, network: Network) -> Body:
+        """A gretap network's peers are its ports: one per peer, each present in the kernel or not."""
+        links = self.shared.links.owned_links()
+        ports = gretap_ports(network.config)
+        vteps = [
+            {"address": str(peer), "host": None, "store": True, "kernel": name in links, "port": name}
+            for name, peer in ports.items()
+        ]
+        missing = [name for name in ports if name not in links]
+        return {
+            "id": network.network_id,
+            "vni": network.vni,
+            "mode": network_mode(network, self.shared.multi_host),
+            "learning": True,  # the bridge learns the MACs behind each port
+            "source": "static peers config",
+            "vteps": vteps,
+            "entries": [],
+            "device": {
+                "name": "gretap ports",
+                "ports": list(ports),
+                "missing": missing,
+                "differences": [f"{name} missing" for name in missing],
+            },
+            "match": not missing,
+        }
+
     def _device_check(self, network: Network) -> Body:
         expected = expected_vxlan_device(network)
         actual = self.shared.sandboxes.vxlan_device(network.vxlan)
@@ -249,6 +270,20 @@ class Reading(Concern):
                 "networks Docker still knows"
             )
         return "every vxlanpy device is owned by the store"
+
+
+def tunnel_devices(network: Network, links: dict[str, str]) -> list[Body]:
+    """The network's VXLAN device, or its gretap ports, as `vxlanpy ls` and `doctor` read them."""
+    config = network.config
+    common: Body = {"dev": config.dev, "local": str(config.local) if config.local else None}
+    if config.encap == ENCAP_GRETAP:
+        return [
+            {"name": name, "kind": "gretap", "present": name in links, **common, "remote": str(peer)}
+            for name, peer in gretap_ports(config).items()
+        ]
+    return [
+        {"name": network.vxlan, "kind": "vxlan", "present": network.vxlan in links, **common, "dstport": config.dstport}
+    ]
 
 
 def expected_vxlan_device(network: Network) -> Body:

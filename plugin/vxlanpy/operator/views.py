@@ -197,6 +197,8 @@ def render_detail(row: Row) -> str:
         extra = ""
         if device["kind"] == "vxlan":
             extra = f"; underlay {cell(device.get('dev'))}, local {cell(device.get('local'))}, port {device['dstport']}"
+        elif device["kind"] == "gretap":
+            extra = f"; underlay {cell(device.get('dev'))}, local {cell(device.get('local'))}, to {device['remote']}"
         devices.append(f"{device['name']} ({device['kind']}, {state}{extra})")
     lines.append(field("devices", ("\n" + " " * 11).join(devices) or "-"))
     lines.append(field("mtu", cell(row["mtu"])))
@@ -281,7 +283,11 @@ def render_peers(name: str, peers: dict[str, Any]) -> str:
         lines.append(f"remote FDB/neighbour entries: none{learned}")
     device = peers["device"]
     lines.append("")
-    if device["kernel"] is None:
+    if "ports" in device:  # encap=gretap: one port per peer
+        missing = device["missing"]
+        state = f"MISSING in the kernel: {', '.join(missing)}" if missing else "all present"
+        lines.append(f"gretap ports {', '.join(device['ports'])}: {state}")
+    elif device["kernel"] is None:
         lines.append(f"device {device['name']}: MISSING in the kernel")
     else:
         kernel = device["kernel"]

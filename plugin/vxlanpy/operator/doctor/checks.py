@@ -14,7 +14,7 @@ from .base import FAIL, OK, SKIP, WARN, Examination, Finding
 
 MODULES = ("vxlan", "bridge", "br_netfilter")
 PLUGIN_DIRS = ("/run/docker/plugins/", "/var/run/docker/plugins/")
-OVERHEAD = {4: 50, 6: 70}
+OVERHEAD = {"vxlan": {4: 50, 6: 70}, "gretap": {4: 42, 6: 62}}  # see models: VXLAN_OVERHEAD_*, GRETAP_OVERHEAD_*
 
 
 def check_modules(exam: Examination) -> Iterator[Finding]:
@@ -203,8 +203,8 @@ def check_mtu(exam: Examination) -> Iterator[Finding]:
         yield Finding(SKIP, "MTU", "needs the plugin's state")
         return
     for network in exam.networks:
-        vxlan: dict[str, Any] = next((d for d in network["devices"] if d["kind"] == "vxlan"), {})
-        dev, local = vxlan.get("dev"), vxlan.get("local")
+        tunnel: dict[str, Any] = next((d for d in network["devices"] if d["kind"] in OVERHEAD), {})
+        dev, local = tunnel.get("dev"), tunnel.get("local")
         check = f"MTU of vni {network['vni']}"
         if not dev:
             yield Finding(SKIP, check, "no underlay recorded")
@@ -219,13 +219,15 @@ def check_mtu(exam: Examination) -> Iterator[Finding]:
                 fix=f"bring {dev} back, or recreate the network with -o dev=<interface>",
             )
             continue
-        overhead = OVERHEAD[6 if local and ":" in local else 4]
+        encap = str(tunnel.get("kind"))
+        overhead = OVERHEAD[encap][6 if local and ":" in local else 4]
         underlay, mtu = int(raw), int(network["mtu"])
         if mtu + overhead > underlay:
             yield Finding(
                 FAIL,
                 check,
-                f"network MTU {mtu} + {overhead} bytes of VXLAN > underlay {dev} MTU {underlay}",
+                f"network MTU {mtu} + {overhead} bytes of {'GRE' if encap == 'gretap' else 'VXLAN'} "
+                f"> underlay {dev} MTU {underlay}",
                 why="full-size packets between hosts are dropped: small pings work, bulk transfers hang",
                 fix=f"raise the MTU of {dev} to {mtu + overhead}, "
                 f"or recreate the network with -o mtu={underlay - overhead}",

@@ -186,8 +186,10 @@ def check_vxlan_port(exam: Examination) -> Iterator[Finding]:
         yield Finding(SKIP, "VXLAN port", "reading iptables needs root")
         return
     networks = exam.networks or []
-    remote = [n for n in networks if n.get("mode") not in (None, "local")]
-    devices = [next(d for d in n["devices"] if d["kind"] == "vxlan") for n in remote]
+    # Only VXLAN devices: a gretap network's ports carry GRE (IP protocol 47), not UDP (see the README).
+    in_use = [n for n in networks if n.get("mode") not in (None, "local")]
+    devices = [device for n in in_use for device in n["devices"] if device["kind"] == "vxlan"]
+    remote = bool(devices)
     ports = sorted({int(device["dstport"]) for device in devices}) or [4789]
     families = {6 if ":" in (device.get("local") or "") else 4 for device in devices} or {4}
     severity = FAIL if remote else WARN
