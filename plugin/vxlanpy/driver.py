@@ -163,7 +163,7 @@ class Driver:
                 self.firewall.ensure_network(network, [])
                 if self.cluster is not None:
                     self.cluster.publish_network(network)
-                    self._program_remotes(network)  # what the segment's other hosts publish
+                    self.program_remotes(network)  # what the segment's other hosts publish
                     self._sync_vtep_filter()
                 self.store.confirm_network(network_id)
             except Exception:
@@ -371,7 +371,7 @@ class Driver:
                 with self.network_locks.hold(network.network_id):
                     current = self._known_networks().get(network.network_id)
                     if current is not None:  # not deleted while we waited
-                        self._program_remotes(current)
+                        self.program_remotes(current)
         self._sync_vtep_filter()
 
     def update_segment(self, vni: int, changes: Callable[[], RemoteChanges | None]) -> None:
@@ -387,9 +387,9 @@ class Driver:
                     self.links.update_remotes(current, wanted.gone_macs, wanted.gone_addresses, wanted.remotes)
                 except VxlanpyError as exc:
                     log.warning("cannot update remote entries of vni %d: %s; programming the segment", vni, exc)
-                    self._program_remotes(current)
+                    self.program_remotes(current)
 
-    def _program_remotes(self, network: Network) -> None:
+    def program_remotes(self, network: Network) -> None:
         """Every remote entry of `network`, from the cluster's view as it is now; the network's lock is held."""
         if self.cluster is None:
             return

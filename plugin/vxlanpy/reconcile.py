@@ -170,10 +170,13 @@ class Reconciler:
         network = self.store.get_network(network_id)
         if network is None:
             return  # deleted since the snapshot
-        if any(name not in links for name in (network.bridge, *network.tunnels)):
+        recreated = any(name not in links for name in (network.bridge, *network.tunnels))
+        if recreated:
             report.recreated_networks.append(network.vni)
         if not dry_run:
             self.links.ensure_network(network)
+            if recreated:  # new devices hold none of the entries of other hosts' endpoints
+                self.driver.program_remotes(network)
         endpoints = self.store.list_endpoints(network_id)
         for endpoint in endpoints:
             if endpoint.endpoint_id in known_endpoints:  # newer ones are being set up by their own request

@@ -405,3 +405,22 @@ def test_stop_ends_the_clusters_threads(etcd: EtcdServer) -> None:
     assert set(lingering) <= {"vxlanpy-watch"}
     assert eventually(lambda: not any(thread.is_alive() for thread in ours), within=3.0)
     assert cluster.stop(timeout=0.2) == []
+
+
+def test_reconciliation_that_recreates_a_network_programs_its_remote_entries(hosts: Callable[[str, str], Host]) -> None:
+    """A bridge deleted under the plugin takes the other hosts' entries with it; the reconciliation that makes the
+    devices again writes them again, without waiting for a VTEP event or a resync."""
+    a, b = hosts("ha", "192.0.2.1"), hosts("hb", "192.0.2.2")
+    a.driver.create_network(net(1), {"vni": "300"}, SUBNET)
+    b.driver.create_network(net(2), {"vni": "300"}, SUBNET)
+    a.driver.create_endpoint(net(1), net(11), ipaddress.IPv4Interface("10.60.0.2/24"), None, None)
+    network = b.store.list_networks()[0]
+    assert eventually(lambda: len(b.links.remote_entries(network)[1]) == 1, within=2.0)
+
+    b.links.remove_link(network.bridge)  # as `ip link del vxbr-300` would
+    assert b.links.remote_entries(network) == (set(), [])
+    report = b.driver.reconcile()
+    assert report.recreated_networks == [300]
+    flood, remotes = b.links.remote_entries(network)
+    assert flood == {ipaddress.ip_address("192.0.2.1")}
+    assert [remote.mac for remote in remotes] == ["02:42:0a:3c:00:02"]

@@ -48,6 +48,7 @@ class FakeLinks:
     def remove_network(self, network: Network) -> None:
         self._enter("remove_network")
         self.networks.pop(network.bridge, None)
+        self.remotes.pop(network.vni, None)  # the kernel's entries go with their devices
 
     def ensure_endpoint(self, network: Network, endpoint: Endpoint) -> None:
         self._enter("ensure_endpoint")
@@ -89,6 +90,9 @@ class FakeLinks:
 
     def remove_link(self, name: str) -> None:
         self._enter("remove_link")
+        for net in self.networks.values():
+            if name == net.bridge or name in net.tunnels:
+                self.remotes.pop(net.vni, None)  # the kernel's entries go with their devices
         self.networks = {
             bridge: net for bridge, net in self.networks.items() if name != net.bridge and name not in net.tunnels
         }
