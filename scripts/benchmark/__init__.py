@@ -14,13 +14,18 @@ Sections (in the order they run), one module each:
     scale             per-operation cost with 10/100/1000 networks and with 1000+ endpoints (socket calls)
     dataplane-cross   the same between two network-namespace hosts: vxlanpy (multi-host harness, etcd mode) vs
                       the same topology built by hand with iproute2 (veth -> bridge -> vxlan -> underlay)
+    dataplane-encrypted
+                      the same between h1 and h2 on a network made with -o encrypted (VXLAN inside WireGuard)
+                      beside the plain one, interleaved: the ratio, the backend measured (wireguard-go or
+                      kernel) and each host's WireGuard counters (proof the traffic went through it)
     convergence       multi-host convergence (docker run on h1 -> first ping reply from h2), etcd mode
     cluster-scale     one real vxlanpy host among N simulated ones (100 endpoints each) in etcd: full resync
                       time, change latency under churn, the plugin's RSS and CPU, netlink writes per change
 
 Shared by them: runner (running programs, namespaces), params (sizes, addresses, the expected rows), results,
-output (table, markdown, chart), plugin (the plugin process and socket calls), docker_side, traffic (iperf3 and
-ping) and context (the run's lazily made resources); cli is the command line.
+output (table, markdown, chart), plugin (the plugin process and socket calls), docker_side, wireguard_side (a
+host's WireGuard backend and counters), traffic (iperf3 and ping) and context (the run's lazily made resources);
+cli is the command line.
 
 Everything it makes (the plugin process and its state dir, Docker networks and containers labelled
 vxlanpy.bench=1, namespaces vxb-*, the dummy parent, the multi-host cluster) is removed on exit, failure and

@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from . import calls, cluster_scale, control, convergence, dataplane_cross, dataplane_local, scale
+from . import calls, cluster_scale, control, convergence, dataplane_cross, dataplane_encrypted, dataplane_local, scale
 from .context import Bench
 from .output import format_markdown, format_table, write_png
 from .params import FULL, QUICK, expected_cases
@@ -33,15 +33,16 @@ STEPS: dict[str, Callable[[Bench], None]] = {
     "calls": calls.run_section,
     "scale": scale.run_section,
     "dataplane-cross": dataplane_cross.run_section,
+    "dataplane-encrypted": dataplane_encrypted.run_section,
     "convergence": convergence.run_section,
     "cluster-scale": cluster_scale.run_section,
 }
 SECTIONS = tuple(STEPS)
 # The sections that run vxlanpy on hosts of their own: the single-host plugin stops before them.
-OWN_PLUGIN_SECTIONS = ("dataplane-cross", "convergence", "cluster-scale")
-# What each section needs besides root; cluster-scale runs without Docker.
-SECTION_TOOLS = {"cluster-scale": ("ip", "iptables", "etcd")}
+OWN_PLUGIN_SECTIONS = ("dataplane-cross", "dataplane-encrypted", "convergence", "cluster-scale")
 DOCKER_TOOLS = ("iperf3", "nsenter", "ip", "docker", "iptables")
+# What each section needs besides root (DOCKER_TOOLS unless named here); cluster-scale runs without Docker.
+SECTION_TOOLS = {"cluster-scale": ("ip", "iptables", "etcd"), "dataplane-encrypted": (*DOCKER_TOOLS, "wg")}
 
 
 def machine() -> dict[str, Any]:
@@ -102,7 +103,8 @@ def check_tools(sections: list[str], png: bool) -> None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         raise SystemExit(
-            f"bench: missing tools: {', '.join(missing)} (apt-get install iperf3 util-linux iproute2 etcd-server)"
+            f"bench: missing tools: {', '.join(missing)} "
+            "(apt-get install iperf3 util-linux iproute2 etcd-server wireguard-tools)"
         )
     if png:
         try:

@@ -16,22 +16,26 @@ from .traffic import PathCase, measure_paths
 SECTION = "dataplane-cross"
 
 
-def cross_network(bench: Bench) -> str:
-    """The vxlanpy network on h1 and h2 (vxlanpy IPAM), made once; the convergence section uses it too."""
-    cluster = bench.cluster
-    if bench.cross_network is not None:
-        return bench.cross_network
+def network_on_h1_h2(bench: Bench, name: str, subnet: str, options: dict[str, str]) -> str:
+    """`docker network create -d vxlanpy` (vxlanpy IPAM) of `name` on the cluster's h1 and h2."""
     import docker.types
 
-    name = f"vxbench-x-{bench.suffix}"
+    cluster = bench.cluster
     for host in (cluster["h1"], cluster["h2"]):
-        pool = docker.types.IPAMPool(subnet=SUBNETS["cross-vxlanpy"])
+        pool = docker.types.IPAMPool(subnet=subnet)
         host.docker.networks.create(
-            name, driver="vxlanpy", options={"vni": str(CROSS_VNI)},
+            name, driver="vxlanpy", options=options,
             ipam=docker.types.IPAMConfig(driver="vxlanpy", pool_configs=[pool]), labels={"vxlanpy.test": "1"},
         )  # fmt: skip
-    bench.cross_network = name
     return name
+
+
+def cross_network(bench: Bench) -> str:
+    """The vxlanpy network on h1 and h2, made once; the convergence and dataplane-encrypted sections use it too."""
+    if bench.cross_network is None:
+        name = f"vxbench-x-{bench.suffix}"
+        bench.cross_network = network_on_h1_h2(bench, name, SUBNETS["cross-vxlanpy"], {"vni": str(CROSS_VNI)})
+    return bench.cross_network
 
 
 def build_recipe(host_ns: str, local: str, remote: str, vni: int, guest: str, address: str, prefix: str = "") -> None:

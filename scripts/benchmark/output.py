@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .params import KERNEL_METRICS, REF_ON_DOCKER
+from .params import ENCRYPTED_CASE, KERNEL_METRICS, REF_ON_DOCKER
 from .results import Results, Row
 
 TABLE_HEADER = ["section", "case", "metric", "median", "p99", "vs", "ratio", "target", "met"]
@@ -20,17 +20,23 @@ def _cells(row: Row, bold_miss: bool = False) -> list[str]:
     ]  # fmt: skip
 
 
+def _notes(results: Results, bullet: str) -> list[str]:
+    """The rows' notes (e.g. the WireGuard backend an encrypted row measured), one line each, after the table."""
+    noted = [f"{bullet}{row.section} / {row.case} / {row.metric}: {row.note}" for row in results.rows if row.note]
+    return ["", "notes:", *noted] if noted else []
+
+
 def format_table(results: Results) -> str:
     lines = [TABLE_HEADER, *(_cells(row) for row in results.rows)]
     widths = [max(len(cells[i]) for cells in lines) for i in range(len(TABLE_HEADER))]
     out = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(cells)).rstrip() for cells in lines]
     out.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(out)
+    return "\n".join(out + _notes(results, "  "))
 
 
 def format_markdown(results: Results) -> str:
     lines = [TABLE_HEADER, ["---"] * len(TABLE_HEADER), *(_cells(row, bold_miss=True) for row in results.rows)]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+    return "\n".join(["| " + " | ".join(cells) + " |" for cells in lines] + _notes(results, "* "))
 
 
 def _bars(ax: Any, items: list[tuple[str, Row | None]], ylabel: str, subtitle: str, p99: bool = False) -> None:
@@ -63,6 +69,7 @@ def _dataplane(results: Results, metric: str) -> list[tuple[str, Row | None]]:
         ("hand-built (2 hosts)", get("dataplane-cross", "reference", metric)),
         ("hand-built on Docker hosts", get("dataplane-cross", REF_ON_DOCKER, metric)),
         ("vxlanpy (2 hosts)", get("dataplane-cross", "vxlanpy", metric)),
+        ("vxlanpy encrypted (2 hosts)", get("dataplane-encrypted", ENCRYPTED_CASE, metric)),
     ]
 
 

@@ -68,16 +68,19 @@ SUBNETS = {
     "cross-vxlanpy": "10.61.0.0/24",
     "cross-ref": "10.62.0.0/24",
     "cross-ref-docker": "10.63.0.0/24",
+    "cross-encrypted": "10.64.0.0/24",
 }
 # Networks made by direct socket calls get VNIs from here (far from VXLANPY_VNI_RANGE's default start).
 FAKE_VNI_BASE = 700000
 SCALE_POOL = ipaddress.IPv4Network("10.128.0.0/12")  # /24 per scale network: 4096 of them
 CROSS_VNI = 610
+ENCRYPTED_VNI = 611  # the `-o encrypted` network of the dataplane-encrypted section
 REF_VNI = 620
 
 # Case and metric names that several modules (sections, chart, expected_cases) spell alike.
 GWBRIDGE_CASE = "vxlanpy-gwbridge"  # a vxlanpy network with -o gateway=docker_gwbridge
 REF_ON_DOCKER = "reference on Docker hosts"  # the same hand-built topology, inside h1 and h2
+ENCRYPTED_CASE = "vxlanpy encrypted"  # a vxlanpy network with -o encrypted (VXLAN inside WireGuard)
 # The scale section's kernel baseline: the devices of a network, and of an endpoint, made straight with
 # netlink by the benchmark (no vxlanpy): how much of vxlanpy's growth the kernel itself shows.
 KERNEL_METRICS = ("kernel: bridge+vxlan by hand", "kernel: veth by hand")
@@ -95,6 +98,8 @@ def expected_cases(params: Params) -> list[tuple[str, str, str]]:
         rows += [("dataplane-local", case, "throughput"), ("dataplane-local", case, "rtt")]
     for case in ("reference", REF_ON_DOCKER, "vxlanpy"):
         rows += [("dataplane-cross", case, "throughput"), ("dataplane-cross", case, "rtt")]
+    for case in ("vxlanpy", ENCRYPTED_CASE):
+        rows += [("dataplane-encrypted", case, "throughput"), ("dataplane-encrypted", case, "rtt")]
     for case in ("vxlanpy", GWBRIDGE_CASE, "bridge", "macvlan"):
         rows += [("control", case, "network create"), ("control", case, "docker run --rm")]
         rows.append(("control", case, parallel_metric(params)))

@@ -12,11 +12,14 @@ import sys
 
 from scripts.benchmark.cli import SECTIONS
 from scripts.benchmark.cluster_scale import churn_plan
+from scripts.benchmark.dataplane_encrypted import THROUGH_WIREGUARD, through_wireguard
 from scripts.benchmark.output import format_markdown, format_table
 from scripts.benchmark.params import FULL, QUICK, expected_cases
 from scripts.benchmark.results import Results
+from scripts.benchmark.wireguard_side import Transfer, backend_in_findings, backend_of_link, parse_transfer
 
 from tests.bench.conftest import REPO
+from vxlanpy.encryption_base import BACKEND_KERNEL, BACKEND_USERSPACE
 
 
 def test_help_names_every_section_and_the_options() -> None:
@@ -66,3 +69,42 @@ def test_churn_plan_brings_every_removed_endpoint_back_later() -> None:
             gone, back = plan.index(("del", item)), plan.index(("add", item))
             # Never back to back: the plugin would see both changes of one endpoint queued together.
             assert back - gone >= (lag if items > count else 2), (item, plan)
+
+
+def test_notes_follow_the_table_and_the_markdown() -> None:
+    results = Results()
+    results.add("dataplane-encrypted", "vxlanpy", "throughput", "Gbit/s", [20.0])
+    results.add("dataplane-encrypted", "vxlanpy encrypted", "throughput", "Gbit/s", [1.5], note="WireGuard backend x")
+    table = format_table(results).splitlines()
+    assert table[-2:] == ["notes:", "  dataplane-encrypted / vxlanpy encrypted / throughput: WireGuard backend x"]
+    assert format_markdown(results).splitlines()[-1] == (
+        "* dataplane-encrypted / vxlanpy encrypted / throughput: WireGuard backend x"
+    )
+    assert "notes:" not in format_table(Results())
+
+
+def test_wireguard_transfer_is_summed_over_the_peers() -> None:
+    output = "kJ0dRM5eRvAwUqOJwDC7S3P3R9hQ8hOeLeCp8sGvOyI=\t1000\t2000\nq3d7g5W1FxSk5q6v7uo0OJ7E8g3W3ivd6cR8+AfjVG4=\t30\t40\n"
+    assert parse_transfer(output) == Transfer(1030, 2040)
+    assert parse_transfer("") == Transfer(0, 0)
+    assert Transfer(1030, 2040) - Transfer(30, 40) == Transfer(1000, 2000)
+
+
+def test_backend_from_the_link_kind_and_from_doctor() -> None:
+    assert backend_of_link({"ifname": "vxlanpy-wg", "linkinfo": {"info_kind": "wireguard"}}) == BACKEND_KERNEL
+    assert backend_of_link({"ifname": "vxlanpy-wg", "linkinfo": {"info_kind": "tun"}}) == BACKEND_USERSPACE
+    assert backend_of_link({"ifname": "vxlanpy-wg", "linkinfo": {"info_kind": "veth"}}) is None
+    assert backend_of_link({"ifname": "vxlanpy-wg"}) is None and backend_of_link(None) is None
+    modules = {"status": "ok", "check": "kernel modules", "summary": "vxlan, bridge, br_netfilter loaded"}
+    for backend in (BACKEND_KERNEL, BACKEND_USERSPACE):
+        finding = {"status": "ok", "check": "wireguard", "summary": f"backend {backend}, interface vxlanpy-wg"}
+        assert backend_in_findings([modules, finding]) == backend
+    assert backend_in_findings([modules]) is None
+
+
+def test_traffic_that_bypassed_wireguard_is_named_by_host() -> None:
+    counted = 100e6  # bytes iperf3 counted on the encrypted network
+    moved = {"h1": Transfer(95_000_000, 3_000_000), "h2": Transfer(1_000_000, 2_000_000)}
+    short = through_wireguard(moved, counted)
+    assert len(short) == 1 and short[0].startswith("h2: 3.0 MB through WireGuard, iperf3 counted 100.0"), short
+    assert through_wireguard({"h1": Transfer(0, int(counted * THROUGH_WIREGUARD))}, counted) == []

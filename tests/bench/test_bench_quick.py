@@ -15,10 +15,13 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from scripts.benchmark.params import QUICK, expected_cases
+from scripts.benchmark.dataplane_encrypted import SECTION, THROUGH_WIREGUARD
+from scripts.benchmark.params import ENCRYPTED_CASE, QUICK, expected_cases
 
 from tests.bench.conftest import BenchRun
+from vxlanpy.encryption_base import BACKEND_KERNEL, BACKEND_USERSPACE
 
 SOCKET = Path("/run/docker/plugins/vxlanpy.sock")
 
@@ -42,9 +45,30 @@ def test_quick_benchmark_runs_every_case(tmp_path: Path, run_bench: Callable[...
             f"{section}/{case}/{metric} not in the table:\n{table}"
         )
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_encrypted_rows(document, table)
     # Everything the benchmark made is gone: its namespaces and the plugin it started.
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
     assert not [line for line in netns.splitlines() if line.startswith("vxb-")], netns
     if SOCKET.exists():
         probe = subprocess.run(["ss", "-xl"], capture_output=True, text=True, check=False).stdout
         assert str(SOCKET) not in probe, "the benchmark left a plugin listening"
+
+
+def check_encrypted_rows(document: dict[str, Any], table: str) -> None:
+    """The encrypted network's rows: measured, compared with the plain network of the same run, the backend named
+    (in the rows, the table and the JSON), and its traffic seen in both hosts' WireGuard counters."""
+    rows = {(row["section"], row["case"], row["metric"]): row for row in document["rows"]}
+    encryption = document["info"]["encryption"]
+    backend = encryption["backend"]
+    assert backend in (BACKEND_KERNEL, BACKEND_USERSPACE), encryption
+    for metric in ("throughput", "rtt"):
+        row = rows[(SECTION, ENCRYPTED_CASE, metric)]
+        assert row["value"] > 0 and row["baseline"] == "vxlanpy" and row["ratio"] > 0, row
+        assert row["note"] == f"WireGuard backend {backend}", row
+        assert f"{SECTION} / {ENCRYPTED_CASE} / {metric}: WireGuard backend {backend}" in table, table
+    assert encryption["iperf_bytes"] > 0, encryption
+    for name in ("h1", "h2"):
+        host = encryption["hosts"][name]
+        assert host["backend"] == backend and host["doctor"] in (backend, None), encryption
+        moved = host["wg_received"] + host["wg_sent"]
+        assert moved >= THROUGH_WIREGUARD * encryption["iperf_bytes"], (name, encryption)

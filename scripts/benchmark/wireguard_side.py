@@ -1,0 +1,113 @@
+"""A harness host's WireGuard interface as the dataplane-encrypted section reads it from outside the plugin: the
+backend in use (what the plugin's doctor says, checked against the kind of the link the kernel holds) and the
+interface's transfer counters (`wg show IFACE transfer`).
+
+wireguard-go keeps its UAPI socket under /run/wireguard, which each harness host's plugin has private (a mount
+namespace of its own), so `wg` runs in the namespaces of that host's wireguard-go process: the plugin's view.
+The kernel backend is reached over netlink in the host's network namespace alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tests.multihost.cluster import Host, netns_path, netns_pids, process_name, vxlanpy_command
+
+from vxlanpy.encryption_base import BACKEND_KERNEL, BACKEND_USERSPACE, DEFAULT_WG_INTERFACE
+
+from .runner import nsenter, run
+
+WIREGUARD_GO = "wireguard-go"  # the userspace backend's process name
+# The kind of the link the backend makes: the kernel's own WireGuard link, or wireguard-go's TUN device.
+LINK_KIND_BACKEND = {"wireguard": BACKEND_KERNEL, "tun": BACKEND_USERSPACE}
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Bytes through the interface, summed over its peers (encrypted, WireGuard's own headers included)."""
+
+    received: int
+    sent: int
+
+    def __sub__(self, earlier: Transfer) -> Transfer:
+        return Transfer(self.received - earlier.received, self.sent - earlier.sent)
+
+
+def interface_name(host: Host) -> str:
+    """The host plugin's WireGuard interface (VXLANPY_WG_INTERFACE, as the harness starts it)."""
+    return host.plugin.env.get("VXLANPY_WG_INTERFACE") or DEFAULT_WG_INTERFACE
+
+
+def in_plugin_namespaces(host: Host, *argv: str) -> list[str]:
+    """`argv` in the namespaces the host's WireGuard lives in: those of its wireguard-go process when there is one
+    (its UAPI socket is in the plugin's private /run/wireguard), else the host's network namespace."""
+    userspace = [pid for pid in netns_pids(host.netns) if process_name(pid) == WIREGUARD_GO]
+    if userspace:
+        return ["nsenter", "-t", str(userspace[0]), "-m", "-n", *argv]
+    return nsenter(netns_path(host.netns), *argv)
+
+
+def parse_transfer(text: str) -> Transfer:
+    """`wg show IFACE transfer`: one line per peer, `<public key>\\t<received>\\t<sent>`."""
+    received = sent = 0
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 3:
+            received += int(fields[1])
+            sent += int(fields[2])
+    return Transfer(received, sent)
+
+
+def transfer(host: Host, interface: str) -> Transfer:
+    result = run(in_plugin_namespaces(host, "wg", "show", interface, "transfer"), check=False, timeout=20)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"`wg show {interface} transfer` on {host.name} failed ({result.returncode}): {result.stderr.strip()}"
+        )
+    return parse_transfer(result.stdout)
+
+
+def backend_of_link(link: dict[str, Any] | None) -> str | None:
+    """The backend by the kind of its link (`ip -d -j link show`): None when there is no such link."""
+    kind = ((link or {}).get("linkinfo") or {}).get("info_kind")
+    return LINK_KIND_BACKEND.get(str(kind))
+
+
+def backend_in_findings(findings: list[dict[str, Any]]) -> str | None:
+    """The backend `vxlanpy doctor --json` names in its WireGuard finding, None when no finding names one."""
+    for finding in findings:
+        text = " ".join(str(finding.get(key) or "") for key in ("check", "summary")).lower()
+        if "wireguard" not in text and "encrypt" not in text:
+            continue
+        # wireguard-go first: the word "kernel" may also appear in a userspace finding's explanation.
+        for backend in (BACKEND_USERSPACE, BACKEND_KERNEL):
+            if backend in text:
+                return backend
+    return None
+
+
+def doctor_findings(host: Host) -> list[dict[str, Any]]:
+    """`vxlanpy doctor --json` run as an operator on that host would (its socket, Docker and namespaces)."""
+    command = [*vxlanpy_command()[:-1], "doctor", "--json"]  # vxlanpy_command() ends with "serve"
+    result = run(in_plugin_namespaces(host, *command), check=False, timeout=120, env=host.plugin.env)
+    try:
+        findings = json.loads(result.stdout)
+    except ValueError:
+        raise RuntimeError(
+            f"`vxlanpy doctor --json` on {host.name} printed no JSON ({result.returncode}): {result.stderr[-400:]}"
+        ) from None
+    return [finding for finding in findings if isinstance(finding, dict)]
+
+
+def host_backend(host: Host, interface: str) -> dict[str, Any]:
+    """What the plugin says its backend is, and what the link says; they must agree (a RuntimeError if not)."""
+    link = host.link(interface)
+    by_link = backend_of_link(link)
+    if link is None or by_link is None:
+        raise RuntimeError(f"{host.name} has no WireGuard link {interface} (kernel wireguard or wireguard-go's tun)")
+    by_plugin = backend_in_findings(doctor_findings(host))
+    if by_plugin is not None and by_plugin != by_link:
+        raise RuntimeError(f"on {host.name} vxlanpy doctor names the backend {by_plugin}, the link says {by_link}")
+    return {"backend": by_link, "doctor": by_plugin, "link_kind": link["linkinfo"]["info_kind"]}
