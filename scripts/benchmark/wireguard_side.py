@@ -10,6 +10,7 @@ The kernel backend is reached over netlink in the host's network namespace alone
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ from .runner import nsenter, run
 WIREGUARD_GO = "wireguard-go"  # the userspace backend's process name
 # The kind of the link the backend makes: the kernel's own WireGuard link, or wireguard-go's TUN device.
 LINK_KIND_BACKEND = {"wireguard": BACKEND_KERNEL, "tun": BACKEND_USERSPACE}
+DOCTOR_CHECK = "wireguard"  # the name of doctor's check of the WireGuard mesh
+_BACKEND_NAMED = re.compile(rf"\bbackend ({re.escape(BACKEND_USERSPACE)}|{re.escape(BACKEND_KERNEL)})\b")
 
 
 @dataclass(frozen=True)
@@ -76,15 +79,14 @@ def backend_of_link(link: dict[str, Any] | None) -> str | None:
 
 
 def backend_in_findings(findings: list[dict[str, Any]]) -> str | None:
-    """The backend `vxlanpy doctor --json` names in its WireGuard finding, None when no finding names one."""
+    """The backend `vxlanpy doctor --json` names in its "wireguard" check ("backend wireguard-go; interface ..."),
+    None when no finding names one."""
     for finding in findings:
-        text = " ".join(str(finding.get(key) or "") for key in ("check", "summary")).lower()
-        if "wireguard" not in text and "encrypt" not in text:
+        if finding.get("check") != DOCTOR_CHECK:
             continue
-        # wireguard-go first: the word "kernel" may also appear in a userspace finding's explanation.
-        for backend in (BACKEND_USERSPACE, BACKEND_KERNEL):
-            if backend in text:
-                return backend
+        named = _BACKEND_NAMED.search(str(finding.get("summary") or ""))
+        if named:
+            return named[1]
     return None
 
 
@@ -102,12 +104,20 @@ def doctor_findings(host: Host) -> list[dict[str, Any]]:
 
 
 def host_backend(host: Host, interface: str) -> dict[str, Any]:
-    """What the plugin says its backend is, and what the link says; they must agree (a RuntimeError if not)."""
+    """The backend as the plugin's doctor names it (its WireGuard check passing) and as the link's kind shows it;
+    a RuntimeError unless both name the same one."""
     link = host.link(interface)
     by_link = backend_of_link(link)
     if link is None or by_link is None:
         raise RuntimeError(f"{host.name} has no WireGuard link {interface} (kernel wireguard or wireguard-go's tun)")
-    by_plugin = backend_in_findings(doctor_findings(host))
-    if by_plugin is not None and by_plugin != by_link:
+    findings = doctor_findings(host)
+    failed = [f["summary"] for f in findings if f.get("check") == DOCTOR_CHECK and f.get("status") == "fail"]
+    if failed:
+        raise RuntimeError(f"vxlanpy doctor on {host.name}: WireGuard check failed: {'; '.join(failed)}")
+    by_plugin = backend_in_findings(findings)
+    if by_plugin is None:
+        said = [f.get("summary") for f in findings if f.get("check") == DOCTOR_CHECK]
+        raise RuntimeError(f"vxlanpy doctor on {host.name} names no WireGuard backend; its {DOCTOR_CHECK} check: {said}")
+    if by_plugin != by_link:
         raise RuntimeError(f"on {host.name} vxlanpy doctor names the backend {by_plugin}, the link says {by_link}")
     return {"backend": by_link, "doctor": by_plugin, "link_kind": link["linkinfo"]["info_kind"]}

@@ -97,9 +97,13 @@ def test_backend_from_the_link_kind_and_from_doctor() -> None:
     assert backend_of_link({"ifname": "vxlanpy-wg"}) is None and backend_of_link(None) is None
     modules = {"status": "ok", "check": "kernel modules", "summary": "vxlan, bridge, br_netfilter loaded"}
     for backend in (BACKEND_KERNEL, BACKEND_USERSPACE):
-        finding = {"status": "ok", "check": "wireguard", "summary": f"backend {backend}, interface vxlanpy-wg"}
+        finding = {"status": "ok", "check": "wireguard", "summary": f"backend {backend}; interface vxlanpy-wg up"}
         assert backend_in_findings([modules, finding]) == backend
-    assert backend_in_findings([modules]) is None
+    # What names no backend in use: another check, a failure naming both, the MTU finding.
+    neither = {"status": "fail", "check": "wireguard", "summary": "no WireGuard backend: neither kernel WireGuard "
+               "nor wireguard-go"}  # fmt: skip
+    mtu = {"status": "ok", "check": "wireguard", "summary": "MTU of encrypted vni 611: 1390 <= 1390"}
+    assert backend_in_findings([modules, neither, mtu]) is None
 
 
 def test_traffic_that_bypassed_wireguard_is_named_by_host() -> None:

@@ -69,6 +69,6 @@ def check_encrypted_rows(document: dict[str, Any], table: str) -> None:
     assert encryption["iperf_bytes"] > 0, encryption
     for name in ("h1", "h2"):
         host = encryption["hosts"][name]
-        assert host["backend"] == backend and host["doctor"] in (backend, None), encryption
+        assert host["backend"] == backend and host["doctor"] == backend, encryption
         moved = host["wg_received"] + host["wg_sent"]
         assert moved >= THROUGH_WIREGUARD * encryption["iperf_bytes"], (name, encryption)
