@@ -117,7 +117,7 @@ def host_backend(host: Host, interface: str) -> dict[str, Any]:
     by_plugin = backend_in_findings(findings)
     if by_plugin is None:
         said = [f.get("summary") for f in findings if f.get("check") == DOCTOR_CHECK]
-        raise RuntimeError(f"vxlanpy doctor on {host.name} names no WireGuard backend; its {DOCTOR_CHECK} check: {said}")
+        raise RuntimeError(f"vxlanpy doctor on {host.name} names no WireGuard backend; its wireguard check: {said}")
     if by_plugin != by_link:
         raise RuntimeError(f"on {host.name} vxlanpy doctor names the backend {by_plugin}, the link says {by_link}")
     return {"backend": by_link, "doctor": by_plugin, "link_kind": link["linkinfo"]["info_kind"]}
