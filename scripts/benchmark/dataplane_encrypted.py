@@ -84,7 +84,8 @@ def run_section(bench: Bench) -> None:
         backend = hosts["h1"]["backend"]
         if hosts["h2"]["backend"] != backend:
             raise RuntimeError(f"the hosts use different WireGuard backends: {hosts}")
-        say(f"  WireGuard backend: {backend} ({', '.join(f'{name}: {seen}' for name, seen in hosts.items())})")
+        kinds = ", ".join(f"{name} {seen['link_kind']}" for name, seen in hosts.items())
+        say(f"  WireGuard backend: {backend} (named by vxlanpy doctor on h1 and h2; link kind: {kinds})")
         before = {host.name: transfer(host, interface) for host in (h1, h2)}
         measure_paths(results, SECTION, cases, params, "")
         moved = {host.name: transfer(host, interface) - before[host.name] for host in (h1, h2)}
