@@ -29,7 +29,7 @@ def docker_answers() -> str | None:
 PREREQUISITES: dict[str, tuple[Callable[[], str | None], ...]] = {
     "test_bench_quick.py": (
         lambda: needs_root("the benchmark"),
-        lambda: missing_programs("iperf3", "nsenter", "docker"),
+        lambda: missing_programs("iperf3", "nsenter", "docker", "wg"),  # wg: the encrypted network's counters
         docker_answers,
         multihost_prerequisites,
     ),
