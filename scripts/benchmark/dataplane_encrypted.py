@@ -21,7 +21,7 @@ from .params import ENCRYPTED_CASE, ENCRYPTED_VNI, SUBNETS
 from .results import Results
 from .runner import say
 from .traffic import PathCase, measure_paths, ping_rtts
-from .wireguard_side import WIREGUARD_GO, Transfer, host_backend, interface_name, transfer
+from .wireguard_side import WIREGUARD_GO, Transfer, host_backend, interface_name, transfer, udp_rcvbuf_errors
 
 SECTION = "dataplane-encrypted"
 PLAIN_CASE = "vxlanpy"
@@ -87,8 +87,11 @@ def run_section(bench: Bench) -> None:
         kinds = ", ".join(f"{name} {seen['link_kind']}" for name, seen in hosts.items())
         say(f"  WireGuard backend: {backend} (named by vxlanpy doctor on h1 and h2; link kind: {kinds})")
         before = {host.name: transfer(host, interface) for host in (h1, h2)}
+        drops_before = {host.name: udp_rcvbuf_errors(host) for host in (h1, h2)}
         measure_paths(results, SECTION, cases, params, "")
         moved = {host.name: transfer(host, interface) - before[host.name] for host in (h1, h2)}
+        for host in (h1, h2):
+            hosts[host.name]["udp_rcvbuf_errors"] = udp_rcvbuf_errors(host) - drops_before[host.name]
     finally:
         for container in containers:
             with contextlib.suppress(Exception):  # best effort: the cluster's teardown removes what is left

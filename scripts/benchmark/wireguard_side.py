@@ -121,3 +121,15 @@ def host_backend(host: Host, interface: str) -> dict[str, Any]:
     if by_plugin != by_link:
         raise RuntimeError(f"on {host.name} vxlanpy doctor names the backend {by_plugin}, the link says {by_link}")
     return {"backend": by_link, "doctor": by_plugin, "link_kind": link["linkinfo"]["info_kind"]}
+
+
+def parse_udp_rcvbuf_errors(snmp: str) -> int:
+    """RcvbufErrors of /proc/net/snmp's Udp lines (a header line, then the values)."""
+    header, values = [line.split() for line in snmp.splitlines() if line.startswith("Udp:")][:2]
+    return int(values[header.index("RcvbufErrors")])
+
+
+def udp_rcvbuf_errors(host: Host) -> int:
+    """UDP datagrams the host's namespace dropped because a socket's receive buffer was full (wireguard-go's,
+    when it cannot keep up: what limits it on a busy machine)."""
+    return parse_udp_rcvbuf_errors(run(nsenter(netns_path(host.netns), "cat", "/proc/net/snmp")).stdout)

@@ -16,7 +16,13 @@ from scripts.benchmark.dataplane_encrypted import THROUGH_WIREGUARD, through_wir
 from scripts.benchmark.output import format_markdown, format_table
 from scripts.benchmark.params import FULL, QUICK, expected_cases
 from scripts.benchmark.results import Results
-from scripts.benchmark.wireguard_side import Transfer, backend_in_findings, backend_of_link, parse_transfer
+from scripts.benchmark.wireguard_side import (
+    Transfer,
+    backend_in_findings,
+    backend_of_link,
+    parse_transfer,
+    parse_udp_rcvbuf_errors,
+)
 
 from tests.bench.conftest import REPO
 from vxlanpy.encryption_base import BACKEND_KERNEL, BACKEND_USERSPACE
@@ -112,3 +118,14 @@ def test_traffic_that_bypassed_wireguard_is_named_by_host() -> None:
     short = through_wireguard(moved, counted)
     assert len(short) == 1 and short[0].startswith("h2: 3.0 MB through WireGuard, iperf3 counted 100.0"), short
     assert through_wireguard({"h1": Transfer(0, int(counted * THROUGH_WIREGUARD))}, counted) == []
+
+
+def test_udp_receive_buffer_drops_are_read_from_snmp() -> None:
+    snmp = (
+        "Ip: Forwarding DefaultTTL\nIp: 1 64\n"
+        "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti\n"
+        "Udp: 1685 1 6145 1691 6140 0 0 0\n"
+        "UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti\n"
+        "UdpLite: 0 0 0 0 0 0 0 0\n"
+    )
+    assert parse_udp_rcvbuf_errors(snmp) == 6140
