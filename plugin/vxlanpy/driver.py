@@ -28,12 +28,13 @@ from .cluster_base import Cluster, RemoteChanges
 from .dataplane.base import Firewall, Links
 from .encryption_base import Encryption
 from .errors import InvalidOption, NotFound, VxlanpyError
-from .models import Endpoint, Network, NetworkConfig, PortMapping, Subnet, endpoint_mac
+from .models import Endpoint, IPNetwork, Network, NetworkConfig, PortMapping, Subnet, endpoint_mac
 from .options import (
     ENCRYPTION_NEEDS_ETCD,
     RequestedNetwork,
     check_gateway_mode,
     check_port_kind,
+    check_subnets_clear_of_tunnel,
     check_subnets_clear_of_underlay,
     parse_network_options,
 )
@@ -160,7 +161,7 @@ class Driver:
             if requested.underlay is not None:
                 check_subnets_clear_of_underlay(requested.underlay, [subnet.pool for subnet in (*ipv4, *ipv6)])
 
-            config_for = self._encrypted_config(requested)
+            config_for = self._encrypted_config(requested, [subnet.pool for subnet in (*ipv4, *ipv6)])
             if self.cluster is not None:  # encrypted networks exist in multi-host mode only
                 check_port_kind(config_for(requested.vni or 0), self._known_networks().values())
 
@@ -233,7 +234,7 @@ class Driver:
             except VxlanpyError as exc:  # the network is gone; the interface goes with the next encrypted delete
                 log.error("cannot release this host's WireGuard interface: %s", exc)
 
-    def _encrypted_config(self, requested: RequestedNetwork) -> Callable[[int], NetworkConfig]:
+    def _encrypted_config(self, requested: RequestedNetwork, pools: list[IPNetwork]) -> Callable[[int], NetworkConfig]:
         """For an encrypted network, the configuration with this host's tunnel: the VXLAN device sends from the
         tunnel address through the WireGuard interface (no kernel change yet)."""
         if not requested.encrypted:
@@ -241,6 +242,7 @@ class Driver:
         if self.encryption is None:  # an etcd store without the mesh wired (or single-host mode)
             raise InvalidOption(f"-o encrypted is not available on this host: {ENCRYPTION_NEEDS_ETCD}")
         tunnel = self.encryption.tunnel()
+        check_subnets_clear_of_tunnel(tunnel, pools)
         return lambda vni: replace(requested.config_for(vni), local=tunnel.address, dev=tunnel.interface)
 
     def _release_encryption(self, network: Network) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .dataplane.base import Underlay
 from .digits import ascii_int
-from .encryption_base import ENCRYPTED_VXLAN_PORT, wg_overhead
+from .encryption_base import ENCRYPTED_VXLAN_PORT, Tunnel, wg_overhead
 from .errors import Conflict, InvalidOption
 from .models import (
     ENCAP_GRETAP,
@@ -213,6 +213,17 @@ def check_port_kind(config: NetworkConfig, networks: Iterable[Network]) -> None:
                 f"{other.vni}) on this host, and a port carries either plain or encrypted VXLAN (the firewall "
                 f"admits an encrypted network's port through WireGuard only); give this {this} network "
                 "another -o dstport"
+            )
+
+
+def check_subnets_clear_of_tunnel(tunnel: Tunnel, pools: Iterable[IPNetwork]) -> None:
+    """An encrypted network's subnet must not hold this host's tunnel address: the bridge's connected route
+    would take the VXLAN traffic meant for the WireGuard interface."""
+    for pool in pools:
+        if tunnel.address in pool:
+            raise InvalidOption(
+                f"subnet {pool} contains this host's WireGuard tunnel address {tunnel.address} ({tunnel.interface}); "
+                "choose a --subnet outside the tunnel subnet (VXLANPY_WG_SUBNET, 10.255.0.0/16 by default)"
             )
 
 

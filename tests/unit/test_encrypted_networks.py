@@ -278,6 +278,14 @@ def test_a_failed_create_keeps_the_mesh_of_the_other_encrypted_networks(host: Ho
     assert [network.network_id for network in host.store.list_networks()] == [NET]
 
 
+def test_an_encrypted_subnet_holding_the_tunnel_address_is_refused(host: Host) -> None:
+    tunnel_subnet = (Subnet(ipaddress.ip_network("10.255.0.0/24"), ipaddress.ip_interface("10.255.0.1/24")),)
+    with pytest.raises(InvalidOption, match="subnet 10.255.0.0/24 contains this host's WireGuard tunnel address"):
+        host.create(NET, encrypted(), tunnel_subnet)
+    host.nothing_left()
+    assert host.calls == []
+
+
 def test_without_the_mesh_encrypted_networks_are_refused_before_anything_is_taken() -> None:
     host = Host(with_encryption=False)
     with pytest.raises(InvalidOption, match=r"encryption needs the etcd store \(VXLANPY_STORE=etcd://\.\.\.\)"):
