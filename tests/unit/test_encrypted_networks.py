@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from vxlanpy.cluster import SegmentView
+from vxlanpy.cluster import EtcdCluster, SegmentView
 from vxlanpy.dataplane.base import Underlay
 from vxlanpy.dataplane.fake import FakeFirewall, FakeLinks
 from vxlanpy.dataplane.firewall_rules import INPUT_CHAIN, Ruleset, rule_line, vtep_filter_rules
@@ -23,15 +23,18 @@ from vxlanpy.errors import Conflict, DataplaneError, InvalidOption
 from vxlanpy.models import IPAddress, Network, NetworkConfig, Subnet
 from vxlanpy.operator.doctor import input_verdict, rule_matches_vxlan
 from vxlanpy.options import parse_network_options
+from vxlanpy.store.base import Store
 from vxlanpy.store.etcd import EtcdStore, segment_differences, segment_of
 from vxlanpy.store.etcd_kv import EtcdConfig, EtcdKV
 from vxlanpy.store.memory import MemoryStore
 
 from ..etcd_server import EtcdServer
 from .conftest import NET, NET2, Harness
+from .test_cluster import eventually
 
 NET3 = "e" * 64
-TUNNEL = Tunnel("vxlanpy-wg", ipaddress.ip_address("10.255.0.7"))
+WG = "vxlanpy-wg"
+TUNNEL = Tunnel(WG, ipaddress.ip_address("10.255.0.7"))
 SUBNET = (Subnet(ipaddress.ip_network("10.60.0.0/24"), ipaddress.ip_interface("10.60.0.1/24")),)
 OTHER_SUBNET = (Subnet(ipaddress.ip_network("10.61.0.0/24"), ipaddress.ip_interface("10.61.0.1/24")),)
 V4_UNDERLAY = Underlay("eth0", 1500, (ipaddress.ip_address("192.0.2.10"),))
@@ -41,15 +44,16 @@ V6_UNDERLAY = Underlay("eth0", 1500, (ipaddress.ip_address("2001:db8::10"),))
 class FakeEncryption:
     """Records what the driver asks of the mesh; `fail` makes ensure() raise as a host without WireGuard does."""
 
-    def __init__(self, store: MemoryStore, calls: list[str]) -> None:
+    def __init__(self, store: Store, calls: list[str], tunnel: Tunnel = TUNNEL) -> None:
         self.store = store
         self.calls = calls
+        self._tunnel = tunnel
         self.fail = False
         self.rows_at_ensure: list[set[str]] = []  # the store's network ids each time ensure() ran
         self.in_use_answers: list[bool] = []  # what in_use() said at each release_if_unused()
 
     def tunnel(self) -> Tunnel:
-        return TUNNEL
+        return self._tunnel
 
     def ensure(self) -> None:
         self.calls.append("encryption.ensure")
@@ -444,3 +448,43 @@ def test_reconcile_without_encrypted_networks_leaves_the_mesh_alone(host: Host) 
     host.create(NET, {})
     host.driver.reconcile()
     assert host.calls == []
+
+
+# -- two hosts through etcd -------------------------------------------------------------------------------------
+
+
+def test_two_hosts_send_an_encrypted_segment_to_each_others_tunnel_addresses(etcd_server: EtcdServer) -> None:
+    prefix = f"/test-{uuid.uuid4().hex[:8]}"
+    hosts = []
+    for name, underlay, tunnel in (
+        ("a", "192.0.2.1", "10.255.0.1"),
+        ("b", "192.0.2.2", "10.255.0.2"),
+        ("c", "192.0.2.3", "10.255.0.3"),
+    ):
+        kv = EtcdKV(EtcdConfig.from_url(etcd_server.url, prefix=prefix, timeout=2))
+        store = EtcdStore(kv, name)
+        links = FakeLinks({"eth0": Underlay("eth0", 1500, (ipaddress.ip_address(underlay),))})
+        firewall = FakeFirewall()
+        cluster = EtcdCluster(kv, store, lease_ttl=2)
+        cluster.resume_lease()
+        encryption = FakeEncryption(store, [], Tunnel(WG, ipaddress.ip_address(tunnel)))
+        driver = Driver(store, links, firewall, vni_range=(300, 310), cluster=cluster, encryption=encryption)
+        cluster.start()
+        assert cluster.synced.wait(5)
+        hosts.append((driver, links, firewall, cluster))
+    try:
+        (a, a_links, _, _), (b, b_links, b_firewall, _), (c, c_links, _, _) = hosts
+        a.create_network(NET, encrypted(vni="300"), ipv4=SUBNET)
+        b.create_network(NET, encrypted(vni="300"), ipv4=SUBNET)
+        tunnel_a, tunnel_b = ipaddress.ip_address("10.255.0.1"), ipaddress.ip_address("10.255.0.2")
+        assert eventually(lambda: b_links.remotes.get(300, (set(), []))[0] == {tunnel_a})
+        assert eventually(lambda: a_links.remotes.get(300, (set(), []))[0] == {tunnel_b})
+        assert eventually(lambda: b_firewall.vtep_filter == ({4790}, {tunnel_a}))
+        assert b_firewall.tunnel_ports == {4790: WG}
+        # A host may not join the segment in clear, even with the encrypted network's port and MTU.
+        with pytest.raises(Conflict, match=r"vni 300 is already defined in the cluster with encrypted True \(this"):
+            c.create_network(NET, {"vni": "300", "mtu": "1390", "dstport": "4790"}, ipv4=SUBNET)
+        assert c.store.list_networks() == [] and c_links.networks == {}
+    finally:
+        for _, _, _, cluster in hosts:
+            cluster.stop()
