@@ -57,13 +57,13 @@ MAX_VNI = 16777215
 MIN_MTU = 576  # the smallest datagram every IPv4 host must accept
 INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
 ENCRYPTION_NEEDS_ETCD = (
     "encryption needs the etcd store (VXLANPY_STORE=etcd://...): the hosts' WireGuard keys are per host and "
     "rotate, and are carried through etcd; a network option cannot carry them"
 )
 # What an encrypted network's VXLAN device takes from this host's WireGuard tunnel instead of the options.
 NOT_FOR_ENCRYPTED = ("local", "dev")
-FALSE_WORDS = ("false", "no", "off", "0")
 
 
 @dataclass(frozen=True)

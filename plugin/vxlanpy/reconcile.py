@@ -42,7 +42,7 @@ class ReconcileReport:
     kept_links: list[str] = field(default_factory=list)  # unowned, but the store may have lost their rows
     kept_chains: list[int] = field(default_factory=list)
     # Encrypted networks (VNIs) whose devices were not rebuilt: this host's WireGuard interface could not be set up
-    unencrypted_networks: list[int] = field(default_factory=list)
+    encrypted_not_rebuilt: list[int] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
@@ -52,7 +52,7 @@ class ReconcileReport:
             f"orphan chains removed {len(self.removed_chains)}, "
             f"unfinished creates removed {len(self.expired_networks)}, "
             f"unowned links kept {len(self.kept_links)}, "
-            f"encrypted networks not rebuilt (no WireGuard) {len(self.unencrypted_networks)}"
+            f"encrypted networks not rebuilt (no WireGuard) {len(self.encrypted_not_rebuilt)}"
         )
 
 
@@ -139,7 +139,7 @@ class Reconciler:
                 raise VxlanpyError("this host has no encryption configured (it needs the etcd store)")
             encryption.ensure()
         except VxlanpyError as exc:
-            report.unencrypted_networks += encrypted
+            report.encrypted_not_rebuilt += encrypted
             log.error(
                 "cannot set up this host's WireGuard interface, so the devices of encrypted networks (vni %s) are "
                 "not rebuilt: %s",
@@ -199,7 +199,7 @@ class Reconciler:
     ) -> None:
         network = self.store.get_network(network_id)
         if network is None or (network.config.encrypted and not tunnel_ready):
-            return  # deleted since the snapshot, or reported in unencrypted_networks (retried at the next run)
+            return  # deleted since the snapshot, or reported in encrypted_not_rebuilt (retried at the next run)
         recreated = any(name not in links for name in (network.bridge, *network.tunnels))
         if recreated:
             report.recreated_networks.append(network.vni)

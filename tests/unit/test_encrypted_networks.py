@@ -426,7 +426,7 @@ def test_reconcile_brings_the_mesh_up_before_rebuilding_encrypted_networks(host:
     assert host.calls.count("encryption.ensure") == 1
     assert host.calls.index("encryption.ensure") < host.calls.index("ensure_network")
     assert sorted(report.recreated_networks) == sorted([secret.vni, plain.vni])
-    assert secret.bridge in host.links.networks and report.unencrypted_networks == []
+    assert secret.bridge in host.links.networks and report.encrypted_not_rebuilt == []
 
 
 def test_reconcile_reports_a_mesh_failure_and_still_repairs_plain_networks(host: Host) -> None:
@@ -436,11 +436,11 @@ def test_reconcile_reports_a_mesh_failure_and_still_repairs_plain_networks(host:
     assert host.encryption is not None
     host.encryption.fail = True
     report = host.driver.reconcile()  # not raised
-    assert report.unencrypted_networks == [secret.vni]
+    assert report.encrypted_not_rebuilt == [secret.vni]
     assert "encrypted networks not rebuilt (no WireGuard) 1" in report.summary()
     assert plain.bridge in host.links.networks and secret.bridge not in host.links.networks
     host.encryption.fail = False
-    assert host.driver.reconcile().unencrypted_networks == []
+    assert host.driver.reconcile().encrypted_not_rebuilt == []
     assert secret.bridge in host.links.networks
 
 
