@@ -53,6 +53,25 @@ class FakeCluster:
         return []
 
 
+class FakeEncryption:
+    """The encryption mesh's side of the lifecycle: its watch thread between start and stop."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._stop.wait, name="vxlanpy-wg-watch", daemon=True)
+
+    def start(self) -> None:
+        self.calls.append("encryption.start")
+        self._thread.start()
+
+    def stop(self) -> list[str]:
+        self.calls.append("encryption.stop")
+        self._stop.set()
+        self._thread.join()
+        return []
+
+
 def our_threads() -> set[threading.Thread]:
     return {thread for thread in threading.enumerate() if thread.name.startswith("vxlanpy-")}
 
@@ -92,14 +111,28 @@ def test_start_runs_each_step_in_order_and_stop_leaves_no_thread(harness: Harnes
         return DockerListing(frozenset({NET}), frozenset())
 
     before = our_threads()
-    components = assemble(harness.driver, Settings(host="testhost"), cluster=cluster, docker_listing=docker_listing)
+    encryption = FakeEncryption(calls)
+    components = assemble(
+        harness.driver,
+        Settings(host="testhost"),
+        cluster=cluster,
+        docker_listing=docker_listing,
+        encryption=encryption,  # type: ignore[arg-type]  # its lifecycle side only
+    )
     lifecycle = Lifecycle(components, metrics_addr=("127.0.0.1", 0), hook_check_seconds=0.01)
     lifecycles.append(lifecycle)
     lifecycle.start()
 
-    assert calls == ["resume_lease", "claim_identity", "reconcile", "cluster.start", "docker_listing"]
+    assert calls == [
+        "resume_lease",
+        "claim_identity",
+        "reconcile",
+        "cluster.start",
+        "encryption.start",
+        "docker_listing",
+    ]
     assert "vxbr-42" in harness.links.networks  # reconciled before serving
-    assert names(our_threads() - before) == {"vxlanpy-watch", "vxlanpy-hooks", "vxlanpy-metrics"}
+    assert names(our_threads() - before) == {"vxlanpy-watch", "vxlanpy-wg-watch", "vxlanpy-hooks", "vxlanpy-metrics"}
     assert lifecycle.metrics_server is not None and lifecycle.metrics_server.bound.is_set()
     port = lifecycle.metrics_server.port
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -116,7 +149,7 @@ def test_start_runs_each_step_in_order_and_stop_leaves_no_thread(harness: Harnes
     assert 'vxlanpy_reconcile_runs_total{outcome="ok",trigger="etcd"} 1.0' in text
 
     lifecycle.stop()
-    assert calls[-1] == "cluster.stop"
+    assert calls[-2:] == ["encryption.stop", "cluster.stop"]  # the mesh's watch first: it publishes under the lease
     assert not our_threads() - before
     with pytest.raises(ConnectionRefusedError):
         http.client.HTTPConnection("127.0.0.1", port, timeout=5).connect()
