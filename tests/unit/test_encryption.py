@@ -170,6 +170,17 @@ def hosts(etcd_server: EtcdServer, tmp_path: Path) -> Iterator[Callable[..., Hos
         assert host.mesh.stop(3) == []
 
 
+def two_hosts(hosts: Callable[..., Host]) -> tuple[Host, Host]:
+    """node-a and node-b, each with its interface up and the other as its peer."""
+    a = hosts("node-a", address="192.0.2.1")
+    b = hosts("node-b", address="192.0.2.2")
+    a.mesh.ensure()
+    b.mesh.ensure()
+    assert eventually(lambda: a.peer_keys() == {b.interface.public_key})
+    assert eventually(lambda: b.peer_keys() == {a.interface.public_key})
+    return a, b
+
+
 def records(host: Host) -> dict[str, dict[str, Any]]:
     prefix = host.kv.key("wg", "peers", "")
     return {item.key.removeprefix(prefix): json.loads(item.value) for item in host.kv.range(prefix)[0]}
@@ -258,10 +269,7 @@ def test_ensure_brings_the_interface_up_and_publishes_the_record_under_the_lease
 
 
 def test_the_private_key_never_reaches_etcd_or_an_answer(hosts: Callable[..., Host]) -> None:
-    a = hosts("node-a")
-    b = hosts("node-b", address="192.0.2.2")
-    a.mesh.ensure()
-    b.mesh.ensure()
+    a, b = two_hosts(hosts)
     privates = [a.private_key()]
     rotated = a.mesh.rotate_key()
     privates.append(a.private_key())
@@ -289,12 +297,7 @@ def test_a_host_without_wireguard_fails_ensure_with_what_to_install(hosts: Calla
 
 
 def test_hosts_become_each_others_peers_and_a_released_host_is_dropped(hosts: Callable[..., Host]) -> None:
-    a = hosts("node-a", address="192.0.2.1")
-    b = hosts("node-b", address="192.0.2.2")
-    a.mesh.ensure()
-    b.mesh.ensure()
-    assert eventually(lambda: a.peer_keys() == {b.interface.public_key})
-    assert eventually(lambda: b.peer_keys() == {a.interface.public_key})
+    a, b = two_hosts(hosts)
     peer = a.interface.peers[b.interface.public_key]
     assert (str(peer.endpoint_address), peer.endpoint_port, str(peer.tunnel)) == ("192.0.2.2", 51820, "10.255.0.2")
     assert set(a.wireguard.keepalives) == {25}
@@ -314,11 +317,7 @@ def test_hosts_become_each_others_peers_and_a_released_host_is_dropped(hosts: Ca
 
 
 def test_a_host_whose_lease_ends_is_dropped_and_a_republish_puts_the_record_back(hosts: Callable[..., Host]) -> None:
-    a = hosts("node-a", address="192.0.2.1")
-    b = hosts("node-b", address="192.0.2.2")
-    a.mesh.ensure()
-    b.mesh.ensure()
-    assert eventually(lambda: a.peer_keys() == {b.interface.public_key})
+    a, b = two_hosts(hosts)
     b.kv.revoke(b.cluster.lease())  # as when its lease expires, or `node rm` revokes it
     assert eventually(lambda: a.peer_keys() == set())
     with b.cluster._lease_lock:  # the cluster learns the lease is gone (its keepalive does so) ...
@@ -329,10 +328,7 @@ def test_a_host_whose_lease_ends_is_dropped_and_a_republish_puts_the_record_back
 
 
 def test_rotation_switches_locally_then_the_others_replace_the_peer(hosts: Callable[..., Host]) -> None:
-    a = hosts("node-a", address="192.0.2.1")
-    b = hosts("node-b", address="192.0.2.2")
-    a.mesh.ensure()
-    b.mesh.ensure()
+    a, b = two_hosts(hosts)
     old = a.interface.public_key
     assert eventually(lambda: b.peer_keys() == {old})
     result = a.mesh.rotate_key()
@@ -367,11 +363,7 @@ def test_a_malformed_record_is_ignored_with_a_warning(hosts: Callable[..., Host]
 
 
 def test_status_compares_the_interface_with_etcd(hosts: Callable[..., Host]) -> None:
-    a = hosts("node-a", address="192.0.2.1")
-    b = hosts("node-b", address="192.0.2.2")
-    a.mesh.ensure()
-    b.mesh.ensure()
-    assert eventually(lambda: a.peer_keys() == {b.interface.public_key})
+    a, b = two_hosts(hosts)
     status = a.mesh.status()
     assert status["backend"] == BACKEND_USERSPACE and status["interface_present"] and status["up"]
     assert (status["tunnel"], status["listen_port"], status["public_key"]) == (
@@ -391,11 +383,7 @@ def test_status_compares_the_interface_with_etcd(hosts: Callable[..., Host]) -> 
 def test_node_ls_shows_the_tunnel_address_and_node_rm_releases_it_and_drops_the_peer(
     hosts: Callable[..., Host],
 ) -> None:
-    a = hosts("node-a", address="192.0.2.1")
-    b = hosts("node-b", address="192.0.2.2")
-    a.mesh.ensure()
-    b.mesh.ensure()
-    assert eventually(lambda: a.peer_keys() == {b.interface.public_key})
+    a, b = two_hosts(hosts)
     nodes = Nodes(a.kv, "node-a", "host-a")
     rows = {row["id"]: row for row in nodes.listing()}
     assert rows["node-a"]["tunnel"] == "10.255.0.1" and rows["node-b"]["tunnel"] == "10.255.0.2"

@@ -22,16 +22,35 @@ from .conftest import NET, Harness
 from .test_cluster import eventually
 
 
-class FakeCluster:
+class FakeThreads:
+    """A background component of the lifecycle: records its start and stop in `calls` under `label`, and runs one
+    thread named `thread` between them."""
+
+    def __init__(self, calls: list[str], label: str, thread: str) -> None:
+        self.calls = calls
+        self.label = label
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._stop.wait, name=thread, daemon=True)
+
+    def start(self) -> None:
+        self.calls.append(f"{self.label}.start")
+        self._thread.start()
+
+    def stop(self) -> list[str]:
+        self.calls.append(f"{self.label}.stop")
+        self._stop.set()
+        self._thread.join()
+        return []
+
+
+class FakeCluster(FakeThreads):
     """The cluster's side of the lifecycle: records the calls, and runs one thread between start and stop."""
 
     def __init__(self, calls: list[str], conflict: str | None = None) -> None:
-        self.calls = calls
+        super().__init__(calls, "cluster", "vxlanpy-watch")
         self.conflict = conflict
         self.on_reconnect: Callable[[], None] | None = None
         self.on_refused: Callable[[str], None] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._stop.wait, name="vxlanpy-watch", daemon=True)
 
     def resume_lease(self) -> bool:
         self.calls.append("resume_lease")
@@ -41,35 +60,6 @@ class FakeCluster:
         self.calls.append("claim_identity")
         if self.conflict is not None:
             raise IdentityConflict(self.conflict)
-
-    def start(self) -> None:
-        self.calls.append("cluster.start")
-        self._thread.start()
-
-    def stop(self) -> list[str]:
-        self.calls.append("cluster.stop")
-        self._stop.set()
-        self._thread.join()
-        return []
-
-
-class FakeEncryption:
-    """The encryption mesh's side of the lifecycle: its watch thread between start and stop."""
-
-    def __init__(self, calls: list[str]) -> None:
-        self.calls = calls
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._stop.wait, name="vxlanpy-wg-watch", daemon=True)
-
-    def start(self) -> None:
-        self.calls.append("encryption.start")
-        self._thread.start()
-
-    def stop(self) -> list[str]:
-        self.calls.append("encryption.stop")
-        self._stop.set()
-        self._thread.join()
-        return []
 
 
 def our_threads() -> set[threading.Thread]:
@@ -111,7 +101,7 @@ def test_start_runs_each_step_in_order_and_stop_leaves_no_thread(harness: Harnes
         return DockerListing(frozenset({NET}), frozenset())
 
     before = our_threads()
-    encryption = FakeEncryption(calls)
+    encryption = FakeThreads(calls, "encryption", "vxlanpy-wg-watch")  # the mesh's peers watch
     components = assemble(
         harness.driver,
         Settings(host="testhost"),
