@@ -28,7 +28,7 @@ from vxlanpy.encryption_base import (
     WireGuardPeer,
     WireGuardState,
 )
-from vxlanpy.errors import Conflict, DataplaneError
+from vxlanpy.errors import Conflict, DataplaneError, StoreError
 from vxlanpy.models import IPAddress
 from vxlanpy.nodes import Nodes
 from vxlanpy.operator.views import node_table
@@ -397,3 +397,24 @@ def test_node_ls_shows_the_tunnel_address_and_node_rm_releases_it_and_drops_the_
     assert [row["id"] for row in nodes.listing()] == ["node-a"]
     c = hosts("node-c", address="192.0.2.3", watch=False)
     assert str(c.mesh.tunnel().address) == "10.255.0.2"  # node-b's address is free again
+
+
+def test_a_broken_watch_is_followed_by_a_full_resync(hosts: Callable[..., Host]) -> None:
+    a = hosts("node-a", address="192.0.2.1", watch=False)
+    watch = a.kv.watch
+    broken: list[int] = []
+
+    def breaking_watch(prefix: str, start_revision: int, idle_timeout: float) -> Any:
+        if not broken:  # etcd goes away once, while node-b joins
+            broken.append(start_revision)
+            b.mesh.ensure()
+            raise StoreError("etcd at 127.0.0.1 closed the watch stream")
+        return watch(prefix, start_revision, idle_timeout)
+
+    a.kv.watch = breaking_watch  # type: ignore[method-assign]
+    b = hosts("node-b", address="192.0.2.2")
+    a.mesh.ensure()
+    a.mesh.start()
+    assert eventually(lambda: bool(broken) and "vxlanpy-wg" in b.wireguard.interfaces, within=5)
+    assert eventually(lambda: a.peer_keys() == {b.interface.public_key}, within=5)  # the resync found node-b
+    assert a.mesh.synced.is_set()
