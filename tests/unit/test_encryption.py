@@ -268,7 +268,8 @@ def test_ensure_brings_the_interface_up_and_publishes_the_record_under_the_lease
     assert a.private_key() == private and a.interface.public_key == interface.public_key
 
 
-def test_the_private_key_never_reaches_etcd_or_an_answer(hosts: Callable[..., Host]) -> None:
+def test_the_private_key_never_reaches_etcd_an_answer_or_the_log(hosts: Callable[..., Host], caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG)
     a, b = two_hosts(hosts)
     privates = [a.private_key()]
     rotated = a.mesh.rotate_key()
@@ -277,8 +278,9 @@ def test_the_private_key_never_reaches_etcd_or_an_answer(hosts: Callable[..., Ho
     answers = json.dumps([rotated, a.mesh.status(), b.mesh.status()])
     everything = [item.value for item in a.kv.range(a.kv.key(""))[0]]
     assert a.kv.written and b.kv.written
+    assert "WireGuard key rotated" in caplog.text
     for private in privates:
-        assert private not in answers
+        assert private not in answers and private not in caplog.text
         for value in [*a.kv.written, *b.kv.written, *everything]:
             assert private not in value
 

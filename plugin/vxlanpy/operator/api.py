@@ -141,7 +141,7 @@ def register(app: Flask, operations: Operations, metrics: Metrics) -> None:
 
     @app.post(f"{PREFIX}/rotate-key")
     def rotate_key() -> Response:
-        return run("rotate-key", lambda _: (operations.rotate_key(), 200))
+        return run("rotate-key", lambda _: (operations.rotate_key(), 200), read_body=False)
 
     @app.post(f"{PREFIX}/recover")
     def recover() -> Response:
