@@ -149,7 +149,7 @@ def build(settings: Settings) -> Components:
         local_addresses=lambda: local_addresses(links, etcd_store, settings.default_dev),
     )
     encryption = build_encryption(settings, kv, cluster, identity, links)
-    driver = Driver(  # type: ignore[call-arg]  # `encryption=`: helper encdrv's keyword (remove the ignore at merge)
+    driver = Driver(
         etcd_store,
         links,
         firewall,

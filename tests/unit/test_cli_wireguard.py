@@ -4,11 +4,11 @@ behaviour is test_encryption.py's)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-import vxlanpy.operator.wireguard
 from vxlanpy.config import Settings
 from vxlanpy.encryption_base import NO_WIREGUARD
 from vxlanpy.wiring import assemble
@@ -71,9 +71,12 @@ def mesh(cli: CliHarness) -> FakeMesh:  # noqa: F811
 
 
 @pytest.fixture
-def encrypted(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The network of `cli` counts as encrypted (until models.NetworkConfig has `encrypted`, helper encdrv's)."""
-    monkeypatch.setattr(vxlanpy.operator.wireguard, "is_encrypted", lambda network: True)
+def encrypted(cli: CliHarness) -> None:  # noqa: F811
+    """The network of `cli` is an encrypted one."""
+    store = cli.harness.driver.store
+    for network in store.list_networks():
+        store.delete_network(network.network_id)
+        store.add_network(replace(network, config=replace(network.config, encrypted=True)))
 
 
 # -- rotate-key ------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ NOT_IN_USE = (
 
 
 def is_encrypted(network: Network) -> bool:
-    return bool(getattr(network.config, "encrypted", False))
+    return network.config.encrypted
 
 
 class Keys(Concern):
