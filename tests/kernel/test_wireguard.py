@@ -33,7 +33,8 @@ from pathlib import Path
 
 import pytest
 
-from vxlanpy.dataplane.wireguard import UAPI_DIR, NetlinkWireGuard, is_key
+from vxlanpy.dataplane.wireguard import UAPI_DIR, NetlinkWireGuard
+from vxlanpy.dataplane.wireguard_config import is_key
 from vxlanpy.encryption_base import (
     BACKEND_KERNEL,
     BACKEND_USERSPACE,

@@ -18,14 +18,8 @@ from pathlib import Path
 import pytest
 
 from vxlanpy.dataplane.fake_wireguard import FakeWireGuard
-from vxlanpy.dataplane.wireguard import (
-    NetlinkWireGuard,
-    is_key,
-    parse_dump,
-    scrub,
-    state_of,
-    sync_args,
-)
+from vxlanpy.dataplane.wireguard import NetlinkWireGuard
+from vxlanpy.dataplane.wireguard_config import is_key, parse_dump, scrub, state_of, sync_args
 from vxlanpy.encryption_base import BACKEND_KERNEL, BACKEND_USERSPACE, NO_WIREGUARD, WireGuardPeer
 from vxlanpy.errors import DataplaneError
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..encryption_base import BACKEND_USERSPACE, NO_WIREGUARD, WireGuardPeer, WireGuardState
 from ..errors import DataplaneError
 from ..models import IPAddress
-from .wireguard import checked_interface, checked_listen_port, checked_peers, is_key
+from .wireguard_config import checked_interface, checked_listen_port, checked_peers, is_key
 
 
 @dataclass
