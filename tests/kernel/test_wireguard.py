@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import secrets
 import shutil
 import stat
@@ -47,6 +46,7 @@ from vxlanpy.errors import DataplaneError
 from vxlanpy.models import Network
 
 from .conftest import Namespaces
+from .kernel_modules import kernel_ships, module_loads
 from .test_gretap import full_size_datagram_crosses
 from .test_netlink import UNDERLAY_A, UNDERLAY_B, Lab, link, make_network, must_link, ping, run, unreachable
 from .test_netlink import pytestmark as netlink_marks
@@ -66,31 +66,12 @@ INNER_MTU = WG_MTU - 50  # VXLAN over IPv4 inside the tunnel
 MESH_SECONDS = 10
 
 
-def kernel_wireguard_available() -> bool:
-    """Whether this kernel can make WireGuard links: built in or loadable."""
-    if os.geteuid() != 0:
-        return False
-    subprocess.run(["modprobe", "-q", "wireguard"], capture_output=True, check=False, timeout=30)
-    return Path("/sys/module/wireguard").exists()
-
-
-def kernel_ships_wireguard() -> bool:
-    modules = Path("/lib/modules") / platform.release()
-    listed = ""
-    for name in ("modules.dep", "modules.builtin"):
-        try:
-            listed += (modules / name).read_text()
-        except OSError:
-            pass
-    return "/wireguard.ko" in listed
-
-
-KERNEL_WG = kernel_wireguard_available()
+KERNEL_WG = module_loads("wireguard")
 BACKENDS = [BACKEND_USERSPACE, BACKEND_KERNEL] if KERNEL_WG else [BACKEND_USERSPACE]
 
 
 def test_kernel_wireguard_is_found_exactly_when_the_kernel_ships_it() -> None:
-    assert KERNEL_WG == kernel_ships_wireguard(), (
+    assert KERNEL_WG == kernel_ships("wireguard"), (
         f"wireguard {'loads' if KERNEL_WG else 'does not load'} but the kernel's module lists "
         f"{'do not list' if KERNEL_WG else 'list'} it"
     )
