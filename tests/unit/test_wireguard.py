@@ -409,3 +409,28 @@ def test_fake_failures_can_be_injected_per_method(tmp_path: Path) -> None:
     with pytest.raises(DataplaneError, match="boom"):
         fake.sync_peers("vxlanpy-wg", [])
     assert ("sync_peers", "vxlanpy-wg") in fake.calls
+
+
+FAILING_WIREGUARD_GO = """#!{python}
+import sys
+print("ERROR: (" + sys.argv[1] + ") Failed to create TUN device: no such file or directory")
+print("stray {key}")
+sys.exit(1)
+"""
+
+
+def test_a_failed_wireguard_go_start_says_what_it_said_without_keys(stand_in: StandIn, tmp_path: Path) -> None:
+    daemon = tmp_path / "wireguard-go"
+    daemon.write_text(FAILING_WIREGUARD_GO.format(python=sys.executable, key=PRIVATE))
+    daemon.chmod(0o755)
+    wireguard = NetlinkWireGuard(wg=str(stand_in.path), wireguard_go=str(daemon), backend=BACKEND_USERSPACE)
+    key = tmp_path / "wireguard.key"
+    wireguard.generate_key(key)
+
+    with pytest.raises(DataplaneError) as refused:
+        wireguard.ensure_interface("vxwgunit0", key, 51820, ip("10.255.0.1"), 16, 1370)
+
+    message = str(refused.value)
+    assert "cannot start wireguard-go for vxwgunit0: exit status 1" in message, message
+    assert "Failed to create TUN device" in message and "modprobe tun" in message, message
+    assert PRIVATE not in message
