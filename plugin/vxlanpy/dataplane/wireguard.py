@@ -92,8 +92,7 @@ class NetlinkWireGuard:
             raise ValueError(f"unsafe network namespace name {netns!r}")
         self._netns = netns
         self._enter = [] if netns is None else ["nsenter", f"--net=/run/netns/{netns}"]
-        self._wg = wg
-        self._wireguard_go = wireguard_go
+        self._wg, self._wireguard_go = wg, wireguard_go  # program names or paths
         self._forced = backend
         self._uapi_dir = uapi_dir
         self._startup_timeout = startup_timeout
