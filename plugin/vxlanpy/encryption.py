@@ -173,8 +173,11 @@ class WireGuardMesh:
                 self.interface, self.key_path, self.port, address, self.subnet.prefixlen, mtu
             )
             self._record = WireGuardPeer(public_key, endpoint, self.port, address)
-            self._publish()
+            # Peers first, then the record: this host's first handshakes fail (no one knows its key yet), and the
+            # others start theirs when they see the record.  Both sides adding each other at the same instant
+            # makes their handshakes cross, which wireguard-go can take many seconds to recover from.
             self._sync_from_etcd()
+            self._publish()
 
     def release_if_unused(self, in_use: Callable[[], bool]) -> None:
         with self._lock:
