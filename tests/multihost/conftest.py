@@ -33,11 +33,8 @@ from tests.etcd_server import EtcdCluster, make_tls
 from tests.tiers import mark_unavailable
 
 from .cluster import (
-    DRIVER,
     ETCD_IP,
-    LABELS,
     Cluster,
-    docker,
     missing_prerequisites,
     netns_socket,
     remove_stale_clusters,
@@ -165,30 +162,4 @@ def create_network(vx_cluster: Cluster) -> Callable[..., dict[str, Any]]:
     """create_network(subnet=..., vni=..., hosts=("h1","h2","h3"), ipam="vxlanpy"|None, name=...) ->
     {host name: docker Network}: the same network created on each of `hosts` (labelled)."""
 
-    def _create(
-        *,
-        subnet: str,
-        vni: int,
-        hosts: tuple[str, ...] = ("h1", "h2", "h3"),
-        ipam: str | None = "vxlanpy",
-        name: str | None = None,
-        options: dict[str, str] | None = None,
-        gateway: str | None = None,
-    ) -> dict[str, Any]:
-        name = name or f"vxmh-net{vni}-{secrets.token_hex(3)}"
-        opts = {"vni": str(vni), **(options or {})}
-        made = {}
-        for host_name in hosts:
-            host = vx_cluster[host_name]
-            pool = docker.types.IPAMPool(subnet=subnet, gateway=gateway)
-            ipam_config = (
-                docker.types.IPAMConfig(driver=ipam, pool_configs=[pool])
-                if ipam
-                else docker.types.IPAMConfig(pool_configs=[pool])
-            )
-            made[host_name] = host.docker.networks.create(
-                name, driver=DRIVER, options=opts, ipam=ipam_config, labels=dict(LABELS), check_duplicate=True
-            )
-        return made
-
-    return _create
+    return vx_cluster.create_network
