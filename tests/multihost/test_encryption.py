@@ -431,6 +431,7 @@ def test_the_private_key_appears_nowhere(networks: Networks) -> None:
     for label, key in list(secrets_.items()):
         secrets_[f"{label} (hex)"] = base64.b64decode(key).hex()
     texts: dict[str, str] = {"rotate-key output": rotated["output"]}
+    outputs: dict[tuple[str, str], str] = {}  # (host, command) -> its JSON
     dump = cluster.etcd.get_prefix(f"{ETCD_PREFIX}/")
     texts["etcd"] = "\n".join(f"{key} {value}" for key, value in dump.items())
     for host in cluster.hosts:
@@ -438,13 +439,16 @@ def test_the_private_key_appears_nowhere(networks: Networks) -> None:
         for command in (("doctor", "--json"), ("node", "ls", "--json")):
             result = host.cli(*command)
             texts[f"{host.name} vxlanpy {' '.join(command)}"] = result.stdout + result.stderr
+            outputs[(host.name, command[0])] = result.stdout
     found = [f"{label} in {where}" for label, key in secrets_.items() for where, text in texts.items() if key in text]
     assert not found, found
     # the search reaches the data: each public key is in etcd, and doctor names the backend
     for name, key in new_keys.items():
         assert public_key(key) in texts["etcd"], f"{name}'s public key is not in etcd: the dump is not what it seems"
-    doctor = texts["h1 vxlanpy doctor --json"]
-    assert "wireguard-go" in doctor, f"doctor does not say the backend is wireguard-go: {doctor[:2000]}"
+    for host in cluster.hosts:
+        findings = [f for f in json.loads(outputs[(host.name, "doctor")]) if f.get("check") == "wireguard"]
+        assert findings and all(f["status"] == "ok" for f in findings), f"{host.name}: doctor's wireguard: {findings}"
+        assert any("backend wireguard-go" in f["summary"] for f in findings), f"{host.name}: {findings}"
 
 
 # --------------------------------------------------------------------------------------------- removal (last)
