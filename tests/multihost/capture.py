@@ -15,9 +15,11 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_LINUX_SLL = 113  # `-i any`: a 16-byte cooked header, the protocol in its last two bytes
@@ -125,7 +127,10 @@ class Capture:
         self.packets: list[Packet] = []
 
     def start(self, timeout: float = 10.0) -> None:
-        argv = ["ip", "netns", "exec", self.netns, "tcpdump", "-i", self.interface, "-U", "-n", "-s", "0", "-w", "-"]
+        # --immediate-mode: each packet handed over at once (else libpcap's ring holds it up to its 1 s timeout,
+        # and what is still held when tcpdump is stopped is lost); -U: each one written out at once
+        argv = ["ip", "netns", "exec", self.netns, "tcpdump", "-i", self.interface, "--immediate-mode", "-U", "-n"]
+        argv += ["-s", "0", "-w", "-"]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("wb") as out, self.errors.open("wb") as err:
             self.process = subprocess.Popen(
@@ -137,6 +142,16 @@ class Capture:
                 self.stop()
                 raise RuntimeError(f"tcpdump on {self.interface} in {self.netns} did not start: {self._stderr()}")
             time.sleep(0.02)
+
+    def wait_until(self, predicate: Callable[[list[Packet]], Any], timeout: float = 5.0) -> Any:
+        """While tcpdump runs: read what it wrote so far until `predicate(packets)` is truthy (returned) or `timeout`
+        passes (the last answer).  tcpdump handles packets in order: once the last one sent is there, all are."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = predicate(parse_pcap(self.path.read_bytes()))
+            if answer or time.monotonic() >= deadline:
+                return answer
+            time.sleep(0.05)
 
     def _stderr(self) -> str:
         return self.errors.read_text(errors="replace").strip() if self.errors.exists() else ""

@@ -238,7 +238,8 @@ def test_underlay_sees_only_wireguard_between_the_hosts(networks: Networks) -> N
             networks.containers["h2"], networks.containers["h1"], networks.addresses["h1"], secret.decode()
         )
         assert secret.decode() in received
-        send_marker(networks, "h1", "h2", clear, plain=True)
+        send_marker(networks, "h1", "h2", clear, plain=True)  # last: once it is captured, everything is
+        capture.wait_until(lambda packets: any(clear in packet.raw for packet in packets))
     packets = capture.packets
     assert len(capture.containing(clear)) >= 5, (
         f"the plain network's marker was not seen on the underlay ({len(packets)} packets captured): "
@@ -349,6 +350,8 @@ def test_a_plain_network_beside_keeps_working_on_4789(networks: Networks) -> Non
             assert ok, f"plain network {source} -> {target}: {output}"
         ok, output = ping(networks.containers["h1"], networks.addresses["h2"], count=2)
         assert ok, f"encrypted network h1 -> h2 beside the plain one: {output}"
+        send_marker(networks, "h2", "h1", b"vxmh-plain-last", plain=True)
+        capture.wait_until(lambda packets: any(b"vxmh-plain-last" in packet.raw for packet in packets))
     plain = capture.vxlan((VXLAN_PORT,), PLAIN_VNI)
     assert {(p.source, p.destination) for p in plain} >= {(cluster["h1"].ip, cluster["h2"].ip)}, (
         f"the plain network's VXLAN on UDP {VXLAN_PORT} between the underlay addresses was not seen"
