@@ -8,8 +8,8 @@ Layout (every name carries a per-session hex suffix, e.g. ``vxmh-ul-1a2b3c``)::
       └─ veth ─ vxmh-h3-<hex> eth0 10.250.0.3/24   dockerd + vxlanpy "h3"
 
 Each host's dockerd runs in the host's network namespace *and* in a mount namespace of its own
-(``ip netns exec NS unshare -m -- script``), where the script mounts the cgroup hierarchies again (``ip netns
-exec`` remounts /sys), binds a private directory over ``/run/docker`` (so dockerd finds exactly that host's
+(``ip netns exec NS unshare -m -- /bin/sh script``), where the script mounts the cgroup hierarchies again (``ip
+netns exec`` remounts /sys), binds a private directory over ``/run/docker`` (so dockerd finds exactly that host's
 vxlanpy at ``/run/docker/plugins/vxlanpy.sock``) and a tmpfs over ``/run/containerd`` (so each dockerd starts
 its own containerd, whose shim sockets stay private), then execs dockerd with its own data and exec roots.
 
