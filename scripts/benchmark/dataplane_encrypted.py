@@ -14,6 +14,8 @@ import contextlib
 import time
 from typing import Any
 
+from tests.multihost.wireguard import WG_INTERFACE, WIREGUARD_GO, wireguard_go_pids
+
 from .context import Bench
 from .dataplane_cross import cross_network, network_on_h1_h2
 from .docker_side import container_netns
@@ -21,7 +23,7 @@ from .params import ENCRYPTED_CASE, ENCRYPTED_VNI, SUBNETS
 from .results import Results
 from .runner import say
 from .traffic import PathCase, measure_paths, ping_rtts
-from .wireguard_side import WIREGUARD_GO, Transfer, host_backend, interface_name, transfer, udp_rcvbuf_errors
+from .wireguard_side import Transfer, host_backend, transfer, udp_rcvbuf_errors
 
 SECTION = "dataplane-encrypted"
 PLAIN_CASE = "vxlanpy"
@@ -79,17 +81,16 @@ def run_section(bench: Bench) -> None:
             cases.append(PathCase(case_name, container_netns(server), container_netns(client), address,
                                   PORTS[case_name]))  # fmt: skip
         wait_reachable(cases[1])
-        interface = interface_name(h1)
-        hosts = {host.name: host_backend(host, interface) for host in (h1, h2)}
+        hosts = {host.name: host_backend(host) for host in (h1, h2)}
         backend = hosts["h1"]["backend"]
         if hosts["h2"]["backend"] != backend:
             raise RuntimeError(f"the hosts use different WireGuard backends: {hosts}")
         kinds = ", ".join(f"{name} {seen['link_kind']}" for name, seen in hosts.items())
         say(f"  WireGuard backend: {backend} (named by vxlanpy doctor on h1 and h2; link kind: {kinds})")
-        before = {host.name: transfer(host, interface) for host in (h1, h2)}
+        before = {host.name: transfer(host) for host in (h1, h2)}
         drops_before = {host.name: udp_rcvbuf_errors(host) for host in (h1, h2)}
         measure_paths(results, SECTION, cases, params, "")
-        moved = {host.name: transfer(host, interface) - before[host.name] for host in (h1, h2)}
+        moved = {host.name: transfer(host) - before[host.name] for host in (h1, h2)}
         for host in (h1, h2):
             hosts[host.name]["udp_rcvbuf_errors"] = udp_rcvbuf_errors(host) - drops_before[host.name]
     finally:
@@ -100,7 +101,7 @@ def run_section(bench: Bench) -> None:
     counted = iperf_bytes(results, params.iperf_seconds)
     for name, delta in moved.items():
         hosts[name].update(wg_received=delta.received, wg_sent=delta.sent)
-    results.info["encryption"] = {"backend": backend, "interface": interface, "iperf_bytes": counted, "hosts": hosts}
+    results.info["encryption"] = {"backend": backend, "interface": WG_INTERFACE, "iperf_bytes": counted, "hosts": hosts}
     for metric, higher in (("throughput", True), ("rtt", False)):
         row = results.get(SECTION, ENCRYPTED_CASE, metric)
         if row is not None:
@@ -114,17 +115,13 @@ def run_section(bench: Bench) -> None:
 def release_encryption(bench: Bench, network: str) -> None:
     """Remove the encrypted network from h1 and h2: the plugins then remove their WireGuard interfaces (and stop
     wireguard-go).  What is left is reported; the harness's teardown kills it."""
-    from tests.multihost.cluster import netns_pids, process_name
-
     for host in (bench.cluster["h1"], bench.cluster["h2"]):
         try:
             host.docker.networks.get(network).remove()
         except Exception as exc:  # noqa: BLE001 - report it, the teardown removes labelled networks
             say(f"WARNING: removing {network} on {host.name}: {exc}")
         deadline = time.monotonic() + RELEASE_TIMEOUT
-        while (left := [pid for pid in netns_pids(host.netns) if process_name(pid) == WIREGUARD_GO]) and (
-            time.monotonic() < deadline
-        ):
+        while (left := wireguard_go_pids(host.netns)) and time.monotonic() < deadline:
             time.sleep(0.2)
         if left:
             say(f"WARNING: {WIREGUARD_GO} still runs on {host.name} after its last encrypted network went: {left}")

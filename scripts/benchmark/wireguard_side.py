@@ -1,10 +1,7 @@
 """A harness host's WireGuard interface as the dataplane-encrypted section reads it from outside the plugin: the
-backend in use (what the plugin's doctor says, checked against the kind of the link the kernel holds) and the
-interface's transfer counters (`wg show IFACE transfer`).
-
-wireguard-go keeps its UAPI socket under /run/wireguard, which each harness host's plugin has private (a mount
-namespace of its own), so `wg` runs in the namespaces of that host's wireguard-go process: the plugin's view.
-The kernel backend is reached over netlink in the host's network namespace alone.
+backend in use (what the plugin's doctor says, checked against the kind of the link the kernel holds), the
+interface's transfer counters (the harness's `wg show` in the host's vxlanpy namespaces, where its private
+/run/wireguard holds wireguard-go's UAPI socket) and the host's UDP receive-buffer drops.
 """
 
 from __future__ import annotations
@@ -14,13 +11,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tests.multihost.cluster import Host, netns_path, netns_pids, process_name, vxlanpy_command
+from tests.multihost.cluster import Host, netns_path
+from tests.multihost.wireguard import WG_INTERFACE, WireGuardView
 
-from vxlanpy.encryption_base import BACKEND_KERNEL, BACKEND_USERSPACE, DEFAULT_WG_INTERFACE
+from vxlanpy.encryption_base import BACKEND_KERNEL, BACKEND_USERSPACE
 
 from .runner import nsenter, run
 
-WIREGUARD_GO = "wireguard-go"  # the userspace backend's process name
 # The kind of the link the backend makes: the kernel's own WireGuard link, or wireguard-go's TUN device.
 LINK_KIND_BACKEND = {"wireguard": BACKEND_KERNEL, "tun": BACKEND_USERSPACE}
 DOCTOR_CHECK = "wireguard"  # the name of doctor's check of the WireGuard mesh
@@ -38,38 +35,16 @@ class Transfer:
         return Transfer(self.received - earlier.received, self.sent - earlier.sent)
 
 
-def interface_name(host: Host) -> str:
-    """The host plugin's WireGuard interface (VXLANPY_WG_INTERFACE, as the harness starts it)."""
-    return host.plugin.env.get("VXLANPY_WG_INTERFACE") or DEFAULT_WG_INTERFACE
+def transfer_of(view: WireGuardView) -> Transfer:
+    peers = view.peers.values()
+    return Transfer(sum(peer.rx_bytes for peer in peers), sum(peer.tx_bytes for peer in peers))
 
 
-def in_plugin_namespaces(host: Host, *argv: str) -> list[str]:
-    """`argv` in the namespaces the host's WireGuard lives in: those of its wireguard-go process when there is one
-    (its UAPI socket is in the plugin's private /run/wireguard), else the host's network namespace."""
-    userspace = [pid for pid in netns_pids(host.netns) if process_name(pid) == WIREGUARD_GO]
-    if userspace:
-        return ["nsenter", "-t", str(userspace[0]), "-m", "-n", *argv]
-    return nsenter(netns_path(host.netns), *argv)
-
-
-def parse_transfer(text: str) -> Transfer:
-    """`wg show IFACE transfer`: one line per peer, `<public key>\\t<received>\\t<sent>`."""
-    received = sent = 0
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) == 3:
-            received += int(fields[1])
-            sent += int(fields[2])
-    return Transfer(received, sent)
-
-
-def transfer(host: Host, interface: str) -> Transfer:
-    result = run(in_plugin_namespaces(host, "wg", "show", interface, "transfer"), check=False, timeout=20)
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"`wg show {interface} transfer` on {host.name} failed ({result.returncode}): {result.stderr.strip()}"
-        )
-    return parse_transfer(result.stdout)
+def transfer(host: Host) -> Transfer:
+    view = host.wireguard()
+    if view is None:
+        raise RuntimeError(f"{host.name} has no WireGuard interface {WG_INTERFACE} (`wg show` in its namespaces)")
+    return transfer_of(view)
 
 
 def backend_of_link(link: dict[str, Any] | None) -> str | None:
@@ -91,9 +66,8 @@ def backend_in_findings(findings: list[dict[str, Any]]) -> str | None:
 
 
 def doctor_findings(host: Host) -> list[dict[str, Any]]:
-    """`vxlanpy doctor --json` run as an operator on that host would (its socket, Docker and namespaces)."""
-    command = [*vxlanpy_command()[:-1], "doctor", "--json"]  # vxlanpy_command() ends with "serve"
-    result = run(in_plugin_namespaces(host, *command), check=False, timeout=120, env=host.plugin.env)
+    """`vxlanpy doctor --json` against the host's plugin."""
+    result = host.cli("doctor", "--json", timeout=120)
     try:
         findings = json.loads(result.stdout)
     except ValueError:
@@ -103,13 +77,13 @@ def doctor_findings(host: Host) -> list[dict[str, Any]]:
     return [finding for finding in findings if isinstance(finding, dict)]
 
 
-def host_backend(host: Host, interface: str) -> dict[str, Any]:
+def host_backend(host: Host) -> dict[str, Any]:
     """The backend as the plugin's doctor names it (its WireGuard check passing) and as the link's kind shows it;
     a RuntimeError unless both name the same one."""
-    link = host.link(interface)
+    link = host.link(WG_INTERFACE)
     by_link = backend_of_link(link)
     if link is None or by_link is None:
-        raise RuntimeError(f"{host.name} has no WireGuard link {interface} (kernel wireguard or wireguard-go's tun)")
+        raise RuntimeError(f"{host.name} has no WireGuard link {WG_INTERFACE} (kernel wireguard or wireguard-go's tun)")
     findings = doctor_findings(host)
     failed = [f["summary"] for f in findings if f.get("check") == DOCTOR_CHECK and f.get("status") == "fail"]
     if failed:

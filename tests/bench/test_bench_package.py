@@ -20,11 +20,12 @@ from scripts.benchmark.wireguard_side import (
     Transfer,
     backend_in_findings,
     backend_of_link,
-    parse_transfer,
     parse_udp_rcvbuf_errors,
+    transfer_of,
 )
 
 from tests.bench.conftest import REPO
+from tests.multihost.wireguard import parse_wg_dump
 from vxlanpy.encryption_base import BACKEND_KERNEL, BACKEND_USERSPACE
 
 
@@ -90,9 +91,15 @@ def test_notes_follow_the_table_and_the_markdown() -> None:
 
 
 def test_wireguard_transfer_is_summed_over_the_peers() -> None:
-    output = "kJ0dRM5eRvAwUqOJwDC7S3P3R9hQ8hOeLeCp8sGvOyI=\t1000\t2000\nq3d7g5W1FxSk5q6v7uo0OJ7E8g3W3ivd6cR8+AfjVG4=\t30\t40\n"
-    assert parse_transfer(output) == Transfer(1030, 2040)
-    assert parse_transfer("") == Transfer(0, 0)
+    # `wg show IFACE dump` with two peers (the interface line's private key field is a stand-in)
+    dump = (
+        "(hidden)\tkJ0dRM5eRvAwUqOJwDC7S3P3R9hQ8hOeLeCp8sGvOyI=\t51820\toff\n"
+        "q3d7g5W1FxSk5q6v7uo0OJ7E8g3W3ivd6cR8+AfjVG4=\t(none)\t10.250.0.2:51820\t10.255.0.2/32\t1765000000\t1000"
+        "\t2000\t25\n"
+        "Yf1cYQ7c1bMNiU0m6a0bH1Yw0YJzJp8nJSCu9LG1eWc=\t(none)\t10.250.0.3:51820\t10.255.0.3/32\t0\t30\t40\t25\n"
+    )
+    assert transfer_of(parse_wg_dump(dump)) == Transfer(1030, 2040)
+    assert transfer_of(parse_wg_dump(dump.splitlines()[0])) == Transfer(0, 0)
     assert Transfer(1030, 2040) - Transfer(30, 40) == Transfer(1000, 2000)
 
 
