@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from tests.docker_cleanup import remove_labelled
+from tests.plugin_socket import plugin_get
 from vxlanpy.encryption_base import DEFAULT_WG_PORT, ENCRYPTED_VXLAN_PORT, WG_OVERHEAD_V4
 
 from .capture import IPPROTO_UDP, Capture, Packet
@@ -430,7 +431,8 @@ def public_key(private: str) -> str:
 
 def test_the_private_key_appears_nowhere(networks: Networks) -> None:
     """The hosts' private keys (before and after a rotation on h3) in none of: an etcd dump of the whole prefix,
-    the plugins' logs, `vxlanpy doctor --json`, `vxlanpy node ls --json`, rotate-key's output.  The public keys
+    the plugins' logs, `vxlanpy doctor --json`, `vxlanpy node ls --json`, the status API, rotate-key's output.
+    (Metrics hold only counters labelled by method and status: nothing of the mesh's.)  The public keys
     are searched in the same texts to show that the search reaches what it should."""
     cluster = networks.cluster
     keys = private_keys(cluster)
@@ -451,6 +453,9 @@ def test_the_private_key_appears_nowhere(networks: Networks) -> None:
             result = host.cli(*command)
             texts[f"{host.name} vxlanpy {' '.join(command)}"] = result.stdout + result.stderr
             outputs[(host.name, command[0])] = result.stdout
+        status, body = plugin_get(str(host.plugin.socket_path), "/vxlanpy/wireguard")
+        texts[f"{host.name} GET /vxlanpy/wireguard"] = json.dumps(body)
+        assert status == 200 and body.get("public_key"), body
     found = [f"{label} in {where}" for label, key in secrets_.items() for where, text in texts.items() if key in text]
     assert not found, found
     # the search reaches the data: each public key is in etcd, and doctor names the backend
