@@ -29,6 +29,13 @@ def test_manifest_declares_both_drivers_host_network_and_net_admin_only() -> Non
     assert not {"pidhost", "ipchost", "propagatedmount"} & {key.lower() for key in MANIFEST}
 
 
+def test_manifest_passes_only_the_tun_device_for_wireguard_go() -> None:
+    """wireguard-go (encrypted networks where the host's kernel has no WireGuard) makes its interface through
+    /dev/net/tun; a managed plugin sees no device its manifest does not list, and needs no other."""
+    assert [device["path"] for device in MANIFEST["linux"].get("devices", [])] == ["/dev/net/tun"]
+    assert not MANIFEST["linux"].get("allowAllDevices", False)
+
+
 def test_state_is_a_settable_bind_mount_of_the_state_dir() -> None:
     (mount,) = MANIFEST["mounts"]
     assert mount["name"] == "state" and mount["type"] == "bind" and "source" in mount["settable"]
