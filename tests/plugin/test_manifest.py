@@ -87,7 +87,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
-@pytest.mark.parametrize("example", ["web", "two-tier"])
+@pytest.mark.parametrize("example", ["web", "two-tier", "encrypted"])
 def test_compose_files_default_to_driver_vxlanpy(example: str) -> None:
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     result = subprocess.run(
@@ -101,6 +101,8 @@ def test_compose_files_default_to_driver_vxlanpy(example: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "driver: vxlanpy" in result.stdout and "vni:" in result.stdout, result.stdout
+    if example == "encrypted":
+        assert 'encrypted: "true"' in result.stdout or "encrypted: 'true'" in result.stdout, result.stdout
     managed = subprocess.run(
         ["docker-compose", "config"],
         cwd=REPO_ROOT / "examples" / example,
