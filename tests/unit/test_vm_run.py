@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.engines import FetchError
-from tests.vm import kernel_package, parse
+from tests.vm import guest_flags, kernel_package, parse, parse_guest
 
 
 def test_the_kernel_package_is_read_from_the_metapackage_depends() -> None:
@@ -33,3 +33,16 @@ def test_no_command_or_an_unknown_kernel_is_a_usage_error(argv: list[str]) -> No
     with pytest.raises(SystemExit) as exit_info:
         parse(argv)
     assert exit_info.value.code == 2
+
+
+def test_the_guest_gets_the_flags_asked_for_and_keeps_the_command_whole() -> None:
+    args = parse(["--private-tmp", "--dockerd", "--", "pytest", "--dockerd"])
+    flags = guest_flags(args.dockerd, args.private_tmp)
+    status_dir, parsed_flags, command = parse_guest(["/var/lib/vxlanpy-vm/runs/x", *flags, "--", *args.command])
+    assert (str(status_dir), parsed_flags, command) == (
+        "/var/lib/vxlanpy-vm/runs/x",
+        {"--dockerd", "--private-tmp"},
+        ["pytest", "--dockerd"],
+    )
+    assert parse_guest(["/d", "--", "true"])[1:] == (set(), ["true"])
+    assert not parse(["true"]).private_tmp
