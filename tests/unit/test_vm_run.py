@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from tests.engines import FetchError
+from tests.plugin_socket import START_SECONDS_ENV, PluginNotReady, wait_until_activated
 from tests.vm import guest_flags, kernel_package, parse, parse_guest
 
 
@@ -46,3 +50,14 @@ def test_the_guest_gets_the_flags_asked_for_and_keeps_the_command_whole() -> Non
     )
     assert parse_guest(["/d", "--", "true"])[1:] == (set(), ["true"])
     assert not parse(["true"]).private_tmp
+
+
+def test_under_emulation_a_plugin_is_waited_for_as_long_as_the_guest_tier_allows(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """scripts/test sets VXLANPY_TEST_PLUGIN_START_SECONDS for the guest: every harness waits that long at least."""
+    monkeypatch.setenv(START_SECONDS_ENV, "0.5")
+    started = time.monotonic()
+    with pytest.raises(PluginNotReady, match="no answer to /Plugin.Activate"):
+        wait_until_activated(str(tmp_path / "absent.sock"), 0.05)
+    assert time.monotonic() - started >= 0.5
