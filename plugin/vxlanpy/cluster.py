@@ -119,6 +119,8 @@ class EtcdCluster:
         self.local_addresses = local_addresses or list
         self.refused: str | None = None  # set when another live host holds our identity: we publish nothing
         self.on_refused: Callable[[str], None] | None = None
+        # What else this host publishes under its lease (the WireGuard record): put back by republish()
+        self.on_republish: list[Callable[[int], None]] = []
         self._touched = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -212,6 +214,10 @@ class EtcdCluster:
             self.republish()
             return action(self.lease())
 
+    def put_leased(self, key: str, value: str) -> None:
+        """Put `key` under this host's lease (a lost lease is replaced, see _leased)."""
+        self._leased(lambda lease: self.kv.put(key, value, lease))
+
     def publish_network(self, network: Network) -> None:
         if network.config.local is None:
             raise Conflict(f"network vni {network.vni} has no local VTEP address; set -o local=ADDRESS or -o dev=...")
@@ -284,6 +290,8 @@ class EtcdCluster:
                     self._publish_endpoint(network, endpoint, lease)
                 except Conflict as exc:  # someone took the address while we were away: say so, keep going
                     log.error("cannot republish endpoint %s: %s", endpoint.endpoint_id[:12], exc)
+        for republish in self.on_republish:
+            republish(self.lease())
 
     # -- reading what other hosts publish -------------------------------------------------------------------
 

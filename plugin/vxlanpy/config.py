@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .digits import ascii_int
+from .encryption_base import DEFAULT_WG_INTERFACE, DEFAULT_WG_PORT, DEFAULT_WG_SUBNET
 from .errors import InvalidOption
 
 DEFAULT_SOCKET = "/run/docker/plugins/vxlanpy.sock"
 DEFAULT_STATE_DIR = "/var/lib/vxlanpy"
 DEFAULT_VNI_RANGE = (4096, 65535)
 LOG_LEVELS = ("debug", "info", "warning", "error")
+IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # what the kernel takes as an interface name (IFNAMSIZ - 1)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,9 @@ class Settings:
     etcd_key: str | None = None
     ipam_pool4: str = "10.200.0.0/16:24"
     ipam_pool6: str = "fd78:7870::/48:64"
+    wg_port: int = DEFAULT_WG_PORT
+    wg_subnet: str = DEFAULT_WG_SUBNET
+    wg_interface: str = DEFAULT_WG_INTERFACE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +72,9 @@ class Settings:
             etcd_key=etcd_tls[2],
             ipam_pool4=env.get("VXLANPY_IPAM_POOL4", "10.200.0.0/16:24"),
             ipam_pool6=env.get("VXLANPY_IPAM_POOL6", "fd78:7870::/48:64"),
+            wg_port=_parse_wg_port(env.get("VXLANPY_WG_PORT") or str(DEFAULT_WG_PORT)),
+            wg_subnet=_parse_wg_subnet(env.get("VXLANPY_WG_SUBNET") or DEFAULT_WG_SUBNET),
+            wg_interface=_parse_wg_interface(env.get("VXLANPY_WG_INTERFACE") or DEFAULT_WG_INTERFACE),
         )
 
     @property
@@ -92,6 +102,40 @@ def _parse_vni_range(raw: str | None) -> tuple[int, int]:
             f"VXLANPY_VNI_RANGE={raw[:64]!r} is not valid; use LOW-HIGH within 1-16777215, e.g. 4096-65535"
         )
     return low, high
+
+
+def _parse_wg_port(raw: str) -> int:
+    port = ascii_int(raw, 1, 65535)
+    if port is None:
+        raise InvalidOption(
+            f"VXLANPY_WG_PORT={raw[:64]!r} is not valid; use a UDP port within 1-65535 (default {DEFAULT_WG_PORT})"
+        )
+    return port
+
+
+def _parse_wg_subnet(raw: str) -> str:
+    """The network the hosts' tunnel addresses come from: it must hold at least two hosts."""
+    try:
+        network = ipaddress.ip_network(raw.strip())
+    except ValueError:
+        raise InvalidOption(
+            f"VXLANPY_WG_SUBNET={raw[:64]!r} is not valid; use an IPv4 or IPv6 network with its host bits zero, "
+            f"e.g. {DEFAULT_WG_SUBNET} (the same on every host)"
+        ) from None
+    if network.num_addresses < 4:
+        raise InvalidOption(
+            f"VXLANPY_WG_SUBNET={raw[:64]!r} is too small: it needs an address per host; use e.g. {DEFAULT_WG_SUBNET}"
+        )
+    return str(network)
+
+
+def _parse_wg_interface(raw: str) -> str:
+    if not IFNAME.match(raw) or raw in (".", ".."):
+        raise InvalidOption(
+            f"VXLANPY_WG_INTERFACE={raw[:64]!r} is not a valid interface name; use up to 15 letters, digits, "
+            f"'_', '.' and '-' (default {DEFAULT_WG_INTERFACE})"
+        )
+    return raw
 
 
 TLS_FILES = (

@@ -26,9 +26,18 @@ from dataclasses import dataclass, replace
 
 from .cluster_base import Cluster, RemoteChanges
 from .dataplane.base import Firewall, Links
+from .encryption_base import Encryption
 from .errors import InvalidOption, NotFound, VxlanpyError
-from .models import Endpoint, Network, PortMapping, Subnet, endpoint_mac
-from .options import check_gateway_mode, check_subnets_clear_of_underlay, parse_network_options
+from .models import Endpoint, IPNetwork, Network, NetworkConfig, PortMapping, Subnet, endpoint_mac
+from .options import (
+    ENCRYPTION_NEEDS_ETCD,
+    RequestedNetwork,
+    check_gateway_mode,
+    check_port_kind,
+    check_subnets_clear_of_tunnel,
+    check_subnets_clear_of_underlay,
+    parse_network_options,
+)
 from .ports import allocate_ports, host_port_is_free
 from .reconcile import NETWORK_ALIAS_PREFIX as NETWORK_ALIAS_PREFIX  # the names other modules import from here
 from .reconcile import STALE_UNJOINED_SECONDS, Reconciler, ReconcileReport, sandbox_path_exists
@@ -85,9 +94,11 @@ class Driver:
         cluster: Cluster | None = None,
         clock: Callable[[], float] = time.time,
         sandbox_exists: Callable[[str], bool | None] | None = None,
+        encryption: Encryption | None = None,
     ) -> None:
         self.store = store
         self.cluster = cluster
+        self.encryption = encryption  # this host's WireGuard mesh; None: encrypted networks are refused
         self.clock = clock
         self.sandbox_exists = sandbox_exists or sandbox_path_exists
         self.links = links
@@ -120,6 +131,8 @@ class Driver:
         )
         if internal:
             check_gateway_mode(requested.gateway, internal, has_ipv4=True)  # the subnets are not known yet
+        if requested.encrypted and self.encryption is None:
+            raise InvalidOption(f"-o encrypted is not available on this host: {ENCRYPTION_NEEDS_ETCD}")
         return GatewaySkip(ipv4=False, ipv6=False)
 
     def create_network(
@@ -148,8 +161,12 @@ class Driver:
             if requested.underlay is not None:
                 check_subnets_clear_of_underlay(requested.underlay, [subnet.pool for subnet in (*ipv4, *ipv6)])
 
+            config_for = self._encrypted_config(requested, [subnet.pool for subnet in (*ipv4, *ipv6)])
+            if self.cluster is not None:  # encrypted networks exist in multi-host mode only
+                check_port_kind(config_for(requested.vni or 0), self._known_networks().values())
+
             def build(vni: int) -> Network:
-                return Network(network_id, requested.config_for(vni), ipv4, ipv6, internal)
+                return Network(network_id, config_for(vni), ipv4, ipv6, internal)
 
             # Pending until the kernel side is done: a kill -9 in between leaves a row that reconciliation expires.
             if requested.vni is None:
@@ -159,6 +176,8 @@ class Driver:
                 self.store.add_network(network, pending_since=self.clock())
             self._forget_networks()  # a watch event from now on must find this network
             try:
+                if network.config.encrypted and self.encryption is not None:
+                    self.encryption.ensure()  # the WireGuard interface the VXLAN device sends through
                 self.links.ensure_network(network)
                 self.firewall.ensure_network(network, [])
                 if self.cluster is not None:
@@ -185,6 +204,7 @@ class Driver:
             lambda: self.firewall.remove_network(network.vni),
             lambda: self.links.remove_network(network),
             lambda: self.store.delete_network(network.network_id),
+            lambda: self._release_encryption(network),
         ):
             try:
                 undo()
@@ -209,6 +229,28 @@ class Driver:
             self._forget_networks()  # a watch event waiting for this lock must not program the network
             if self.cluster is not None:
                 self._sync_vtep_filter()
+            try:
+                self._release_encryption(network)
+            except VxlanpyError as exc:  # the network is gone; the interface goes with the next encrypted delete
+                log.error("cannot release this host's WireGuard interface: %s", exc)
+
+    def _encrypted_config(self, requested: RequestedNetwork, pools: list[IPNetwork]) -> Callable[[int], NetworkConfig]:
+        """For an encrypted network, the configuration with this host's tunnel: the VXLAN device sends from the
+        tunnel address through the WireGuard interface (no kernel change yet)."""
+        if not requested.encrypted:
+            return requested.config_for
+        if self.encryption is None:  # an etcd store without the mesh wired (or single-host mode)
+            raise InvalidOption(f"-o encrypted is not available on this host: {ENCRYPTION_NEEDS_ETCD}")
+        tunnel = self.encryption.tunnel()
+        check_subnets_clear_of_tunnel(tunnel, pools)
+        return lambda vni: replace(requested.config_for(vni), local=tunnel.address, dev=tunnel.interface)
+
+    def _release_encryption(self, network: Network) -> None:
+        """After an encrypted network's row is gone: the WireGuard interface goes when no encrypted network is left."""
+        if network.config.encrypted and self.encryption is not None:
+            self.encryption.release_if_unused(
+                lambda: any(other.config.encrypted for other in self.store.list_networks())
+            )
 
     def get_network(self, network_id: str) -> Network:
         network = self.store.get_network(network_id)
@@ -407,8 +449,10 @@ class Driver:
             return
         with self._filter_lock:
             try:
-                ports = {network.config.dstport for network in self.store.list_networks()}
-                self.firewall.sync_vtep_filter(ports, self.cluster.remote_vteps())
+                networks = self.store.list_networks()
+                ports = {network.config.dstport for network in networks}
+                tunnel_ports = {n.config.dstport: n.config.dev for n in networks if n.config.encrypted and n.config.dev}
+                self.firewall.sync_vtep_filter(ports, self.cluster.remote_vteps(), tunnel_ports)
             except VxlanpyError as exc:
                 log.warning("cannot update the VTEP filter: %s", exc)
 

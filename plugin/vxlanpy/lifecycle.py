@@ -7,7 +7,8 @@
    plugin with exit code WORKER_BOOT_ERROR, which stops gunicorn's master too;
 2. reconcile the kernel with the store (not serving yet: an endpoint still unjoined belongs to a start that
    failed while we were down);
-3. multi-host: start the cluster's threads, which reconcile again after every (re)connection to etcd;
+3. multi-host: start the cluster's threads, which reconcile again after every (re)connection to etcd, then the
+   WireGuard mesh's watch of the other hosts' keys (encrypted networks);
 4. watch the firewall hooks (dockerd puts its FORWARD rules above ours whenever it restarts);
 5. remove the leftovers of network creates Docker never completed, on Docker's word;
 6. serve metrics and health, when asked to.
@@ -54,6 +55,7 @@ class Lifecycle:
         self._stopping = threading.Event()
         self._hook_watcher: threading.Thread | None = None
         self._cluster_started = False
+        self._encryption_started = False
 
     def start(self) -> None:
         cluster = self.components.cluster
@@ -67,6 +69,9 @@ class Lifecycle:
             cluster.on_reconnect = lambda: self.reconcile("etcd")
             cluster.start()
             self._cluster_started = True
+        if self.components.encryption is not None:
+            self.components.encryption.start()
+            self._encryption_started = True
         self._hook_watcher = threading.Thread(target=self._watch_firewall_hooks, name="vxlanpy-hooks", daemon=True)
         self._hook_watcher.start()
         if self.components.docker_listing is not None:
@@ -84,10 +89,13 @@ class Lifecycle:
         self._stopping.set()
         if self._hook_watcher is not None:
             self._hook_watcher.join(JOIN_SECONDS)
+        lingering: list[str] = []
+        if self._encryption_started and self.components.encryption is not None:
+            lingering += self.components.encryption.stop()
         if self._cluster_started and self.components.cluster is not None:
-            lingering = self.components.cluster.stop()
-            if lingering:  # a watch reading an idle stream: it ends at its idle timeout, and is a daemon thread
-                log.info("still ending: %s", ", ".join(lingering))
+            lingering += self.components.cluster.stop()
+        if lingering:  # a watch reading an idle stream: it ends at its idle timeout, and is a daemon thread
+            log.info("still ending: %s", ", ".join(lingering))
         log.info("background work stopped")
 
     # -- the steps

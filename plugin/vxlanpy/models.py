@@ -129,6 +129,8 @@ class NetworkConfig:
     mtu: int = 1450
     gateway: str = GATEWAY_VXLANPY
     encap: str = ENCAP_VXLAN
+    # -o encrypted: VXLAN inside this host's WireGuard tunnel (local = the tunnel address, dev = its interface)
+    encrypted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -155,6 +157,7 @@ class NetworkConfig:
             mtu=int(data["mtu"]),
             gateway=str(data.get("gateway") or GATEWAY_VXLANPY),  # rows written before the option existed
             encap=str(data.get("encap") or ENCAP_VXLAN),  # the same
+            encrypted=data.get("encrypted") is True,  # the same: rows without it are plain networks
         )
 
 

@@ -179,6 +179,8 @@ class Nodes:
                     host["vteps"].add(item.value)
             elif kind == "segment-hosts" and len(parts) == 3:
                 hosts[parts[2]]["segments"] += 1
+            elif kind == "wg" and len(parts) == 3 and parts[1] == "addresses":
+                hosts[item.value]["tunnel"] = parts[2]
             elif (kind == "addresses" and len(parts) == 3) or (kind == "ipam" and parts[1:2] == ["addresses"]):
                 owner, sep, _ = item.value.partition("/")
                 if sep:
@@ -203,6 +205,8 @@ class Nodes:
             "endpoints": host["endpoints"],
             "addresses": sorted(host["addresses"]),
         }
+        if host.get("tunnel"):  # its WireGuard tunnel address (encrypted networks)
+            row["tunnel"] = host["tunnel"]
         if not alive and isinstance(seen, (int, float)):
             # its lease ran out at most a TTL after the last refresh of the record
             row["expired_at"] = seen + float(record.get("lease_ttl") or 0)
@@ -259,6 +263,12 @@ class Nodes:
                 doomed.append(item.key)
             elif parts[0] == "addresses" and len(parts) == 3 and owner == identity:
                 doomed.append(item.key)
+            elif (
+                parts[0] == "wg"
+                and len(parts) == 3
+                and (parts[1], identity) in (("addresses", item.value), ("peers", parts[2]))
+            ):
+                doomed.append(item.key)  # its WireGuard tunnel address (held: the value) and record (its key)
             elif parts[0] == "segment-hosts" and len(parts) == 3:
                 holders[f"segment:{parts[1]}"] += 1
                 if parts[2] == identity:

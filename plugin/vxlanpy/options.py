@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 from .dataplane.base import Underlay
 from .digits import ascii_int
-from .errors import InvalidOption
+from .encryption_base import ENCRYPTED_VXLAN_PORT, Tunnel, wg_overhead
+from .errors import Conflict, InvalidOption
 from .models import (
     ENCAP_GRETAP,
+    ENCAP_VXLAN,
     ENCAPS,
     GATEWAY_DOCKER,
     GATEWAY_MODES,
@@ -27,6 +29,7 @@ from .models import (
     VXLAN_OVERHEAD_V6,
     IPAddress,
     IPNetwork,
+    Network,
     NetworkConfig,
     gretap_ports,
 )
@@ -46,6 +49,7 @@ VALID_OPTIONS = (
     DOCKER_MTU_OPTION,
     "gateway",
     "encap",
+    "encrypted",
 )
 PEER_MODES = ("remote", "peers", "group")
 NOT_FOR_GRETAP = ("group", "dstport", "learning")  # VXLAN's own: multicast, its UDP port, its FDB learning
@@ -54,6 +58,12 @@ MIN_MTU = 576  # the smallest datagram every IPv4 host must accept
 INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
+ENCRYPTION_NEEDS_ETCD = (
+    "encryption needs the etcd store (VXLANPY_STORE=etcd://...): the hosts' WireGuard keys are per host and "
+    "rotate, and are carried through etcd; a network option cannot carry them"
+)
+# What an encrypted network's VXLAN device takes from this host's WireGuard tunnel instead of the options.
+NOT_FOR_ENCRYPTED = ("local", "dev")
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class RequestedNetwork:
     config_for: Callable[[int], NetworkConfig]
     underlay: Underlay | None = None  # the interface VXLAN leaves by (see check_subnets_clear_of_underlay)
     gateway: str = GATEWAY_VXLANPY  # -o gateway= (see check_gateway_mode)
+    encrypted: bool = False  # -o encrypted: the driver gives config_for's result the tunnel's local and dev
 
 
 def parse_network_options(
@@ -93,6 +104,7 @@ def parse_network_options(
     peers = _peers_option(options)
     local = _address_option(options, "local")
     gateway = _gateway_option(options)
+    encrypted = _encrypted_option(options, multi_host)
     encap = _encap_option(options, multi_host)
 
     modes = [mode for mode in PEER_MODES if mode in options]
@@ -136,17 +148,21 @@ def parse_network_options(
             f"use one of: {', '.join(map(str, underlay.addresses)) or 'none'}, or set -o dev=INTERFACE"
         )
 
-    if encap == ENCAP_GRETAP:
+    if encrypted:
+        # VXLAN to the (IPv4) tunnel address, inside WireGuard over the underlay's own family.
+        outer = local or next(iter(sorted(underlay.addresses, key=lambda address: address.version)), None)
+        overhead = VXLAN_OVERHEAD_V4 + wg_overhead(outer)
+    elif encap == ENCAP_GRETAP:
         overhead = GRETAP_OVERHEAD_V6 if family == 6 else GRETAP_OVERHEAD_V4
     else:
         overhead = VXLAN_OVERHEAD_V6 if family == 6 else VXLAN_OVERHEAD_V4
-    mtu = _mtu_option(options, underlay.mtu - overhead, underlay, overhead, encap)
+    mtu = _mtu_option(options, underlay.mtu - overhead, underlay, overhead, encap, encrypted)
     chosen_local = local
 
     def config_for(chosen_vni: int) -> NetworkConfig:
         return NetworkConfig(
             vni=chosen_vni,
-            dstport=4789 if dstport is None else dstport,
+            dstport=dstport if dstport is not None else ENCRYPTED_VXLAN_PORT if encrypted else 4789,
             dev=underlay.dev,
             local=chosen_local,
             ttl=ttl,
@@ -157,11 +173,12 @@ def parse_network_options(
             mtu=mtu,
             gateway=gateway,
             encap=encap,
+            encrypted=encrypted,
         )
 
     if encap == ENCAP_GRETAP:
         _check_gretap_names(config_for(vni or MAX_VNI))
-    return RequestedNetwork(vni=vni, config_for=config_for, underlay=underlay, gateway=gateway)
+    return RequestedNetwork(vni=vni, config_for=config_for, underlay=underlay, gateway=gateway, encrypted=encrypted)
 
 
 def check_gateway_mode(gateway: str, internal: bool, has_ipv4: bool) -> None:
@@ -179,6 +196,35 @@ def check_gateway_mode(gateway: str, internal: bool, has_ipv4: bool) -> None:
             "gateway=docker_gwbridge needs an IPv4 subnet: docker_gwbridge serves IPv4 egress and published ports "
             "only; give the network an IPv4 subnet (drop --ipv4=false), or drop -o gateway=docker_gwbridge"
         )
+
+
+def check_port_kind(config: NetworkConfig, networks: Iterable[Network]) -> None:
+    """One UDP port carries either plain or encrypted VXLAN on a host: the firewall lets an encrypted
+    network's port in only through WireGuard, which would cut a plain network on it off."""
+    if config.encap != ENCAP_VXLAN:
+        return
+    for other in networks:
+        if other.config.encap != ENCAP_VXLAN or other.config.dstport != config.dstport:
+            continue
+        if other.config.encrypted != config.encrypted:
+            this, theirs = ("encrypted", "plain") if config.encrypted else ("plain", "encrypted")
+            raise Conflict(
+                f"dstport {config.dstport} is used by the {theirs} network {other.network_id[:12]} (vni "
+                f"{other.vni}) on this host, and a port carries either plain or encrypted VXLAN (the firewall "
+                f"admits an encrypted network's port through WireGuard only); give this {this} network "
+                "another -o dstport"
+            )
+
+
+def check_subnets_clear_of_tunnel(tunnel: Tunnel, pools: Iterable[IPNetwork]) -> None:
+    """An encrypted network's subnet must not hold this host's tunnel address: the bridge's connected route
+    would take the VXLAN traffic meant for the WireGuard interface."""
+    for pool in pools:
+        if tunnel.address in pool:
+            raise InvalidOption(
+                f"subnet {pool} contains this host's WireGuard tunnel address {tunnel.address} ({tunnel.interface}); "
+                "choose a --subnet outside the tunnel subnet (VXLANPY_WG_SUBNET, 10.255.0.0/16 by default)"
+            )
 
 
 def check_subnets_clear_of_underlay(underlay: Underlay, pools: Iterable[IPNetwork]) -> None:
@@ -258,6 +304,35 @@ def _gateway_option(options: Mapping[str, str]) -> str:
     )
 
 
+def _encrypted_option(options: Mapping[str, str], multi_host: bool) -> bool:
+    """-o encrypted: Docker sends a bare `-o encrypted` as an empty value, which means true (as for overlay)."""
+    if options.get("encrypted") == "":
+        encrypted = True
+    else:
+        encrypted = bool(_bool_option(options, "encrypted"))
+    if not encrypted:
+        return False
+    modes = [mode for mode in PEER_MODES if mode in options]
+    if modes:
+        raise InvalidOption(
+            f"option {modes[0]} does not apply to an encrypted network: encrypted networks find their peers and "
+            f"their WireGuard keys through etcd; remove -o {modes[0]} and use the etcd store (VXLANPY_STORE=etcd://...)"
+        )
+    if options.get("encap") == ENCAP_GRETAP:
+        raise InvalidOption(
+            "encap=gretap cannot be encrypted: encrypted networks carry VXLAN inside WireGuard; drop -o encap=gretap"
+        )
+    if not multi_host:
+        raise InvalidOption(f"-o encrypted is not available here: {ENCRYPTION_NEEDS_ETCD}")
+    for name in NOT_FOR_ENCRYPTED:
+        if name in options:
+            raise InvalidOption(
+                f"option {name} does not apply to an encrypted network: its VXLAN device sends from this host's "
+                f"WireGuard tunnel address through the WireGuard interface; remove -o {name}"
+            )
+    return True
+
+
 def _encap_option(options: Mapping[str, str], multi_host: bool) -> str:
     raw = _choice_option(
         options,
@@ -318,7 +393,9 @@ def _peers_option(options: Mapping[str, str]) -> tuple[IPAddress, ...]:
     return peers
 
 
-def _mtu_option(options: Mapping[str, str], default: int, underlay: Underlay, overhead: int, encap: str) -> int:
+def _mtu_option(
+    options: Mapping[str, str], default: int, underlay: Underlay, overhead: int, encap: str, encrypted: bool = False
+) -> int:
     values = {name: options[name] for name in ("mtu", DOCKER_MTU_OPTION) if name in options}
     if len(set(values.values())) > 1:
         raise InvalidOption(f"mtu and {DOCKER_MTU_OPTION} disagree ({', '.join(values.values())}); give only one")
@@ -331,9 +408,13 @@ def _mtu_option(options: Mapping[str, str], default: int, underlay: Underlay, ov
     if mtu < MIN_MTU:
         raise InvalidOption(f"{name}={mtu} is too small; use at least {MIN_MTU}")
     if mtu > default:
+        if encrypted:
+            wireguard = overhead - VXLAN_OVERHEAD_V4
+            adds = f"VXLAN adds {VXLAN_OVERHEAD_V4} bytes and WireGuard {wireguard} ({overhead} in all)"
+        else:
+            adds = f"{'GRE' if encap == ENCAP_GRETAP else 'VXLAN'} adds {overhead} bytes"
         raise InvalidOption(
             f"{name}={mtu} is too big for the underlay {underlay.dev} (MTU {underlay.mtu}) "
-            f"once {'GRE' if encap == ENCAP_GRETAP else 'VXLAN'} adds {overhead} bytes; use at most {default}, "
-            "or raise the underlay MTU"
+            f"once {adds}; use at most {default}, or raise the underlay MTU"
         )
     return mtu

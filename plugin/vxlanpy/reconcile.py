@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .errors import VxlanpyError
 from .models import LINK_ALIAS_PREFIX, Endpoint, Network, is_attachment_id
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ class ReconcileReport:
     expired_networks: list[int] = field(default_factory=list)  # creates Docker never completed (VNIs)
     kept_links: list[str] = field(default_factory=list)  # unowned, but the store may have lost their rows
     kept_chains: list[int] = field(default_factory=list)
+    # Encrypted networks (VNIs) whose devices were not rebuilt: this host's WireGuard interface could not be set up
+    encrypted_not_rebuilt: list[int] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
@@ -48,7 +51,8 @@ class ReconcileReport:
             f"orphan links removed {len(self.removed_links)}, "
             f"orphan chains removed {len(self.removed_chains)}, "
             f"unfinished creates removed {len(self.expired_networks)}, "
-            f"unowned links kept {len(self.kept_links)}"
+            f"unowned links kept {len(self.kept_links)}, "
+            f"encrypted networks not rebuilt (no WireGuard) {len(self.encrypted_not_rebuilt)}"
         )
 
 
@@ -108,9 +112,12 @@ class Reconciler:
                 if not dry_run:
                     self.firewall.remove_network(vni)
         known_endpoints = {endpoint.endpoint_id for endpoint in endpoints}
+        tunnel_ready = self._ensure_encryption(networks, report, dry_run)
         for network in networks:
             with self.driver.network_locks.hold(network.network_id):
-                self._reconcile_network(network.network_id, links, known_endpoints, report, dry_run, unjoined_grace)
+                self._reconcile_network(
+                    network.network_id, links, known_endpoints, report, dry_run, unjoined_grace, tunnel_ready
+                )
         network_ids = {network.network_id for network in networks}
         for endpoint in endpoints:
             if endpoint.network_id not in network_ids:  # its network's row is gone: nothing can use it
@@ -119,6 +126,28 @@ class Reconciler:
                     self.links.remove_endpoint(endpoint)
                     self.store.delete_endpoint(endpoint.endpoint_id)
         return report
+
+    def _ensure_encryption(self, networks: list[Network], report: ReconcileReport, dry_run: bool) -> bool:
+        """This host's WireGuard interface, once, before encrypted networks' devices (which send through it) are
+        rebuilt.  A failure is logged and reported, not raised: the plain networks are still reconciled."""
+        encrypted = [network.vni for network in networks if network.config.encrypted]
+        encryption = self.driver.encryption
+        if not encrypted or dry_run:
+            return True
+        try:
+            if encryption is None:
+                raise VxlanpyError("this host has no encryption configured (it needs the etcd store)")
+            encryption.ensure()
+        except VxlanpyError as exc:
+            report.encrypted_not_rebuilt += encrypted
+            log.error(
+                "cannot set up this host's WireGuard interface, so the devices of encrypted networks (vni %s) are "
+                "not rebuilt: %s",
+                ", ".join(map(str, encrypted)),
+                exc,
+            )
+            return False
+        return True
 
     def _expire_unfinished_creates(
         self,
@@ -166,10 +195,11 @@ class Reconciler:
         report: ReconcileReport,
         dry_run: bool,
         unjoined_grace: float,
+        tunnel_ready: bool = True,
     ) -> None:
         network = self.store.get_network(network_id)
-        if network is None:
-            return  # deleted since the snapshot
+        if network is None or (network.config.encrypted and not tunnel_ready):
+            return  # deleted since the snapshot, or reported in encrypted_not_rebuilt (retried at the next run)
         recreated = any(name not in links for name in (network.bridge, *network.tunnels))
         if recreated:
             report.recreated_networks.append(network.vni)

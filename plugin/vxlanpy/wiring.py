@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from .config import Settings
 from .dataplane.base import Links
 from .driver import Driver
+from .encryption_base import Encryption
 from .errors import StoreError, VxlanpyError
 from .ipam import Ipam
 from .metrics import Metrics
@@ -26,6 +27,8 @@ from .operator.sandbox import NetlinkSandboxes, Sandboxes
 from .store.base import Store
 
 if TYPE_CHECKING:
+    from .cluster import EtcdCluster
+    from .encryption import WireGuardMesh
     from .operator.client import DockerListing
     from .store.etcd import EtcdKV
 
@@ -51,6 +54,16 @@ class BackgroundCluster(Protocol):
         ...
 
 
+class BackgroundEncryption(Encryption, Protocol):
+    """The encryption mesh (encryption.WireGuardMesh): what the driver and operator use, and its watch thread."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> list[str]:
+        """Returns the names of the threads still running."""
+        ...
+
+
 @dataclass(frozen=True)
 class Components:
     driver: Driver
@@ -61,6 +74,7 @@ class Components:
     # With Docker's networks, start-up removes the networks and releases the pool claims of network creates
     # that never completed on Docker's side; None: Docker is not asked.
     docker_listing: DockerAsker | None = None
+    encryption: BackgroundEncryption | None = None  # multi-host mode only: encrypted networks' WireGuard mesh
 
 
 def assemble(
@@ -71,6 +85,7 @@ def assemble(
     ipam: Ipam | None = None,
     sandboxes: Sandboxes | None = None,
     docker_listing: DockerAsker | None = None,
+    encryption: BackgroundEncryption | None = None,
 ) -> Components:
     """Everything that sits on `driver`.  The IPAM driver keeps its records in the driver's own store, so they are
     shared as widely as it is; `settings.host` is the name this host's records are kept under."""
@@ -79,10 +94,19 @@ def assemble(
     metrics = Metrics()
     sandboxes = sandboxes or NetlinkSandboxes()
     operations = Operations(
-        driver, driver.store, driver.links, driver.firewall, driver.cluster, ipam.book, ipam.host, sandboxes, metrics
+        driver,
+        driver.store,
+        driver.links,
+        driver.firewall,
+        driver.cluster,
+        ipam.book,
+        ipam.host,
+        sandboxes,
+        metrics,
+        encryption=encryption,
     )
     metrics.watch_state(operations.metrics_state)
-    return Components(driver, ipam, operations, metrics, cluster, docker_listing)
+    return Components(driver, ipam, operations, metrics, cluster, docker_listing, encryption)
 
 
 def build(settings: Settings) -> Components:
@@ -124,11 +148,44 @@ def build(settings: Settings) -> Components:
         nodes=Nodes(kv, identity, settings.hostname),
         local_addresses=lambda: local_addresses(links, etcd_store, settings.default_dev),
     )
+    encryption = build_encryption(settings, kv, cluster, identity, links)
     driver = Driver(
-        etcd_store, links, firewall, vni_range=settings.vni_range, default_dev=settings.default_dev, cluster=cluster
+        etcd_store,
+        links,
+        firewall,
+        vni_range=settings.vni_range,
+        default_dev=settings.default_dev,
+        cluster=cluster,
+        encryption=encryption,
     )
     # the records are kept under the identity, not the hostname
-    return assemble(driver, replace(settings, host=identity), cluster=cluster, docker_listing=docker_listing)
+    return assemble(
+        driver,
+        replace(settings, host=identity),
+        cluster=cluster,
+        docker_listing=docker_listing,
+        encryption=encryption,
+    )
+
+
+def build_encryption(
+    settings: Settings, kv: EtcdKV, cluster: EtcdCluster, identity: str, links: Links
+) -> WireGuardMesh:
+    """The WireGuard mesh of encrypted networks (nothing happens on the host until the first one is created)."""
+    from .dataplane.wireguard import NetlinkWireGuard  # the real dataplane, imported only when a plugin runs
+    from .encryption import WireGuardMesh
+
+    return WireGuardMesh(
+        kv,
+        cluster,
+        NetlinkWireGuard(),
+        identity,
+        Path(settings.state_dir),
+        underlay=lambda: links.underlay(settings.default_dev),
+        interface=settings.wg_interface,
+        port=settings.wg_port,
+        subnet=settings.wg_subnet,
+    )
 
 
 def identity_of(settings: Settings, kv: EtcdKV) -> str:

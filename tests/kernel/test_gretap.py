@@ -9,12 +9,9 @@ first one checks that the choice matches what the kernel ships, so neither set i
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +21,7 @@ from vxlanpy.errors import DataplaneError
 from vxlanpy.models import GRETAP_OVERHEAD_V4, GRETAP_OVERHEAD_V6, Network
 
 from .conftest import Namespaces
+from .kernel_modules import kernel_ships, module_loads
 from .test_netlink import (
     PING,
     UNDERLAY_A,
@@ -45,31 +43,11 @@ pytestmark = netlink_marks
 UNDERLAY_C = "10.99.0.3"
 
 
-def gre_available() -> bool:
-    """Whether this kernel can make gretap ports: ip_gre built in or loadable."""
-    if os.geteuid() != 0:
-        return False
-    subprocess.run(["modprobe", "-q", "ip_gre"], capture_output=True, check=False, timeout=30)
-    subprocess.run(["modprobe", "-q", "ip6_gre"], capture_output=True, check=False, timeout=30)
-    return Path("/sys/module/ip_gre").exists()
-
-
-def kernel_ships_gre() -> bool:
-    modules = Path("/lib/modules") / platform.release()
-    listed = ""
-    for name in ("modules.dep", "modules.builtin"):
-        try:
-            listed += (modules / name).read_text()
-        except OSError:
-            pass
-    return "/ip_gre.ko" in listed
-
-
-GRE = gre_available()
+GRE = module_loads("ip_gre", "ip6_gre")  # built in or loadable
 
 
 def test_gre_support_is_found_exactly_when_the_kernel_ships_it() -> None:
-    assert GRE == kernel_ships_gre(), (
+    assert GRE == kernel_ships("ip_gre"), (
         f"ip_gre {'loads' if GRE else 'does not load'} but the kernel's module lists "
         f"{'do not list' if GRE else 'list'} it"
     )

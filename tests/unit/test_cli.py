@@ -19,7 +19,7 @@ from .conftest import EP, NET, NET2, Harness
 
 CID = "1" * 64
 CID2 = "2" * 64
-COMMANDS = ["ls", "inspect", "peers", "doctor", "attach", "detach", "gc", "health", "serve", "node"]
+COMMANDS = ["ls", "inspect", "peers", "doctor", "attach", "detach", "gc", "health", "serve", "node", "rotate-key"]
 
 
 @pytest.fixture

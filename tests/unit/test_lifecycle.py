@@ -22,16 +22,35 @@ from .conftest import NET, Harness
 from .test_cluster import eventually
 
 
-class FakeCluster:
+class FakeThreads:
+    """A background component of the lifecycle: records its start and stop in `calls` under `label`, and runs one
+    thread named `thread` between them."""
+
+    def __init__(self, calls: list[str], label: str, thread: str) -> None:
+        self.calls = calls
+        self.label = label
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._stop.wait, name=thread, daemon=True)
+
+    def start(self) -> None:
+        self.calls.append(f"{self.label}.start")
+        self._thread.start()
+
+    def stop(self) -> list[str]:
+        self.calls.append(f"{self.label}.stop")
+        self._stop.set()
+        self._thread.join()
+        return []
+
+
+class FakeCluster(FakeThreads):
     """The cluster's side of the lifecycle: records the calls, and runs one thread between start and stop."""
 
     def __init__(self, calls: list[str], conflict: str | None = None) -> None:
-        self.calls = calls
+        super().__init__(calls, "cluster", "vxlanpy-watch")
         self.conflict = conflict
         self.on_reconnect: Callable[[], None] | None = None
         self.on_refused: Callable[[str], None] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._stop.wait, name="vxlanpy-watch", daemon=True)
 
     def resume_lease(self) -> bool:
         self.calls.append("resume_lease")
@@ -41,16 +60,6 @@ class FakeCluster:
         self.calls.append("claim_identity")
         if self.conflict is not None:
             raise IdentityConflict(self.conflict)
-
-    def start(self) -> None:
-        self.calls.append("cluster.start")
-        self._thread.start()
-
-    def stop(self) -> list[str]:
-        self.calls.append("cluster.stop")
-        self._stop.set()
-        self._thread.join()
-        return []
 
 
 def our_threads() -> set[threading.Thread]:
@@ -92,14 +101,28 @@ def test_start_runs_each_step_in_order_and_stop_leaves_no_thread(harness: Harnes
         return DockerListing(frozenset({NET}), frozenset())
 
     before = our_threads()
-    components = assemble(harness.driver, Settings(host="testhost"), cluster=cluster, docker_listing=docker_listing)
+    encryption = FakeThreads(calls, "encryption", "vxlanpy-wg-watch")  # the mesh's peers watch
+    components = assemble(
+        harness.driver,
+        Settings(host="testhost"),
+        cluster=cluster,
+        docker_listing=docker_listing,
+        encryption=encryption,  # type: ignore[arg-type]  # its lifecycle side only
+    )
     lifecycle = Lifecycle(components, metrics_addr=("127.0.0.1", 0), hook_check_seconds=0.01)
     lifecycles.append(lifecycle)
     lifecycle.start()
 
-    assert calls == ["resume_lease", "claim_identity", "reconcile", "cluster.start", "docker_listing"]
+    assert calls == [
+        "resume_lease",
+        "claim_identity",
+        "reconcile",
+        "cluster.start",
+        "encryption.start",
+        "docker_listing",
+    ]
     assert "vxbr-42" in harness.links.networks  # reconciled before serving
-    assert names(our_threads() - before) == {"vxlanpy-watch", "vxlanpy-hooks", "vxlanpy-metrics"}
+    assert names(our_threads() - before) == {"vxlanpy-watch", "vxlanpy-wg-watch", "vxlanpy-hooks", "vxlanpy-metrics"}
     assert lifecycle.metrics_server is not None and lifecycle.metrics_server.bound.is_set()
     port = lifecycle.metrics_server.port
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -116,7 +139,7 @@ def test_start_runs_each_step_in_order_and_stop_leaves_no_thread(harness: Harnes
     assert 'vxlanpy_reconcile_runs_total{outcome="ok",trigger="etcd"} 1.0' in text
 
     lifecycle.stop()
-    assert calls[-1] == "cluster.stop"
+    assert calls[-2:] == ["encryption.stop", "cluster.stop"]  # the mesh's watch first: it publishes under the lease
     assert not our_threads() - before
     with pytest.raises(ConnectionRefusedError):
         http.client.HTTPConnection("127.0.0.1", port, timeout=5).connect()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -109,8 +110,12 @@ class Firewall(Protocol):
         """Drop the network's chains and the jumps to them; a no-op when absent."""
         ...
 
-    def sync_vtep_filter(self, ports: set[int], vteps: set[IPAddress]) -> None:
-        """Accept VXLAN UDP on `ports` only from `vteps` (multi-host mode); empty ports removes the filter."""
+    def sync_vtep_filter(
+        self, ports: set[int], vteps: set[IPAddress], tunnel_ports: Mapping[int, str] | None = None
+    ) -> None:
+        """Accept VXLAN UDP on `ports` only from `vteps` (multi-host mode); empty ports removes the filter.
+        `tunnel_ports` (encrypted networks' ports -> the WireGuard interface) are also dropped unless they
+        arrive on that interface."""
         ...
 
     def owned_vnis(self) -> set[int]:

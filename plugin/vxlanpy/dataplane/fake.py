@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 
 from ..errors import DataplaneError, InvalidOption
 from ..models import ENCAP_GRETAP, Endpoint, IPAddress, Network, PortMapping
@@ -113,6 +114,7 @@ class FakeFirewall:
         self.base_ready = False
         self.networks: dict[int, tuple[Network, list[Endpoint]]] = {}
         self.vtep_filter: tuple[set[int], set[IPAddress]] = (set(), set())
+        self.tunnel_ports: dict[int, str] = {}  # encrypted networks' ports -> the interface they must arrive on
         self.fail_on: set[str] = set()
 
     def _enter(self, method: str) -> None:
@@ -131,9 +133,12 @@ class FakeFirewall:
         self._enter("remove_network")
         self.networks.pop(vni, None)
 
-    def sync_vtep_filter(self, ports: set[int], vteps: set[IPAddress]) -> None:
+    def sync_vtep_filter(
+        self, ports: set[int], vteps: set[IPAddress], tunnel_ports: Mapping[int, str] | None = None
+    ) -> None:
         self._enter("sync_vtep_filter")
         self.vtep_filter = (set(ports), set(vteps))
+        self.tunnel_ports = dict(tunnel_ports or {})
 
     def owned_vnis(self) -> set[int]:
         return set(self.networks)

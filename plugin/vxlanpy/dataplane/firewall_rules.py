@@ -9,6 +9,7 @@ Layout (filter in IPv4 and IPv6, nat in IPv4 only):
     nat    POSTROUTING            -> VXLANPY-POSTROUTING -> VXP-<vni>         MASQUERADE
     nat    PREROUTING, OUTPUT     -> VXLANPY-DNAT        -> VXPD-<vni>        published ports
     filter INPUT (position 1)     -> VXLANPY-INPUT                            VXLAN only from known VTEPs
+                                                                              (encrypted: only through WireGuard)
     filter DOCKER-USER (pos. 1)   -> VXLANPY-FORWARD                          when dockerd runs (see ensure_base)
     ebtables filter OUTPUT        -> VXLANPY-OUT                              the gateways' own frames stay home
 
@@ -29,7 +30,7 @@ import ipaddress
 import re
 import subprocess
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -225,8 +226,22 @@ def parse_dnat_rules(listing: Ruleset) -> dict[IPAddress, list[PortMapping]]:
     return published
 
 
-def vtep_filter_rules(ports: set[int], vteps: set[IPAddress], family: Family) -> list[Rule]:
-    """VXLANPY-INPUT for one family: per port, accept the VTEPs of that family, drop everyone else."""
+def interface_text(name: str) -> str:
+    """An interface name for `-i`: a valid ifname, which cannot be read as an option or a negation."""
+    if not isinstance(name, str) or name.startswith("-"):
+        raise ValueError(f"refusing to put invalid interface name {name!r} into a firewall rule")
+    return safe_name(name)
+
+
+def vtep_filter_rules(
+    ports: set[int], vteps: set[IPAddress], family: Family, tunnel_ports: Mapping[int, str] | None = None
+) -> list[Rule]:
+    """VXLANPY-INPUT for one family: per port, accept the VTEPs of that family, drop everyone else.
+
+    `tunnel_ports` (encrypted networks' ports, each with its WireGuard interface) are dropped first unless they
+    arrive on that interface: a frame crafted on the underlay never reaches an encrypted network's bridge, even
+    from a source address that is a VTEP's (the tunnel addresses are the VTEPs of encrypted networks)."""
+    tunnels = {port_text(port): interface_text(interface) for port, interface in (tunnel_ports or {}).items()}
     checked = []
     for vtep in vteps:
         if not isinstance(vtep, ipaddress.IPv4Address | ipaddress.IPv6Address) or vtep.is_unspecified:
@@ -235,7 +250,9 @@ def vtep_filter_rules(ports: set[int], vteps: set[IPAddress], family: Family) ->
             checked.append(vtep)
     sources = [str(vtep) for vtep in sorted(checked)]
     rules: list[Rule] = []
-    for port in sorted({port_text(port) for port in ports}, key=int):
+    for port in sorted({port_text(port) for port in ports} | set(tunnels), key=int):
+        if port in tunnels:
+            rules.append(["!", "-i", tunnels[port], "-p", "udp", "--dport", port, "-j", "DROP"])
         rules += [["-p", "udp", "--dport", port, "-s", source, "-j", "ACCEPT"] for source in sources]
         rules.append(["-p", "udp", "--dport", port, "-j", "DROP"])
     return rules

@@ -47,6 +47,7 @@ import logging
 import re
 import subprocess
 import threading
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -186,11 +187,15 @@ class IptablesFirewall:
                     # `_known` was forgotten with the failure, so the second try works from a fresh read.
                     self._remove_chains(family, layout)
 
-    def sync_vtep_filter(self, ports: set[int], vteps: set[IPAddress]) -> None:
-        rules: dict[Family, list[Rule]] = {family: vtep_filter_rules(ports, vteps, family) for family in (4, 6)}
+    def sync_vtep_filter(
+        self, ports: set[int], vteps: set[IPAddress], tunnel_ports: Mapping[int, str] | None = None
+    ) -> None:
+        rules: dict[Family, list[Rule]] = {
+            family: vtep_filter_rules(ports, vteps, family, tunnel_ports) for family in (4, 6)
+        }
         with self._lock:
             for family in (4, 6):
-                if not ports:
+                if not ports and not tunnel_ports:
                     self._delete_rule(family, "filter", "INPUT", INPUT_HOOK)
                     self._delete_chain(family, "filter", INPUT_CHAIN)
                     continue

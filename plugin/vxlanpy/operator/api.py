@@ -9,6 +9,8 @@
     POST /vxlanpy/detach            {"network", "target"}
     GET  /vxlanpy/nodes             the cluster's hosts: identity, hostname, VTEPs, lease state, what they hold
     POST /vxlanpy/nodes/rm          {"host": identity, "force": bool}: remove a host that is gone for good
+    GET  /vxlanpy/wireguard         the WireGuard mesh of encrypted networks: backend, interface, peers against etcd
+    POST /vxlanpy/rotate-key        a new WireGuard keypair for this host: {"public_key", "previous"} (public keys)
     POST /vxlanpy/recover           {"step": "state"|"adopt"|"finish", "dry_run", "network"?, "forget"?}: a lost store
 
 Errors are {"Err": message} with the error's status, as for the network driver (replies.answer).
@@ -132,6 +134,14 @@ def register(app: Flask, operations: Operations, metrics: Metrics) -> None:
             return operations.node_rm(host, force), 200
 
         return run("nodes.rm", action)
+
+    @app.get(f"{PREFIX}/wireguard")
+    def wireguard() -> Response:
+        return run("wireguard", lambda _: (operations.wireguard(), 200), read_body=False)
+
+    @app.post(f"{PREFIX}/rotate-key")
+    def rotate_key() -> Response:
+        return run("rotate-key", lambda _: (operations.rotate_key(), 200), read_body=False)
 
     @app.post(f"{PREFIX}/recover")
     def recover() -> Response:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..cluster_base import Cluster
 from ..dataplane.base import Firewall, Links
 from ..driver import NETWORK_ALIAS_PREFIX, Driver
+from ..encryption_base import Encryption
 from ..errors import VxlanpyError
 from ..metrics import Metrics
 from ..models import Endpoint, IPInterface, Network, is_attachment_id
@@ -97,6 +98,7 @@ class Collaborators:
     metrics: Metrics | None = None
     clock: Callable[[], float] = time.time
     sandbox_in_use: Callable[[str], bool | None] = netns_in_use
+    encryption: Encryption | None = None  # the WireGuard mesh of encrypted networks (multi-host mode)
     lock: threading.Lock = field(default_factory=threading.Lock)
     started: float = field(init=False)  # reservations older than this process belong to requests that ended
 

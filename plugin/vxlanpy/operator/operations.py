@@ -1,5 +1,5 @@
-"""The operator's side of the running plugin: what `vxlanpy ls/peers/gc/attach/detach/health/node/recover` ask
-it over its socket (see api.py), gathered behind one object.
+"""The operator's side of the running plugin: what `vxlanpy ls/peers/gc/attach/detach/health/node/recover` and
+`rotate-key` ask it over its socket (see api.py), gathered behind one object.
 
 Each concern lives in a module of its own and works with the same `Collaborators` (context.py): reading
 (reading.py), garbage collection and the start-up sweeps (cleanup.py), attachments (attachments.py), and the
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from ..cluster_base import Cluster
 from ..dataplane.base import Firewall, Links
 from ..driver import Driver
+from ..encryption_base import Encryption
 from ..metrics import Metrics
 from ..store.base import AddressBook, Store
 from .attachments import Attachments
@@ -23,6 +24,7 @@ from .context import Collaborators, netns_in_use
 from .reading import Reading, expected_vxlan_device, network_mode
 from .recovery import RecoveredEndpoint, RecoveredNetwork, Recovery, parse_recovered_network
 from .sandbox import Sandboxes
+from .wireguard import Keys
 
 __all__ = [
     "Operations",
@@ -36,9 +38,10 @@ __all__ = [
 ]
 
 
-class Operations(Reading, Cleanup, Attachments):
+class Operations(Reading, Cleanup, Attachments, Keys):
     """Every concern works with the same collaborators (`self.shared`), so the operations are simply their sum:
-    Reading (listing, peers, nodes, health, metrics), Cleanup (gc and the start-up sweeps), Attachments."""
+    Reading (listing, peers, nodes, health, metrics), Cleanup (gc and the start-up sweeps), Attachments, Keys
+    (the WireGuard mesh of encrypted networks: its status, key rotation)."""
 
     def __init__(
         self,
@@ -53,9 +56,10 @@ class Operations(Reading, Cleanup, Attachments):
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         sandbox_in_use: Callable[[str], bool | None] = netns_in_use,
+        encryption: Encryption | None = None,
     ) -> None:
         shared = Collaborators(
-            driver, store, links, firewall, cluster, book, host, sandboxes, metrics, clock, sandbox_in_use
+            driver, store, links, firewall, cluster, book, host, sandboxes, metrics, clock, sandbox_in_use, encryption
         )
         super().__init__(shared)
 

@@ -12,12 +12,13 @@ from ..dataplane.base import RemoteEndpoint
 from ..errors import Conflict, VxlanpyError
 from ..models import BRIDGE_PREFIX, ENCAP_GRETAP, IPAddress, Network, gretap_ports, is_attachment_id
 from .context import Body, Concern, endpoint_view
+from .wireguard import is_encrypted
 
 
 def network_mode(network: Network, multi_host: bool) -> str:
     config = network.config
-    if multi_host:
-        return "etcd"
+    if multi_host:  # an encrypted network's VXLAN runs inside this host's WireGuard interface
+        return "etcd+wg" if is_encrypted(network) else "etcd"
     if config.remote is not None:
         return "remote"
     if config.peers:

@@ -334,7 +334,7 @@ def node_table(nodes: list[Row], now: float) -> str:
         [
             str(node["id"]),
             str(node.get("hostname") or "-"),
-            ",".join(node.get("vteps") or []) or "-",
+            (",".join(node.get("vteps") or []) or "-") + (f" wg:{node['tunnel']}" if node.get("tunnel") else ""),
             node_state(node, now),
             str(node.get("networks", 0)),
             str(node.get("endpoints", 0)),

@@ -229,6 +229,7 @@ def segment_of(network: Network) -> dict[str, Any]:
         "dstport": network.config.dstport,
         "mtu": network.config.mtu,
         "internal": network.internal,
+        "encrypted": network.config.encrypted,
         "ipv4": [subnet.to_dict() for subnet in network.ipv4],
         "ipv6": [subnet.to_dict() for subnet in network.ipv6],
     }
@@ -240,11 +241,16 @@ def segment_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> lis
     def pools(segment: dict[str, Any], family: str) -> str:
         return ", ".join(f"{item['pool']} gateway {item['gateway']}" for item in segment.get(family, [])) or "none"
 
-    labels = {"dstport": "dstport", "mtu": "mtu", "internal": "internal"}
+    labels = {"dstport": "dstport", "mtu": "mtu", "internal": "internal", "encrypted": "encrypted"}
+    defaults = {"encrypted": False}  # segments recorded before the key existed are plain
+
+    def value(segment: dict[str, Any], name: str) -> Any:
+        return segment.get(name, defaults.get(name))
+
     differences = [
-        f"{label} {recorded.get(name)} (this host asked for {wanted.get(name)})"
+        f"{label} {value(recorded, name)} (this host asked for {value(wanted, name)})"
         for name, label in labels.items()
-        if recorded.get(name) != wanted.get(name)
+        if value(recorded, name) != value(wanted, name)
     ]
     for family, label in (("ipv4", "subnet"), ("ipv6", "IPv6 subnet")):
         if pools(recorded, family) != pools(wanted, family):

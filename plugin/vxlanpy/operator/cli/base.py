@@ -134,6 +134,7 @@ def main(ctx: click.Context, socket_path: str, timeout: float) -> None:
       vxlanpy gc --dry-run                        # what reconciliation would repair
       vxlanpy health                              # exit 0 when the plugin is healthy
       vxlanpy node ls                             # the cluster's hosts (etcd), alive or expired
+      vxlanpy rotate-key                          # a new WireGuard key (encrypted networks)
 
     \b
     Exit codes: 0 fine, 1 something is wrong or was refused, 2 bad usage,

@@ -28,7 +28,9 @@ def doctor_command(env: Env, as_json: bool) -> None:
     it answers dockerd; the state store (and etcd sync); Docker's networks against the
     plugin's; IPv4 forwarding; the FORWARD policy and vxlanpy's chains and hooks; each
     network's MTU against its underlay; orphaned links, rules and endpoints
-    (a reconciliation dry run); whether INPUT rules drop the VXLAN UDP port.
+    (a reconciliation dry run); whether INPUT rules drop the VXLAN UDP port;
+    encrypted networks' WireGuard: its backend (kernel or wireguard-go), interface,
+    peers against the hosts etcd publishes, and each such network's MTU.
 
     Exits 1 when a check fails (warnings alone exit 0). Run it as root.
 

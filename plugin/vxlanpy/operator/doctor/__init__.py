@@ -28,6 +28,7 @@ from .checks import (
 )
 from .firewall import FIREWALL_CHECKS, check_vxlan_port
 from .rules import firewall_layout, hook_precedence, input_verdict, is_iptables_own, rule_matches_vxlan
+from .wireguard import check_wireguard
 
 CHECKS: list[Check] = [
     check_modules,
@@ -38,6 +39,7 @@ CHECKS: list[Check] = [
     check_forwarding,
     *FIREWALL_CHECKS,
     check_mtu,
+    check_wireguard,
     check_peers,
     check_orphans,
     check_vxlan_port,
