@@ -8,8 +8,8 @@ Layout (every name carries a per-session hex suffix, e.g. ``vxmh-ul-1a2b3c``)::
       └─ veth ─ vxmh-h3-<hex> eth0 10.250.0.3/24   dockerd + vxlanpy "h3"
 
 Each host's dockerd runs in the host's network namespace *and* in a mount namespace of its own
-(``ip netns exec NS unshare -m -- script``), where the script mounts the cgroup hierarchies again (``ip netns
-exec`` remounts /sys), binds a private directory over ``/run/docker`` (so dockerd finds exactly that host's
+(``ip netns exec NS unshare -m -- /bin/sh script``), where the script mounts the cgroup hierarchies again (``ip
+netns exec`` remounts /sys), binds a private directory over ``/run/docker`` (so dockerd finds exactly that host's
 vxlanpy at ``/run/docker/plugins/vxlanpy.sock``) and a tmpfs over ``/run/containerd`` (so each dockerd starts
 its own containerd, whose shim sockets stay private), then execs dockerd with its own data and exec roots.
 
@@ -57,6 +57,8 @@ from .layout import (
     LABELS,
     LEASE_TTL,
     MH_DIR,
+    MODULE_LABEL,
+    MODULE_LABELS,
     PREFIX,
     REPO_ROOT,
     UNDERLAY_PREFIX_LEN,
@@ -65,7 +67,17 @@ from .layout import (
     host_ip,
 )
 from .netns import netns_http, netns_path, netns_pids, netns_socket, run
-from .packets import Sniffer, broadcast_arp_frame, first_echo_reply, icmp_echo, vxlan_packet
+from .packets import (
+    Pinger,
+    Sniffer,
+    broadcast_arp_frame,
+    first_echo_reply,
+    icmp_echo,
+    marked_frame,
+    ping_df,
+    send_udp,
+    vxlan_packet,
+)
 from .plugin_process import Plugin, vxlanpy_command
 from .processes import ManagedProcess, kill_pids, pid_alive, process_name, with_descendants
 
@@ -81,6 +93,8 @@ __all__ = [
     "LABELS",
     "LEASE_TTL",
     "MH_DIR",
+    "MODULE_LABEL",
+    "MODULE_LABELS",
     "PREFIX",
     "REPO_ROOT",
     "UNDERLAY_PREFIX_LEN",
@@ -91,6 +105,7 @@ __all__ = [
     "Etcd",
     "Host",
     "ManagedProcess",
+    "Pinger",
     "Plugin",
     "Sniffer",
     "broadcast_arp_frame",
@@ -106,6 +121,7 @@ __all__ = [
     "import_image",
     "in_subnet",
     "kill_pids",
+    "marked_frame",
     "measure_convergence",
     "median",
     "missing_prerequisites",
@@ -114,6 +130,7 @@ __all__ = [
     "netns_pids",
     "netns_socket",
     "ping",
+    "ping_df",
     "ping_until",
     "plugin_call",
     "plugin_get",
@@ -121,6 +138,7 @@ __all__ = [
     "process_name",
     "remove_stale_clusters",
     "run",
+    "send_udp",
     "underlay_mac",
     "vxlan_packet",
     "vxlanpy_command",
@@ -276,6 +294,42 @@ class Cluster:
             run(["ip", "netns", "del", netns], check=False)
             self.extra_netns.remove(netns)
 
+    # -- networks
+
+    def create_network(
+        self,
+        *,
+        subnet: str,
+        vni: int,
+        hosts: tuple[str, ...] = HOST_NAMES,
+        ipam: str | None = "vxlanpy",
+        name: str | None = None,
+        options: dict[str, str] | None = None,
+        gateway: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """{host name: docker Network}: the same vxlanpy network created on each of `hosts`, labelled LABELS (removed
+        after the test) unless `labels` says otherwise."""
+        name = name or f"{PREFIX}-net{vni}-{secrets.token_hex(3)}"
+        opts = {"vni": str(vni), **(options or {})}
+        made = {}
+        for host_name in hosts:
+            pool = docker.types.IPAMPool(subnet=subnet, gateway=gateway)
+            ipam_config = (
+                docker.types.IPAMConfig(driver=ipam, pool_configs=[pool])
+                if ipam
+                else docker.types.IPAMConfig(pool_configs=[pool])
+            )
+            made[host_name] = self[host_name].docker.networks.create(
+                name,
+                driver=DRIVER,
+                options=opts,
+                ipam=ipam_config,
+                labels=dict(LABELS if labels is None else labels),
+                check_duplicate=True,
+            )
+        return made
+
     # -- between tests
 
     def ensure_up(self, with_plugins: bool) -> None:
@@ -314,11 +368,16 @@ class Cluster:
         for host in self.hosts:
             if host.dockerd.client is not None and host.dockerd.alive:
                 try:
-                    problems.extend(f"{host.name}: {p}" for p in remove_labelled(host.docker))
+                    for label in (LABEL, MODULE_LABEL):
+                        problems.extend(f"{host.name}: {p}" for p in remove_labelled(host.docker, label))
                 except Exception as exc:  # noqa: BLE001
                     problems.append(f"{host.name}: cleanup: {exc}")
         for host in self.hosts:
             host.plugin.stop()
+        for host in self.hosts:  # the encrypted networks are gone: nothing of their WireGuard may be left
+            left = host.remove_wireguard()
+            if left:
+                problems.append(f"{host.name}: left behind by vxlanpy's encryption, removed: {', '.join(left)}")
         self._parallel(lambda host: host.dockerd.stop(), self.hosts)
         self.etcd.stop()
         for netns in list(self.extra_netns):

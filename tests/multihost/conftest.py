@@ -30,20 +30,19 @@ import pytest
 
 from tests.engines import engine_major
 from tests.etcd_server import EtcdCluster, make_tls
-from tests.tiers import mark_unavailable
+from tests.tiers import mark_unavailable, missing_programs
 
 from .cluster import (
-    DRIVER,
     ETCD_IP,
-    LABELS,
     Cluster,
-    docker,
     missing_prerequisites,
     netns_socket,
     remove_stale_clusters,
 )
 
 MH_DIR = Path(__file__).resolve().parent
+# What test_encryption.py runs itself (wireguard-go is vxlanpy's to find, where the kernel has no WireGuard)
+ENCRYPTION_PROGRAMS = ("wg", "tcpdump", "nsenter", "docker")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -51,6 +50,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not ours:
         return
     reason = missing_prerequisites()
+    encryption = [item for item in ours if Path(str(item.path)).name == "test_encryption.py"]
+    if reason is None and encryption and (missing := missing_programs(*ENCRYPTION_PROGRAMS)):
+        mark_unavailable(encryption, f"the encrypted networks' tests need {missing}")
     if reason is None:
         # `min_engine(N)`: what engine N added; deselected (it does not apply), not skipped, on older engines.
         dropped = [
@@ -165,30 +167,4 @@ def create_network(vx_cluster: Cluster) -> Callable[..., dict[str, Any]]:
     """create_network(subnet=..., vni=..., hosts=("h1","h2","h3"), ipam="vxlanpy"|None, name=...) ->
     {host name: docker Network}: the same network created on each of `hosts` (labelled)."""
 
-    def _create(
-        *,
-        subnet: str,
-        vni: int,
-        hosts: tuple[str, ...] = ("h1", "h2", "h3"),
-        ipam: str | None = "vxlanpy",
-        name: str | None = None,
-        options: dict[str, str] | None = None,
-        gateway: str | None = None,
-    ) -> dict[str, Any]:
-        name = name or f"vxmh-net{vni}-{secrets.token_hex(3)}"
-        opts = {"vni": str(vni), **(options or {})}
-        made = {}
-        for host_name in hosts:
-            host = vx_cluster[host_name]
-            pool = docker.types.IPAMPool(subnet=subnet, gateway=gateway)
-            ipam_config = (
-                docker.types.IPAMConfig(driver=ipam, pool_configs=[pool])
-                if ipam
-                else docker.types.IPAMConfig(pool_configs=[pool])
-            )
-            made[host_name] = host.docker.networks.create(
-                name, driver=DRIVER, options=opts, ipam=ipam_config, labels=dict(LABELS), check_duplicate=True
-            )
-        return made
-
-    return _create
+    return vx_cluster.create_network

@@ -75,3 +75,16 @@ class Etcd(ManagedProcess):
             )
             for kv in reply.get("kvs", [])
         }
+
+    def host_records(self, identity: str, prefix: str = "/vxlanpy") -> dict[str, str]:
+        """What etcd holds of host `identity` that its vxlanpy does not write again when it starts (its networks'
+        and endpoints' records): what `vxlanpy node rm --force` deletes, and a test gives back before starting that
+        host again.  Left out: its leased records (live/, wg/peers/), its node record and addresses, which it
+        writes again, and its tunnel address (wg/addresses/), which it claims again."""
+        again = tuple(f"{prefix}/{part}/" for part in ("live", "nodes", "addresses", "wg"))
+        return {
+            key: value
+            for key, value in self.get_prefix(f"{prefix}/").items()
+            if (f"/{identity}/" in key or key.endswith(f"/{identity}") or value.startswith(f"{identity}/"))
+            and not key.startswith(again)
+        }

@@ -15,7 +15,8 @@ from tests.docker_cleanup import remove_labelled
 from .dockerd import Dockerd
 from .layout import IMAGE, LABELS, host_ip
 from .netns import netns_socket, run
-from .plugin_process import Plugin
+from .plugin_process import Plugin, operator_cli
+from .wireguard import WireGuardView, remove_wireguard, wg_show, wireguard_go_pids, wireguard_leftovers
 
 
 @dataclass
@@ -76,18 +77,44 @@ class Host:
         result = self.exec_ip(["cat", f"/sys/class/net/{dev}/statistics/{name}"], check=True)
         return int(result.stdout.strip())
 
+    # -- vxlanpy as an operator sees it
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """`vxlanpy ARGS` against this host's plugin, e.g. host.cli("node", "ls", "--json")."""
+        return operator_cli(self.plugin.socket_path, *args, timeout=timeout)
+
+    def wireguard(self) -> WireGuardView | None:
+        """The host's WireGuard interface (`wg show`, in its vxlanpy's namespaces); None when it has none."""
+        pid = self.plugin.pid if self.plugin.alive else next(iter(wireguard_go_pids(self.netns)), None)
+        return None if pid is None else wg_show(pid)
+
+    def wireguard_leftovers(self) -> list[str]:
+        return wireguard_leftovers(self.netns, self.plugin.wireguard_dir)
+
+    def remove_wireguard(self) -> list[str]:
+        """End what vxlanpy's encryption left here (wireguard-go, the interface, sockets); returns what was found."""
+        return remove_wireguard(self.netns, self.plugin.wireguard_dir)
+
     def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM, proto: int = 0) -> socket.socket:
         return netns_socket(self.netns, family, kind, proto)
 
     # -- containers and networks
 
-    def run_container(self, network: Any, *, ip: str | None = None, name: str | None = None, **kw: Any) -> Any:
-        """A running, labelled busybox container (`sleep 3600` unless `command=`) on `network` (name or object)."""
+    def run_container(
+        self,
+        network: Any,
+        *,
+        ip: str | None = None,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> Any:
+        """A running busybox container (`sleep 3600` unless `command=`) on `network` (name or object), labelled
+        LABELS (removed after the test) unless `labels` says otherwise (e.g. MODULE_LABELS)."""
         client = self.docker
         network_name = network if isinstance(network, str) else network.name
         kw.setdefault("command", ["sleep", "3600"])
-        labels = dict(LABELS)
-        labels.update(kw.pop("labels", {}) or {})
+        labels = dict(LABELS if labels is None else labels)
         if ip is not None:
             kw["networking_config"] = {network_name: client.api.create_endpoint_config(ipv4_address=ip)}
         container = client.containers.run(

@@ -17,6 +17,10 @@ REPO_ROOT = MH_DIR.parents[1]
 PREFIX = "vxmh"
 LABEL = "vxlanpy.test"
 LABELS = {LABEL: "1"}
+# What a module's fixture shares between its tests: left alone by the cleanup after each test, removed by the
+# fixture (and by the session's teardown, should the fixture fail to)
+MODULE_LABEL = "vxlanpy.test.module"
+MODULE_LABELS = {MODULE_LABEL: "1"}
 DRIVER = "vxlanpy"
 IMAGE = "vxlanpy-test/busybox:latest"
 HOST_BUSYBOX = Path("/bin/busybox")

@@ -8,7 +8,6 @@ plugin gets them back by the harness whatever its outcome.
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,9 +25,9 @@ from .cluster import (
     container_address,
     in_subnet,
     measure_convergence,
-    netns_socket,
     ping,
     ping_until,
+    send_udp,
     vxlan_packet,
 )
 
@@ -470,11 +469,7 @@ def test_host_cut_off_from_etcd_longer_than_the_lease_recovers(
 
 
 def _send_vxlan(netns: str, source: str, target: str, frame: bytes, count: int = 20) -> None:
-    with netns_socket(netns, socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((source, 0))
-        for _ in range(count):
-            sock.sendto(vxlan_packet(VNI, frame), (target, VXLAN_PORT))
-            time.sleep(0.005)
+    send_udp(netns, source, target, VXLAN_PORT, vxlan_packet(VNI, frame), count)
 
 
 def _bridge_learned(host: Host, mac: str) -> bool:

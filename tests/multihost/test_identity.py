@@ -9,7 +9,6 @@ identities they chose meanwhile are removed from etcd with `vxlanpy node rm --fo
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -21,16 +20,15 @@ import pytest
 
 from vxlanpy.nodes import IDENTITY_FILE
 
-from .cluster import HOST_NAMES, Cluster, Host, container_address, ping_until, vxlanpy_command
+from .cluster import HOST_NAMES, Cluster, Host, container_address, ping_until
 
 PREFIX = "/vxlanpy"
 CreateNetwork = Callable[..., dict[str, Any]]
 
 
 def vxlanpy(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
-    """The operator's `vxlanpy` against this host's plugin (its socket is a file: no namespace needed)."""
-    argv = [*vxlanpy_command()[:-1], "--socket", str(host.plugin.socket_path), *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=dict(os.environ), check=False)
+    """The operator's `vxlanpy` against this host's plugin."""
+    return host.cli(*args)
 
 
 def node_ls(host: Host) -> list[dict[str, Any]]:
@@ -115,12 +113,7 @@ def test_node_rm_of_a_dead_host_clears_its_entries_on_the_others(
     assert refused.returncode == 1 and f"host {gone} (hostname" in refused.stderr and "is alive" in refused.stderr
     # What h3 keeps outside its lease, to give it back afterwards (its kernel and Docker still hold the network):
     # the cleanup then removes everything through its plugin, as after any test.
-    kept = {
-        key: value
-        for key, value in cluster.etcd.get_prefix(f"{PREFIX}/").items()
-        if (f"/{gone}/" in key or key.endswith(f"/{gone}") or value.startswith(f"{gone}/"))
-        and not key.startswith((f"{PREFIX}/live/", f"{PREFIX}/nodes/", f"{PREFIX}/addresses/"))
-    }
+    kept = cluster.etcd.host_records(gone, PREFIX)
     h3.plugin.kill9()  # the host is gone for good; its lease would expire on its own after the TTL
     try:
         started = time.monotonic()
