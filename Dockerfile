@@ -1,9 +1,10 @@
 # The root filesystem of the vxlanpy managed plugin (see config.json and scripts/build-plugin).
 #
-# The build needs no network when the base already holds iptables: the Python packages come as wheels from
-# the build context (wheels/), never from an index.  scripts/build-plugin prepares that context (the wheels
-# of vxlanpy and of its dependencies, for the base's Python, plus pip's own wheel) and, by default, builds
-# the base itself with debootstrap (Debian bookworm + python3 + iptables) so that no registry is needed:
+# The build needs no network when the base already holds iptables, wg and wireguard-go: the Python packages
+# come as wheels from the build context (wheels/), never from an index.  scripts/build-plugin prepares that
+# context (the wheels of vxlanpy and of its dependencies, for the base's Python, plus pip's own wheel) and, by
+# default, builds the base itself with debootstrap (Debian bookworm + python3, iptables, wireguard-tools and
+# wireguard-go) so that no registry is needed:
 #
 #   scripts/build-plugin                                   # base vxlanpy-base:bookworm, offline
 #   VXLANPY_BASE_IMAGE=python:3.12-slim scripts/build-plugin   # a base from a registry (apt needs network)
@@ -14,15 +15,23 @@ FROM ${BASE}
 
 # iptables from the base's Debian release (bookworm for vxlanpy-base:bookworm; python:3.12-slim follows
 # Debian's current release, python:3.12-slim-bookworm stays on bookworm), with the nft backend like the
-# host's dockerd: vxlanpy's chains must live in the same tables as Docker's.  apt runs only when it is missing.
+# host's dockerd: vxlanpy's chains must live in the same tables as Docker's.  Encrypted networks need `wg`
+# (wireguard-tools, which drives both backends) and wireguard-go (the backend where the host's kernel has no
+# WireGuard).  apt runs only when one of them is missing.
 RUN set -eu; \
-    if ! command -v iptables-nft >/dev/null 2>&1; then \
+    missing=; \
+    command -v iptables-nft >/dev/null 2>&1 || missing="$missing iptables"; \
+    command -v wg >/dev/null 2>&1 || missing="$missing wireguard-tools"; \
+    command -v wireguard-go >/dev/null 2>&1 || missing="$missing wireguard-go"; \
+    if [ -n "$missing" ]; then \
         apt-get update; \
-        apt-get install -y --no-install-recommends iptables; \
+        apt-get install -y --no-install-recommends $missing; \
         rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
     fi; \
     update-alternatives --set iptables /usr/sbin/iptables-nft; \
-    update-alternatives --set ip6tables /usr/sbin/ip6tables-nft
+    update-alternatives --set ip6tables /usr/sbin/ip6tables-nft; \
+    wg --version >/dev/null; \
+    wireguard-go --version >/dev/null
 
 # vxlanpy with its etcd extra (multi-host mode), in a venv of its own with no pip left in it, installed from
 # the wheels only (pip runs from its own wheel).

@@ -4,11 +4,14 @@ the one wait for a starting plugin to answer /Plugin.Activate (tests/e2e, tests/
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from vxlanpy.operator.client import unix_transport
+
+START_SECONDS_ENV = "VXLANPY_TEST_PLUGIN_START_SECONDS"
 
 
 def _decoded(status: int, raw: bytes) -> tuple[int, Any]:
@@ -56,7 +59,9 @@ def wait_until_activated(
     """Ask the plugin on `path` for /Plugin.Activate, as dockerd does, until it answers as a network driver.
 
     Raises PluginNotReady after `timeout` seconds with the last answer, or as soon as `gone()` gives a reason to
-    stop waiting (e.g. the plugin's process exited)."""
+    stop waiting (e.g. the plugin's process exited).  VXLANPY_TEST_PLUGIN_START_SECONDS, when longer, replaces
+    `timeout`: in a guest under software emulation (scripts/vm-run) Python alone takes most of a minute to start."""
+    timeout = max(timeout, float(os.environ.get(START_SECONDS_ENV) or 0))
     deadline = time.monotonic() + timeout
     while True:
         reason = gone()

@@ -39,6 +39,8 @@ PACKAGES = {
     "mount": "mount",
     "nsenter": "util-linux",
     "unshare": "util-linux",
+    "wg": "wireguard-tools",
+    "wireguard-go": "wireguard-go",
 }
 
 

@@ -5,7 +5,7 @@ built), not only on the machine it is developed on.  virtme-ng boots Debian's ow
 root filesystem shared read-only (9p) and writable overlays over /etc, /usr, /var, /tmp ...; the command runs as
 root in the checkout's directory, and its exit status is vm-run's.
 
-    python -m tests.vm [--kernel bookworm|trixie] [--accel auto|kvm|tcg] [--dockerd] [--] COMMAND...
+    python -m tests.vm [--kernel bookworm|trixie] [--accel auto|kvm|tcg] [--dockerd] [--private-tmp] [--] COMMAND...
 
 What it fetches, into CACHE (VXLANPY_VM_CACHE, default /var/lib/vxlanpy-vm: not under /var/cache, which the
 guest covers with a tmpfs, because the guest loads its kernel modules from there):
@@ -63,6 +63,8 @@ HOST_PACKAGES = {
 GUEST_TMPFS = ("/var/lib/docker", "/var/lib/containerd")
 GUEST_MODULES = ("vxlan", "bridge", "br_netfilter")  # what scripts/test loads on the host
 GUEST_DOCKERD_SECONDS = 120
+# The guest's flags, between `guest STATUS_DIR` and `--` on its command line.
+GUEST_FLAGS = ("--dockerd", "--private-tmp")
 
 
 class VmError(RuntimeError):
@@ -244,7 +246,19 @@ def use_kvm(bin_dir: Path, image: Path, accel: str) -> bool:
     return booted
 
 
-def run(kernel: str, accel: str, memory: str, timeout: float, dockerd: bool, command: list[str]) -> int:
+def guest_flags(dockerd: bool, private_tmp: bool) -> list[str]:
+    return [flag for flag, wanted in zip(GUEST_FLAGS, (dockerd, private_tmp), strict=True) if wanted]
+
+
+def run(
+    kernel: str,
+    accel: str,
+    memory: str,
+    timeout: float,
+    dockerd: bool,
+    command: list[str],
+    private_tmp: bool = False,
+) -> int:
     if os.geteuid() != 0:
         raise VmError("must run as root")
     ensure_host_packages()
@@ -252,9 +266,11 @@ def run(kernel: str, accel: str, memory: str, timeout: float, dockerd: bool, com
     bin_dir = ensure_virtme_ng()
     image = kernel_image(kernel)
     kvm = use_kvm(bin_dir, image, accel)
-    status_dir = Path(tempfile.mkdtemp(prefix="vxlanpy-vm-"))
+    # Not under /tmp: with --private-tmp the guest covers /tmp, and the guest writes its status here.
+    (CACHE / "runs").mkdir(exist_ok=True)
+    status_dir = Path(tempfile.mkdtemp(prefix="vxlanpy-vm-", dir=CACHE / "runs"))
     try:
-        guest = [sys.executable, "-m", "tests.vm", "guest", str(status_dir), *(["--dockerd"] if dockerd else [])]
+        guest = [sys.executable, "-m", "tests.vm", "guest", str(status_dir), *guest_flags(dockerd, private_tmp)]
         # vng's --exec takes a command line for the guest's shell: the argv, quoted.
         exec_line = shlex.join([*guest, "--", *command])
         console = status_dir / "console.log"
@@ -310,9 +326,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def guest_main(status_dir: Path, dockerd: bool, command: list[str]) -> int:
+def guest_main(status_dir: Path, dockerd: bool, command: list[str], private_tmp: bool = False) -> int:
     """In the guest: note the boot, make what tests write writable, start dockerd if asked, run the command."""
     (status_dir / "booted").write_text(Path("/proc/uptime").read_text().split()[0])
+    if private_tmp:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/tmp"], check=True)
     for path in GUEST_TMPFS:
         Path(path).mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "-t", "tmpfs", "tmpfs", path], check=True)
@@ -350,6 +368,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--memory", default="2G", help="the guest's memory (default 2G)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before the guest is killed")
     parser.add_argument("--dockerd", action="store_true", help="start a dockerd in the guest for the command")
+    parser.add_argument(
+        "--private-tmp",
+        action="store_true",
+        help="an empty tmpfs over the guest's /tmp instead of an overlay of this machine's: for dockerds that keep "
+        "their layers under /tmp (tests/multihost), since overlay2 cannot stack on an overlay",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     args = parser.parse_args(argv)
     if args.command[:1] == ["--"]:
@@ -359,15 +383,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def parse_guest(argv: list[str]) -> tuple[Path, set[str], list[str]]:
+    """The guest's command line, `STATUS_DIR [FLAG...] [--] COMMAND...`: (status dir, flags, command)."""
+    status_dir, rest = Path(argv[0]), argv[1:]
+    flags = set()
+    while rest[:1] and rest[0] in GUEST_FLAGS:
+        flags.add(rest.pop(0))
+    return status_dir, flags, rest[1:] if rest[:1] == ["--"] else rest
+
+
 def main(argv: list[str]) -> int:
     try:
         if argv[:1] == ["guest"]:
-            status_dir, rest = Path(argv[1]), argv[2:]
-            dockerd = rest[:1] == ["--dockerd"]
-            rest = rest[1:] if dockerd else rest
-            return guest_main(status_dir, dockerd, rest[1:] if rest[:1] == ["--"] else rest)
+            status_dir, flags, command = parse_guest(argv[1:])
+            return guest_main(status_dir, "--dockerd" in flags, command, private_tmp="--private-tmp" in flags)
         args = parse(argv)
-        return run(args.kernel, args.accel, args.memory, args.timeout, args.dockerd, args.command)
+        return run(
+            args.kernel, args.accel, args.memory, args.timeout, args.dockerd, args.command, private_tmp=args.private_tmp
+        )
     except (VmError, FetchError) as exc:
         print(f"vm-run: ERROR: {exc}", file=sys.stderr, flush=True)
         return VM_FAILURE

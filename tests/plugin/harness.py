@@ -397,6 +397,18 @@ class Engine:
         return found
 
 
+def run_in_rootfs(rootfs: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`argv` run with `rootfs` as its root (chroot): a program of the plugin's, with the plugin's own libraries."""
+    return subprocess.run(
+        ["chroot", str(rootfs), *argv],
+        env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def capabilities(pid: int) -> set[str]:
     """The effective capabilities of `pid`, by name (CAP_NET_ADMIN, ...)."""
     names = [

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from .harness import (
     Engine,
     StartTiming,
     capabilities,
+    run_in_rootfs,
 )
 
 VNI = 4100
@@ -68,6 +71,20 @@ def test_build_creates_a_disabled_plugin_from_the_manifest(engine: Engine, built
     assert (engine.plugin_rootfs(LOCAL_PLUGIN) / config["Entrypoint"][0].lstrip("/")).exists()
 
 
+def test_rootfs_runs_wg_and_wireguard_go_and_the_manifest_passes_the_tun_device(engine: Engine, built: str) -> None:
+    """Encrypted networks: `wg` configures both WireGuard backends, and wireguard-go, the backend where the host's
+    kernel has no WireGuard, makes its interface through /dev/net/tun, which a plugin has only when its manifest
+    lists it."""
+    rootfs = engine.plugin_rootfs(LOCAL_PLUGIN)
+    for program, version in (("wg", "wireguard-tools v"), ("wireguard-go", "wireguard-go v")):
+        result = run_in_rootfs(rootfs, program, "--version")
+        assert result.returncode == 0 and result.stdout.startswith(version), (
+            f"`{program} --version` in the plugin's rootfs: exit {result.returncode}\n{result.stdout}{result.stderr}"
+        )
+    devices = engine.plugin_inspect(LOCAL_PLUGIN)["Settings"]["Devices"]
+    assert [device["Path"] for device in devices] == ["/dev/net/tun"], devices
+
+
 def test_enable_then_two_containers_ping(engine: Engine, segment: Segment) -> None:
     assert segment.start.socket < START_BUDGET_SECONDS, f"the plugin took too long: {segment.start.summary()}"
 
@@ -92,6 +109,9 @@ def test_enable_then_two_containers_ping(engine: Engine, segment: Segment) -> No
     for pid in pids:
         caps = capabilities(pid)
         assert "CAP_NET_ADMIN" in caps and "CAP_SYS_ADMIN" not in caps, sorted(caps)
+        # wireguard-go's TUN device, which Docker's default /dev has not.
+        tun = Path(f"/proc/{pid}/root/dev/net/tun").stat()
+        assert stat.S_ISCHR(tun.st_mode) and (os.major(tun.st_rdev), os.minor(tun.st_rdev)) == (10, 200)
 
 
 def test_disable_enable_keeps_the_network(engine: Engine, segment: Segment) -> None:

@@ -29,6 +29,13 @@ def test_manifest_declares_both_drivers_host_network_and_net_admin_only() -> Non
     assert not {"pidhost", "ipchost", "propagatedmount"} & {key.lower() for key in MANIFEST}
 
 
+def test_manifest_passes_only_the_tun_device_for_wireguard_go() -> None:
+    """wireguard-go (encrypted networks where the host's kernel has no WireGuard) makes its interface through
+    /dev/net/tun; a managed plugin sees no device its manifest does not list, and needs no other."""
+    assert [device["path"] for device in MANIFEST["linux"].get("devices", [])] == ["/dev/net/tun"]
+    assert not MANIFEST["linux"].get("allowAllDevices", False)
+
+
 def test_state_is_a_settable_bind_mount_of_the_state_dir() -> None:
     (mount,) = MANIFEST["mounts"]
     assert mount["name"] == "state" and mount["type"] == "bind" and "source" in mount["settable"]
@@ -80,7 +87,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
-@pytest.mark.parametrize("example", ["web", "two-tier"])
+@pytest.mark.parametrize("example", ["web", "two-tier", "encrypted"])
 def test_compose_files_default_to_driver_vxlanpy(example: str) -> None:
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     result = subprocess.run(
@@ -94,6 +101,8 @@ def test_compose_files_default_to_driver_vxlanpy(example: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "driver: vxlanpy" in result.stdout and "vni:" in result.stdout, result.stdout
+    if example == "encrypted":
+        assert 'encrypted: "true"' in result.stdout or "encrypted: 'true'" in result.stdout, result.stdout
     managed = subprocess.run(
         ["docker-compose", "config"],
         cwd=REPO_ROOT / "examples" / example,
