@@ -114,14 +114,18 @@ def _parse_wg_port(raw: str) -> int:
 
 
 def _parse_wg_subnet(raw: str) -> str:
-    """The network the hosts' tunnel addresses come from: it must hold at least two hosts."""
+    """The network the hosts' tunnel addresses come from: it must hold at least two hosts.  IPv4 only: the
+    encrypted networks' MTU counts VXLAN's outer IPv4 header inside the tunnel (an IPv4 tunnel address crosses an
+    IPv6 underlay as well: WireGuard carries either family)."""
     try:
         network = ipaddress.ip_network(raw.strip())
     except ValueError:
+        network = None
+    if not isinstance(network, ipaddress.IPv4Network):
         raise InvalidOption(
-            f"VXLANPY_WG_SUBNET={raw[:64]!r} is not valid; use an IPv4 or IPv6 network with its host bits zero, "
-            f"e.g. {DEFAULT_WG_SUBNET} (the same on every host)"
-        ) from None
+            f"VXLANPY_WG_SUBNET={raw[:64]!r} is not valid; use an IPv4 network with its host bits zero, "
+            f"e.g. {DEFAULT_WG_SUBNET} (the same on every host; it works over an IPv6 underlay too)"
+        )
     if network.num_addresses < 4:
         raise InvalidOption(
             f"VXLANPY_WG_SUBNET={raw[:64]!r} is too small: it needs an address per host; use e.g. {DEFAULT_WG_SUBNET}"

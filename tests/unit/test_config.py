@@ -36,15 +36,18 @@ def test_wireguard_settings_and_their_defaults() -> None:
     empty = Settings.from_env({"VXLANPY_WG_PORT": "", "VXLANPY_WG_SUBNET": "", "VXLANPY_WG_INTERFACE": ""})
     assert (empty.wg_port, empty.wg_subnet, empty.wg_interface) == (51820, "10.255.0.0/16", "vxlanpy-wg")
     given = Settings.from_env(
-        {"VXLANPY_WG_PORT": "51821", "VXLANPY_WG_SUBNET": "fd00:255::/64", "VXLANPY_WG_INTERFACE": "wg-vx.0"}
+        {"VXLANPY_WG_PORT": "51821", "VXLANPY_WG_SUBNET": "10.254.0.0/24", "VXLANPY_WG_INTERFACE": "wg-vx.0"}
     )
-    assert (given.wg_port, given.wg_subnet, given.wg_interface) == (51821, "fd00:255::/64", "wg-vx.0")
+    assert (given.wg_port, given.wg_subnet, given.wg_interface) == (51821, "10.254.0.0/24", "wg-vx.0")
 
 
 # setting -> (what the refusal says to do, the values refused)
 BAD_WIREGUARD_SETTINGS = {
     "VXLANPY_WG_PORT": ("is not valid; use a UDP port within 1-65535", ["0", "65536", "５１８２０", "x"]),
-    "VXLANPY_WG_SUBNET": ("is not valid; use an IPv4 or IPv6 network with its host bits zero", ["10.255.0.1/16", "wg"]),
+    "VXLANPY_WG_SUBNET": (
+        "is not valid; use an IPv4 network with its host bits zero",
+        ["10.255.0.1/16", "wg", "fd00:255::/64"],
+    ),
     "VXLANPY_WG_INTERFACE": (
         "is not a valid interface name; use up to 15 letters",
         ["a-much-too-long-name", "wg/0", ".."],
