@@ -17,6 +17,7 @@ import ipaddress
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 KEY_FILE = "wireguard.key"
 KEEPALIVE = 25
+JOIN_SECONDS = 3.0  # after ensure(), this host's peers have no keepalive: only the others start handshakes
 WATCH_IDLE = 10.0
 STOP_JOIN_SECONDS = 1.0
 RETRY_SECONDS = 1.0
@@ -108,6 +110,7 @@ class WireGuardMesh:
         self._address: IPAddress | None = None
         self._record: WireGuardPeer | None = None  # ours, while published (the interface is up)
         self._records: dict[str, WireGuardPeer] = {}  # the other hosts', as etcd holds them
+        self._joined_at: float | None = None  # when ensure() brought the interface up (see there)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.synced = threading.Event()
@@ -173,9 +176,11 @@ class WireGuardMesh:
                 self.interface, self.key_path, self.port, address, self.subnet.prefixlen, mtu
             )
             self._record = WireGuardPeer(public_key, endpoint, self.port, address)
-            # Peers first, then the record: this host's first handshakes fail (no one knows its key yet), and the
-            # others start theirs when they see the record.  Both sides adding each other at the same instant
-            # makes their handshakes cross, which wireguard-go can take many seconds to recover from.
+            # Peers first, without keepalive for JOIN_SECONDS (nothing is sent to them), then the record: the
+            # others add this host with a keepalive, which starts their handshakes at once.  Were both sides to
+            # start at the same instant, their handshakes would cross: each drops the answer to its own, and
+            # wireguard-go can take half a minute to try again.
+            self._joined_at = time.monotonic()
             self._sync_from_etcd()
             self._publish()
 
@@ -306,7 +311,16 @@ class WireGuardMesh:
             return
         own = self._record.tunnel
         peers = [peer for _, peer in sorted(self._records.items()) if peer.tunnel != own]
-        self.wireguard.sync_peers(self.interface, peers, KEEPALIVE)
+        joining = self._joined_at is not None and time.monotonic() - self._joined_at < JOIN_SECONDS
+        self.wireguard.sync_peers(self.interface, peers, 0 if joining else KEEPALIVE)
+
+    def _end_joining(self) -> None:
+        """At the watch's first wake JOIN_SECONDS after ensure(): the keepalives on (the others' handshakes are
+        done by then, so this one sends its keepalives through them)."""
+        with self._lock:
+            if self._joined_at is not None and time.monotonic() - self._joined_at >= JOIN_SECONDS:
+                self._joined_at = None
+                self._sync_peers()
 
     def _watch_loop(self) -> None:
         prefix = self.kv.key("wg", "peers", "")
@@ -319,6 +333,7 @@ class WireGuardMesh:
                     for kind, item in self.kv.watch(prefix, revision + 1, idle_timeout=self.watch_idle):
                         revision = max(revision, item.mod_revision)
                         self._apply_event(kind, item, prefix)
+                    self._end_joining()
             except StoreError as exc:
                 self.synced.clear()
                 log.warning("WireGuard peers watch interrupted: %s; resyncing", exc)

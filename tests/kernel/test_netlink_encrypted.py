@@ -11,6 +11,7 @@ import pytest
 
 from vxlanpy.dataplane.base import Underlay
 from vxlanpy.dataplane.netlink import NetlinkLinks
+from vxlanpy.dataplane.wireguard import ensure_tun_device
 from vxlanpy.errors import VxlanpyError
 from vxlanpy.options import parse_network_options
 
@@ -24,6 +25,7 @@ UNDERLAY_MTU = 1500
 
 
 def add_wireguard_stand_in(ns: str) -> None:
+    ensure_tun_device()  # a guest's minimal /dev (scripts/vm-run) may lack /dev/net/tun
     run(ns, "ip", "tuntap", "add", "dev", WG, "mode", "tun")
     run(ns, "ip", "link", "set", WG, "mtu", str(UNDERLAY_MTU - 60), "up")
     run(ns, "ip", "addr", "add", f"{TUNNEL_ADDRESS}/16", "dev", WG)

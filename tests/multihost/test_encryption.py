@@ -184,15 +184,22 @@ def test_containers_on_three_hosts_reach_each_other_through_wireguard(networks: 
             ENCRYPTED_VXLAN_PORT,
             WG_INTERFACE,
         ), f"{host.name}: vxlan-{ENC_VNI} is {data}"
-        view = host.wireguard()
-        assert view is not None, f"{host.name} has no {WG_INTERFACE}\n{plugin_logs(cluster)}"
-        assert view.listen_port == DEFAULT_WG_PORT
+        # A host that just joined sets its peers without keepalive (the others start the handshakes); its watch
+        # turns the keepalives on at its first wake 3 s later (the watch's idle time is 10 s).
+        deadline = time.monotonic() + 25
+        while True:
+            view = host.wireguard()
+            assert view is not None, f"{host.name} has no {WG_INTERFACE}\n{plugin_logs(cluster)}"
+            assert view.listen_port == DEFAULT_WG_PORT
+            peers = {other.name: view.peer_for_tunnel(networks.tunnels[other.name]) for other in cluster.hosts}
+            del peers[host.name]
+            if all(peer is not None and peer.keepalive == "25" for peer in peers.values()):
+                break
+            assert time.monotonic() < deadline, f"{host.name}'s peers, 25 s on: {peers}"
+            time.sleep(0.5)
         for other in cluster.hosts:
-            if other is host:
-                continue
-            peer = view.peer_for_tunnel(networks.tunnels[other.name])
-            assert peer is not None, f"{host.name} has no peer for {other.name}: {view}"
-            assert peer.endpoint == f"{other.ip}:{DEFAULT_WG_PORT}" and peer.keepalive == "25", peer
+            peer = peers.get(other.name)
+            assert other is host or (peer is not None and peer.endpoint == f"{other.ip}:{DEFAULT_WG_PORT}"), peer
     for source in cluster.hosts:
         for target in cluster.hosts:
             if source is not target:

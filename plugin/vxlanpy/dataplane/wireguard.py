@@ -242,7 +242,7 @@ class NetlinkWireGuard:
         """`wireguard-go NAME`: it creates the TUN and the UAPI socket, then forks itself into the background and
         exits.  Its own session: a signal to the plugin's process group does not stop it (a restarted plugin
         adopts it).  Its output goes to a file, not a pipe the daemon could inherit and hold open."""
-        _ensure_tun_device()
+        ensure_tun_device()
         environment = {key: value for key, value in os.environ.items() if not key.startswith("WG_")}
         environment.pop("LOG_LEVEL", None)  # with it the daemon would keep writing to our stderr
         argv = [*self._enter, self._wireguard_go, name]
@@ -386,7 +386,7 @@ class NetlinkWireGuard:
                 ipr.link("set", index=index, **changes)
 
 
-def _ensure_tun_device(path: Path = TUN_DEVICE) -> None:
+def ensure_tun_device(path: Path = TUN_DEVICE) -> None:
     """wireguard-go needs /dev/net/tun.  A minimal /dev (a container's, a VM's init) may lack the node although the
     kernel has TUN; made here (character device 10:200), opening it loads the module."""
     if path.exists():
