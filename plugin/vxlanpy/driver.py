@@ -131,8 +131,8 @@ class Driver:
         )
         if internal:
             check_gateway_mode(requested.gateway, internal, has_ipv4=True)  # the subnets are not known yet
-        if requested.encrypted and self.encryption is None:
-            raise InvalidOption(f"-o encrypted is not available on this host: {ENCRYPTION_NEEDS_ETCD}")
+        if requested.encrypted:
+            self._required_encryption()
         return GatewaySkip(ipv4=False, ipv6=False)
 
     def create_network(
@@ -239,11 +239,15 @@ class Driver:
         tunnel address through the WireGuard interface (no kernel change yet)."""
         if not requested.encrypted:
             return requested.config_for
-        if self.encryption is None:  # an etcd store without the mesh wired (or single-host mode)
-            raise InvalidOption(f"-o encrypted is not available on this host: {ENCRYPTION_NEEDS_ETCD}")
-        tunnel = self.encryption.tunnel()
+        tunnel = self._required_encryption().tunnel()
         check_subnets_clear_of_tunnel(tunnel, pools)
         return lambda vni: replace(requested.config_for(vni), local=tunnel.address, dev=tunnel.interface)
+
+    def _required_encryption(self) -> Encryption:
+        """The mesh an encrypted network needs; refused where none is wired (single-host mode)."""
+        if self.encryption is None:
+            raise InvalidOption(f"-o encrypted is not available on this host: {ENCRYPTION_NEEDS_ETCD}")
+        return self.encryption
 
     def _release_encryption(self, network: Network) -> None:
         """After an encrypted network's row is gone: the WireGuard interface goes when no encrypted network is left."""
