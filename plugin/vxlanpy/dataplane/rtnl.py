@@ -54,6 +54,7 @@ from pyroute2.netlink import (
     SOL_NETLINK,
 )
 from pyroute2.netlink.rtnl import (
+    RTM_DELLINK,
     RTM_DELNEIGH,
     RTM_DELROUTE,
     RTM_GETADDR,
@@ -85,7 +86,8 @@ NDMSG = struct.Struct("=BxxxiHBB")
 NLMSGERR = struct.Struct("=i")
 NLA_TYPE_MASK = 0x3FFF  # an attribute type without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
-IFLA_IFNAME, IFLA_IFALIAS, IFLA_AF_SPEC = 3, 20, 26
+IFF_UP = 1
+IFLA_IFNAME, IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_GROUP = 3, 20, 26, 27
 IFLA_INET_CONF = 1
 IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
 IFA_ADDRESS = 1
@@ -164,6 +166,21 @@ def devconf_request(seq: int, index: int, name: str, value: int) -> bytes:
     conf = nlattr(IFLA_INET_CONF, nlattr(IPV4_DEVCONF[name], struct.pack("=I", value)))
     attrs = nlattr(IFLA_AF_SPEC, nlattr(socket.AF_INET, conf))
     return message(RTM_SETLINK, NLM_F_ACK, seq, IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0) + attrs)
+
+
+def link_request(seq: int, index: int, alias: str | None, group: int = 0) -> bytes:
+    """RTM_SETLINK taking link `index` down (IFF_UP cleared, no other flag changed), setting its `alias` and moving
+    it to device `group`, or, with no alias, RTM_DELLINK of it."""
+    if alias is None:
+        return message(RTM_DELLINK, NLM_F_ACK, seq, IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0))
+    attrs = nlattr(IFLA_IFALIAS, alias.encode()) + nlattr(IFLA_GROUP, struct.pack("=I", group))
+    return message(RTM_SETLINK, NLM_F_ACK, seq, IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, IFF_UP) + attrs)
+
+
+def group_delete_request(seq: int, group: int) -> bytes:
+    """RTM_DELLINK of every link in device `group` (`ip link delete group N`): one unregistering for them all."""
+    body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + nlattr(IFLA_GROUP, struct.pack("=I", group))
+    return message(RTM_DELLINK, NLM_F_ACK, seq, body)
 
 
 @dataclass(frozen=True)
@@ -280,6 +297,22 @@ class RawSocket:
         """Set IPv4 devconf `name` of link `index` (`devconf_request`); returns the kernel's errno (0: done)."""
         seq = self._next_seq()
         return self._acknowledge({seq: name}, devconf_request(seq, index, name, value))[0][2]
+
+    def change_links(self, links: dict[int, str | None], group: int = 0) -> dict[int, int]:
+        """For each link index -> alias, take it down, relabel it and move it to `group`, or with None delete it
+        (`link_request`), in one send; the errno of each refused request (ENODEV: already gone)."""
+        pending: dict[int, int] = {}
+        batch = b""
+        for index, alias in links.items():
+            seq = self._next_seq()
+            pending[seq] = index
+            batch += link_request(seq, index, alias, group)
+        return {index: code for _, index, code in self._acknowledge(pending, batch) if code} if pending else {}
+
+    def delete_group(self, group: int) -> int:
+        """Delete every link in device `group` (`group_delete_request`); the kernel's errno (ENODEV: none there)."""
+        seq = self._next_seq()
+        return self._acknowledge({seq: group}, group_delete_request(seq, group))[0][2]
 
     def write_neighbours(self, writes: list[NeighWrite]) -> tuple[NeighWrite, int] | None:
         """Send `writes` in order, `NEIGH_BATCH` per send() instead of one request and one answer each (a full
