@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Collection
+from dataclasses import dataclass
 
 import pytest
 
 from vxlanpy.dataplane.fake import FakeFirewall
 from vxlanpy.dataplane.netlink import NetlinkLinks
+from vxlanpy.dataplane.reaper import DELETING_PREFIX
 from vxlanpy.dataplane.rtnl import RawSocket
 from vxlanpy.driver import Driver
+from vxlanpy.models import Endpoint, Network
 from vxlanpy.store.memory import MemoryStore
 
 from .conftest import Namespaces
@@ -46,122 +49,114 @@ class HeldReaper:
         self.gate.set()
 
 
-@pytest.fixture
-def host(namespaces: Namespaces) -> str:
-    ns = namespaces.new()
-    add_underlay_nic(ns, UNDERLAY_A, default_route=True)
-    return ns
+@dataclass
+class Lab:
+    host: str  # a namespace standing in for a Docker host, with an underlay NIC eth0 and a default route
+    links: NetlinkLinks  # removing in the background, as in the plugin's own namespace
+    net: Network  # made
+    endpoint: Endpoint  # made on `net`
+
+    def hold(self) -> HeldReaper:
+        return HeldReaper(self.links)
+
+    def retired_names(self, *names: str) -> list[str]:
+        """The names `names` get once removed (DELETING_PREFIX and their index): read before removing them."""
+        return [f"{DELETING_PREFIX}{must_link(self.host, name)['ifindex']}" for name in names]
+
+    def present(self, *names: str) -> list[str]:
+        return [name for name in names if link(self.host, name) is not None]
 
 
 @pytest.fixture
-def links(namespaces: Namespaces, host: str) -> NetlinkLinks:
+def lab(namespaces: Namespaces) -> Lab:
+    host = namespaces.new()
+    add_underlay_nic(host, UNDERLAY_A, default_route=True)
     links = NetlinkLinks(netns=host, background_removal=True)
     namespaces.close_later(links.close)
-    return links
-
-
-@pytest.fixture
-def held(links: NetlinkLinks) -> Callable[[], HeldReaper]:
-    return lambda: HeldReaper(links)
+    net = make_network(42, dev="eth0")
+    links.ensure_network(net)
+    endpoint = make_endpoint(net, "192.168.77.11/24")
+    links.ensure_endpoint(net, endpoint)
+    return Lab(host, links, net, endpoint)
 
 
 def routes(ns: str, dev: str) -> list[str]:
     return [route["dst"] for route in json.loads(run(ns, "ip", "-j", "route", "show", "dev", dev).stdout)]
 
 
-def test_a_removed_endpoint_is_down_at_once_and_gone_once_settled(
-    host: str, links: NetlinkLinks, held: Callable[[], HeldReaper]
-) -> None:
-    net = make_network(42, dev="eth0")
-    links.ensure_network(net)
-    endpoint = make_endpoint(net, "192.168.77.11/24")
-    links.ensure_endpoint(net, endpoint)
-    reaper = held()
-    links.remove_endpoint(endpoint)
-    assert "UP" not in must_link(host, endpoint.host_veth)["flags"], "a removed endpoint still forwards"
-    assert endpoint.host_veth not in links.owned_links(), "reconciliation would remove it a second time"
+def test_a_removed_endpoint_is_gone_by_name_and_down_at_once_and_deleted_once_settled(lab: Lab) -> None:
+    endpoint = lab.endpoint
+    [retired] = lab.retired_names(endpoint.host_veth)
+    reaper = lab.hold()
+    lab.links.remove_endpoint(endpoint)
+    assert lab.present(endpoint.host_veth) == [], "Docker's next look at the interfaces would find it"
+    assert "UP" not in must_link(lab.host, retired)["flags"], "a removed endpoint still forwards"
+    assert retired not in lab.links.owned_links(), "reconciliation would remove it a second time"
     reaper.release()
-    assert links.settle(timeout=30)
-    assert link(host, endpoint.host_veth) is None and link(host, endpoint.container_veth) is None
-    links.remove_endpoint(endpoint)  # idempotent
+    assert lab.links.settle(timeout=30)
+    assert lab.present(retired, endpoint.container_veth) == []
+    lab.links.remove_endpoint(endpoint)  # idempotent
 
 
-def test_a_removed_network_loses_its_routes_at_once_and_its_devices_once_settled(
-    host: str, links: NetlinkLinks, held: Callable[[], HeldReaper]
-) -> None:
-    net = make_network(42, dev="eth0")
-    links.ensure_network(net)
-    endpoint = make_endpoint(net, "192.168.77.11/24")
-    links.ensure_endpoint(net, endpoint)
-    assert routes(host, net.bridge) == ["192.168.77.0/24"]
-    reaper = held()
-    links.remove_endpoint(endpoint)
-    links.remove_network(net)
-    for name in (net.bridge, net.vxlan):
-        assert "UP" not in must_link(host, name)["flags"], f"{name} of a removed network is still up"
-    assert routes(host, net.bridge) == [], "the subnet is still routed to the removed network's bridge"
+def test_a_removed_network_loses_its_routes_at_once_and_its_devices_once_settled(lab: Lab) -> None:
+    net = lab.net
+    assert routes(lab.host, net.bridge) == ["192.168.77.0/24"]
+    retired = lab.retired_names(net.bridge, net.vxlan, lab.endpoint.host_veth)
+    reaper = lab.hold()
+    lab.links.remove_endpoint(lab.endpoint)
+    lab.links.remove_network(net)
+    assert lab.present(net.bridge, net.vxlan) == []
+    for name in retired:
+        assert "UP" not in must_link(lab.host, name)["flags"], f"{name} of a removed network is still up"
+    assert routes(lab.host, retired[0]) == [], "the subnet is still routed to the removed network's bridge"
     reaper.release()
-    assert links.settle(timeout=30)
-    assert [name for name in (net.bridge, net.vxlan, endpoint.host_veth) if link(host, name) is not None] == []
+    assert lab.links.settle(timeout=30)
+    assert lab.present(*retired) == []
 
 
-def test_a_network_made_again_while_its_devices_are_deleted_gets_new_ones(
-    host: str, links: NetlinkLinks, held: Callable[[], HeldReaper]
-) -> None:
-    net = make_network(42, dev="eth0")
-    links.ensure_network(net)
-    old_bridge = must_link(host, net.bridge)["ifindex"]
-    held()  # released by ensure_network's wait for the old devices
-    links.remove_network(net)
-    links.ensure_network(net)
-    assert links.settle(timeout=30)
-    bridge = must_link(host, net.bridge)
-    assert bridge["ifindex"] != old_bridge and "UP" in bridge["flags"]
-    assert must_link(host, net.vxlan)["master"] == net.bridge
-    assert routes(host, net.bridge) == ["192.168.77.0/24"]
+def test_a_network_made_again_while_its_devices_are_deleted_gets_new_ones(lab: Lab) -> None:
+    """The VXLAN device of the same VNI cannot exist twice: making it again waits for the old one's deletion."""
+    net = lab.net
+    retired = lab.retired_names(net.bridge, net.vxlan)
+    lab.hold()  # released by ensure_network's wait for the old devices
+    lab.links.remove_network(net)
+    lab.links.ensure_network(net)
+    assert lab.present(*retired) == []
+    assert "UP" in must_link(lab.host, net.bridge)["flags"]
+    assert must_link(lab.host, net.vxlan)["master"] == net.bridge
+    assert routes(lab.host, net.bridge) == ["192.168.77.0/24"]
 
 
-def test_removing_a_link_being_deleted_returns_once_it_is_gone(
-    host: str, links: NetlinkLinks, held: Callable[[], HeldReaper]
-) -> None:
+def test_removing_a_link_being_deleted_returns_once_it_is_gone(lab: Lab) -> None:
     """What reconciliation does with a link whose row is gone."""
-    net = make_network(42, dev="eth0")
-    links.ensure_network(net)
-    endpoint = make_endpoint(net, "192.168.77.11/24")
-    links.ensure_endpoint(net, endpoint)
-    held()
-    links.remove_endpoint(endpoint)
-    links.remove_link(endpoint.host_veth)
-    assert link(host, endpoint.host_veth) is None
+    retired = lab.retired_names(lab.endpoint.host_veth)
+    lab.hold()
+    lab.links.remove_endpoint(lab.endpoint)
+    lab.links.remove_link(lab.endpoint.host_veth)
+    assert lab.present(*retired) == []
 
 
-def test_close_finishes_the_deletions(namespaces: Namespaces, host: str) -> None:
-    links = NetlinkLinks(netns=host, background_removal=True)
-    net = make_network(42, dev="eth0")
-    links.ensure_network(net)
-    reaper = HeldReaper(links)
-    links.remove_network(net)
+def test_close_finishes_the_deletions(lab: Lab) -> None:
+    retired = lab.retired_names(lab.net.bridge, lab.net.vxlan)
+    reaper = lab.hold()
+    lab.links.remove_network(lab.net)
     reaper.release()
-    links.close()
-    assert link(host, net.bridge) is None and link(host, net.vxlan) is None
+    lab.links.close()
+    assert lab.present(*retired) == []
 
 
-def test_what_a_crash_left_being_deleted_is_removed_at_the_next_start(
-    namespaces: Namespaces, host: str, links: NetlinkLinks, held: Callable[[], HeldReaper]
-) -> None:
+def test_what_a_crash_left_being_deleted_is_removed_at_the_next_start(namespaces: Namespaces, lab: Lab) -> None:
     """The plugin dies after DeleteNetwork and DeleteEndpoint answered, before the devices were deleted: the next
     start's reconciliation removes them, and does not take them for a network whose row the store lost."""
-    net = make_network(42, dev="eth0")
-    links.ensure_network(net)
-    endpoint = make_endpoint(net, "192.168.77.11/24")
-    links.ensure_endpoint(net, endpoint)
-    reaper = held()
-    links.remove_endpoint(endpoint)
-    links.remove_network(net)  # the rows are deleted next; the store below has none
-    restarted = NetlinkLinks(netns=host)
+    net, endpoint = lab.net, lab.endpoint
+    retired = lab.retired_names(net.bridge, net.vxlan, endpoint.host_veth)
+    reaper = lab.hold()
+    lab.links.remove_endpoint(endpoint)
+    lab.links.remove_network(net)  # the rows are deleted next; the store below has none
+    restarted = NetlinkLinks(netns=lab.host)
     namespaces.close_later(restarted.close)
     report = Driver(MemoryStore(), restarted, FakeFirewall()).reconcile()
     reaper.release()
     assert report.kept_links == [], "taken for a network whose state was lost"
-    assert sorted(report.removed_links) == sorted([net.bridge, net.vxlan, endpoint.host_veth, endpoint.container_veth])
-    assert [name for name in (net.bridge, net.vxlan, endpoint.host_veth) if link(host, name) is not None] == []
+    assert sorted(report.removed_links) == sorted([*retired, endpoint.container_veth])
+    assert lab.present(*retired, endpoint.container_veth) == []

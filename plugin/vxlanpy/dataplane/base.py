@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -126,3 +127,25 @@ class Firewall(Protocol):
         """The ports the kernel publishes now for the network of `vni` (its DNAT rules), by container address:
         what `vxlanpy recover` keeps of a lost store's host ports."""
         ...
+
+
+def side_by_side(aside: Callable[[], None], here: Callable[[], None]) -> None:
+    """Run `aside` on a thread of its own while `here` runs on this one; return when both are done, raising the
+    first error.  For a firewall restore and netlink requests, which wait on different kernel locks: together
+    they take the longer of the two, not their sum."""
+    errors: list[BaseException] = []
+
+    def run_aside() -> None:
+        try:
+            aside()
+        except BaseException as error:  # noqa: BLE001 - handed to the caller below
+            errors.append(error)
+
+    thread = threading.Thread(target=run_aside, name="vxlanpy-aside", daemon=True)
+    thread.start()
+    try:
+        here()
+    finally:
+        thread.join()
+    if errors:
+        raise errors[0]

@@ -38,7 +38,7 @@ from .linkops import (
     kind_of,
     netlink_errors,
 )
-from .reaper import DELETING_ALIAS, DELETING_GROUP, LinkReaper
+from .reaper import DELETING_ALIAS, DELETING_GROUP, DELETING_PREFIX, LinkReaper
 from .remotes import RemoteEndpoints, checked_address, checked_remotes, unicast_mac
 from .rtnl import ROUTE_GROUPS, DefaultRouteWatch, RawSocket, open_socket
 from .underlay import UnderlayLookup
@@ -274,12 +274,12 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
                 return
 
     def _discard(self, links: dict[int, str]) -> None:
-        """Delete `links` (index -> name), or take them down, relabelled, and leave the deletion to the reaper."""
+        """Delete `links` (index -> name), or retire them (see reaper.py) and leave the deletion to the reaper."""
         if self._reaper is None:
             for index, name in links.items():
                 self._delete_where(f"cannot delete interface {name}", index=index)
             return
-        refused = self._raw.change_links(dict.fromkeys(links, DELETING_ALIAS), DELETING_GROUP) if links else {}
+        refused = self._raw.retire_links(list(links), DELETING_ALIAS, DELETING_GROUP, DELETING_PREFIX) if links else {}
         for index, code in refused.items():
             if code != errno.ENODEV:
                 raise dataplane_error(
@@ -300,11 +300,9 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
     def _owned_links(self) -> dict[str, str]:
         with netlink_errors("cannot list the interfaces"):
             links = self._ipr.link("dump")
-        doomed = self._reaper.pending() if self._reaper is not None else set()  # being deleted already
+        doomed = self._reaper.pending_indexes() if self._reaper is not None else set()  # being deleted already
         return {
-            str(link.get("ifname")): alias_of(link)
-            for link in links
-            if is_owned(link) and link.get("ifname") not in doomed
+            str(link.get("ifname")): alias_of(link) for link in links if is_owned(link) and link["index"] not in doomed
         }
 
     # -- bridge ------------------------------------------------------------------------------------------

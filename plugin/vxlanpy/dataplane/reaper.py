@@ -5,12 +5,13 @@ The kernel takes about 20 ms to delete one link, veth pair, bridge or VXLAN devi
 down and detached, against 0.8 ms to take it down and 2.5 ms to create it): unregistering waits for RCU grace
 periods.  DeleteEndpoint paid it once, DeleteNetwork once per device, all under the network's lock.
 
-So `NetlinkLinks` takes a removed link down at once (0.6 ms: it leaves the bridge's forwarding, its routes and
-its VXLAN socket go), relabels it `DELETING_ALIAS` and moves it to `DELETING_GROUP` in the same request, and
-hands it here by index; a thread of its own, on a netlink socket of its own, deletes all that is queued with
-one request (the group): the links of many networks removed at once share one unregistering.  Creating a link
-of a name still waiting here first waits for that deletion (`wait_for`), so a VNI or an endpoint made again
-right away never finds the old device.
+So `NetlinkLinks` retires a removed link at once, in one send: down (0.6 ms: it leaves the bridge's forwarding,
+its routes and its VXLAN socket go), relabelled `DELETING_ALIAS`, moved to `DELETING_GROUP` and renamed
+`vxd-<index>` (whoever lists the links by name sees it gone).  It hands the link here by index; a thread of
+its own, on a netlink socket of its own, deletes all that is queued with one request (the group): the links of
+many networks removed at once share one unregistering.  Creating a link under a name one waiting here had
+first waits for that deletion (`wait_for`): a VXLAN device made again right away for the same VNI would be
+refused while the old one exists, down or not.
 
 A crash in between leaves a down link that is vxlanpy's but no row's alias: reconciliation removes it at the next
 start, as it would have removed the link of a row the crash kept.  The relabelling matters for a network's
@@ -37,6 +38,7 @@ DELETING_ALIAS = f"{LINK_ALIAS_PREFIX}deleting"  # a link on its way out: no row
 # (its RCU grace periods) for the lot instead of one each.  An arbitrary number ("vxpd"), far from the small
 # ones `ip link set group` users name in /etc/iproute2/group.
 DELETING_GROUP = 0x76787064
+DELETING_PREFIX = "vxd-"  # + the link's index: its name is free at once for whoever looks for it by name
 SETTLE_SECONDS = 30.0  # at most, on close, for the deletions still queued
 EXIT_SECONDS = 10.0  # at most, when the plugin exits without closing its links (a signal), likewise
 
@@ -52,7 +54,7 @@ class LinkReaper:
         self._closed = False
 
     def delete(self, links: dict[int, str]) -> None:
-        """Queue the deletion of `links` (index -> name), which the caller has taken down."""
+        """Queue the deletion of `links` (index -> the name it had), which the caller has retired."""
         with self._changed:
             if self._closed:
                 raise RuntimeError("the link reaper is closed")
@@ -64,8 +66,13 @@ class LinkReaper:
             self._changed.notify_all()
 
     def pending(self) -> set[str]:
+        """The names the links waiting here had."""
         with self._changed:
             return set(self._pending.values())
+
+    def pending_indexes(self) -> set[int]:
+        with self._changed:
+            return set(self._pending)
 
     def wait_for(self, names: Collection[str]) -> None:
         """Return once no link called one of `names` waits for deletion here."""
@@ -118,7 +125,7 @@ class LinkReaper:
         try:
             code = raw.delete_group(DELETING_GROUP)
             # Not all ours (a device someone else put in the group that cannot be deleted): one by one.
-            refused = raw.change_links(dict.fromkeys(batch)) if code not in (0, errno.ENODEV) else {}
+            refused = raw.delete_links(list(batch)) if code not in (0, errno.ENODEV) else {}
         except OSError as error:
             refused = dict.fromkeys(batch, error.errno or errno.EIO)
         for index, code in refused.items():

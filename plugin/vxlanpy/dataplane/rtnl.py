@@ -168,13 +168,17 @@ def devconf_request(seq: int, index: int, name: str, value: int) -> bytes:
     return message(RTM_SETLINK, NLM_F_ACK, seq, IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0) + attrs)
 
 
-def link_request(seq: int, index: int, alias: str | None, group: int = 0) -> bytes:
-    """RTM_SETLINK taking link `index` down (IFF_UP cleared, no other flag changed), setting its `alias` and moving
-    it to device `group`, or, with no alias, RTM_DELLINK of it."""
-    if alias is None:
-        return message(RTM_DELLINK, NLM_F_ACK, seq, IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0))
-    attrs = nlattr(IFLA_IFALIAS, alias.encode()) + nlattr(IFLA_GROUP, struct.pack("=I", group))
-    return message(RTM_SETLINK, NLM_F_ACK, seq, IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, IFF_UP) + attrs)
+def retire_requests(seq: int, index: int, alias: str, group: int, name: str) -> bytes:
+    """Two RTM_SETLINK of link `index`: down (IFF_UP cleared, no other flag changed) with `alias` and device
+    `group`; then renamed `name` (`seq` + 1), which the kernel refuses while the link is up."""
+    down = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, IFF_UP)
+    down += nlattr(IFLA_IFALIAS, alias.encode()) + nlattr(IFLA_GROUP, struct.pack("=I", group))
+    rename = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0) + nlattr(IFLA_IFNAME, name.encode() + b"\0")
+    return message(RTM_SETLINK, NLM_F_ACK, seq, down) + message(RTM_SETLINK, NLM_F_ACK, seq + 1, rename)
+
+
+def delete_request(seq: int, index: int) -> bytes:
+    return message(RTM_DELLINK, NLM_F_ACK, seq, IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0))
 
 
 def group_delete_request(seq: int, group: int) -> bytes:
@@ -298,15 +302,28 @@ class RawSocket:
         seq = self._next_seq()
         return self._acknowledge({seq: name}, devconf_request(seq, index, name, value))[0][2]
 
-    def change_links(self, links: dict[int, str | None], group: int = 0) -> dict[int, int]:
-        """For each link index -> alias, take it down, relabel it and move it to `group`, or with None delete it
-        (`link_request`), in one send; the errno of each refused request (ENODEV: already gone)."""
+    def retire_links(self, indexes: list[int], alias: str, group: int, prefix: str) -> dict[int, int]:
+        """Take each link down, relabel it `alias`, move it to `group` and rename it `prefix` + its index
+        (`retire_requests`), all in one send.  The errno of each link that could not be taken down (ENODEV: it
+        is gone); a refused rename (a name taken) only leaves the link its old name."""
+        pending: dict[int, tuple[int, bool]] = {}
+        batch = b""
+        for index in indexes:
+            seq = self._next_seq()
+            self._next_seq()  # the rename's
+            pending[seq], pending[seq + 1] = (index, True), (index, False)
+            batch += retire_requests(seq, index, alias, group, f"{prefix}{index}")
+        answers = self._acknowledge(pending, batch) if pending else []
+        return {index: code for _, (index, down), code in answers if down and code}
+
+    def delete_links(self, indexes: list[int]) -> dict[int, int]:
+        """Delete each link (`delete_request`), in one send; the errno of each refused request."""
         pending: dict[int, int] = {}
         batch = b""
-        for index, alias in links.items():
+        for index in indexes:
             seq = self._next_seq()
             pending[seq] = index
-            batch += link_request(seq, index, alias, group)
+            batch += delete_request(seq, index)
         return {index: code for _, index, code in self._acknowledge(pending, batch) if code} if pending else {}
 
     def delete_group(self, group: int) -> int:
