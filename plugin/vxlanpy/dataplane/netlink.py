@@ -270,16 +270,20 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
         for name in (endpoint.host_veth, endpoint.container_veth):
             link = self._link(name)
             if link is not None:
-                self._discard({int(link["index"]): name})  # and its peer with it
+                # and its peer with it.  Not renamed: no later endpoint takes its name, and the rename would cost
+                # DeleteEndpoint an RCU grace period (the kernel's dev_change_name waits for one)
+                self._discard({int(link["index"]): name}, rename=False)
                 return
 
-    def _discard(self, links: dict[int, str]) -> None:
-        """Delete `links` (index -> name), or retire them (see reaper.py) and leave the deletion to the reaper."""
+    def _discard(self, links: dict[int, str], rename: bool = True) -> None:
+        """Delete `links` (index -> name), or retire them (see reaper.py), renamed or not, and leave the deletion
+        to the reaper."""
         if self._reaper is None:
             for index, name in links.items():
                 self._delete_where(f"cannot delete interface {name}", index=index)
             return
-        refused = self._raw.retire_links(list(links), DELETING_ALIAS, DELETING_GROUP, DELETING_PREFIX) if links else {}
+        prefix = DELETING_PREFIX if rename else None
+        refused = self._raw.retire_links(list(links), DELETING_ALIAS, DELETING_GROUP, prefix) if links else {}
         for index, code in refused.items():
             if code != errno.ENODEV:
                 raise dataplane_error(

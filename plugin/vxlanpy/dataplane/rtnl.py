@@ -168,11 +168,13 @@ def devconf_request(seq: int, index: int, name: str, value: int) -> bytes:
     return message(RTM_SETLINK, NLM_F_ACK, seq, IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0) + attrs)
 
 
-def retire_requests(seq: int, index: int, alias: str, group: int, name: str) -> bytes:
-    """Two RTM_SETLINK of link `index`: down (IFF_UP cleared, no other flag changed) with `alias` and device
-    `group`; then renamed `name` (`seq` + 1), which the kernel refuses while the link is up."""
+def retire_requests(seq: int, index: int, alias: str, group: int, name: str | None) -> bytes:
+    """RTM_SETLINK of link `index`: down (IFF_UP cleared, no other flag changed) with `alias` and device `group`;
+    then, with a `name`, a second one renaming it (`seq` + 1), which the kernel refuses while the link is up."""
     down = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, IFF_UP)
     down += nlattr(IFLA_IFALIAS, alias.encode()) + nlattr(IFLA_GROUP, struct.pack("=I", group))
+    if name is None:
+        return message(RTM_SETLINK, NLM_F_ACK, seq, down)
     rename = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0) + nlattr(IFLA_IFNAME, name.encode() + b"\0")
     return message(RTM_SETLINK, NLM_F_ACK, seq, down) + message(RTM_SETLINK, NLM_F_ACK, seq + 1, rename)
 
@@ -302,17 +304,18 @@ class RawSocket:
         seq = self._next_seq()
         return self._acknowledge({seq: name}, devconf_request(seq, index, name, value))[0][2]
 
-    def retire_links(self, indexes: list[int], alias: str, group: int, prefix: str) -> dict[int, int]:
-        """Take each link down, relabel it `alias`, move it to `group` and rename it `prefix` + its index
-        (`retire_requests`), all in one send.  The errno of each link that could not be taken down (ENODEV: it
-        is gone); a refused rename (a name taken) only leaves the link its old name."""
+    def retire_links(self, indexes: list[int], alias: str, group: int, prefix: str | None) -> dict[int, int]:
+        """Take each link down, relabel it `alias`, move it to `group` and, with a `prefix`, rename it `prefix` +
+        its index (`retire_requests`), all in one send.  The errno of each link that could not be taken down
+        (ENODEV: it is gone); a refused rename (a name taken) only leaves the link its old name."""
         pending: dict[int, tuple[int, bool]] = {}
         batch = b""
         for index in indexes:
             seq = self._next_seq()
-            self._next_seq()  # the rename's
-            pending[seq], pending[seq + 1] = (index, True), (index, False)
-            batch += retire_requests(seq, index, alias, group, f"{prefix}{index}")
+            pending[seq] = (index, True)
+            if prefix is not None:
+                pending[self._next_seq()] = (index, False)  # the rename's
+            batch += retire_requests(seq, index, alias, group, None if prefix is None else f"{prefix}{index}")
         answers = self._acknowledge(pending, batch) if pending else []
         return {index: code for _, (index, down), code in answers if down and code}
 
