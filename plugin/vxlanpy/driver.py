@@ -41,7 +41,8 @@ from .options import (
 from .ports import allocate_ports, host_port_is_free
 from .reconcile import NETWORK_ALIAS_PREFIX as NETWORK_ALIAS_PREFIX  # the names other modules import from here
 from .reconcile import STALE_UNJOINED_SECONDS, Reconciler, ReconcileReport, sandbox_path_exists
-from .store.base import Store
+from .store.base import Store, SwarmVnis
+from .swarm import SWARM_NEEDS_ETCD, options_for_nodes
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,10 @@ class Driver:
         clock: Callable[[], float] = time.time,
         sandbox_exists: Callable[[str], bool | None] | None = None,
         encryption: Encryption | None = None,
+        swarm: SwarmVnis | None = None,
     ) -> None:
         self.store = store
+        self.swarm = swarm  # the cluster's swarm VNI reservations; None: AllocateNetwork is refused
         self.cluster = cluster
         self.encryption = encryption  # this host's WireGuard mesh; None: encrypted networks are refused
         self.clock = clock
@@ -126,14 +129,39 @@ class Driver:
         internal network's gateway gives no default route, but the host keeps it on the bridge to reach its
         containers, as with Docker's bridge; and hosts sharing a VNI must record the same gateway whatever
         their engine version (one before 28 always reserves it), or the segment would be refused."""
+        requested = self._requested(options)
+        if internal:
+            check_gateway_mode(requested.gateway, internal, has_ipv4=True)  # the subnets are not known yet
+        return GatewaySkip(ipv4=False, ipv6=False)
+
+    def _requested(self, options: dict[str, object]) -> RequestedNetwork:
+        """The options checked as far as they can be before the subnets are known."""
         requested = parse_network_options(
             options, self.links.underlay, self.default_dev, multi_host=self.cluster is not None
         )
-        if internal:
-            check_gateway_mode(requested.gateway, internal, has_ipv4=True)  # the subnets are not known yet
         if requested.encrypted:
             self._required_encryption()
-        return GatewaySkip(ipv4=False, ipv6=False)
+        return requested
+
+    def allocate_network(
+        self, network_id: str, options: dict[str, str], ipv4: tuple[Subnet, ...], ipv6: tuple[Subnet, ...]
+    ) -> dict[str, str]:
+        """The swarm manager's call (global scope only): check the options, reserve the VNI cluster-wide, and
+        return the options that every node's CreateNetwork of this network will get."""
+        if self.swarm is None:
+            raise InvalidOption(SWARM_NEEDS_ETCD)
+        _refuse_several_subnets(ipv4, ipv6)
+        requested = self._requested(dict(options))
+        if requested.underlay is not None:
+            check_subnets_clear_of_underlay(requested.underlay, [subnet.pool for subnet in (*ipv4, *ipv6)])
+        vni = self.swarm.reserve_swarm_vni(network_id, requested.vni, *self.vni_range)
+        log.info("swarm network %s allocated: vni %d", network_id[:12], vni)
+        return options_for_nodes(options, vni)
+
+    def free_network(self, network_id: str) -> None:
+        """The swarm manager removed the network: its VNI may go to another network."""
+        if self.swarm is not None and self.swarm.release_swarm_vni(network_id) is not None:
+            log.info("swarm network %s freed", network_id[:12])
 
     def create_network(
         self,
