@@ -27,25 +27,29 @@ from dataclasses import dataclass, replace
 from .cluster_base import Cluster, RemoteChanges
 from .dataplane.base import Firewall, Links, side_by_side
 from .encryption_base import Encryption
-from .errors import InvalidOption, NotFound, VxlanpyError
+from .errors import InvalidOption, NotFound, VniTaken, VxlanpyError
 from .models import Endpoint, IPNetwork, Network, NetworkConfig, PortMapping, Subnet, endpoint_mac
 from .options import (
     ENCRYPTION_NEEDS_ETCD,
     RequestedNetwork,
     check_gateway_mode,
+    check_in_subnets,
     check_port_kind,
     check_subnets_clear_of_tunnel,
     check_subnets_clear_of_underlay,
+    no_subnet_message,
     parse_network_options,
+    refuse_several_subnets,
 )
 from .ports import allocate_ports, host_port_is_free
 from .reconcile import NETWORK_ALIAS_PREFIX as NETWORK_ALIAS_PREFIX  # the names other modules import from here
 from .reconcile import STALE_UNJOINED_SECONDS, Reconciler, ReconcileReport, sandbox_path_exists
-from .store.base import Store
+from .store.base import Store, SwarmVnis, pick_around
 
 log = logging.getLogger(__name__)
 
 DST_PREFIX = "eth"
+FOREIGN_VNI_ATTEMPTS = 8  # automatic VNIs tried when the host's other VXLAN devices hold the first ones
 NETWORKS_MAX_AGE = 1.0  # seconds the watch's changes trust the driver's copy of this host's networks
 
 
@@ -95,8 +99,11 @@ class Driver:
         clock: Callable[[], float] = time.time,
         sandbox_exists: Callable[[str], bool | None] | None = None,
         encryption: Encryption | None = None,
+        swarm: SwarmVnis | None = None,
     ) -> None:
         self.store = store
+        self.swarm = swarm  # the cluster's swarm VNI reservations; None: AllocateNetwork is refused
+        self.foreign_vnis: set[int] = set()  # VNIs that other VXLAN devices of the host hold: not allocated
         self.cluster = cluster
         self.encryption = encryption  # this host's WireGuard mesh; None: encrypted networks are refused
         self.clock = clock
@@ -126,14 +133,19 @@ class Driver:
         internal network's gateway gives no default route, but the host keeps it on the bridge to reach its
         containers, as with Docker's bridge; and hosts sharing a VNI must record the same gateway whatever
         their engine version (one before 28 always reserves it), or the segment would be refused."""
+        requested = self.requested(options)
+        if internal:
+            check_gateway_mode(requested.gateway, internal, has_ipv4=True)  # the subnets are not known yet
+        return GatewaySkip(ipv4=False, ipv6=False)
+
+    def requested(self, options: dict[str, object]) -> RequestedNetwork:
+        """The options checked as far as they can be before the subnets are known."""
         requested = parse_network_options(
             options, self.links.underlay, self.default_dev, multi_host=self.cluster is not None
         )
-        if internal:
-            check_gateway_mode(requested.gateway, internal, has_ipv4=True)  # the subnets are not known yet
         if requested.encrypted:
             self._required_encryption()
-        return GatewaySkip(ipv4=False, ipv6=False)
+        return requested
 
     def create_network(
         self,
@@ -152,8 +164,8 @@ class Driver:
             if existing is not None:
                 return existing  # dockerd retried a call that had succeeded
             if not ipv4 and not ipv6:
-                raise InvalidOption(_no_subnet_message(ipv4_enabled, ipv6_enabled))
-            _refuse_several_subnets(ipv4, ipv6)
+                raise InvalidOption(no_subnet_message(ipv4_enabled, ipv6_enabled))
+            refuse_several_subnets(ipv4, ipv6)
             requested = parse_network_options(
                 options, self.links.underlay, self.default_dev, multi_host=self.cluster is not None
             )
@@ -168,26 +180,17 @@ class Driver:
             def build(vni: int) -> Network:
                 return Network(network_id, config_for(vni), ipv4, ipv6, internal)
 
-            # Pending until the kernel side is done: a kill -9 in between leaves a row that reconciliation expires.
-            if requested.vni is None:
-                network = self.store.add_network_with_free_vni(build, *self.vni_range, pending_since=self.clock())
-            else:
-                network = build(requested.vni)
-                self.store.add_network(network, pending_since=self.clock())
-            self._forget_networks()  # a watch event from now on must find this network
-            try:
-                if network.config.encrypted and self.encryption is not None:
-                    self.encryption.ensure()  # the WireGuard interface the VXLAN device sends through
-                self.links.ensure_network(network)
-                self.firewall.ensure_network(network, [])
-                if self.cluster is not None:
-                    self.cluster.publish_network(network)
-                    self.program_remotes(network)  # what the segment's other hosts publish
-                    self._sync_vtep_filter()
-                self.store.confirm_network(network_id)
-            except Exception:
-                self._roll_back_network(network)
-                raise
+            for attempt in range(FOREIGN_VNI_ATTEMPTS):
+                network = self._add_network_row(requested.vni, build)
+                try:
+                    self._make_network(network)
+                    break
+                except VniTaken as taken:
+                    if requested.vni is not None or attempt == FOREIGN_VNI_ATTEMPTS - 1:
+                        raise
+                    # Another device of the host (swarm's ingress network) has it: the next free one, then.
+                    self.foreign_vnis.add(taken.vni)
+                    log.warning("vni %d is taken on this host by a VXLAN device not vxlanpy's: skipped", taken.vni)
             log.info(
                 "network %s ready: vni %d, bridge %s, mtu %d",
                 network_id[:12],
@@ -196,6 +199,37 @@ class Driver:
                 network.config.mtu,
             )
             return network
+
+    def _add_network_row(self, vni: int | None, build: Callable[[int], Network]) -> Network:
+        """The network's row, pending until the kernel side is done: a kill -9 in between leaves a row that
+        reconciliation expires.  An automatic VNI is the lowest free one that no other device of the host holds."""
+        if vni is not None:
+            network = build(vni)
+            self.store.add_network(network, pending_since=self.clock())
+            return network
+        pending_since = self.clock()
+
+        def pick(low: int, high: int) -> Network:
+            return self.store.add_network_with_free_vni(build, low, high, pending_since=pending_since)
+
+        return pick_around(pick, *self.vni_range, self.foreign_vnis)
+
+    def _make_network(self, network: Network) -> None:
+        """The kernel side of a new network and its publication; everything is undone when a step fails."""
+        self._forget_networks()  # a watch event from now on must find this network
+        try:
+            if network.config.encrypted and self.encryption is not None:
+                self.encryption.ensure()  # the WireGuard interface the VXLAN device sends through
+            self.links.ensure_network(network)
+            self.firewall.ensure_network(network, [])
+            if self.cluster is not None:
+                self.cluster.publish_network(network)
+                self.program_remotes(network)  # what the segment's other hosts publish
+                self._sync_vtep_filter()
+            self.store.confirm_network(network.network_id)
+        except Exception:
+            self._roll_back_network(network)
+            raise
 
     def _roll_back_network(self, network: Network) -> None:
         cluster = self.cluster
@@ -279,8 +313,8 @@ class Driver:
             existing = self.store.get_endpoint(endpoint_id)
             if existing is not None:
                 return existing
-            _check_in_subnets("address", ipv4, network.ipv4)
-            _check_in_subnets("IPv6 address", ipv6, network.ipv6)
+            check_in_subnets("address", ipv4, network.ipv4)
+            check_in_subnets("IPv6 address", ipv6, network.ipv6)
             mac = mac or endpoint_mac(ipv4, endpoint_id)
             endpoint = Endpoint(endpoint_id, network_id, mac, ipv4, ipv6, created=self.clock())
             self.store.put_endpoint(endpoint)
@@ -479,36 +513,3 @@ class Driver:
     def reconcile(self, dry_run: bool = False, unjoined_grace: float = STALE_UNJOINED_SECONDS) -> ReconcileReport:
         """Make the kernel match the store (reconcile.py); safe while requests run."""
         return Reconciler(self).run(dry_run, unjoined_grace)
-
-
-def _no_subnet_message(ipv4_enabled: bool | None, ipv6_enabled: bool | None) -> str:
-    if ipv4_enabled is False and not ipv6_enabled:
-        return (
-            "the network would have no addresses: --ipv4=false turns IPv4 off and IPv6 is off too; "
-            "add --ipv6 (and --subnet with an IPv6 prefix if Docker has no default IPv6 pool), or drop --ipv4=false"
-        )
-    return "Docker gave the network neither an IPv4 nor an IPv6 subnet; create it with --subnet"
-
-
-def _refuse_several_subnets(ipv4: tuple[Subnet, ...], ipv6: tuple[Subnet, ...]) -> None:
-    """One subnet per IP family, as Docker's bridge driver ("bridge driver doesn't support multiple subnets"):
-    Join gives a container one gateway per family, so one on a second subnet would get the first subnet's
-    gateway, which it has no route to, and could not start."""
-    for family, subnets in (("IPv4", ipv4), ("IPv6", ipv6)):
-        if len(subnets) > 1:
-            pools = ", ".join(str(subnet.pool) for subnet in subnets)
-            raise InvalidOption(
-                f"a vxlanpy network takes one {family} subnet, not {len(subnets)} ({pools}); as with Docker's "
-                "bridge driver, create one network per subnet (containers can join several networks), or give "
-                "one larger --subnet and choose addresses with --ip-range"
-            )
-
-
-def _check_in_subnets(
-    what: str, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None, subnets: tuple[Subnet, ...]
-) -> None:
-    if address is None or not subnets:
-        return
-    if not any(address.ip in subnet.pool for subnet in subnets):
-        pools = ", ".join(str(subnet.pool) for subnet in subnets)
-        raise InvalidOption(f"{what} {address} is outside the network's subnets ({pools})")

@@ -87,8 +87,9 @@ def test_discovery_is_accepted(harness: Harness, method: str) -> None:
     assert harness.call(method, {"DiscoveryType": 1, "DiscoveryData": {"Address": "192.0.2.1"}}) == (200, {})
 
 
-def test_allocate_and_free_network(harness: Harness) -> None:
-    assert harness.call("NetworkDriver.AllocateNetwork", {"NetworkID": NET, "Options": {}}) == (200, {"Options": {}})
+def test_allocate_network_is_refused_by_a_local_scope_plugin(harness: Harness) -> None:
+    status, body = harness.call("NetworkDriver.AllocateNetwork", {"NetworkID": NET, "Options": {}})
+    assert status == 400 and "VXLANPY_SCOPE=global" in body["Err"] and "etcd" in body["Err"]
     assert harness.call("NetworkDriver.FreeNetwork", {"NetworkID": NET}) == (200, {})
 
 
@@ -141,13 +142,13 @@ def test_unknown_path_is_404_json(harness: Harness) -> None:
         (b"{not json", "not valid JSON"),
         (b"[1, 2]", "must be a JSON object"),
         (b'{"NetworkID": 5}', "wrong type"),
-        (b'{"NetworkID": "../../etc/passwd"}', "not a Docker id"),
+        (b'{"NetworkID": "../../etc/passwd"}', "not a Docker network id"),
         (b"{}", "missing the field NetworkID"),
         (
             b"",
             "missing the field NetworkID: its body is empty, as when dockerd retries a call after the plugin restarted",
         ),
-        ('{"NetworkID": "é"}'.encode(), "not a Docker id"),
+        ('{"NetworkID": "é"}'.encode(), "not a Docker network id"),
     ],
 )
 def test_bad_requests_get_a_clear_err(harness: Harness, raw: bytes, phrase: str) -> None:
