@@ -44,8 +44,8 @@ class SwarmNetworks:
         self, network_id: str, options: dict[str, str], ipv4: tuple[Subnet, ...], ipv6: tuple[Subnet, ...]
     ) -> dict[str, str]:
         """Check the options, reserve the VNI cluster-wide, and return the options that every node's
-        CreateNetwork of this network will get.  An automatic VNI skips those that other VXLAN devices of this
-        host hold on the network's port: swarm's ingress network (VNI 4096, port 4789) is on every node."""
+        CreateNetwork of this network will get.  An automatic VNI is the highest free one, away from swarm's
+        overlay VNIs (4096 up), and skips those that other VXLAN devices of this host hold on the network's port."""
         driver, vnis = self.driver, self.driver.swarm
         if vnis is None:
             raise InvalidOption(SWARM_NEEDS_ETCD)
@@ -62,7 +62,7 @@ class SwarmNetworks:
                 assert vnis is not None
                 return vnis.reserve_swarm_vni(network_id, None, low, high)
 
-            vni = pick_around(pick, *driver.vni_range, taken)
+            vni = pick_around(pick, *driver.vni_range, taken, highest_first=True)
         log.info("swarm network %s allocated: vni %d", network_id[:12], vni)
         return options_for_nodes(options, vni)
 

@@ -41,24 +41,25 @@ def test_a_global_plugin_reports_global_scope(swarm: Harness) -> None:
 
 
 def test_allocate_returns_the_options_with_the_reserved_vni(swarm: Harness) -> None:
+    # the highest free VNI: swarm's own overlay networks count up from 4096
     status, body = allocate(swarm, mtu="1400")
-    assert (status, body) == (200, {"Options": {"mtu": "1400", "vni": "100"}})
+    assert (status, body) == (200, {"Options": {"mtu": "1400", "vni": "102"}})
     # the manager asks again after a restart, with what it got: the same VNI
-    assert allocate(swarm, mtu="1400", vni="100") == (200, {"Options": {"mtu": "1400", "vni": "100"}})
-    assert allocate(swarm, mtu="1400") == (200, {"Options": {"mtu": "1400", "vni": "100"}})
+    assert allocate(swarm, mtu="1400", vni="102") == (200, {"Options": {"mtu": "1400", "vni": "102"}})
+    assert allocate(swarm, mtu="1400") == (200, {"Options": {"mtu": "1400", "vni": "102"}})
 
 
 def test_every_node_creates_the_network_on_the_reserved_vni(swarm: Harness) -> None:
     options = allocate(swarm)[1]["Options"]
     assert swarm.create_network(NET, generic=options, ipv4=IPV4) == (200, {})
-    assert swarm.driver.get_network(NET).vni == 100
+    assert swarm.driver.get_network(NET).vni == 102
     # a local network neither gets nor takes the swarm network's VNI
     assert swarm.create_network(NET2, generic={}) == (200, {})
-    assert swarm.driver.get_network(NET2).vni == 101
+    assert swarm.driver.get_network(NET2).vni == 100
     assert swarm.call("NetworkDriver.DeleteNetwork", {"NetworkID": NET2}) == (200, {})
     # this node's tasks went (the network goes from the node), yet the swarm network keeps its VNI
     assert swarm.call("NetworkDriver.DeleteNetwork", {"NetworkID": NET}) == (200, {})
-    status, body = swarm.create_network(NET2, generic={"vni": "100"})
+    status, body = swarm.create_network(NET2, generic={"vni": "102"})
     assert status == 409 and "reserved by the swarm network" in body["Err"] and NET[:12] in body["Err"]
 
 
@@ -66,8 +67,7 @@ def test_free_network_gives_the_vni_back(swarm: Harness) -> None:
     allocate(swarm)
     assert swarm.call("NetworkDriver.FreeNetwork", {"NetworkID": NET}) == (200, {})
     assert swarm.store.swarm_vnis() == {}
-    assert swarm.create_network(NET2, generic={}) == (200, {})
-    assert swarm.driver.get_network(NET2).vni == 100
+    assert swarm.create_network(NET2, generic={"vni": "102"}) == (200, {})
     assert swarm.call("NetworkDriver.FreeNetwork", {"NetworkID": NET}) == (200, {})  # twice: still fine
 
 
@@ -95,19 +95,19 @@ def vnis(request: pytest.FixtureRequest) -> MemoryStore | EtcdStore:
 
 
 def test_reservations_are_unique_and_idempotent(vnis: MemoryStore | EtcdStore) -> None:
-    assert vnis.reserve_swarm_vni(NET, None, 10, 11) == 10
-    assert vnis.reserve_swarm_vni(NET, None, 10, 11) == 10
-    assert vnis.reserve_swarm_vni(NET, 10, 10, 11) == 10
-    assert vnis.reserve_swarm_vni(NET2, None, 10, 11) == 11
+    assert vnis.reserve_swarm_vni(NET, None, 10, 11) == 11  # from the top
+    assert vnis.reserve_swarm_vni(NET, None, 10, 11) == 11
+    assert vnis.reserve_swarm_vni(NET, 11, 10, 11) == 11
+    assert vnis.reserve_swarm_vni(NET2, None, 10, 11) == 10
     with pytest.raises(Conflict, match="reserved by the swarm network"):
         vnis.reserve_swarm_vni("e" * 64, 10, 10, 11)
     with pytest.raises(Conflict, match="no free VNI left in 10-11"):
         vnis.reserve_swarm_vni("e" * 64, None, 10, 11)
-    assert vnis.swarm_vnis() == {10: NET, 11: NET2}
-    assert vnis.release_swarm_vni(NET) == 10
+    assert vnis.swarm_vnis() == {11: NET, 10: NET2}
+    assert vnis.release_swarm_vni(NET) == 11
     assert vnis.release_swarm_vni(NET) is None
-    assert vnis.swarm_vnis() == {11: NET2}
-    assert vnis.release_swarm_vni(NET2) == 11
+    assert vnis.swarm_vnis() == {10: NET2}
+    assert vnis.release_swarm_vni(NET2) == 10
 
 
 # -- the setting -----------------------------------------------------------------------------------------------
@@ -233,10 +233,10 @@ def test_a_vni_another_device_holds_is_refused_with_what_to_do(swarm: Harness) -
 
 
 def test_the_manager_skips_vnis_its_other_devices_hold(swarm: Harness) -> None:
-    swarm.links.foreign[(100, 4789)] = "vx-000064-ingrs"
+    swarm.links.foreign[(102, 4789)] = "vx-000066-other"
     assert allocate(swarm) == (200, {"Options": {"vni": "101"}})
-    assert allocate(swarm, NET2, dstport="4800") == (200, {"Options": {"dstport": "4800", "vni": "100"}})
-    assert allocate(swarm, "e" * 64) == (200, {"Options": {"vni": "102"}})
+    assert allocate(swarm, NET2, dstport="4800") == (200, {"Options": {"dstport": "4800", "vni": "102"}})
+    assert allocate(swarm, "e" * 64) == (200, {"Options": {"vni": "100"}})
     status, body = allocate(swarm, "f" * 64)
     assert status == 409 and "no free VNI left in 100-102" in body["Err"]
 

@@ -106,8 +106,11 @@ class SwarmVnis(Protocol):
     that every node creates the network on the same VNI and no other network takes it meanwhile."""
 
     def reserve_swarm_vni(self, network_id: str, vni: int | None, low: int, high: int) -> int:
-        """Reserve `vni` (None: the lowest one in [low, high] that no network uses or has reserved) for the
-        swarm network; its own reservation is confirmed again. Conflict when another network has it."""
+        """Reserve `vni` (None: the highest one in [low, high] that no network uses or has reserved) for the
+        swarm network; its own reservation is confirmed again. Conflict when another network has it.
+
+        The highest: swarm numbers its overlay networks' VNIs from 4096 up (its ingress network has 4096 on
+        every node), in devices the plugin cannot see, and the kernel takes one device per VNI and port."""
         ...
 
     def release_swarm_vni(self, network_id: str) -> int | None:
@@ -145,10 +148,13 @@ def ranges_without(low: int, high: int, skipped: Collection[int]) -> list[tuple[
     return pieces
 
 
-def pick_around(pick: Callable[[int, int], T], low: int, high: int, skipped: Collection[int]) -> T:
-    """`pick(start, end)` (an allocation of the lowest free VNI in that range) on each piece of [low, high] around
-    the `skipped` VNIs in turn, until one finds a free VNI."""
-    for start, end in ranges_without(low, high, skipped):
+def pick_around(
+    pick: Callable[[int, int], T], low: int, high: int, skipped: Collection[int], highest_first: bool = False
+) -> T:
+    """`pick(start, end)` (an allocation of the lowest, or `highest_first` the highest, free VNI in that range) on
+    each piece of [low, high] around the `skipped` VNIs in turn, until one finds a free VNI."""
+    pieces = ranges_without(low, high, skipped)
+    for start, end in reversed(pieces) if highest_first else pieces:
         try:
             return pick(start, end)
         except NoFreeVni:

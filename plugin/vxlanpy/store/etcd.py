@@ -190,7 +190,7 @@ class EtcdStore:
                 candidate = vni if vni is not None else mine
                 if candidate is None:
                     used = self._used_vnis()
-                    candidate = next((c for c in range(low, high + 1) if c not in used), None)
+                    candidate = next((c for c in range(high, low - 1, -1) if c not in used), None)
                     if candidate is None:
                         raise NoFreeVni(no_free_vni_message(low, high) + " (cluster-wide)")
                 elif candidate != mine and vni is not None and self.kv.get(self.kv.key("segments", str(vni))):

@@ -169,7 +169,7 @@ class MemoryStore:
             if vni is None:
                 mine = [held for held, owner in self._swarm_vnis.items() if owner == network_id]
                 used = {network.vni for network in self._networks.values()} | set(self._swarm_vnis)
-                vni = mine[0] if mine else next((c for c in range(low, high + 1) if c not in used), None)
+                vni = mine[0] if mine else next((c for c in range(high, low - 1, -1) if c not in used), None)
                 if vni is None:
                     raise NoFreeVni(no_free_vni_message(low, high))
             owner = self._swarm_vnis.get(vni)
