@@ -23,7 +23,7 @@ from .wiring import Components
 
 def create_app(components: Components) -> Flask:
     routes: dict[str, Handler] = {
-        **NetworkDriverProtocol(components.driver).routes,
+        **NetworkDriverProtocol(components.driver, components.scope).routes,
         **IpamDriverProtocol(components.ipam).routes,
     }
     metrics = components.metrics

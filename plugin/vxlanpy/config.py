@@ -18,6 +18,7 @@ DEFAULT_SOCKET = "/run/docker/plugins/vxlanpy.sock"
 DEFAULT_STATE_DIR = "/var/lib/vxlanpy"
 DEFAULT_VNI_RANGE = (4096, 65535)
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SCOPES = ("local", "global")  # what GetCapabilities reports; global: swarm networks (swarm.py)
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # what the kernel takes as an interface name (IFNAMSIZ - 1)
 
 
@@ -44,6 +45,7 @@ class Settings:
     wg_port: int = DEFAULT_WG_PORT
     wg_subnet: str = DEFAULT_WG_SUBNET
     wg_interface: str = DEFAULT_WG_INTERFACE
+    scope: str = "local"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +77,7 @@ class Settings:
             wg_port=_parse_wg_port(env.get("VXLANPY_WG_PORT") or str(DEFAULT_WG_PORT)),
             wg_subnet=_parse_wg_subnet(env.get("VXLANPY_WG_SUBNET") or DEFAULT_WG_SUBNET),
             wg_interface=_parse_wg_interface(env.get("VXLANPY_WG_INTERFACE") or DEFAULT_WG_INTERFACE),
+            scope=_parse_scope(env.get("VXLANPY_SCOPE") or "local", env.get("VXLANPY_STORE", "")),
         )
 
     @property
@@ -102,6 +105,22 @@ def _parse_vni_range(raw: str | None) -> tuple[int, int]:
             f"VXLANPY_VNI_RANGE={raw[:64]!r} is not valid; use LOW-HIGH within 1-16777215, e.g. 4096-65535"
         )
     return low, high
+
+
+def _parse_scope(raw: str, store_url: str) -> str:
+    scope = raw.strip().lower()
+    if scope not in SCOPES:
+        raise InvalidOption(
+            f"VXLANPY_SCOPE={raw[:64]!r} is not valid; use local (the default) or global (for swarm services)"
+        )
+    if scope == "global" and not store_url.startswith("etcd://"):
+        # Every node of a swarm must see one VNI and one set of endpoints per network: only etcd shares them.
+        raise InvalidOption(
+            "VXLANPY_SCOPE=global (swarm networks) needs the etcd store, shared by every node of the swarm: set "
+            "VXLANPY_STORE=etcd://HOST:2379 as well (e.g. `docker plugin set vxlanpy/vxlanpy:latest "
+            "VXLANPY_STORE=etcd://10.0.0.1:2379 VXLANPY_SCOPE=global`), or VXLANPY_SCOPE=local"
+        )
+    return scope
 
 
 def _parse_wg_port(raw: str) -> int:

@@ -33,15 +33,19 @@ from .options import (
     ENCRYPTION_NEEDS_ETCD,
     RequestedNetwork,
     check_gateway_mode,
+    check_in_subnets,
     check_port_kind,
     check_subnets_clear_of_tunnel,
     check_subnets_clear_of_underlay,
+    no_subnet_message,
     parse_network_options,
+    refuse_several_subnets,
 )
 from .ports import allocate_ports, host_port_is_free
 from .reconcile import NETWORK_ALIAS_PREFIX as NETWORK_ALIAS_PREFIX  # the names other modules import from here
 from .reconcile import STALE_UNJOINED_SECONDS, Reconciler, ReconcileReport, sandbox_path_exists
-from .store.base import Store
+from .store.base import Store, SwarmVnis
+from .swarm import SWARM_NEEDS_ETCD, options_for_nodes
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +99,10 @@ class Driver:
         clock: Callable[[], float] = time.time,
         sandbox_exists: Callable[[str], bool | None] | None = None,
         encryption: Encryption | None = None,
+        swarm: SwarmVnis | None = None,
     ) -> None:
         self.store = store
+        self.swarm = swarm  # the cluster's swarm VNI reservations; None: AllocateNetwork is refused
         self.cluster = cluster
         self.encryption = encryption  # this host's WireGuard mesh; None: encrypted networks are refused
         self.clock = clock
@@ -126,14 +132,39 @@ class Driver:
         internal network's gateway gives no default route, but the host keeps it on the bridge to reach its
         containers, as with Docker's bridge; and hosts sharing a VNI must record the same gateway whatever
         their engine version (one before 28 always reserves it), or the segment would be refused."""
+        requested = self._requested(options)
+        if internal:
+            check_gateway_mode(requested.gateway, internal, has_ipv4=True)  # the subnets are not known yet
+        return GatewaySkip(ipv4=False, ipv6=False)
+
+    def _requested(self, options: dict[str, object]) -> RequestedNetwork:
+        """The options checked as far as they can be before the subnets are known."""
         requested = parse_network_options(
             options, self.links.underlay, self.default_dev, multi_host=self.cluster is not None
         )
-        if internal:
-            check_gateway_mode(requested.gateway, internal, has_ipv4=True)  # the subnets are not known yet
         if requested.encrypted:
             self._required_encryption()
-        return GatewaySkip(ipv4=False, ipv6=False)
+        return requested
+
+    def allocate_network(
+        self, network_id: str, options: dict[str, str], ipv4: tuple[Subnet, ...], ipv6: tuple[Subnet, ...]
+    ) -> dict[str, str]:
+        """The swarm manager's call (global scope only): check the options, reserve the VNI cluster-wide, and
+        return the options that every node's CreateNetwork of this network will get."""
+        if self.swarm is None:
+            raise InvalidOption(SWARM_NEEDS_ETCD)
+        refuse_several_subnets(ipv4, ipv6)
+        requested = self._requested(dict(options))
+        if requested.underlay is not None:
+            check_subnets_clear_of_underlay(requested.underlay, [subnet.pool for subnet in (*ipv4, *ipv6)])
+        vni = self.swarm.reserve_swarm_vni(network_id, requested.vni, *self.vni_range)
+        log.info("swarm network %s allocated: vni %d", network_id[:12], vni)
+        return options_for_nodes(options, vni)
+
+    def free_network(self, network_id: str) -> None:
+        """The swarm manager removed the network: its VNI may go to another network."""
+        if self.swarm is not None and self.swarm.release_swarm_vni(network_id) is not None:
+            log.info("swarm network %s freed", network_id[:12])
 
     def create_network(
         self,
@@ -152,8 +183,8 @@ class Driver:
             if existing is not None:
                 return existing  # dockerd retried a call that had succeeded
             if not ipv4 and not ipv6:
-                raise InvalidOption(_no_subnet_message(ipv4_enabled, ipv6_enabled))
-            _refuse_several_subnets(ipv4, ipv6)
+                raise InvalidOption(no_subnet_message(ipv4_enabled, ipv6_enabled))
+            refuse_several_subnets(ipv4, ipv6)
             requested = parse_network_options(
                 options, self.links.underlay, self.default_dev, multi_host=self.cluster is not None
             )
@@ -280,8 +311,8 @@ class Driver:
             existing = self.store.get_endpoint(endpoint_id)
             if existing is not None:
                 return existing
-            _check_in_subnets("address", ipv4, network.ipv4)
-            _check_in_subnets("IPv6 address", ipv6, network.ipv6)
+            check_in_subnets("address", ipv4, network.ipv4)
+            check_in_subnets("IPv6 address", ipv6, network.ipv6)
             mac = mac or endpoint_mac(ipv4, endpoint_id)
             endpoint = Endpoint(endpoint_id, network_id, mac, ipv4, ipv6, created=self.clock())
             self.store.put_endpoint(endpoint)
@@ -480,36 +511,3 @@ class Driver:
     def reconcile(self, dry_run: bool = False, unjoined_grace: float = STALE_UNJOINED_SECONDS) -> ReconcileReport:
         """Make the kernel match the store (reconcile.py); safe while requests run."""
         return Reconciler(self).run(dry_run, unjoined_grace)
-
-
-def _no_subnet_message(ipv4_enabled: bool | None, ipv6_enabled: bool | None) -> str:
-    if ipv4_enabled is False and not ipv6_enabled:
-        return (
-            "the network would have no addresses: --ipv4=false turns IPv4 off and IPv6 is off too; "
-            "add --ipv6 (and --subnet with an IPv6 prefix if Docker has no default IPv6 pool), or drop --ipv4=false"
-        )
-    return "Docker gave the network neither an IPv4 nor an IPv6 subnet; create it with --subnet"
-
-
-def _refuse_several_subnets(ipv4: tuple[Subnet, ...], ipv6: tuple[Subnet, ...]) -> None:
-    """One subnet per IP family, as Docker's bridge driver ("bridge driver doesn't support multiple subnets"):
-    Join gives a container one gateway per family, so one on a second subnet would get the first subnet's
-    gateway, which it has no route to, and could not start."""
-    for family, subnets in (("IPv4", ipv4), ("IPv6", ipv6)):
-        if len(subnets) > 1:
-            pools = ", ".join(str(subnet.pool) for subnet in subnets)
-            raise InvalidOption(
-                f"a vxlanpy network takes one {family} subnet, not {len(subnets)} ({pools}); as with Docker's "
-                "bridge driver, create one network per subnet (containers can join several networks), or give "
-                "one larger --subnet and choose addresses with --ip-range"
-            )
-
-
-def _check_in_subnets(
-    what: str, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None, subnets: tuple[Subnet, ...]
-) -> None:
-    if address is None or not subnets:
-        return
-    if not any(address.ip in subnet.pool for subnet in subnets):
-        pools = ", ".join(str(subnet.pool) for subnet in subnets)
-        raise InvalidOption(f"{what} {address} is outside the network's subnets ({pools})")

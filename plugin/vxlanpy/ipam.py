@@ -19,6 +19,13 @@ Records (an `AddressBook`, see store/base.py), keyed by the pool's CIDR ("10.60.
   SECONDS the time of the reservation: `vxlanpy gc` releases an `auto` reservation that no endpoint holds
   after a minute (Docker's ReleaseAddress was lost: the plugin was down or its store read-only), see
   `orphan_reservations`;
+* swarm networks (a global-scope plugin): the swarm manager's allocator reserves every task's, VIP's and load
+  balancer's address, `IP -> HOST/swarm-CLAIM.TOKEN@KIND-SECONDS` (CLAIM: its pool claim's TOKEN-SECONDS), and each
+  node then asks for the same address again when it creates the endpoint.  A node's explicit request for an
+  address that a swarm holder has is granted without a record of its own, and its release leaves the address
+  to the allocator, the only one that releases it.  The allocator asking again for an address an earlier run of
+  it reserved (a restarted or new leader re-requests its pools and addresses) takes it over; the same run
+  asking twice is refused, as is any request from a network that is not the swarm's for an address anyone holds;
 * the gateway: `IP -> "gateway"`, plus the record `"gateway" -> IP` that fixes the pool's gateway atomically
   for every host (the first host to reserve it wins; the others adopt it, or are refused when they ask for a
   different --gateway).
@@ -57,6 +64,7 @@ DEFAULT_POOL6 = "fd78:7870::/48:64"
 GATEWAY_HOLDER = "gateway"  # the holder of the gateway's address
 GATEWAY_RECORD = "gateway"  # the address-table key whose holder is the pool's gateway address
 CONTAINER_LABEL = "container"
+SWARM_LABEL = "swarm"  # an address the swarm manager's allocator reserved
 RECOVERED_LABEL = "recovered"  # a pool claim re-created by `vxlanpy recover`, until Docker's own claim shows up
 AUTO_KIND = "auto"  # vxlanpy chose the address
 ASKED_KIND = "ip"  # Docker asked for this address: --ip, or an --aux-address no endpoint ever holds
@@ -185,6 +193,20 @@ def describe_holder(holder: str) -> str:
         return "the network's gateway"
     host, sep, label = holder.partition("/")
     return f"{host} ({label.partition('@')[0]})" if sep else holder
+
+
+def swarm_claim(holder: str) -> str | None:
+    """The pool claim (HOST/TOKEN-SECONDS) under which the swarm manager's allocator reserved an address; None
+    for any other holder."""
+    host, _, label = holder.partition("/")
+    if not label.startswith(f"{SWARM_LABEL}-"):
+        return None
+    return f"{host}/{label.removeprefix(f'{SWARM_LABEL}-').partition('.')[0]}"
+
+
+def _claim_seconds(claim: str) -> int:
+    seconds = claim.rpartition("-")[2]
+    return int(seconds) if seconds.isascii() and seconds.isdigit() else 0
 
 
 def reservation_age(holder: str, host: str, now: float) -> tuple[str, float] | None:
@@ -395,11 +417,14 @@ class Ipam:
 
     # -- addresses ------------------------------------------------------------------------------------------
 
-    def request_address(self, pool_id: str, address: IPAddress | None, gateway: bool = False) -> IPInterface:
+    def request_address(
+        self, pool_id: str, address: IPAddress | None, gateway: bool = False, swarm: bool = False
+    ) -> IPInterface:
+        """`swarm`: the request comes from the swarm manager's allocator (see the module's doc)."""
         grant = self._claimed(pool_id)
         if address is not None:
             self._check_in_pool(grant, address, "--gateway" if gateway else "address")
-        chosen = self._gateway(grant, address) if gateway else self._container_address(grant, address)
+        chosen = self._gateway(grant, address) if gateway else self._container_address(grant, address, swarm)
         return ipaddress.ip_interface(f"{chosen}/{grant.pool.prefixlen}")
 
     def _check_in_pool(self, grant: PoolGrant, address: IPAddress, what: str) -> None:
@@ -437,11 +462,20 @@ class Ipam:
             )
         return candidate
 
-    def _container_address(self, grant: PoolGrant, requested: IPAddress | None) -> IPAddress:
+    def _container_address(self, grant: PoolGrant, requested: IPAddress | None, swarm: bool = False) -> IPAddress:
         kind = AUTO_KIND if requested is None else ASKED_KIND
-        holder = f"{self._holder(CONTAINER_LABEL)}@{kind}-{int(self.clock())}"
+        if swarm:
+            claim = grant.claim.partition("/")[2]
+            holder = f"{self.host}/{SWARM_LABEL}-{claim}.{secrets.token_hex(6)}@{kind}-{int(self.clock())}"
+        else:
+            holder = f"{self._holder(CONTAINER_LABEL)}@{kind}-{int(self.clock())}"
         if requested is not None:
             winner = self.book.reserve_address(grant.key, str(requested), holder)
+            if winner is not None and self._swarm_grants(grant, winner, swarm):
+                if swarm:  # an earlier run of the allocator reserved it: this one releases it from now on
+                    self.book.release_address(grant.key, str(requested))
+                    self.book.reserve_address(grant.key, str(requested), holder)
+                return requested
             if winner is not None:
                 raise Conflict(
                     f"{requested} is already in use by {describe_holder(winner)}; "
@@ -464,6 +498,15 @@ class Ipam:
             "use); remove unused containers or use a larger --subnet or --ip-range"
         )
 
+    @staticmethod
+    def _swarm_grants(grant: PoolGrant, holder: str, swarm: bool) -> bool:
+        """Whether an address `holder` has is granted again: to a node, when the swarm's allocator holds it; to
+        the allocator, when an earlier run of it does (an older claim), never twice to one run."""
+        claim = swarm_claim(holder)
+        if claim is None:
+            return False
+        return not swarm or (claim != grant.claim and _claim_seconds(claim) <= _claim_seconds(grant.claim))
+
     def _candidate_range(self, grant: PoolGrant) -> tuple[int, int]:
         first, last = host_range(grant.pool)
         if grant.subpool is not None:
@@ -484,6 +527,11 @@ class Ipam:
             raise InvalidOption(f"address {address} is outside the pool {grant.pool}")
         holder = self.book.reserved_addresses(grant.key).get(str(address))
         if holder is None or holder == GATEWAY_HOLDER:
+            return
+        claim = swarm_claim(holder)
+        if claim is not None:  # the allocator's: only it releases (a node's release leaves it be)
+            if claim == grant.claim:
+                self.book.release_address(grant.key, str(address))
             return
         if holder.partition("/")[0] != self.host:
             log.warning("not releasing %s in %s: it is held by %s, not by this host", address, grant.pool, holder)

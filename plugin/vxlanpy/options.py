@@ -31,6 +31,7 @@ from .models import (
     IPNetwork,
     Network,
     NetworkConfig,
+    Subnet,
     gretap_ports,
 )
 
@@ -418,3 +419,36 @@ def _mtu_option(
             f"once {adds}; use at most {default}, or raise the underlay MTU"
         )
     return mtu
+
+
+def no_subnet_message(ipv4_enabled: bool | None, ipv6_enabled: bool | None) -> str:
+    if ipv4_enabled is False and not ipv6_enabled:
+        return (
+            "the network would have no addresses: --ipv4=false turns IPv4 off and IPv6 is off too; "
+            "add --ipv6 (and --subnet with an IPv6 prefix if Docker has no default IPv6 pool), or drop --ipv4=false"
+        )
+    return "Docker gave the network neither an IPv4 nor an IPv6 subnet; create it with --subnet"
+
+
+def refuse_several_subnets(ipv4: tuple[Subnet, ...], ipv6: tuple[Subnet, ...]) -> None:
+    """One subnet per IP family, as Docker's bridge driver ("bridge driver doesn't support multiple subnets"):
+    Join gives a container one gateway per family, so one on a second subnet would get the first subnet's
+    gateway, which it has no route to, and could not start."""
+    for family, subnets in (("IPv4", ipv4), ("IPv6", ipv6)):
+        if len(subnets) > 1:
+            pools = ", ".join(str(subnet.pool) for subnet in subnets)
+            raise InvalidOption(
+                f"a vxlanpy network takes one {family} subnet, not {len(subnets)} ({pools}); as with Docker's "
+                "bridge driver, create one network per subnet (containers can join several networks), or give "
+                "one larger --subnet and choose addresses with --ip-range"
+            )
+
+
+def check_in_subnets(
+    what: str, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None, subnets: tuple[Subnet, ...]
+) -> None:
+    if address is None or not subnets:
+        return
+    if not any(address.ip in subnet.pool for subnet in subnets):
+        pools = ", ".join(str(subnet.pool) for subnet in subnets)
+        raise InvalidOption(f"{what} {address} is outside the network's subnets ({pools})")

@@ -101,8 +101,9 @@ def _subnets(body: Body, name: str, version: int) -> tuple[Subnet, ...]:
 class NetworkDriverProtocol:
     """Maps each `/Plugin.*` and `/NetworkDriver.*` path to a handler bound to one Driver."""
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, scope: str = "local") -> None:
         self.driver = driver
+        self.scope = scope  # "global" (VXLANPY_SCOPE): swarm networks, AllocateNetwork on the manager
         self.routes: dict[str, Handler] = {
             "Plugin.Activate": self.activate,
             "NetworkDriver.GetCapabilities": self.get_capabilities,
@@ -127,7 +128,7 @@ class NetworkDriverProtocol:
 
     def get_capabilities(self, body: Body) -> Body:
         # GwAllocChecker: Docker 28+ then asks GwAllocCheck before it allocates a new network's addresses.
-        return {"Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": True}
+        return {"Scope": self.scope, "ConnectivityScope": self.scope, "GwAllocChecker": True}
 
     def gw_alloc_check(self, body: Body) -> Body:
         """Docker 28+: which gateway addresses Docker need not reserve for a network created with these Options
@@ -155,11 +156,19 @@ class NetworkDriverProtocol:
         return {}
 
     def allocate_network(self, body: Body) -> Body:
-        docker_id(body, "NetworkID")
-        return {"Options": {}}  # swarm-scope allocation: nothing to hand out for a local-scope driver
+        """The swarm manager's call; the Options are the driver options (a map of strings), not wrapped."""
+        network_id = docker_id(body, "NetworkID")
+        options = field(body, "Options", dict, required=False) or {}
+        for key, value in options.items():
+            if not isinstance(value, str):
+                raise BadRequest(f"Options[{key[:64]!r}] must be a string, not {type(value).__name__}")
+        allocated = self.driver.allocate_network(
+            network_id, options, _subnets(body, "IPv4Data", 4), _subnets(body, "IPv6Data", 6)
+        )
+        return {"Options": allocated}
 
     def free_network(self, body: Body) -> Body:
-        docker_id(body, "NetworkID")
+        self.driver.free_network(docker_id(body, "NetworkID"))
         return {}
 
     def create_endpoint(self, body: Body) -> Body:

@@ -19,6 +19,8 @@ from .replies import MAX_BODY, Body, Dialect, log_text
 
 REQUEST_ADDRESS_TYPE = "RequestAddressType"  # ipamapi.RequestAddressType
 GATEWAY_ADDRESS_TYPE = "com.docker.network.gateway"  # netlabel.Gateway
+# ipamapi.AllocSerialPrefix: the swarm manager's allocator sets it on every RequestAddress, a node never does.
+SWARM_ALLOCATOR_OPTION = "com.docker.network.ipam.serial"
 PREFIX = "IpamDriver."  # every method of this protocol
 
 
@@ -133,7 +135,8 @@ class IpamDriverProtocol:
         address = _address(body, "Address")
         options = _string_map(body, "Options")
         gateway = options.get(REQUEST_ADDRESS_TYPE) == GATEWAY_ADDRESS_TYPE
-        granted = self.ipam.request_address(pool_id, address, gateway=gateway)
+        swarm = options.get(SWARM_ALLOCATOR_OPTION) == "true"
+        granted = self.ipam.request_address(pool_id, address, gateway=gateway, swarm=swarm)
         return {"Address": str(granted), "Data": {}}
 
     def release_address(self, body: Body) -> Body:

@@ -75,6 +75,7 @@ class Components:
     # that never completed on Docker's side; None: Docker is not asked.
     docker_listing: DockerAsker | None = None
     encryption: BackgroundEncryption | None = None  # multi-host mode only: encrypted networks' WireGuard mesh
+    scope: str = "local"  # what GetCapabilities reports (VXLANPY_SCOPE); global: swarm networks
 
 
 def assemble(
@@ -106,7 +107,7 @@ def assemble(
         encryption=encryption,
     )
     metrics.watch_state(operations.metrics_state)
-    return Components(driver, ipam, operations, metrics, cluster, docker_listing, encryption)
+    return Components(driver, ipam, operations, metrics, cluster, docker_listing, encryption, settings.scope)
 
 
 def build(settings: Settings) -> Components:
@@ -157,6 +158,7 @@ def build(settings: Settings) -> Components:
         default_dev=settings.default_dev,
         cluster=cluster,
         encryption=encryption,
+        swarm=etcd_store,
     )
     # the records are kept under the identity, not the hostname
     return assemble(

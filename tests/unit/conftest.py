@@ -25,7 +25,8 @@ EP2 = "d" * 64
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, scope: str = "local") -> None:
+        """scope "global": a swarm node's plugin (VXLANPY_SCOPE=global), its VNI reservations in the store."""
         self.store = MemoryStore()
         self.links = FakeLinks()
         self.firewall = FakeFirewall()
@@ -40,8 +41,9 @@ class Harness:
             port_is_free=lambda mapping: mapping.host_port not in self.busy_ports,
             clock=lambda: self.now,
             sandbox_exists=lambda path: path in self.live_sandboxes,
+            swarm=self.store if scope == "global" else None,
         )
-        self.client: FlaskClient = create_app(assemble(self.driver, Settings())).test_client()
+        self.client: FlaskClient = create_app(assemble(self.driver, Settings(scope=scope))).test_client()
 
     def call(self, method: str, body: Any = None, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())

@@ -87,8 +87,9 @@ def test_discovery_is_accepted(harness: Harness, method: str) -> None:
     assert harness.call(method, {"DiscoveryType": 1, "DiscoveryData": {"Address": "192.0.2.1"}}) == (200, {})
 
 
-def test_allocate_and_free_network(harness: Harness) -> None:
-    assert harness.call("NetworkDriver.AllocateNetwork", {"NetworkID": NET, "Options": {}}) == (200, {"Options": {}})
+def test_allocate_network_is_refused_by_a_local_scope_plugin(harness: Harness) -> None:
+    status, body = harness.call("NetworkDriver.AllocateNetwork", {"NetworkID": NET, "Options": {}})
+    assert status == 400 and "VXLANPY_SCOPE=global" in body["Err"] and "etcd" in body["Err"]
     assert harness.call("NetworkDriver.FreeNetwork", {"NetworkID": NET}) == (200, {})
 
 

@@ -98,6 +98,31 @@ class Store(AddressBook, Protocol):
     def close(self) -> None: ...
 
 
+class SwarmVnis(Protocol):
+    """The VNIs a swarm manager gave its networks (AllocateNetwork), kept cluster-wide until FreeNetwork, so
+    that every node creates the network on the same VNI and no other network takes it meanwhile."""
+
+    def reserve_swarm_vni(self, network_id: str, vni: int | None, low: int, high: int) -> int:
+        """Reserve `vni` (None: the lowest one in [low, high] that no network uses or has reserved) for the
+        swarm network; its own reservation is confirmed again. Conflict when another network has it."""
+        ...
+
+    def release_swarm_vni(self, network_id: str) -> int | None:
+        """Drop the network's reservation; returns its VNI, None when it had none."""
+        ...
+
+    def swarm_vnis(self) -> dict[int, str]:
+        """vni -> swarm network id, for every reservation."""
+        ...
+
+
+def swarm_vni_message(vni: int, network_id: str) -> str:
+    return (
+        f"vni {vni} is reserved by the swarm network {network_id[:12]}; choose another -o vni=N or omit it to get "
+        "a free one"
+    )
+
+
 def vni_in_use_message(vni: int, network_id: str) -> str:
     return (
         f"vni {vni} is already used by vxlanpy network {network_id[:12]} on this host; "

@@ -12,6 +12,7 @@ is the host's identity (nodes.py: VXLANPY_HOST, or chosen once and kept in the s
     live/<vni>/vtep/<host>                   a host's VTEP address on the segment          (under its lease)
     live/<vni>/ep/<host>/<endpoint id>       an endpoint's MAC, addresses and VTEP          (under its lease)
     addresses/<vni>/<ip>                     who uses an address on the segment             (under its lease)
+    swarm-vnis/<vni>                         the swarm network the manager gave the VNI (AllocateNetwork)
     ipam/pools/<pool key>/<holder key>       the IPAM driver's pool holders
     ipam/addresses/<pool key>/<ip>           the IPAM driver's reservations
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 from ..errors import Conflict, InvalidOption
 from ..models import Endpoint, Network
-from .base import no_free_vni_message, vni_in_use_message
+from .base import no_free_vni_message, swarm_vni_message, vni_in_use_message
 from .etcd_kv import EtcdConfig, EtcdKV, KeyValue, LeaseNotFound, key_part
 
 # The client's names too: the rest of vxlanpy and its tests import them from here.
@@ -93,10 +94,7 @@ class EtcdStore:
     ) -> Network:
         with self._lock:
             for _ in range(16):  # another host may take the same VNI between our read and our claim
-                used = {
-                    int(kv.key.rsplit("/", 1)[1])
-                    for kv in self.kv.range(self.kv.key("segments", ""), keys_only=True)[0]
-                }
+                used = self._used_vnis()
                 vni = next((candidate for candidate in range(low, high + 1) if candidate not in used), None)
                 if vni is None:
                     raise Conflict(no_free_vni_message(low, high) + " (cluster-wide)")
@@ -109,12 +107,23 @@ class EtcdStore:
                     return network
             raise Conflict("could not allocate a VNI: too many hosts are creating networks at once; retry")
 
+    def _used_vnis(self) -> set[int]:
+        """The VNIs of the cluster's segments and of the swarm's reservations."""
+        return {
+            int(kv.key.rsplit("/", 1)[1])
+            for prefix in ("segments", "swarm-vnis")
+            for kv in self.kv.range(self.kv.key(prefix, ""), keys_only=True)[0]
+        }
+
     def _check_local(self, network: Network) -> None:
         if self.kv.get(self._network_key(network.network_id)) is not None:
             raise Conflict(f"network {network.network_id[:12]} already exists")
         for other in self.list_networks():
             if other.vni == network.vni:
                 raise Conflict(vni_in_use_message(network.vni, other.network_id))
+        owner = self.kv.get(self.kv.key("swarm-vnis", str(network.vni)))
+        if owner not in (None, network.network_id):
+            raise Conflict(swarm_vni_message(network.vni, owner))
 
     def _claim_segment(self, network: Network) -> None:
         wanted = segment_of(network)
@@ -171,6 +180,42 @@ class EtcdStore:
 
     def close(self) -> None:
         pass
+
+    # -- SwarmVnis -------------------------------------------------------------------------------------------
+
+    def reserve_swarm_vni(self, network_id: str, vni: int | None, low: int, high: int) -> int:
+        with self._lock:
+            mine = next((held for held, owner in self.swarm_vnis().items() if owner == network_id), None)
+            for _ in range(16):  # another host may take the same VNI between our read and our claim
+                candidate = vni if vni is not None else mine
+                if candidate is None:
+                    used = self._used_vnis()
+                    candidate = next((c for c in range(low, high + 1) if c not in used), None)
+                    if candidate is None:
+                        raise Conflict(no_free_vni_message(low, high) + " (cluster-wide)")
+                elif candidate != mine and vni is not None and self.kv.get(self.kv.key("segments", str(vni))):
+                    # A segment of local networks: joining it would put the swarm's tasks on their layer 2.
+                    raise Conflict(
+                        f"vni {vni} is already used by vxlanpy networks in the cluster; choose another -o vni=N "
+                        "or omit it to get a free one"
+                    )
+                owner = self.kv.create(self.kv.key("swarm-vnis", str(candidate)), network_id)
+                if owner in (None, network_id):
+                    return candidate
+                if vni is not None:
+                    raise Conflict(swarm_vni_message(candidate, owner))
+            raise Conflict("could not allocate a VNI: too many networks are being created at once; retry")
+
+    def release_swarm_vni(self, network_id: str) -> int | None:
+        with self._lock:
+            vni = next((held for held, owner in self.swarm_vnis().items() if owner == network_id), None)
+            if vni is not None:
+                self.kv.delete(self.kv.key("swarm-vnis", str(vni)))
+            return vni
+
+    def swarm_vnis(self) -> dict[int, str]:
+        items, _ = self.kv.range(self.kv.key("swarm-vnis", ""))
+        return {int(kv.key.rsplit("/", 1)[1]): kv.value for kv in items}
 
     # -- AddressBook ----------------------------------------------------------------------------------------
 

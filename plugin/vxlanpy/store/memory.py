@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from ..errors import Conflict, StoreError
 from ..models import Endpoint, Network
-from .base import no_free_vni_message, vni_in_use_message
+from .base import no_free_vni_message, swarm_vni_message, vni_in_use_message
 
 
 class MemoryStore:
@@ -18,6 +18,7 @@ class MemoryStore:
         self._pool_holders: dict[str, set[str]] = {}
         self._addresses: dict[str, dict[str, str]] = {}  # pool id -> address -> holder
         self._pending: dict[str, float] = {}  # network id -> since
+        self._swarm_vnis: dict[int, str] = {}  # vni -> swarm network id (SwarmVnis)
         self.fail_writes: str | None = None  # a message: every write raises StoreError(message), as a broken file
 
     def _write(self) -> None:
@@ -38,6 +39,9 @@ class MemoryStore:
         for other in self._networks.values():
             if other.vni == network.vni:
                 raise Conflict(vni_in_use_message(network.vni, other.network_id))
+        owner = self._swarm_vnis.get(network.vni)
+        if owner not in (None, network.network_id):
+            raise Conflict(swarm_vni_message(network.vni, owner))
 
     def add_network(self, network: Network, pending_since: float | None = None) -> None:
         with self._lock:
@@ -52,7 +56,7 @@ class MemoryStore:
     ) -> Network:
         with self._lock:
             self._write()
-            used = {network.vni for network in self._networks.values()}
+            used = {network.vni for network in self._networks.values()} | set(self._swarm_vnis)
             vni = next((candidate for candidate in range(low, high + 1) if candidate not in used), None)
             if vni is None:
                 raise Conflict(no_free_vni_message(low, high))
@@ -156,3 +160,35 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+    # -- SwarmVnis -------------------------------------------------------------------------------------------
+
+    def reserve_swarm_vni(self, network_id: str, vni: int | None, low: int, high: int) -> int:
+        with self._lock:
+            self._write()
+            if vni is None:
+                mine = [held for held, owner in self._swarm_vnis.items() if owner == network_id]
+                used = {network.vni for network in self._networks.values()} | set(self._swarm_vnis)
+                vni = mine[0] if mine else next((c for c in range(low, high + 1) if c not in used), None)
+                if vni is None:
+                    raise Conflict(no_free_vni_message(low, high))
+            owner = self._swarm_vnis.get(vni)
+            if owner not in (None, network_id):
+                raise Conflict(swarm_vni_message(vni, owner))
+            user = next((n for n in self._networks.values() if n.vni == vni and n.network_id != network_id), None)
+            if owner is None and user is not None:
+                raise Conflict(vni_in_use_message(vni, user.network_id))
+            self._swarm_vnis[vni] = network_id
+            return vni
+
+    def release_swarm_vni(self, network_id: str) -> int | None:
+        with self._lock:
+            self._write()
+            vni = next((held for held, owner in self._swarm_vnis.items() if owner == network_id), None)
+            if vni is not None:
+                del self._swarm_vnis[vni]
+            return vni
+
+    def swarm_vnis(self) -> dict[int, str]:
+        with self._lock:
+            return dict(self._swarm_vnis)
