@@ -36,6 +36,10 @@ SWARM_PLUGIN = LOCAL_PLUGIN  # one name:tag on every node: a swarm network's dri
 SERVICE_IMAGE = f"{REGISTRY}/{IMAGE}"
 ADDRESS_POOL = "10.172.0.0/16"  # swarm's own networks (ingress): away from the tests' 10.171.x subnets
 HEARTBEAT = "1s"
+# Swarm's own overlay networks (ingress) number their VNIs from 4096 as vxlanpy does: on the same UDP port, the
+# manager's ingress device (VNI 4096) makes vxlanpy's first swarm network fail there with "File exists".  Their
+# VXLAN goes to another port.
+DATA_PATH_PORT = "4790"
 ETCD_PREFIX = "/vxlanpy"
 
 
@@ -167,7 +171,7 @@ class Swarm:
         manager = self.manager
         manager.docker(
             "swarm", "init", "--advertise-addr", manager.ip, "--listen-addr", f"{manager.ip}:2377",
-            "--default-addr-pool", ADDRESS_POOL, "--dispatcher-heartbeat", HEARTBEAT, "--task-history-limit", "1",
+            "--default-addr-pool", ADDRESS_POOL, "--dispatcher-heartbeat", HEARTBEAT, "--task-history-limit", "1", "--data-path-port", DATA_PATH_PORT,
         )  # fmt: skip
         token = manager.docker("swarm", "join-token", "-q", "worker").stdout.strip()
         self.cluster._parallel(
@@ -186,22 +190,22 @@ class Swarm:
 
     # -- services and tasks
 
-    def tasks(self, service: str, state: str = "running") -> list[dict[str, Any]]:
-        """The service's tasks whose current state is `state` (the manager's view)."""
-        found = self.manager.client.api.tasks(filters={"service": service})
-        return [task for task in found if task["Status"]["State"] == state]
+    def tasks(self, service: str) -> list[dict[str, Any]]:
+        """The service's tasks that run and are meant to (the manager's view: a dead node's tasks keep their last
+        state, "running", while their desired state becomes "shutdown")."""
+        found = self.manager.client.api.tasks(filters={"service": service, "desired-state": "running"})
+        return [task for task in found if task["Status"]["State"] == "running" and task["DesiredState"] == "running"]
 
     def wait_tasks(
         self, service: str, count: int, nodes: set[str] | None = None, timeout: float = 60.0
     ) -> list[dict[str, Any]]:
-        """Wait until `service` has `count` running tasks (on exactly the nodes of the roles `nodes`, if given)."""
+        """Wait until `service` has `count` running tasks and no other one meant to run (on exactly the nodes of
+        the roles `nodes`, if given)."""
 
         def settled() -> list[dict[str, Any]]:
             tasks = self.tasks(service)
+            desired = self.manager.client.api.tasks(filters={"service": service, "desired-state": "running"})
             placed = {self.by_id(task["NodeID"]).role for task in tasks}
-            desired = [
-                t for t in self.manager.client.api.tasks(filters={"service": service}) if t["DesiredState"] == "running"
-            ]
             if len(tasks) != count or len(desired) != count or (nodes is not None and placed != nodes):
                 return []
             return tasks
@@ -244,27 +248,26 @@ class Swarm:
     def etcd_keys(self) -> dict[str, str]:
         return self.cluster.etcd.get_prefix(f"{ETCD_PREFIX}/")
 
-    def leftovers(self, network_id: str, vni: int | None) -> list[str]:
-        """What vxlanpy still has of the network on any live node: its links (bridge, VXLAN device, and any veth:
-        no container uses the network), iptables chains or rules naming its VNI, and etcd keys of the network
-        id or of the VNI."""
+    def leftovers(self, network_id: str, vni: int) -> list[str]:
+        """What vxlanpy still has of the network on any live node: its bridge and VXLAN device, a container veth
+        on no bridge, iptables chains or rules naming its VNI, and etcd keys of its id or of its VNI."""
         found: list[str] = []
         for node in self.nodes:
             if not node.alive:
                 continue
-            links = node.links()
-            if links:
-                found.append(f"{node.role}: links {sorted(links)}")
-            if vni is not None:
-                rules = [line for line in node.iptables_lines() if f"-{vni} " in f"{line} " or f"vxbr-{vni}" in line]
-                found += [f"{node.role}: iptables {line}" for line in rules]
+            links = node.ip_json("link", "show")
+            own = [link["ifname"] for link in links if link["ifname"] in (f"vxbr-{vni}", f"vxlan-{vni}")]
+            stray = [link["ifname"] for link in links if link["ifname"].startswith("vxh-") and "master" not in link]
+            if own or stray:
+                found.append(f"{node.role}: links {sorted(own + stray)}")
+            rules = [line for line in node.iptables_lines() if f"-{vni} " in f"{line} " or f"vxbr-{vni} " in f"{line} "]
+            found += [f"{node.role}: iptables {line}" for line in rules]
         for key in self.etcd_keys():
-            parts = key.split("/")
-            if network_id in key or (vni is not None and str(vni) in parts):
+            if network_id in key or str(vni) in key.split("/"):
                 found.append(f"etcd: {key}")
         return found
 
-    def wait_no_leftovers(self, network_id: str, vni: int | None, timeout: float = 20.0) -> list[str]:
+    def wait_no_leftovers(self, network_id: str, vni: int, timeout: float = 20.0) -> list[str]:
         left: list[str] = []
 
         def clean() -> bool:
