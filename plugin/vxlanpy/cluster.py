@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from .cluster_base import KernelOwner, RemoteChanges
+from .cluster_base import STOP_JOIN_SECONDS, KernelOwner, RemoteChanges, end_threads
 from .dataplane.base import RemoteEndpoint
 from .errors import Conflict, StoreError
 from .models import Endpoint, IPAddress, Network
@@ -41,7 +41,7 @@ T = TypeVar("T")
 K = TypeVar("K")
 
 WATCH_IDLE = 10.0
-STOP_JOIN_SECONDS = 1.0
+WATCH_THREAD = "vxlanpy-watch"
 MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
 
@@ -127,7 +127,7 @@ class EtcdCluster:
 
     def start(self) -> None:
         loops = (
-            (self._watch_loop, "vxlanpy-watch"),
+            (self._watch_loop, WATCH_THREAD),
             (self._apply_loop, "vxlanpy-apply"),
             (self._keepalive_loop, "vxlanpy-lease"),
         )
@@ -139,13 +139,10 @@ class EtcdCluster:
     def stop(self, timeout: float = STOP_JOIN_SECONDS) -> list[str]:
         """Ends the threads and waits for them, `timeout` seconds each at most; returns the names of those still
         running.  The applier and the lease keep-alive wake at once; a watch blocked reading an idle stream ends at
-        its idle timeout (`watch_idle`) at the latest, and holds no lock meanwhile: a stop is not delayed for it."""
+        its idle timeout (`watch_idle`) at the latest, and holds no lock meanwhile: a stop waits for it only briefly."""
         self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout)
-        running = [thread.name for thread in self._threads if thread.is_alive()]
-        self._threads = [thread for thread in self._threads if thread.is_alive()]
-        return running
+        self._threads = end_threads(self._threads, timeout, watches={WATCH_THREAD})
+        return [thread.name for thread in self._threads]
 
     def program_through(self, owner: KernelOwner) -> None:
         self.kernel = owner

@@ -16,6 +16,18 @@ if TYPE_CHECKING:
     from .cluster import SegmentView
     from .nodes import Nodes
 
+STOP_JOIN_SECONDS = 1.0  # what a stop waits for each background thread
+# A watch reading an idle etcd stream ends at its idle timeout only; it holds no lock and is a daemon thread, so
+# a stop (a plugin's shutdown, a test's host going away) does not wait for it.
+WATCH_JOIN_SECONDS = 0.1
+
+
+def end_threads(threads: list[threading.Thread], timeout: float, watches: Collection[str]) -> list[threading.Thread]:
+    """Join each thread (those named in `watches` briefly); returns those still running."""
+    for thread in threads:
+        thread.join(min(timeout, WATCH_JOIN_SECONDS) if thread.name in watches else timeout)
+    return [thread for thread in threads if thread.is_alive()]
+
 
 @dataclass(frozen=True)
 class RemoteChanges:

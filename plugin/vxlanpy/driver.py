@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from .cluster_base import Cluster, RemoteChanges
 from .dataplane.base import Firewall, Links
 from .encryption_base import Encryption
-from .errors import InvalidOption, NotFound, VxlanpyError
+from .errors import InvalidOption, NotFound, VniTaken, VxlanpyError
 from .models import Endpoint, IPNetwork, Network, NetworkConfig, PortMapping, Subnet, endpoint_mac
 from .options import (
     ENCRYPTION_NEEDS_ETCD,
@@ -44,12 +44,12 @@ from .options import (
 from .ports import allocate_ports, host_port_is_free
 from .reconcile import NETWORK_ALIAS_PREFIX as NETWORK_ALIAS_PREFIX  # the names other modules import from here
 from .reconcile import STALE_UNJOINED_SECONDS, Reconciler, ReconcileReport, sandbox_path_exists
-from .store.base import Store, SwarmVnis
-from .swarm import SWARM_NEEDS_ETCD, options_for_nodes
+from .store.base import Store, SwarmVnis, pick_around
 
 log = logging.getLogger(__name__)
 
 DST_PREFIX = "eth"
+FOREIGN_VNI_ATTEMPTS = 8  # automatic VNIs tried when the host's other VXLAN devices hold the first ones
 NETWORKS_MAX_AGE = 1.0  # seconds the watch's changes trust the driver's copy of this host's networks
 
 
@@ -103,6 +103,7 @@ class Driver:
     ) -> None:
         self.store = store
         self.swarm = swarm  # the cluster's swarm VNI reservations; None: AllocateNetwork is refused
+        self.foreign_vnis: set[int] = set()  # VNIs that other VXLAN devices of the host hold: not allocated
         self.cluster = cluster
         self.encryption = encryption  # this host's WireGuard mesh; None: encrypted networks are refused
         self.clock = clock
@@ -132,12 +133,12 @@ class Driver:
         internal network's gateway gives no default route, but the host keeps it on the bridge to reach its
         containers, as with Docker's bridge; and hosts sharing a VNI must record the same gateway whatever
         their engine version (one before 28 always reserves it), or the segment would be refused."""
-        requested = self._requested(options)
+        requested = self.requested(options)
         if internal:
             check_gateway_mode(requested.gateway, internal, has_ipv4=True)  # the subnets are not known yet
         return GatewaySkip(ipv4=False, ipv6=False)
 
-    def _requested(self, options: dict[str, object]) -> RequestedNetwork:
+    def requested(self, options: dict[str, object]) -> RequestedNetwork:
         """The options checked as far as they can be before the subnets are known."""
         requested = parse_network_options(
             options, self.links.underlay, self.default_dev, multi_host=self.cluster is not None
@@ -145,26 +146,6 @@ class Driver:
         if requested.encrypted:
             self._required_encryption()
         return requested
-
-    def allocate_network(
-        self, network_id: str, options: dict[str, str], ipv4: tuple[Subnet, ...], ipv6: tuple[Subnet, ...]
-    ) -> dict[str, str]:
-        """The swarm manager's call (global scope only): check the options, reserve the VNI cluster-wide, and
-        return the options that every node's CreateNetwork of this network will get."""
-        if self.swarm is None:
-            raise InvalidOption(SWARM_NEEDS_ETCD)
-        refuse_several_subnets(ipv4, ipv6)
-        requested = self._requested(dict(options))
-        if requested.underlay is not None:
-            check_subnets_clear_of_underlay(requested.underlay, [subnet.pool for subnet in (*ipv4, *ipv6)])
-        vni = self.swarm.reserve_swarm_vni(network_id, requested.vni, *self.vni_range)
-        log.info("swarm network %s allocated: vni %d", network_id[:12], vni)
-        return options_for_nodes(options, vni)
-
-    def free_network(self, network_id: str) -> None:
-        """The swarm manager removed the network: its VNI may go to another network."""
-        if self.swarm is not None and self.swarm.release_swarm_vni(network_id) is not None:
-            log.info("swarm network %s freed", network_id[:12])
 
     def create_network(
         self,
@@ -199,26 +180,17 @@ class Driver:
             def build(vni: int) -> Network:
                 return Network(network_id, config_for(vni), ipv4, ipv6, internal)
 
-            # Pending until the kernel side is done: a kill -9 in between leaves a row that reconciliation expires.
-            if requested.vni is None:
-                network = self.store.add_network_with_free_vni(build, *self.vni_range, pending_since=self.clock())
-            else:
-                network = build(requested.vni)
-                self.store.add_network(network, pending_since=self.clock())
-            self._forget_networks()  # a watch event from now on must find this network
-            try:
-                if network.config.encrypted and self.encryption is not None:
-                    self.encryption.ensure()  # the WireGuard interface the VXLAN device sends through
-                self.links.ensure_network(network)
-                self.firewall.ensure_network(network, [])
-                if self.cluster is not None:
-                    self.cluster.publish_network(network)
-                    self.program_remotes(network)  # what the segment's other hosts publish
-                    self._sync_vtep_filter()
-                self.store.confirm_network(network_id)
-            except Exception:
-                self._roll_back_network(network)
-                raise
+            for attempt in range(FOREIGN_VNI_ATTEMPTS):
+                network = self._add_network_row(requested.vni, build)
+                try:
+                    self._make_network(network)
+                    break
+                except VniTaken as taken:
+                    if requested.vni is not None or attempt == FOREIGN_VNI_ATTEMPTS - 1:
+                        raise
+                    # Another device of the host (swarm's ingress network) has it: the next free one, then.
+                    self.foreign_vnis.add(taken.vni)
+                    log.warning("vni %d is taken on this host by a VXLAN device not vxlanpy's: skipped", taken.vni)
             log.info(
                 "network %s ready: vni %d, bridge %s, mtu %d",
                 network_id[:12],
@@ -227,6 +199,37 @@ class Driver:
                 network.config.mtu,
             )
             return network
+
+    def _add_network_row(self, vni: int | None, build: Callable[[int], Network]) -> Network:
+        """The network's row, pending until the kernel side is done: a kill -9 in between leaves a row that
+        reconciliation expires.  An automatic VNI is the lowest free one that no other device of the host holds."""
+        if vni is not None:
+            network = build(vni)
+            self.store.add_network(network, pending_since=self.clock())
+            return network
+        pending_since = self.clock()
+
+        def pick(low: int, high: int) -> Network:
+            return self.store.add_network_with_free_vni(build, low, high, pending_since=pending_since)
+
+        return pick_around(pick, *self.vni_range, self.foreign_vnis)
+
+    def _make_network(self, network: Network) -> None:
+        """The kernel side of a new network and its publication; everything is undone when a step fails."""
+        self._forget_networks()  # a watch event from now on must find this network
+        try:
+            if network.config.encrypted and self.encryption is not None:
+                self.encryption.ensure()  # the WireGuard interface the VXLAN device sends through
+            self.links.ensure_network(network)
+            self.firewall.ensure_network(network, [])
+            if self.cluster is not None:
+                self.cluster.publish_network(network)
+                self.program_remotes(network)  # what the segment's other hosts publish
+                self._sync_vtep_filter()
+            self.store.confirm_network(network.network_id)
+        except Exception:
+            self._roll_back_network(network)
+            raise
 
     def _roll_back_network(self, network: Network) -> None:
         cluster = self.cluster

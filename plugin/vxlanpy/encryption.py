@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .cluster import EtcdCluster
+from .cluster_base import STOP_JOIN_SECONDS, end_threads
 from .dataplane.base import Underlay
 from .encryption_base import (
     DEFAULT_WG_INTERFACE,
@@ -44,7 +45,7 @@ KEY_FILE = "wireguard.key"
 KEEPALIVE = 25
 JOIN_SECONDS = 3.0  # after ensure(), this host's peers have no keepalive: only the others start handshakes
 WATCH_IDLE = 10.0
-STOP_JOIN_SECONDS = 1.0
+WATCH_THREAD = "vxlanpy-wg-watch"
 RETRY_SECONDS = 1.0
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -269,16 +270,14 @@ class WireGuardMesh:
     # -- following the other hosts ------------------------------------------------------------------------
 
     def start(self) -> None:
-        thread = threading.Thread(target=self._watch_loop, name="vxlanpy-wg-watch", daemon=True)
+        thread = threading.Thread(target=self._watch_loop, name=WATCH_THREAD, daemon=True)
         thread.start()
         self._threads.append(thread)
 
     def stop(self, timeout: float = STOP_JOIN_SECONDS) -> list[str]:
         """As EtcdCluster.stop: the names of the threads still running after `timeout` seconds each."""
         self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout)
-        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        self._threads = end_threads(self._threads, timeout, watches={WATCH_THREAD})
         return [thread.name for thread in self._threads]
 
     def _sync_from_etcd(self) -> int:

@@ -41,6 +41,19 @@ class Conflict(VxlanpyError):
     status = 409
 
 
+class NoFreeVni(Conflict):
+    """Every VNI of the range asked for is taken."""
+
+
+class VniTaken(Conflict):
+    """Another VXLAN device of the host, not vxlanpy's (Docker's overlay driver, swarm's ingress network), already
+    receives this VNI on this UDP port: the kernel refuses a second one."""
+
+    def __init__(self, message: str, vni: int) -> None:
+        super().__init__(message)
+        self.vni = vni
+
+
 class DataplaneError(VxlanpyError):
     """The kernel refused a change (netlink or firewall)."""
 

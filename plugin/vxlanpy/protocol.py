@@ -17,6 +17,7 @@ from .driver import DST_PREFIX, Driver
 from .errors import BadRequest, InvalidOption
 from .models import PROTOCOL_NAMES, PortMapping, Subnet
 from .replies import MAX_BODY, Body, Dialect, log_text
+from .swarm import SwarmNetworks
 
 Handler = Callable[[Body], Body]
 
@@ -103,6 +104,7 @@ class NetworkDriverProtocol:
 
     def __init__(self, driver: Driver, scope: str = "local") -> None:
         self.driver = driver
+        self.swarm = SwarmNetworks(driver)
         self.scope = scope  # "global" (VXLANPY_SCOPE): swarm networks, AllocateNetwork on the manager
         self.routes: dict[str, Handler] = {
             "Plugin.Activate": self.activate,
@@ -162,13 +164,13 @@ class NetworkDriverProtocol:
         for key, value in options.items():
             if not isinstance(value, str):
                 raise BadRequest(f"Options[{key[:64]!r}] must be a string, not {type(value).__name__}")
-        allocated = self.driver.allocate_network(
+        allocated = self.swarm.allocate(
             network_id, options, _subnets(body, "IPv4Data", 4), _subnets(body, "IPv6Data", 6)
         )
         return {"Options": allocated}
 
     def free_network(self, body: Body) -> Body:
-        self.driver.free_network(docker_id(body, "NetworkID"))
+        self.swarm.free(docker_id(body, "NetworkID"))
         return {}
 
     def create_endpoint(self, body: Body) -> Body:

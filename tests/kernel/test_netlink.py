@@ -25,7 +25,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 from vxlanpy.dataplane.base import RemoteEndpoint, Underlay
 from vxlanpy.dataplane.netlink import NetlinkLinks
 from vxlanpy.dataplane.rtnl import set_ipv4_devconf
-from vxlanpy.errors import Conflict, DataplaneError, InvalidOption
+from vxlanpy.errors import Conflict, DataplaneError, InvalidOption, VniTaken
 from vxlanpy.models import Endpoint, Network, NetworkConfig, Subnet, endpoint_mac, gateway_mac
 
 from .conftest import Namespaces, unique_name
@@ -467,13 +467,20 @@ def test_an_unknown_dev_is_an_invalid_option(host: str, links: NetlinkLinks) -> 
 
 
 def test_a_vni_already_in_use_says_so(host: str, links: NetlinkLinks) -> None:
+    """As swarm's ingress network (VNI 4096, port 4789, made by Docker's overlay driver) on every swarm node."""
     with IPRoute(netns=host, flags=0) as ipr:
         ipr.link("add", ifname="other42", kind="vxlan", vxlan_id=42, vxlan_port=4789)
-    with pytest.raises(DataplaneError) as raised:
+        ipr.link("add", ifname="other43", kind="vxlan", vxlan_id=43, vxlan_port=4800)
+    links.ensure_network(make_network(7, dev="eth0"))  # vxlanpy's own devices are not foreign
+    assert links.foreign_vnis(4789) == {42: "other42"}
+    assert links.foreign_vnis(4800) == {43: "other43"}
+    with pytest.raises(VniTaken) as raised:
         links.ensure_network(make_network(42, dev="eth0"))
+    assert raised.value.vni == 42
     assert str(raised.value) == (
-        "cannot create VXLAN device vxlan-42 on dev eth0: File exists "
-        "(another VXLAN device already uses VNI 42 and port 4789); remove it or choose another vni"
+        "VNI 42 on UDP port 4789 is taken on this host by the VXLAN device other42, which is not vxlanpy's "
+        "(Docker's overlay networks and swarm's ingress network use 4789); create the network with another -o vni "
+        "or -o dstport, or set VXLANPY_VNI_RANGE to a range apart from it"
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 from vxlanpy.config import Settings
 from vxlanpy.errors import Conflict, InvalidOption
 from vxlanpy.ipam import Ipam
+from vxlanpy.store.base import ranges_without
 from vxlanpy.store.etcd import EtcdStore
 from vxlanpy.store.memory import MemoryStore
 
@@ -206,3 +207,41 @@ def test_the_allocator_option_marks_a_request_as_the_swarm_managers(swarm: Harne
     # a second allocator request for it, from the same run: refused
     status, body = swarm.call("IpamDriver.RequestAddress", request)
     assert status == 409 and "already in use" in body["Error"]
+
+
+# -- VNIs that other VXLAN devices of the host hold (swarm's ingress network: VNI 4096, port 4789) ------------
+
+
+def test_an_automatic_vni_skips_one_another_device_holds(swarm: Harness) -> None:
+    swarm.links.foreign[(100, 4789)] = "vx-000064-ingrs"
+    assert swarm.create_network(NET, generic={}) == (200, {})
+    assert swarm.driver.get_network(NET).vni == 101
+    assert set(swarm.links.networks) == {"vxbr-101"} and swarm.store.pending_networks() == {}
+
+
+def test_a_vni_another_device_holds_is_refused_with_what_to_do(swarm: Harness) -> None:
+    swarm.links.foreign[(100, 4789)] = "vx-000064-ingrs"
+    status, body = swarm.create_network(NET, generic={"vni": "100"})
+    assert status == 409
+    assert body["Err"] == (
+        "VNI 100 on UDP port 4789 is taken on this host by the VXLAN device vx-000064-ingrs, which is not vxlanpy's "
+        "(Docker's overlay networks and swarm's ingress network use 4789); create the network with another -o vni "
+        "or -o dstport, or set VXLANPY_VNI_RANGE to a range apart from it"
+    )
+    assert swarm.store.list_networks() == [] and swarm.links.networks == {}
+    assert swarm.create_network(NET, generic={"vni": "100", "dstport": "4800"}) == (200, {})
+
+
+def test_the_manager_skips_vnis_its_other_devices_hold(swarm: Harness) -> None:
+    swarm.links.foreign[(100, 4789)] = "vx-000064-ingrs"
+    assert allocate(swarm) == (200, {"Options": {"vni": "101"}})
+    assert allocate(swarm, NET2, dstport="4800") == (200, {"Options": {"dstport": "4800", "vni": "100"}})
+    assert allocate(swarm, "e" * 64) == (200, {"Options": {"vni": "102"}})
+    status, body = allocate(swarm, "f" * 64)
+    assert status == 409 and "no free VNI left in 100-102" in body["Err"]
+
+
+def test_ranges_without() -> None:
+    assert ranges_without(10, 20, {10, 15, 21, 3}) == [(11, 14), (16, 20)]
+    assert ranges_without(10, 12, {10, 11, 12}) == []
+    assert ranges_without(10, 12, set()) == [(10, 12)]

@@ -93,6 +93,11 @@ class Links(Protocol):
         """Every link on this host whose alias starts with vxlanpy's prefix: name -> alias."""
         ...
 
+    def foreign_vnis(self, dstport: int) -> dict[int, str]:
+        """The VXLAN devices of this host that are not vxlanpy's and receive UDP port `dstport`: VNI -> name.
+        The kernel refuses a second device on one VNI and port (Docker's overlay and swarm's ingress use 4789)."""
+        ...
+
 
 class Firewall(Protocol):
     """The host firewall rules vxlanpy needs, kept in vxlanpy's own chains only.
@@ -126,3 +131,13 @@ class Firewall(Protocol):
         """The ports the kernel publishes now for the network of `vni` (its DNAT rules), by container address:
         what `vxlanpy recover` keeps of a lost store's host ports."""
         ...
+
+
+def vni_taken_message(vni: int, dstport: int, device: str | None) -> str:
+    """Why a VXLAN device cannot be made on `vni`, and how to get around it."""
+    holder = f"the VXLAN device {device}" if device else "another VXLAN device"
+    overlay = " (Docker's overlay networks and swarm's ingress network use 4789)" if dstport == 4789 else ""
+    return (
+        f"VNI {vni} on UDP port {dstport} is taken on this host by {holder}, which is not vxlanpy's{overlay}; "
+        "create the network with another -o vni or -o dstport, or set VXLANPY_VNI_RANGE to a range apart from it"
+    )

@@ -7,9 +7,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
-from ..errors import DataplaneError, InvalidOption
+from ..errors import DataplaneError, InvalidOption, VniTaken
 from ..models import ENCAP_GRETAP, Endpoint, IPAddress, Network, PortMapping
-from .base import NO_GRE, RemoteEndpoint, Underlay
+from .base import NO_GRE, RemoteEndpoint, Underlay, vni_taken_message
 
 
 class FakeLinks:
@@ -25,6 +25,7 @@ class FakeLinks:
         self.fail_on: set[str] = set()
         self.calls: list[str] = []
         self.gre = True  # False: a kernel without ip_gre, as netlink's gretap ports report it
+        self.foreign: dict[tuple[int, int], str] = {}  # (vni, port) -> name: other VXLAN devices of the host
 
     def _enter(self, method: str) -> None:
         self.calls.append(method)
@@ -44,7 +45,14 @@ class FakeLinks:
             raise DataplaneError(f"interface {network.bridge} exists and is not managed by vxlanpy")
         if network.config.encap == ENCAP_GRETAP and not self.gre:
             raise DataplaneError(f"cannot create gretap port {network.tunnels[0]}: Operation not supported{NO_GRE}")
+        taken = self.foreign.get((network.vni, network.config.dstport))
+        if taken is not None and network.config.encap != ENCAP_GRETAP:
+            raise VniTaken(vni_taken_message(network.vni, network.config.dstport, taken), network.vni)
         self.networks[network.bridge] = network
+
+    def foreign_vnis(self, dstport: int) -> dict[int, str]:
+        self._enter("foreign_vnis")
+        return {vni: name for (vni, port), name in self.foreign.items() if port == dstport}
 
     def remove_network(self, network: Network) -> None:
         self._enter("remove_network")

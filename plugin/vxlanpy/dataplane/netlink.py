@@ -21,9 +21,9 @@ from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from ..errors import DataplaneError
-from ..models import ENCAP_GRETAP, Endpoint, IPAddress, Network, NetworkConfig
-from .base import RemoteEndpoint, Underlay
+from ..errors import DataplaneError, VniTaken
+from ..models import ENCAP_GRETAP, LINK_ALIAS_PREFIX, Endpoint, IPAddress, Network, NetworkConfig
+from .base import RemoteEndpoint, Underlay, vni_taken_message
 from .gretap import GretapPorts, is_unlabelled_gretap_of
 from .linkops import (
     VETH_REMEDY,
@@ -175,6 +175,9 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
     def owned_links(self) -> dict[str, str]:
         return self._run("list vxlanpy's interfaces", self._owned_links)
 
+    def foreign_vnis(self, dstport: int) -> dict[int, str]:
+        return self._run("list the host's VXLAN devices", self._foreign_vnis, dstport)
+
     # -- implementations: these run on the worker thread only -------------------------------------------
 
     def _ensure_network(self, network: Network) -> None:
@@ -257,6 +260,15 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
             links = self._ipr.link("dump")
         return {str(link.get("ifname")): alias_of(link) for link in links if is_owned(link)}
 
+    def _foreign_vnis(self, dstport: int) -> dict[int, str]:
+        with netlink_errors("cannot list the host's VXLAN devices"):
+            devices = self._raw.vxlan_devices()
+        return {
+            device.vni: device.name
+            for device in devices
+            if device.port == dstport and not device.alias.startswith(LINK_ALIAS_PREFIX)
+        }
+
     # -- bridge ------------------------------------------------------------------------------------------
 
     def _ensure_bridge(self, network: Network) -> Msg:
@@ -308,23 +320,28 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
         if vxlan is None:
             on_dev = f" on dev {config.dev}" if config.dev else ""
             in_use = f" (another VXLAN device already uses VNI {config.vni} and port {config.dstport})"
-            remedies = {
-                errno.EEXIST: f"{in_use}; remove it or choose another vni",
+            remedies = {  # EEXIST (the VNI and port taken): VniTaken, below
                 errno.EADDRINUSE: f"{in_use}; remove it or choose another vni or dstport",
                 errno.EINVAL: f" (mtu {config.mtu} or an address does not fit the underlay{on_dev}); "
                 "lower -o mtu or check -o local/remote/group",
             }
-            vxlan = self._create(
-                f"cannot create VXLAN device {network.vxlan}{on_dev}",
-                network.alias,
-                remedies,
-                no_ipv6=True,
-                ifname=network.vxlan,
-                kind="vxlan",
-                mtu=config.mtu,
-                master=bridge["index"],
-                **self._vxlan_spec(config, dev_index),
-            )
+            try:
+                vxlan = self._create(
+                    f"cannot create VXLAN device {network.vxlan}{on_dev}",
+                    network.alias,
+                    remedies,
+                    no_ipv6=True,
+                    ifname=network.vxlan,
+                    kind="vxlan",
+                    mtu=config.mtu,
+                    master=bridge["index"],
+                    **self._vxlan_spec(config, dev_index),
+                )
+            except DataplaneError as error:
+                if getattr(error.__cause__, "code", None) != errno.EEXIST:
+                    raise
+                taken = self._foreign_vnis(config.dstport).get(config.vni)
+                raise VniTaken(vni_taken_message(config.vni, config.dstport, taken), config.vni) from error
         return self._converge(vxlan, mtu=config.mtu, master=bridge["index"], alias=network.alias, up=True)
 
     @staticmethod

@@ -57,6 +57,7 @@ from pyroute2.netlink.rtnl import (
     RTM_DELNEIGH,
     RTM_DELROUTE,
     RTM_GETADDR,
+    RTM_GETLINK,
     RTM_GETROUTE,
     RTM_NEWNEIGH,
     RTM_NEWROUTE,
@@ -85,7 +86,10 @@ NDMSG = struct.Struct("=BxxxiHBB")
 NLMSGERR = struct.Struct("=i")
 NLA_TYPE_MASK = 0x3FFF  # an attribute type without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
-IFLA_IFNAME, IFLA_IFALIAS, IFLA_AF_SPEC = 3, 20, 26
+IFLA_IFNAME, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC = 3, 18, 20, 26
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_VXLAN_ID, IFLA_VXLAN_PORT = 1, 15  # the port in network byte order
+NLA_F_NESTED = 0x8000
 IFLA_INET_CONF = 1
 IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
 IFA_ADDRESS = 1
@@ -241,6 +245,30 @@ def open_socket(netns: str | None, groups: int = 0) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class VxlanDevice:
+    name: str
+    vni: int
+    port: int
+    alias: str
+
+
+def vxlan_device(payload: bytes) -> VxlanDevice | None:
+    """The VXLAN device an RTM_NEWLINK payload describes; None for any other kind of link."""
+    attrs = attributes(payload, IFINFOMSG.size)
+    info = attributes(attrs.get(IFLA_LINKINFO, b""))
+    if info.get(IFLA_INFO_KIND, b"").rstrip(b"\0") != b"vxlan":
+        return None  # a kernel that does not filter dumps by kind sends every link
+    data = attributes(info.get(IFLA_INFO_DATA, b""))
+    port = data.get(IFLA_VXLAN_PORT, b"")
+    return VxlanDevice(
+        name=attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace"),
+        vni=u32(data, IFLA_VXLAN_ID),
+        port=struct.unpack("!H", port)[0] if len(port) == 2 else 0,
+        alias=attrs.get(IFLA_IFALIAS, b"").rstrip(b"\0").decode(errors="replace"),
+    )
+
+
 class RawSocket:
     """Filtered dumps, batched labels and neighbour writes on a socket of their own; one thread at a time."""
 
@@ -330,6 +358,14 @@ class RawSocket:
                 continue
             found.append((ipaddress.ip_address(raw), prefixlen, scope))
         return found
+
+    def vxlan_devices(self) -> list[VxlanDevice]:
+        """Every VXLAN device of the namespace.  The kernel filters the dump by kind (a full dump decoded by
+        pyroute2 takes 0.65 s with 1,500 links)."""
+        kind = nlattr(IFLA_LINKINFO | NLA_F_NESTED, nlattr(IFLA_INFO_KIND, b"vxlan\0"))
+        header = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        devices = (vxlan_device(payload) for payload in self._dump(RTM_GETLINK, header, kind))
+        return [device for device in devices if device is not None]
 
     def _default_routes(self, family: int) -> Iterator[tuple[bytes, list[tuple[int, dict[int, bytes]]]]]:
         header = RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, 0, 0, RTN_UNICAST, 0)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Collection
+from typing import Protocol, TypeVar
 
+from ..errors import NoFreeVni
 from ..models import Endpoint, Network
+
+T = TypeVar("T")
 
 
 class AddressBook(Protocol):
@@ -128,6 +131,29 @@ def vni_in_use_message(vni: int, network_id: str) -> str:
         f"vni {vni} is already used by vxlanpy network {network_id[:12]} on this host; "
         "choose another -o vni=N or omit it to get a free one"
     )
+
+
+def ranges_without(low: int, high: int, skipped: Collection[int]) -> list[tuple[int, int]]:
+    """[low, high] in pieces around the `skipped` VNIs (those the host's other VXLAN devices hold), lowest first."""
+    pieces, start = [], low
+    for vni in sorted(vni for vni in set(skipped) if low <= vni <= high):
+        if vni > start:
+            pieces.append((start, vni - 1))
+        start = vni + 1
+    if start <= high:
+        pieces.append((start, high))
+    return pieces
+
+
+def pick_around(pick: Callable[[int, int], T], low: int, high: int, skipped: Collection[int]) -> T:
+    """`pick(start, end)` (an allocation of the lowest free VNI in that range) on each piece of [low, high] around
+    the `skipped` VNIs in turn, until one finds a free VNI."""
+    for start, end in ranges_without(low, high, skipped):
+        try:
+            return pick(start, end)
+        except NoFreeVni:
+            continue
+    raise NoFreeVni(no_free_vni_message(low, high))
 
 
 def no_free_vni_message(low: int, high: int) -> str:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import Conflict, InvalidOption
+from ..errors import Conflict, InvalidOption, NoFreeVni
 from ..models import Endpoint, Network
 from .base import no_free_vni_message, swarm_vni_message, vni_in_use_message
 from .etcd_kv import EtcdConfig, EtcdKV, KeyValue, LeaseNotFound, key_part
@@ -97,7 +97,7 @@ class EtcdStore:
                 used = self._used_vnis()
                 vni = next((candidate for candidate in range(low, high + 1) if candidate not in used), None)
                 if vni is None:
-                    raise Conflict(no_free_vni_message(low, high) + " (cluster-wide)")
+                    raise NoFreeVni(no_free_vni_message(low, high) + " (cluster-wide)")
                 network = build(vni)
                 self._check_local(network)
                 if pending_since is not None:
@@ -192,7 +192,7 @@ class EtcdStore:
                     used = self._used_vnis()
                     candidate = next((c for c in range(low, high + 1) if c not in used), None)
                     if candidate is None:
-                        raise Conflict(no_free_vni_message(low, high) + " (cluster-wide)")
+                        raise NoFreeVni(no_free_vni_message(low, high) + " (cluster-wide)")
                 elif candidate != mine and vni is not None and self.kv.get(self.kv.key("segments", str(vni))):
                     # A segment of local networks: joining it would put the swarm's tasks on their layer 2.
                     raise Conflict(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from ..errors import Conflict, StoreError
+from ..errors import Conflict, NoFreeVni, StoreError
 from ..models import Endpoint, Network
 from .base import no_free_vni_message, swarm_vni_message, vni_in_use_message
 
@@ -59,7 +59,7 @@ class MemoryStore:
             used = {network.vni for network in self._networks.values()} | set(self._swarm_vnis)
             vni = next((candidate for candidate in range(low, high + 1) if candidate not in used), None)
             if vni is None:
-                raise Conflict(no_free_vni_message(low, high))
+                raise NoFreeVni(no_free_vni_message(low, high))
             network = build(vni)
             self._check_free(network)
             self._networks[network.network_id] = network
@@ -171,7 +171,7 @@ class MemoryStore:
                 used = {network.vni for network in self._networks.values()} | set(self._swarm_vnis)
                 vni = mine[0] if mine else next((c for c in range(low, high + 1) if c not in used), None)
                 if vni is None:
-                    raise Conflict(no_free_vni_message(low, high))
+                    raise NoFreeVni(no_free_vni_message(low, high))
             owner = self._swarm_vnis.get(vni)
             if owner not in (None, network_id):
                 raise Conflict(swarm_vni_message(vni, owner))

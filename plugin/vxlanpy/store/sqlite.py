@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import Conflict, StoreError
+from ..errors import Conflict, NoFreeVni, StoreError
 from ..models import Endpoint, Network
 from .base import no_free_vni_message, vni_in_use_message
 
@@ -226,7 +226,7 @@ class SqliteStore:
         with self._transaction() as db:
             vni = _lowest_free_vni(db, low, high)
             if vni is None:
-                raise Conflict(no_free_vni_message(low, high))
+                raise NoFreeVni(no_free_vni_message(low, high))
             network = build(vni)
             self._insert_network(db, network, pending_since)
             return network
