@@ -24,10 +24,11 @@ from __future__ import annotations
 import subprocess
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tests.multihost.cluster import ETCD_URL, LEASE_TTL, Cluster, Host, exec_text, remove_stale_clusters, wait_for
-from tests.multihost.layout import IMAGE
+from tests.multihost.layout import IMAGE, docker
 
 from .harness import LOCAL_PLUGIN, REGISTRY, REGISTRY_PLUGIN, TIMINGS, Engine, Registry
 
@@ -36,10 +37,12 @@ SWARM_PLUGIN = LOCAL_PLUGIN  # one name:tag on every node: a swarm network's dri
 SERVICE_IMAGE = f"{REGISTRY}/{IMAGE}"
 ADDRESS_POOL = "10.172.0.0/16"  # swarm's own networks (ingress): away from the tests' 10.171.x subnets
 HEARTBEAT = "1s"
-# Swarm's own overlay networks (ingress) number their VNIs from 4096 as vxlanpy does: on the same UDP port, the
-# manager's ingress device (VNI 4096) makes vxlanpy's first swarm network fail there with "File exists".  Their
-# VXLAN goes to another port.
-DATA_PATH_PORT = "4790"
+# Swarm numbers its overlay networks' VNIs from 4096 up (ingress: 4096, on UDP port 4789 on every node that has
+# it), and so did vxlanpy's default range: the manager's AllocateNetwork picked 4096, which the ingress device
+# already holds there, in its own namespace where the plugin does not see it, and the task was refused with
+# "VNI 4096 on UDP port 4789 is taken on this host by another VXLAN device".  A range of their own, as that
+# message advises, until the allocation avoids swarm's VNIs by itself.
+VNI_RANGE = "10000-10999"
 ETCD_PREFIX = "/vxlanpy"
 
 
@@ -146,6 +149,7 @@ class Swarm:
             f"VXLANPY_STORE={ETCD_URL}",
             f"VXLANPY_LEASE_TTL={LEASE_TTL}",
             "VXLANPY_LOG_LEVEL=debug",
+            f"VXLANPY_VNI_RANGE={VNI_RANGE}",
             *self.scope_setting(engine),
         )
 
@@ -171,7 +175,7 @@ class Swarm:
         manager = self.manager
         manager.docker(
             "swarm", "init", "--advertise-addr", manager.ip, "--listen-addr", f"{manager.ip}:2377",
-            "--default-addr-pool", ADDRESS_POOL, "--dispatcher-heartbeat", HEARTBEAT, "--task-history-limit", "1", "--data-path-port", DATA_PATH_PORT,
+            "--default-addr-pool", ADDRESS_POOL, "--dispatcher-heartbeat", HEARTBEAT, "--task-history-limit", "1",
         )  # fmt: skip
         token = manager.docker("swarm", "join-token", "-q", "worker").stdout.strip()
         self.cluster._parallel(
@@ -291,15 +295,17 @@ class Swarm:
                 except Exception as exc:  # noqa: BLE001 - keep cleaning
                     problems.append(f"service {service.name}: {exc}")
             # A service's containers go after the service; its network can only go once they have.
-            wait_for(lambda: not any(n.client.containers.list(all=True) for n in self.nodes if n.alive), timeout=30)
+            wait_for(lambda: not any(n.client.api.containers(all=True) for n in self.nodes if n.alive), timeout=30)
         for node in self.nodes:
             if not node.alive:
                 continue
-            for container in node.client.containers.list(all=True):
+            for container in node.client.api.containers(all=True):
                 try:
-                    container.remove(force=True)
+                    node.client.api.remove_container(container["Id"], force=True)
+                except docker.errors.NotFound:
+                    pass
                 except Exception as exc:  # noqa: BLE001
-                    problems.append(f"{node.role}: container {container.name}: {exc}")
+                    problems.append(f"{node.role}: container {container['Names']}: {exc}")
         for node in [manager, *self.workers]:  # swarm networks on the manager first, then what is left locally
             if not node.alive:
                 continue
@@ -308,7 +314,7 @@ class Swarm:
                     continue
                 if network.attrs.get("Scope") == "swarm" and node is not manager:
                     continue  # the manager's removal reaches the workers
-                removed = wait_for(lambda network=network: self._remove_network(network), timeout=10, interval=0.5)
+                removed = wait_for(partial(self._remove_network, network), timeout=10, interval=0.5)
                 if not removed:
                     problems.append(f"{node.role}: network {network.name} could not be removed")
         return problems

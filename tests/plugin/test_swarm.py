@@ -56,7 +56,8 @@ def remove_service(swarm: Swarm, name: str) -> None:
 
 
 def service_containers(node: SwarmNode, service: str) -> list[Any]:
-    return list(node.client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.name={service}"}))
+    # The API's list, not the SDK's containers.list, which inspects each one and fails on one just removed.
+    return list(node.client.api.containers(all=True, filters={"label": f"com.docker.swarm.service.name={service}"}))
 
 
 def short_id(task: dict[str, Any]) -> str:
