@@ -100,7 +100,8 @@ def overlay(swarm: Swarm) -> Iterator[SwarmNetwork]:
     """The module's swarm network, made on the manager as a user does."""
     network = create_network(swarm, f"vxsw-{secrets.token_hex(3)}", "10.171.1.0/24")
     yield network
-    swarm.remove_services_and_networks()
+    problems = swarm.remove_services_and_networks()
+    assert not problems, "removing the module's services and networks:\n  " + "\n  ".join(problems)
 
 
 @pytest.fixture(scope="module")
