@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from .cluster_base import Cluster, RemoteChanges
-from .dataplane.base import Firewall, Links
+from .dataplane.base import Firewall, Links, side_by_side
 from .encryption_base import Encryption
 from .errors import InvalidOption, NotFound, VniTaken, VxlanpyError
 from .models import Endpoint, IPNetwork, Network, NetworkConfig, PortMapping, Subnet, endpoint_mac
@@ -255,8 +255,7 @@ class Driver:
                 return  # already gone: let `docker network rm` succeed
             for endpoint in self.store.list_endpoints(network_id):
                 self.links.remove_endpoint(endpoint)
-            self.firewall.remove_network(network.vni)
-            self.links.remove_network(network)
+            side_by_side(lambda: self.firewall.remove_network(network.vni), lambda: self.links.remove_network(network))
             if self.cluster is not None:
                 self.cluster.unpublish_network(network)
             self.store.delete_network(network_id)

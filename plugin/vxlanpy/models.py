@@ -305,6 +305,12 @@ class Endpoint:
         )
 
 
+# A network's id: libnetwork's 64 hex characters, or for a swarm network (a global-scope plugin) swarmkit's 25
+# lowercase base-36 characters.  Endpoint ids are always libnetwork's.
+NETWORK_ID = re.compile(r"^(?:[0-9a-f]{64}|[0-9a-z]{25})$")
+NETWORK_ID_FORM = "64 lowercase hex characters, or 25 lowercase letters and digits for a swarm network"
+
+
 # Attachments (`vxlanpy attach`) are endpoints whose id is derived from what they attach and the network id, with
 # a check so that an attachment is told from one of Docker's random ids (a false positive has a chance of 2^-64).
 _ATTACH_HASH_PREFIX = b"vxlanpy-attach\0"

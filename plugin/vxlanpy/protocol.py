@@ -15,7 +15,7 @@ from typing import Any
 
 from .driver import DST_PREFIX, Driver
 from .errors import BadRequest, InvalidOption
-from .models import PROTOCOL_NAMES, PortMapping, Subnet
+from .models import NETWORK_ID, NETWORK_ID_FORM, PROTOCOL_NAMES, PortMapping, Subnet
 from .replies import MAX_BODY, Body, Dialect, log_text
 from .swarm import SwarmNetworks
 
@@ -61,6 +61,13 @@ def field(body: Body, name: str, kind: type | tuple[type, ...], required: bool =
         return None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BadRequest(f"field {name} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def docker_network_id(body: Body) -> str:
+    value = field(body, "NetworkID", str)
+    if not NETWORK_ID.match(value):
+        raise BadRequest(f"field NetworkID is not a Docker network id ({NETWORK_ID_FORM})")
     return value
 
 
@@ -140,7 +147,7 @@ class NetworkDriverProtocol:
         return {"SkipIPv4": skip.ipv4, "SkipIPv6": skip.ipv6}
 
     def create_network(self, body: Body) -> Body:
-        network_id = docker_id(body, "NetworkID")
+        network_id = docker_network_id(body)
         options = _network_options(body)
         self.driver.create_network(
             network_id,
@@ -154,12 +161,12 @@ class NetworkDriverProtocol:
         return {}
 
     def delete_network(self, body: Body) -> Body:
-        self.driver.delete_network(docker_id(body, "NetworkID"))
+        self.driver.delete_network(docker_network_id(body))
         return {}
 
     def allocate_network(self, body: Body) -> Body:
         """The swarm manager's call; the Options are the driver options (a map of strings), not wrapped."""
-        network_id = docker_id(body, "NetworkID")
+        network_id = docker_network_id(body)
         options = field(body, "Options", dict, required=False) or {}
         for key, value in options.items():
             if not isinstance(value, str):
@@ -170,11 +177,11 @@ class NetworkDriverProtocol:
         return {"Options": allocated}
 
     def free_network(self, body: Body) -> Body:
-        self.swarm.free(docker_id(body, "NetworkID"))
+        self.swarm.free(docker_network_id(body))
         return {}
 
     def create_endpoint(self, body: Body) -> Body:
-        network_id = docker_id(body, "NetworkID")
+        network_id = docker_network_id(body)
         endpoint_id = docker_id(body, "EndpointID")
         interface = field(body, "Interface", dict, required=False) or {}
         address = field(interface, "Address", str, required=False)
@@ -192,7 +199,7 @@ class NetworkDriverProtocol:
         return {"Interface": {} if mac else {"MacAddress": endpoint.mac}}
 
     def endpoint_oper_info(self, body: Body) -> Body:
-        network_id = docker_id(body, "NetworkID")
+        network_id = docker_network_id(body)
         endpoint = self.driver.get_endpoint(network_id, docker_id(body, "EndpointID"))
         network = self.driver.get_network(network_id)
         return {
@@ -208,12 +215,12 @@ class NetworkDriverProtocol:
         }
 
     def delete_endpoint(self, body: Body) -> Body:
-        self.driver.delete_endpoint(docker_id(body, "NetworkID"), docker_id(body, "EndpointID"))
+        self.driver.delete_endpoint(docker_network_id(body), docker_id(body, "EndpointID"))
         return {}
 
     def join(self, body: Body) -> Body:
         sandbox_key = field(body, "SandboxKey", str, required=False)
-        info = self.driver.join(docker_id(body, "NetworkID"), docker_id(body, "EndpointID"), sandbox_key)
+        info = self.driver.join(docker_network_id(body), docker_id(body, "EndpointID"), sandbox_key)
         response: Body = {"InterfaceName": {"SrcName": info.src_name, "DstPrefix": info.dst_prefix}}
         if info.gateway_v4 is not None:
             response["Gateway"] = str(info.gateway_v4)
@@ -226,7 +233,7 @@ class NetworkDriverProtocol:
         return response
 
     def leave(self, body: Body) -> Body:
-        self.driver.leave(docker_id(body, "NetworkID"), docker_id(body, "EndpointID"))
+        self.driver.leave(docker_network_id(body), docker_id(body, "EndpointID"))
         return {}
 
     def discover(self, body: Body) -> Body:
@@ -234,7 +241,7 @@ class NetworkDriverProtocol:
         return {}
 
     def program_external_connectivity(self, body: Body) -> Body:
-        network_id = docker_id(body, "NetworkID")
+        network_id = docker_network_id(body)
         endpoint_id = docker_id(body, "EndpointID")
         options = field(body, "Options", dict, required=False) or {}
         raw_ports = options.get(PORTMAP_OPTION) or []
@@ -245,7 +252,7 @@ class NetworkDriverProtocol:
         return {}
 
     def revoke_external_connectivity(self, body: Body) -> Body:
-        self.driver.revoke_external_connectivity(docker_id(body, "NetworkID"), docker_id(body, "EndpointID"))
+        self.driver.revoke_external_connectivity(docker_network_id(body), docker_id(body, "EndpointID"))
         return {}
 
 

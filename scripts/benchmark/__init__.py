@@ -6,12 +6,14 @@ Run it through `scripts/bench` (root, a running dockerd; it runs `python -m scri
 
 Sections (in the order they run), one module each:
 
+    startup           seconds until the plugin answers /Plugin.Activate: scripts/run (installed) and vxlanpy serve
     dataplane-local   iperf3 TCP throughput and ping RTT between two containers on one host:
                       vxlanpy vs Docker's bridge vs a raw veth pair between two namespaces (the limit)
     control           `docker network create`, `docker run --rm` and N parallel `docker run -d`:
                       vxlanpy (and with -o gateway=docker_gwbridge) vs bridge vs macvlan
-    calls             plugin call latency over the socket: CreateEndpoint+Join, Leave+DeleteEndpoint
-    scale             per-operation cost with 10/100/1000 networks and with 1000+ endpoints (socket calls)
+    calls             plugin call latency over the socket: CreateEndpoint+Join, Leave+DeleteEndpoint, DeleteNetwork
+    scale             per-operation cost with 10/100/1000 networks and with 1000+ endpoints (socket calls), and
+                      the plugin's RSS at each
     dataplane-cross   the same between two network-namespace hosts: vxlanpy (multi-host harness, etcd mode) vs
                       the same topology built by hand with iproute2 (veth -> bridge -> vxlan -> underlay)
     dataplane-encrypted

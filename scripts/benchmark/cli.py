@@ -19,7 +19,17 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from . import calls, cluster_scale, control, convergence, dataplane_cross, dataplane_encrypted, dataplane_local, scale
+from . import (
+    calls,
+    cluster_scale,
+    control,
+    convergence,
+    dataplane_cross,
+    dataplane_encrypted,
+    dataplane_local,
+    scale,
+    startup,
+)
 from .context import Bench
 from .output import format_markdown, format_table, write_png
 from .params import FULL, QUICK, expected_cases
@@ -28,6 +38,7 @@ from .runner import REPO, remove_stale_namespaces, run, say
 
 # Each section's entry point, in the order they run.
 STEPS: dict[str, Callable[[Bench], None]] = {
+    "startup": startup.run_section,  # first: no other vxlanpy of the benchmark's runs yet
     "dataplane-local": dataplane_local.run_section,
     "control": control.run_section,
     "calls": calls.run_section,
@@ -42,7 +53,11 @@ SECTIONS = tuple(STEPS)
 OWN_PLUGIN_SECTIONS = ("dataplane-cross", "dataplane-encrypted", "convergence", "cluster-scale")
 DOCKER_TOOLS = ("iperf3", "nsenter", "ip", "docker", "iptables")
 # What each section needs besides root (DOCKER_TOOLS unless named here); cluster-scale runs without Docker.
-SECTION_TOOLS = {"cluster-scale": ("ip", "iptables", "etcd"), "dataplane-encrypted": (*DOCKER_TOOLS, "wg")}
+SECTION_TOOLS = {
+    "cluster-scale": ("ip", "iptables", "etcd"),
+    "dataplane-encrypted": (*DOCKER_TOOLS, "wg"),
+    "startup": ("ip", "nsenter", "iptables"),
+}
 
 
 def machine() -> dict[str, Any]:

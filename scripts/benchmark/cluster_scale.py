@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from tests.multihost.cluster import with_descendants
-
 from vxlanpy.models import Endpoint
 
-from .cluster_hosts import PUBLISH_WORKERS, SIM_KEEPALIVE, UNDERLAY, RealHost, SimHost, process_tree_stats
+from .cluster_hosts import PUBLISH_WORKERS, SIM_KEEPALIVE, UNDERLAY, RealHost, SimHost
 from .context import Bench
 from .neigh_watch import KernelWatch, NeighEvent, dump_counts
+from .params import PLUGIN_RSS
 from .results import percentile
 from .runner import run, say
 
@@ -197,10 +196,7 @@ def run_case(
             lost = len(pending)
         if lost:
             notes.append(f"{lost} of {len(ordered)} changes did not reach the kernel within 10 s")
-        rss, _ = real.stats()
-        assert real.process is not None
-        worker = max((pid for pid in with_descendants([real.process.pid]) if pid != real.process.pid), default=0)
-        worker_rss, _ = process_tree_stats(worker) if worker else (0, 0.0)
+        rss_mib, worker_rss_mib = real.rss_mib()
         return CaseResult(
             hosts=hosts,
             endpoints=total,
@@ -208,8 +204,8 @@ def run_case(
             resync_ok=resync_ok,
             latencies_ms=latencies,
             lost_changes=lost,
-            rss_mib=rss / (1 << 20),
-            worker_rss_mib=worker_rss / (1 << 20),
+            rss_mib=rss_mib,
+            worker_rss_mib=worker_rss_mib,
             cpu_percent=(cpu_after - cpu_before) / cpu_window * 100,
             ops_per_change=events / max(1, len(ordered)),
             changes_per_second=len(ordered) / churn_wall,
@@ -269,7 +265,7 @@ def run_section(bench: Bench) -> None:
         row = results.add(SECTION, case, "change latency", "ms", latencies, p99=percentile(latencies, 0.99), note=note)
         row.target = f"p99 <= 100 ms at {p.churn_rate:g}/s"
         row.met = percentile(latencies, 0.99) <= 100.0 and not result.lost_changes
-        row = results.add(SECTION, case, "plugin rss", "MiB", [result.rss_mib],
+        row = results.add(SECTION, case, PLUGIN_RSS, "MiB", [result.rss_mib],
                           note=f"arbiter + worker; the worker {result.worker_rss_mib:.0f} MiB")  # fmt: skip
         row.target, row.met = "<= 150 MB", result.rss_mib * (1 << 20) <= 150e6
         results.add(SECTION, case, "plugin cpu", "% of a core", [result.cpu_percent], note="during the churn")

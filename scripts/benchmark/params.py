@@ -18,6 +18,8 @@ class Params:
     parallel_n: int  # containers started at once
     parallel_rounds: int
     call_iters: int  # CreateEndpoint+Join / Leave+DeleteEndpoint pairs
+    network_iters: int  # DeleteNetwork calls
+    startup_runs: int  # starts of scripts/run and of vxlanpy serve each
     scale_levels: tuple[int, ...]
     scale_samples: int
     endpoints_total: int  # endpoints for the "1000+ endpoints" case
@@ -39,6 +41,8 @@ _SIZES: dict[str, tuple[Any, Any]] = {
     "parallel_n": (10, 3),
     "parallel_rounds": (3, 1),
     "call_iters": (300, 20),
+    "network_iters": (50, 5),
+    "startup_runs": (5, 2),
     "scale_levels": ((10, 100, 1000), (10, 30)),
     "scale_samples": (20, 4),
     "endpoints_total": (1024, 40),
@@ -65,6 +69,7 @@ SUBNETS = {
     "cp-vxlanpy-gwbridge": "10.241.0.0/24",
     "cp-vxlanpy-gwbridge-run": "10.242.0.0/24",
     "calls": "10.237.0.0/16",
+    "calls-networks": "10.243.0.0/16",  # a /24 per network the calls section deletes
     "cross-vxlanpy": "10.61.0.0/24",
     "cross-ref": "10.62.0.0/24",
     "cross-ref-docker": "10.63.0.0/24",
@@ -84,7 +89,8 @@ ENCRYPTED_CASE = "vxlanpy encrypted"  # a vxlanpy network with -o encrypted (VXL
 # The scale section's kernel baseline: the devices of a network, and of an endpoint, made straight with
 # netlink by the benchmark (no vxlanpy): how much of vxlanpy's growth the kernel itself shows.
 KERNEL_METRICS = ("kernel: bridge+vxlan by hand", "kernel: veth by hand")
-CLUSTER_METRICS = ("full resync", "change latency", "plugin rss", "plugin cpu", "netlink ops per change")
+PLUGIN_RSS = "plugin rss"  # gunicorn's arbiter and its worker together
+CLUSTER_METRICS = ("full resync", "change latency", PLUGIN_RSS, "plugin cpu", "netlink ops per change")
 
 
 def parallel_metric(params: Params) -> str:
@@ -93,7 +99,7 @@ def parallel_metric(params: Params) -> str:
 
 def expected_cases(params: Params) -> list[tuple[str, str, str]]:
     """(section, case, metric) of every row a complete run produces; the CI test checks them all."""
-    rows = []
+    rows = [("startup", case, "ready") for case in ("scripts/run (installed)", "vxlanpy serve")]
     for case in ("veth", "bridge", "vxlanpy"):
         rows += [("dataplane-local", case, "throughput"), ("dataplane-local", case, "rtt")]
     for case in ("reference", REF_ON_DOCKER, "vxlanpy"):
@@ -103,11 +109,13 @@ def expected_cases(params: Params) -> list[tuple[str, str, str]]:
     for case in ("vxlanpy", GWBRIDGE_CASE, "bridge", "macvlan"):
         rows += [("control", case, "network create"), ("control", case, "docker run --rm")]
         rows.append(("control", case, parallel_metric(params)))
-    rows += [("calls", "vxlanpy", "CreateEndpoint+Join"), ("calls", "vxlanpy", "Leave+DeleteEndpoint")]
+    rows += [
+        ("calls", "vxlanpy", metric) for metric in ("CreateEndpoint+Join", "Leave+DeleteEndpoint", "DeleteNetwork")
+    ]
     for level in params.scale_levels:
         rows += [("scale", f"{level} networks", "network create"), ("scale", f"{level} networks", "endpoint join")]
-        rows += [("scale", f"{level} networks", metric) for metric in KERNEL_METRICS]
-    rows.append(("scale", f"{params.endpoints_total} endpoints", "endpoint join"))
+        rows += [("scale", f"{level} networks", metric) for metric in (*KERNEL_METRICS, PLUGIN_RSS)]
+    rows += [("scale", f"{params.endpoints_total} endpoints", metric) for metric in ("endpoint join", PLUGIN_RSS)]
     rows.append(("convergence", "vxlanpy etcd", "convergence"))
     for hosts in params.cluster_hosts:
         rows += [("cluster-scale", f"hosts={hosts}", metric) for metric in CLUSTER_METRICS]

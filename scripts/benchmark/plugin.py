@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.helpers import SOCKET_PATH, plugin_command, socket_answers
-from tests.multihost.processes import ManagedProcess
+from tests.multihost.processes import ManagedProcess, with_descendants
 from tests.plugin_socket import PluginNotReady, wait_until_activated
 
 SANDBOX = "/var/run/docker/netns/vxlanpy-bench-fake"  # never exists: only recorded by Join
+MIB = float(1 << 20)
 
 
 class SocketClient:
@@ -103,6 +104,21 @@ def endpoint_down(sock: SocketClient, network_id: str, endpoint_id: str) -> floa
     return time.perf_counter() - started
 
 
+def resident_bytes(pid: int) -> int:
+    """The RSS of process `pid` (0 once it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 class PluginProcess(ManagedProcess):
     """A vxlanpy started in a session of its own, logging to `log_path`, answering on `socket_path`."""
 
@@ -122,6 +138,16 @@ class PluginProcess(ManagedProcess):
             wait_until_activated(str(self.socket_path), timeout, gone=exited)
         except PluginNotReady as exc:
             raise PluginNotReady(f"{exc}; see {self.log_path}:\n{self.log_tail()}") from None
+
+    def rss_mib(self) -> tuple[float, float]:
+        """The resident memory of gunicorn's arbiter and worker together, and of the worker alone (it serves the
+        requests, holds the state and programs the kernel), in MiB.  The worker is the arbiter's largest child:
+        a short-lived program the worker runs (iptables-restore) is neither counted nor taken for it."""
+        assert self.process is not None
+        arbiter = self.process.pid
+        children = [pid for pid in with_descendants([arbiter]) if parent_of(pid) == arbiter]
+        worker = max((resident_bytes(pid) for pid in children), default=0)
+        return (resident_bytes(arbiter) + worker) / MIB, worker / MIB
 
 
 class BenchPlugin(PluginProcess):
@@ -161,15 +187,14 @@ class BenchPlugin(PluginProcess):
             self.socket_path.unlink()
 
     def served_times(self, methods: tuple[str, ...]) -> list[float]:
-        """Per endpoint, the sum of the handler times the plugin logged for `methods`, in log order."""
-        pattern = re.compile(r"NetworkDriver\.(\w+) network=\S+ endpoint=(\S+) ok ([0-9.]+)ms")
-        per_endpoint: dict[str, float] = {}
-        order: list[str] = []
+        """Per endpoint (per network for a call naming none), the sum of the handler times the plugin logged for
+        `methods`, in log order."""
+        pattern = re.compile(r"NetworkDriver\.(\w+) network=(\S+) endpoint=(\S+) ok ([0-9.]+)ms")
+        per_key: dict[str, float] = {}
         for line in self.log_path.read_text(errors="replace").splitlines():
             match = pattern.search(line)
             if match is None or match[1] not in methods:
                 continue
-            if match[2] not in per_endpoint:
-                order.append(match[2])
-            per_endpoint[match[2]] = per_endpoint.get(match[2], 0.0) + float(match[3])
-        return [per_endpoint[endpoint] for endpoint in order]
+            key = match[2] if match[3] == "-" else match[3]
+            per_key[key] = per_key.get(key, 0.0) + float(match[4])  # a dict keeps the first call's order
+        return list(per_key.values())

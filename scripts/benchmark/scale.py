@@ -1,5 +1,6 @@
 """scale: the cost of network create and endpoint join with 10/100/1000 networks present and with 1000+
-endpoints (socket calls), beside the kernel's own cost of the same devices made by hand."""
+endpoints (socket calls), beside the kernel's own cost of the same devices made by hand; and the plugin's
+resident memory at each."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .context import Bench
-from .params import FAKE_VNI_BASE, KERNEL_METRICS, SCALE_POOL
+from .params import FAKE_VNI_BASE, KERNEL_METRICS, PLUGIN_RSS, SCALE_POOL
 from .plugin import SocketClient, create_network, endpoint_down, endpoint_up
 from .runner import quiet, say
 
@@ -19,6 +20,7 @@ SECTION = "scale"
 SETTLE_SECONDS = 30.0  # at most, after filling up to a level, before measuring at it
 ENDPOINTS_PER_NETWORK = 256  # for the 1000+ endpoints: a bridge takes 1024 ports at most
 DELETERS = 4  # concurrent clients removing the networks at the end
+RSS_TARGET_NETWORKS, RSS_TARGET_MB = 1000, 120  # the plugin's memory with 1000 networks
 
 
 def wait_until_idle(limit: float, busy_below: float = 0.1) -> float:
@@ -79,6 +81,16 @@ def kernel_devices(samples: int, subnet: ipaddress.IPv4Network) -> tuple[list[fl
                     with contextlib.suppress(Exception):
                         ipr.link("del", ifname=name)
     return network_times, veth_times
+
+
+def add_rss(bench: Bench, case: str, with_target: bool) -> None:
+    """The plugin's resident memory now: gunicorn's arbiter and worker, the worker's own in the note."""
+    total, worker = bench.plugin.rss_mib()
+    row = bench.results.add(
+        SECTION, case, PLUGIN_RSS, "MiB", [total], note=f"arbiter + worker; the worker {worker:.0f} MiB"
+    )
+    if with_target:
+        row.target, row.met = f"<= {RSS_TARGET_MB} MB", total * (1 << 20) <= RSS_TARGET_MB * 1e6
 
 
 def run_section(bench: Bench) -> None:
@@ -146,6 +158,7 @@ def run_section(bench: Bench) -> None:
             results.add(SECTION, f"{level} networks", "endpoint join", "ms", join_at)
             for metric, values in zip(KERNEL_METRICS, kernel_devices(p.scale_samples, next(subnets)), strict=True):
                 results.add(SECTION, f"{level} networks", metric, "ms", values)
+            add_rss(bench, f"{level} networks", level >= RSS_TARGET_NETWORKS)
         # 1000+ endpoints, spread over networks of ENDPOINTS_PER_NETWORK at most
         started = time.monotonic()
         targets: list[tuple[str, ipaddress.IPv4Network]] = []
@@ -165,6 +178,7 @@ def run_section(bench: Bench) -> None:
             samples.append(seconds * 1000)
             endpoint_down(sock, network_id, endpoint_id)
         results.add(SECTION, f"{p.endpoints_total} endpoints", "endpoint join", "ms", samples)
+        add_rss(bench, f"{p.endpoints_total} endpoints", False)
     finally:
         delete_all()
         sock.close()
@@ -176,6 +190,10 @@ def run_section(bench: Bench) -> None:
             if row is not None and level != low:
                 target = None if metric in KERNEL_METRICS else 1.2
                 results.compare(row, base, target, False, f"{low} networks")
+    for case in [f"{level} networks" for level in p.scale_levels] + [f"{p.endpoints_total} endpoints"]:
+        row = results.get(SECTION, case, PLUGIN_RSS)
+        if row is not None and case != f"{low} networks":  # how much it grew
+            results.compare(row, results.get(SECTION, f"{low} networks", PLUGIN_RSS), None, False, f"{low} networks")
     row = results.get(SECTION, f"{p.endpoints_total} endpoints", "endpoint join")
     if row is not None:
         results.compare(row, results.get(SECTION, f"{low} networks", "endpoint join"), 1.2, False, f"{low} networks")

@@ -142,13 +142,13 @@ def test_unknown_path_is_404_json(harness: Harness) -> None:
         (b"{not json", "not valid JSON"),
         (b"[1, 2]", "must be a JSON object"),
         (b'{"NetworkID": 5}', "wrong type"),
-        (b'{"NetworkID": "../../etc/passwd"}', "not a Docker id"),
+        (b'{"NetworkID": "../../etc/passwd"}', "not a Docker network id"),
         (b"{}", "missing the field NetworkID"),
         (
             b"",
             "missing the field NetworkID: its body is empty, as when dockerd retries a call after the plugin restarted",
         ),
-        ('{"NetworkID": "é"}'.encode(), "not a Docker id"),
+        ('{"NetworkID": "é"}'.encode(), "not a Docker network id"),
     ],
 )
 def test_bad_requests_get_a_clear_err(harness: Harness, raw: bytes, phrase: str) -> None:

@@ -245,3 +245,14 @@ def test_ranges_without() -> None:
     assert ranges_without(10, 20, {10, 15, 21, 3}) == [(11, 14), (16, 20)]
     assert ranges_without(10, 12, {10, 11, 12}) == []
     assert ranges_without(10, 12, set()) == [(10, 12)]
+
+
+SWARM_NET = "q3z8k1m0x7c2v9b4n6l5j0h2g"  # swarmkit's ids: 25 lowercase base-36 characters
+
+
+def test_a_swarm_networks_id_is_accepted_and_others_are_not(swarm: Harness) -> None:
+    options = allocate(swarm, SWARM_NET)[1]["Options"]
+    assert swarm.create_network(SWARM_NET, generic=options, ipv4=IPV4) == (200, {})
+    assert swarm.create_endpoint(network_id=SWARM_NET, Address="10.70.0.5/24")[0] == 200
+    status, body = swarm.create_network("Q3Z8K1M0X7C2V9B4N6L5J0H2G", generic={})
+    assert status == 400 and "is not a Docker network id" in body["Err"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -141,3 +142,25 @@ def vni_taken_message(vni: int, dstport: int, device: str | None) -> str:
         f"VNI {vni} on UDP port {dstport} is taken on this host by {holder}, which is not vxlanpy's{overlay}; "
         "create the network with another -o vni or -o dstport, or set VXLANPY_VNI_RANGE to a range apart from it"
     )
+
+
+def side_by_side(aside: Callable[[], None], here: Callable[[], None]) -> None:
+    """Run `aside` on a thread of its own while `here` runs on this one; return when both are done, raising the
+    first error.  For a firewall restore and netlink requests, which wait on different kernel locks: together
+    they take the longer of the two, not their sum."""
+    errors: list[BaseException] = []
+
+    def run_aside() -> None:
+        try:
+            aside()
+        except BaseException as error:  # noqa: BLE001 - handed to the caller below
+            errors.append(error)
+
+    thread = threading.Thread(target=run_aside, name="vxlanpy-aside", daemon=True)
+    thread.start()
+    try:
+        here()
+    finally:
+        thread.join()
+    if errors:
+        raise errors[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from .linkops import (
     kind_of,
     netlink_errors,
 )
+from .reaper import DELETING_ALIAS, DELETING_GROUP, DELETING_PREFIX, LinkReaper
 from .remotes import RemoteEndpoints, checked_address, checked_remotes, unicast_mac
 from .rtnl import ROUTE_GROUPS, DefaultRouteWatch, RawSocket, open_socket
 from .underlay import UnderlayLookup
@@ -70,10 +72,17 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
     a new socket for every other thread.  The plugin serves requests from many threads, so all netlink
     work runs on one worker thread that owns the single socket; the lock makes each public operation,
     which is several netlink requests, atomic with respect to the others and keeps `close()` from racing them.
+
+    `background_removal`: removed links are taken down at once and deleted by a `LinkReaper` (reaper.py explains
+    why); by default in the plugin's own namespace, where the requests are served.  Without it, or after
+    `settle()`, a removal returns once the links are gone.
     """
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, background_removal: bool | None = None) -> None:
         self._netns = netns
+        if background_removal is None:
+            background_removal = netns is None
+        self._reaper = LinkReaper(lambda: RawSocket(open_socket(netns))) if background_removal else None
         self._lock = threading.Lock()
         self._closed = False
         self._bridges: dict[str, int] = {}  # bridge name -> index, see _bridge_index (worker thread only)
@@ -110,6 +119,8 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
             return ipr
 
     def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.close()
         with self._lock:
             if self._closed:
                 return
@@ -133,6 +144,10 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
                 raise DataplaneError(f"cannot {operation}: the netlink connection is closed; restart the plugin")
             with netlink_errors(f"cannot {operation}"):
                 return self._worker.submit(func, *args).result()
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until the links removed so far are deleted; False if `timeout` ran out first."""
+        return True if self._reaper is None else self._reaper.settle(timeout)
 
     # -- the Links protocol -----------------------------------------------------------------------------
 
@@ -181,6 +196,7 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
     # -- implementations: these run on the worker thread only -------------------------------------------
 
     def _ensure_network(self, network: Network) -> None:
+        self._wait_for_deletion((*network.tunnels, network.bridge))
         dev_index = self._dev_index(network.config.dev)
         # gretap ports first: a kernel without GRE fails the create before the bridge exists.
         gretap = self._ensure_gretap_ports(network, dev_index) if network.config.encap == ENCAP_GRETAP else None
@@ -199,10 +215,12 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
         self._bridges.pop(network.bridge, None)
         if network.config.encap == ENCAP_GRETAP:
             self._remove_stale_gretap_ports(network, set(network.tunnels))
+        doomed: dict[int, str] = {}
         for name in (*network.tunnels, network.bridge):
             link = self._link(name)
             if link is not None and (is_owned(link) or _created_unlabelled(link, network)):
-                self._delete(link)
+                doomed[int(link["index"])] = name
+        self._discard(doomed)
 
     def _bridge_index(self, network: Network) -> int | None:
         """The index of the network's bridge, None when it does not exist.
@@ -227,6 +245,7 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
         return index
 
     def _ensure_endpoint(self, network: Network, endpoint: Endpoint) -> None:
+        self._wait_for_deletion((endpoint.host_veth, endpoint.container_veth))
         bridge_index = self._bridge_index(network)
         if bridge_index is None:
             raise DataplaneError(
@@ -247,10 +266,40 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
     def _remove_endpoint(self, endpoint: Endpoint) -> None:
         # Deleting one end of a veth removes both, so the container end is usually gone by then.  By name, without
         # reading the link first: a missing one answers ENODEV at once.
+        if self._reaper is None:
+            for name in (endpoint.host_veth, endpoint.container_veth):
+                self._delete_name(name)
+            return
         for name in (endpoint.host_veth, endpoint.container_veth):
-            self._delete_name(name)
+            link = self._link(name)
+            if link is not None:
+                # and its peer with it.  Not renamed: no later endpoint takes its name, and the rename would cost
+                # DeleteEndpoint an RCU grace period (the kernel's dev_change_name waits for one)
+                self._discard({int(link["index"]): name}, rename=False)
+                return
+
+    def _discard(self, links: dict[int, str], rename: bool = True) -> None:
+        """Delete `links` (index -> name), or retire them (see reaper.py), renamed or not, and leave the deletion
+        to the reaper."""
+        if self._reaper is None:
+            for index, name in links.items():
+                self._delete_where(f"cannot delete interface {name}", index=index)
+            return
+        prefix = DELETING_PREFIX if rename else None
+        refused = self._raw.retire_links(list(links), DELETING_ALIAS, DELETING_GROUP, prefix) if links else {}
+        for index, code in refused.items():
+            if code != errno.ENODEV:
+                raise dataplane_error(
+                    f"cannot take interface {links[index]} down", OSError(code, os.strerror(code)), {}
+                )
+        self._reaper.delete({index: name for index, name in links.items() if index not in refused})
+
+    def _wait_for_deletion(self, names: tuple[str, ...]) -> None:
+        if self._reaper is not None:
+            self._reaper.wait_for(names)
 
     def _remove_link(self, name: str) -> None:
+        self._wait_for_deletion((name,))
         link = self._link(name)
         if link is not None and is_owned(link):
             self._delete(link)
@@ -258,7 +307,10 @@ class NetlinkLinks(RemoteEndpoints, GretapPorts, UnderlayLookup):
     def _owned_links(self) -> dict[str, str]:
         with netlink_errors("cannot list the interfaces"):
             links = self._ipr.link("dump")
-        return {str(link.get("ifname")): alias_of(link) for link in links if is_owned(link)}
+        doomed = self._reaper.pending_indexes() if self._reaper is not None else set()  # being deleted already
+        return {
+            str(link.get("ifname")): alias_of(link) for link in links if is_owned(link) and link["index"] not in doomed
+        }
 
     def _foreign_vnis(self, dstport: int) -> dict[int, str]:
         with netlink_errors("cannot list the host's VXLAN devices"):

@@ -54,6 +54,7 @@ from pyroute2.netlink import (
     SOL_NETLINK,
 )
 from pyroute2.netlink.rtnl import (
+    RTM_DELLINK,
     RTM_DELNEIGH,
     RTM_DELROUTE,
     RTM_GETADDR,
@@ -86,7 +87,8 @@ NDMSG = struct.Struct("=BxxxiHBB")
 NLMSGERR = struct.Struct("=i")
 NLA_TYPE_MASK = 0x3FFF  # an attribute type without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
-IFLA_IFNAME, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC = 3, 18, 20, 26
+IFF_UP = 1
+IFLA_IFNAME, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_GROUP = 3, 18, 20, 26, 27
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VXLAN_ID, IFLA_VXLAN_PORT = 1, 15  # the port in network byte order
 NLA_F_NESTED = 0x8000
@@ -168,6 +170,27 @@ def devconf_request(seq: int, index: int, name: str, value: int) -> bytes:
     conf = nlattr(IFLA_INET_CONF, nlattr(IPV4_DEVCONF[name], struct.pack("=I", value)))
     attrs = nlattr(IFLA_AF_SPEC, nlattr(socket.AF_INET, conf))
     return message(RTM_SETLINK, NLM_F_ACK, seq, IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0) + attrs)
+
+
+def retire_requests(seq: int, index: int, alias: str, group: int, name: str | None) -> bytes:
+    """RTM_SETLINK of link `index`: down (IFF_UP cleared, no other flag changed) with `alias` and device `group`;
+    then, with a `name`, a second one renaming it (`seq` + 1), which the kernel refuses while the link is up."""
+    down = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, IFF_UP)
+    down += nlattr(IFLA_IFALIAS, alias.encode()) + nlattr(IFLA_GROUP, struct.pack("=I", group))
+    if name is None:
+        return message(RTM_SETLINK, NLM_F_ACK, seq, down)
+    rename = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0) + nlattr(IFLA_IFNAME, name.encode() + b"\0")
+    return message(RTM_SETLINK, NLM_F_ACK, seq, down) + message(RTM_SETLINK, NLM_F_ACK, seq + 1, rename)
+
+
+def delete_request(seq: int, index: int) -> bytes:
+    return message(RTM_DELLINK, NLM_F_ACK, seq, IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0))
+
+
+def group_delete_request(seq: int, group: int) -> bytes:
+    """RTM_DELLINK of every link in device `group` (`ip link delete group N`): one unregistering for them all."""
+    body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + nlattr(IFLA_GROUP, struct.pack("=I", group))
+    return message(RTM_DELLINK, NLM_F_ACK, seq, body)
 
 
 @dataclass(frozen=True)
@@ -308,6 +331,36 @@ class RawSocket:
         """Set IPv4 devconf `name` of link `index` (`devconf_request`); returns the kernel's errno (0: done)."""
         seq = self._next_seq()
         return self._acknowledge({seq: name}, devconf_request(seq, index, name, value))[0][2]
+
+    def retire_links(self, indexes: list[int], alias: str, group: int, prefix: str | None) -> dict[int, int]:
+        """Take each link down, relabel it `alias`, move it to `group` and, with a `prefix`, rename it `prefix` +
+        its index (`retire_requests`), all in one send.  The errno of each link that could not be taken down
+        (ENODEV: it is gone); a refused rename (a name taken) only leaves the link its old name."""
+        pending: dict[int, tuple[int, bool]] = {}
+        batch = b""
+        for index in indexes:
+            seq = self._next_seq()
+            pending[seq] = (index, True)
+            if prefix is not None:
+                pending[self._next_seq()] = (index, False)  # the rename's
+            batch += retire_requests(seq, index, alias, group, None if prefix is None else f"{prefix}{index}")
+        answers = self._acknowledge(pending, batch) if pending else []
+        return {index: code for _, (index, down), code in answers if down and code}
+
+    def delete_links(self, indexes: list[int]) -> dict[int, int]:
+        """Delete each link (`delete_request`), in one send; the errno of each refused request."""
+        pending: dict[int, int] = {}
+        batch = b""
+        for index in indexes:
+            seq = self._next_seq()
+            pending[seq] = index
+            batch += delete_request(seq, index)
+        return {index: code for _, index, code in self._acknowledge(pending, batch) if code} if pending else {}
+
+    def delete_group(self, group: int) -> int:
+        """Delete every link in device `group` (`group_delete_request`); the kernel's errno (ENODEV: none there)."""
+        seq = self._next_seq()
+        return self._acknowledge({seq: group}, group_delete_request(seq, group))[0][2]
 
     def write_neighbours(self, writes: list[NeighWrite]) -> tuple[NeighWrite, int] | None:
         """Send `writes` in order, `NEIGH_BATCH` per send() instead of one request and one answer each (a full

@@ -19,27 +19,25 @@ Errors are {"Err": message} with the error's status, as for the network driver (
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Callable
 
 from flask import Flask, Response
 
 from ..errors import BadRequest
 from ..metrics import Metrics
-from ..models import IPAddress
+from ..models import NETWORK_ID, NETWORK_ID_FORM, IPAddress
 from ..replies import Body, Dialect, answer
 from .operations import Operations, Recovery, parse_recovered_network
 
 PREFIX = "/vxlanpy"
-DOCKER_ID = re.compile(r"^[0-9a-f]{64}$")
 OPERATOR_DIALECT = Dialect(
     error_key="Err", body_limit=1 << 16, body_hint="the vxlanpy CLI sends a few hundred bytes", describe=lambda _: ""
 )
 
 
 def _network_id(value: object) -> str:
-    if not isinstance(value, str) or not DOCKER_ID.match(value):
-        raise BadRequest("network must be a full network id (64 lowercase hex characters)")
+    if not isinstance(value, str) or not NETWORK_ID.match(value):
+        raise BadRequest(f"network must be a full network id ({NETWORK_ID_FORM})")
     return value
 
 

@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Any
 from ..driver import NETWORK_ALIAS_PREFIX
 from ..errors import BadRequest
 from ..ipam import Ipam, first_host
-from ..models import BRIDGE_PREFIX, LINK_ALIAS_PREFIX, Endpoint, IPAddress, Network, PortMapping, Subnet
+from ..models import (
+    BRIDGE_PREFIX,
+    LINK_ALIAS_PREFIX,
+    NETWORK_ID,
+    NETWORK_ID_FORM,
+    Endpoint,
+    IPAddress,
+    Network,
+    PortMapping,
+    Subnet,
+)
 from .context import Body
 
 if TYPE_CHECKING:
@@ -109,7 +119,9 @@ def parse_recovered_network(body: object) -> RecoveredNetwork:
     """The CLI's account of one Docker network (see cli.py `recover`), checked strictly."""
     if not isinstance(body, dict):
         raise BadRequest("network must be an object")
-    network_id = _hex_id(body.get("id"), "network id")
+    network_id = _text(body.get("id"), "network id")
+    if not NETWORK_ID.match(network_id):
+        raise BadRequest(f"network id must be a full Docker network id ({NETWORK_ID_FORM})")
     options = body.get("options") or {}
     if not isinstance(options, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in options.items()):
         raise BadRequest("options must map strings to strings")
