@@ -10,8 +10,8 @@ Layout (tests/multihost/cluster.py builds the namespaces, the underlay, etcd and
 Each node's registry serves tests/plugin's registry storage (where the `built` fixture pushed the plugin and where
 the busybox image is pushed here), on the node's own loopback, which Docker trusts without TLS.  Every node installs
 the plugin from it under one name (vxlanpy/vxlanpy:latest, the name a swarm network's driver is), with
-VXLANPY_STORE on the session's etcd, VXLANPY_HOST=<role> (the hosts share the machine's hostname) and
-VXLANPY_SCOPE=global; services run 127.0.0.1:5000/vxlanpy-test/busybox, which every node has pulled, so a task's
+VXLANPY_STORE on the session's etcd, VXLANPY_HOST=<role> (the hosts share the machine's hostname),
+VXLANPY_SCOPE=global and a VNI range apart from swarm's own (VNI_RANGE); services run 127.0.0.1:5000/vxlanpy-test/busybox, which every node has pulled, so a task's
 pull never leaves its node.  The swarm: `swarm init` on m1 with a 1 s dispatcher heartbeat (a dead node is seen
 within seconds) and its own address pool (swarm's ingress stays off the tests' subnets); w1 and w2 join.
 
@@ -37,12 +37,11 @@ SWARM_PLUGIN = LOCAL_PLUGIN  # one name:tag on every node: a swarm network's dri
 SERVICE_IMAGE = f"{REGISTRY}/{IMAGE}"
 ADDRESS_POOL = "10.172.0.0/16"  # swarm's own networks (ingress): away from the tests' 10.171.x subnets
 HEARTBEAT = "1s"
-# Swarm numbers its overlay networks' VNIs from 4096 up (ingress: 4096, on UDP port 4789 on every node that has
-# it), and so did vxlanpy's default range: the manager's AllocateNetwork picked 4096, which the ingress device
-# already holds there, in its own namespace where the plugin does not see it, and the task was refused with
-# "VNI 4096 on UDP port 4789 is taken on this host by another VXLAN device".  A range of their own, as that
-# message advises, until the allocation avoids swarm's VNIs by itself.
-VNI_RANGE = "10000-10999"
+# Swarm numbers its overlay networks' VNIs from 4096 up (ingress: 4096, UDP port 4789), as vxlanpy's default range
+# does.  The ingress device sits in its sandbox's namespace, where the plugin does not see it, while its UDP socket
+# is the node's: the manager allocated 4096 and its CreateNetwork failed with "VNI 4096 on UDP port 4789 is taken
+# on this host by another VXLAN device".  A range apart, as the README advises.
+VNI_RANGE = "100000-199999"
 ETCD_PREFIX = "/vxlanpy"
 
 
@@ -150,7 +149,7 @@ class Swarm:
             f"VXLANPY_LEASE_TTL={LEASE_TTL}",
             "VXLANPY_LOG_LEVEL=debug",
             f"VXLANPY_VNI_RANGE={VNI_RANGE}",
-            *self.scope_setting(engine),
+            "VXLANPY_SCOPE=global",
         )
 
         def prepare(node: SwarmNode) -> None:
@@ -163,13 +162,6 @@ class Swarm:
         TIMINGS["swarm: plugins installed and enabled"] = f"{time.monotonic() - started:.1f} s"
         self.form()
         TIMINGS["swarm: three Ready nodes"] = f"{time.monotonic() - started:.1f} s"
-
-    @staticmethod
-    def scope_setting(engine: Engine) -> list[str]:
-        """VXLANPY_SCOPE=global, where the plugin has the setting (issue 17 adds it)."""
-        # The registry's copy was removed after the push; the local build has the same manifest.
-        env = engine.plugin_inspect(LOCAL_PLUGIN)["Config"]["Env"]
-        return ["VXLANPY_SCOPE=global"] if any(item["Name"] == "VXLANPY_SCOPE" for item in env) else []
 
     def form(self) -> None:
         manager = self.manager
@@ -333,14 +325,20 @@ class Swarm:
             problems += self.remove_services_and_networks()
         except Exception as exc:  # noqa: BLE001 - keep tearing down
             problems.append(f"removing services and networks: {exc}")
-        for node in reversed(self.nodes):  # workers first: the manager's leave ends the swarm
+
+        def leave(node: SwarmNode) -> None:
             if node.alive:
                 node.docker("swarm", "leave", "-f", check=False, timeout=60)
-        for node in self.nodes:
+
+        def remove_plugins(node: SwarmNode) -> None:
             if node.alive:
                 for plugin in node.plugins():
                     node.docker("plugin", "rm", "-f", plugin["Name"], check=False, timeout=60)
             node.registry.stop()
+
+        self.cluster._parallel(leave, self.workers)  # type: ignore[arg-type]  # workers first: the manager's ends it
+        leave(self.manager)
+        self.cluster._parallel(remove_plugins, self.nodes)  # type: ignore[arg-type]
         problems += self.cluster.teardown()
         return problems
 
