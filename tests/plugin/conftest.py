@@ -9,6 +9,8 @@
 * Each test enables one plugin at a time through `engine.active(...)`, which removes every container and
   network and disables the plugin afterwards, pass or fail.  At the end everything is torn down: plugins,
   containers, networks, dockerd and its containerd, the registry, the namespace and /tmp/vxpl-<hex>.
+* `swarm` (module, test_swarm.py): three more hosts (tests/multihost's cluster) in a swarm, the plugin installed on
+  each from the registry (swarm.py); torn down, swarm left and all, at the end of the module.
 * The timings (build, plugin start, image size) are printed at the end of the session.
 """
 
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiers import mark_unavailable, needs_root
+from tests.multihost.cluster import missing_prerequisites as cluster_prerequisites
+from tests.tiers import first_reason, mark_unavailable, needs_root
 
 from .harness import (
     LOCAL_PLUGIN,
@@ -31,6 +34,7 @@ from .harness import (
     missing_prerequisites,
     remove_stale_engines,
 )
+from .swarm import Swarm
 
 PLUGIN_TESTS_DIR = Path(__file__).resolve().parent
 ROOT_FIXTURES = {"engine", "built"}
@@ -44,6 +48,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reason = missing_prerequisites()
     if reason is not None:
         mark_unavailable(engine_tests, reason)
+    swarm_tests = [item for item in ours if "swarm" in getattr(item, "fixturenames", ())]
+    swarm_reason = first_reason(missing_prerequisites, cluster_prerequisites)
+    if swarm_reason is not None and swarm_tests:
+        mark_unavailable(swarm_tests, swarm_reason)
     root_reason = needs_root("this test (namespaces, mounts)")
     if root_reason is not None:
         mark_unavailable([item for item in ours if item.get_closest_marker("needs_root")], root_reason)
@@ -89,3 +97,19 @@ def built(engine: Engine) -> str:
     TIMINGS["docker plugin push (local registry)"] = f"{time.monotonic() - started:.1f} s"
     engine.docker("plugin", "rm", REGISTRY_PLUGIN)
     return report
+
+
+@pytest.fixture(scope="module")
+def swarm(engine: Engine, built: str) -> Iterator[Swarm]:
+    """A swarm of three nodes (m1 manager, w1 and w2 workers) with the plugin on each (swarm.py)."""
+    made = Swarm()
+    try:
+        made.build(engine)
+    except BaseException:
+        problems = made.teardown()
+        if problems:
+            print("swarm teardown after a failed start:\n  " + "\n  ".join(problems))
+        raise
+    yield made
+    problems = made.teardown()
+    assert not problems, "swarm teardown:\n  " + "\n  ".join(problems)
