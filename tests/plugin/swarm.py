@@ -11,7 +11,8 @@ Each node's registry serves tests/plugin's registry storage (where the `built` f
 the busybox image is pushed here), on the node's own loopback, which Docker trusts without TLS.  Every node installs
 the plugin from it under one name (vxlanpy/vxlanpy:latest, the name a swarm network's driver is), with
 VXLANPY_STORE on the session's etcd, VXLANPY_HOST=<role> (the hosts share the machine's hostname),
-VXLANPY_SCOPE=global and a VNI range apart from swarm's own (VNI_RANGE); services run 127.0.0.1:5000/vxlanpy-test/busybox, which every node has pulled, so a task's
+VXLANPY_SCOPE=global and the default VNI range (4096-65535, as swarm's overlay VNIs: its ingress network holds 4096
+on port 4789 on every node, and swarm networks take vxlanpy's VNIs from the top); services run 127.0.0.1:5000/vxlanpy-test/busybox, which every node has pulled, so a task's
 pull never leaves its node.  The swarm: `swarm init` on m1 with a 1 s dispatcher heartbeat (a dead node is seen
 within seconds) and its own address pool (swarm's ingress stays off the tests' subnets); w1 and w2 join.
 
@@ -37,11 +38,6 @@ SWARM_PLUGIN = LOCAL_PLUGIN  # one name:tag on every node: a swarm network's dri
 SERVICE_IMAGE = f"{REGISTRY}/{IMAGE}"
 ADDRESS_POOL = "10.172.0.0/16"  # swarm's own networks (ingress): away from the tests' 10.171.x subnets
 HEARTBEAT = "1s"
-# Swarm numbers its overlay networks' VNIs from 4096 up (ingress: 4096, UDP port 4789), as vxlanpy's default range
-# does.  The ingress device sits in its sandbox's namespace, where the plugin does not see it, while its UDP socket
-# is the node's: the manager allocated 4096 and its CreateNetwork failed with "VNI 4096 on UDP port 4789 is taken
-# on this host by another VXLAN device".  A range apart, as the README advises.
-VNI_RANGE = "100000-199999"
 ETCD_PREFIX = "/vxlanpy"
 
 
@@ -148,7 +144,6 @@ class Swarm:
             f"VXLANPY_STORE={ETCD_URL}",
             f"VXLANPY_LEASE_TTL={LEASE_TTL}",
             "VXLANPY_LOG_LEVEL=debug",
-            f"VXLANPY_VNI_RANGE={VNI_RANGE}",
             "VXLANPY_SCOPE=global",
         )
 

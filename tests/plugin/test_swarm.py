@@ -241,6 +241,43 @@ def endpoint_links(node: SwarmNode, vni: int) -> set[str]:
     return {link["ifname"] for link in ports if link["ifname"].startswith("vxh-")}
 
 
+def test_vxlanpys_ipam_grants_each_node_the_address_the_manager_chose(swarm: Swarm) -> None:
+    """--ipam-driver vxlanpy: the manager's allocator reserves each task's address in vxlanpy's IPAM, and every
+    node asks for it again when it creates the endpoint (granted); an address in use is still refused."""
+    subnet = "10.171.7.0/24"
+    name = f"vxsw-ipam-{secrets.token_hex(3)}"
+    created = swarm.manager.docker(
+        "network", "create", "-d", SWARM_PLUGIN, "--ipam-driver", SWARM_PLUGIN, "--scope", "swarm", "--attachable",
+        "--subnet", subnet, name, check=False,
+    )  # fmt: skip
+    assert created.returncode == 0, f"network create: {created.stderr}\n{swarm.plugin_logs()}"
+    network = SwarmNetwork(name, created.stdout.strip(), subnet)
+    create_service(
+        swarm, "ipam", network, "--replicas", "3", "--replicas-max-per-node", "1", "--endpoint-mode", "dnsrr"
+    )
+    tasks = swarm.wait_tasks("ipam", 3, nodes={"m1", "w1", "w2"})
+    assert_tasks_reach_each_other(swarm, tasks, network)
+    reserved = [key for key in swarm.etcd_keys() if "/ipam/addresses/10.171.7.0_24/" in key]
+    for task in tasks:
+        assert any(key.endswith("/" + swarm.task_address(task, network.id)) for key in reserved), reserved
+
+    taken = swarm.task_address(tasks[0], network.id)
+    refused = swarm["w1"].docker(
+        "run", "--rm", "--network", name, "--ip", taken, SERVICE_IMAGE, "true", check=False, timeout=60
+    )
+    assert refused.returncode != 0, f"a second container got {taken}: {refused.stdout}"
+    # Docker tells only "attaching to network failed ... check manager logs": the manager's plugin says why.
+    manager_log = swarm.manager.plugin_log(SWARM_PLUGIN, 2000)
+    assert f"{taken} is already in use" in manager_log, f"{refused.stderr}\n{swarm.plugin_logs()}"
+
+    vni = vni_of(swarm, network)
+    remove_service(swarm, "ipam")
+    swarm.manager.docker("network", "rm", name)
+    left = swarm.wait_no_leftovers(network.id, vni)
+    left += [f"etcd: {key}" for key in swarm.etcd_keys() if "10.171.7.0_24" in key]
+    assert not left, "left behind after service rm and network rm:\n  " + "\n  ".join(left)
+
+
 def test_a_killed_workers_tasks_are_rescheduled_and_reachable(swarm: Swarm) -> None:
     network = create_network(swarm, f"vxsw-kill-{secrets.token_hex(3)}", "10.171.6.0/24")
     create_service(swarm, "survivor", network, "--replicas", "3", "--replicas-max-per-node", "2")
