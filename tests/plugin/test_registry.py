@@ -55,5 +55,13 @@ def test_install_from_registry_set_env_and_create_a_network(engine: Engine, buil
             assert ok, f"{one.name} cannot ping {two.name}: {output}"
             ok, output = ping_until(one, network["IPAM"]["Config"][0]["Gateway"], timeout=5)
             assert ok, output
+
+        # A setting the plugin refuses at its start (swarm's global scope without etcd): `docker plugin enable`
+        # fails and the plugin's log, in dockerd's, says what to set.
+        engine.configure(REGISTRY_PLUGIN, "VXLANPY_SCOPE=global")
+        refused = engine.docker("plugin", "enable", REGISTRY_PLUGIN, check=False, timeout=120)
+        assert refused.returncode != 0, refused.stdout
+        log = engine.plugin_log(REGISTRY_PLUGIN)
+        assert "VXLANPY_SCOPE=global (swarm networks) needs the etcd store" in log, f"{refused.stderr}\n{log}"
     finally:
         engine.docker("plugin", "rm", "-f", REGISTRY_PLUGIN, check=False)
