@@ -57,12 +57,10 @@ class SwarmNetworks:
             vni = vnis.reserve_swarm_vni(network_id, requested.vni, *driver.vni_range)
         else:
             taken = driver.foreign_vnis | set(driver.links.foreign_vnis(requested.config_for(0).dstport))
-
-            def pick(low: int, high: int) -> int:
-                assert vnis is not None
-                return vnis.reserve_swarm_vni(network_id, None, low, high)
-
-            vni = pick_around(pick, *driver.vni_range, taken, highest_first=True)
+            reserve = vnis.reserve_swarm_vni
+            vni = pick_around(
+                lambda low, high: reserve(network_id, None, low, high), *driver.vni_range, taken, highest_first=True
+            )
         log.info("swarm network %s allocated: vni %d", network_id[:12], vni)
         return options_for_nodes(options, vni)
 
