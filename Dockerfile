@@ -15,12 +15,15 @@ FROM ${BASE}
 
 # iptables from the base's Debian release (bookworm for vxlanpy-base:bookworm; python:3.12-slim follows
 # Debian's current release, python:3.12-slim-bookworm stays on bookworm), with the nft backend like the
-# host's dockerd: vxlanpy's chains must live in the same tables as Docker's.  Encrypted networks need `wg`
+# host's dockerd: vxlanpy's chains must live in the same tables as Docker's.  nft writes the table that keeps
+# frames switched inside vxlanpy's bridges out of conntrack (plugin/vxlanpy/dataplane/notrack.py).  Encrypted
+# networks need `wg`
 # (wireguard-tools, which drives both backends) and wireguard-go (the backend where the host's kernel has no
 # WireGuard).  apt runs only when one of them is missing.
 RUN set -eu; \
     missing=; \
     command -v iptables-nft >/dev/null 2>&1 || missing="$missing iptables"; \
+    command -v nft >/dev/null 2>&1 || missing="$missing nftables"; \
     command -v wg >/dev/null 2>&1 || missing="$missing wireguard-tools"; \
     command -v wireguard-go >/dev/null 2>&1 || missing="$missing wireguard-go"; \
     if [ -n "$missing" ]; then \
@@ -30,6 +33,7 @@ RUN set -eu; \
     fi; \
     update-alternatives --set iptables /usr/sbin/iptables-nft; \
     update-alternatives --set ip6tables /usr/sbin/ip6tables-nft; \
+    nft --version >/dev/null; \
     wg --version >/dev/null; \
     wireguard-go --version >/dev/null
 

@@ -47,18 +47,29 @@ def remove_labelled(
 FORWARD_HOOK_CHAIN = "VXLANPY-FORWARD"
 FORWARD_HOOK_CHAINS = (FORWARD_HOOK_CHAIN, "VXLANPY-INTERNAL")  # in this order: the first jumps to the second
 FORWARD_HOOK_PARENTS = ("FORWARD", "DOCKER-USER")
+NOTRACK_TABLE = "vxlanpy"
 _MOST_JUMPS = 100  # a bound on the jumps removed from one parent chain, should each deletion "succeed" forever
 
 
 def remove_forward_hook(netns: str | None = None) -> list[str]:
     """Remove vxlanpy's FORWARD hook (its chains and every jump to them) from the filter tables of `netns`, or of
-    the namespace this process runs in; returns what could not be removed.  Nothing else is touched."""
+    the namespace this process runs in, and its nftables table `bridge vxlanpy`; returns what could not be
+    removed.  Nothing else is touched."""
     problems: list[str] = []
+    prefix = ["ip", "netns", "exec", netns] if netns else []
     for program in ("iptables", "ip6tables"):
         if shutil.which(program) is None:
             continue
-        for problem in _remove_forward_hook(program, ["ip", "netns", "exec", netns] if netns else []):
+        for problem in _remove_forward_hook(program, prefix):
             problems.append(f"{program}: {problem}")
+    # The nftables table that keeps frames switched inside vxlanpy bridges out of conntrack (dataplane/notrack.py).
+    if shutil.which("nft") is not None:
+        argv = [*prefix, "nft", "list", "table", "bridge", NOTRACK_TABLE]
+        if subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0:
+            argv = [*prefix, "nft", "delete", "table", "bridge", NOTRACK_TABLE]
+            deleted = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+            if deleted.returncode != 0:
+                problems.append(f"nft: could not delete table bridge {NOTRACK_TABLE}: {deleted.stderr.strip()}")
     return problems
 
 

@@ -90,6 +90,27 @@ def test_published_port_is_reachable_and_goes_away(
     assert result.returncode != 0, f"the test host still fetches {url}: {result.stdout}"
 
 
+def test_published_port_answers_a_container_of_the_same_network(
+    create_network: Callable[..., Any], run_container: Callable[..., Any], testhost: TestHost
+) -> None:
+    """Hairpin: a container reaches its neighbour's published port through the host's addresses.  The frames
+    switched between the two are not tracked (dataplane/notrack.py), so only the masquerade of such connections
+    lets the reply come back through the host to be un-DNATed."""
+    network = create_network(vni=7065, subnet="10.77.65.0/24")
+    run_container(network, command=["sh", "-c", HTTPD], ports={f"{CONTAINER_PORT}/tcp": HOST_PORT})
+    client = run_container(network)
+    for address in ("10.77.65.1", testhost.host_ip):  # the gateway, and the host's address on another link
+        url = f"http://{address}:{HOST_PORT}/"
+        output: list[str] = [""]
+
+        def fetched(url: str = url, output: list[str] = output) -> bool:
+            code, output[0] = exec_ok(client, ["timeout", "3", "wget", "-q", "-O", "-", url])
+            return code == 0
+
+        assert wait_for(fetched, 10), f"a container of the same network cannot fetch {url}: {output[0]}"
+        assert PAGE in output[0]
+
+
 def _docker_cli(*argv: str) -> str:
     """The docker CLI, as a user runs it (DOCKER_HOST points at the test engine)."""
     result = subprocess.run(["docker", *argv], capture_output=True, text=True, timeout=60, check=False)

@@ -40,6 +40,8 @@ def test_the_forward_hook_goes_with_every_jump_and_nothing_else(namespaces: Name
         assert "-A FORWARD -j VXLANPY-FORWARD" in hooked and "-A DOCKER-USER -j VXLANPY-FORWARD" in hooked, hooked
         assert "-N VXLANPY-INTERNAL" in hooked, hooked
     xtables(host, "iptables", "-A", "FORWARD", "-j", "VXLANPY-FORWARD")  # a second jump: both must go
+    tables = subprocess.run(["ip", "netns", "exec", host, "nft", "list", "tables"], capture_output=True, text=True)
+    assert "bridge vxlanpy" in tables.stdout, "ensure_base writes the notrack table (dataplane/notrack.py)"
 
     assert remove_forward_hook(host) == []
 
@@ -47,4 +49,6 @@ def test_the_forward_hook_goes_with_every_jump_and_nothing_else(namespaces: Name
         after = filter_rules(host, program)
         assert not [line for line in after if "VXLANPY" in line], after
         assert after == before[program], "only vxlanpy's hook may go"
+    tables = subprocess.run(["ip", "netns", "exec", host, "nft", "list", "tables"], capture_output=True, text=True)
+    assert "bridge vxlanpy" not in tables.stdout, "the notrack table goes too"
     assert remove_forward_hook(host) == [], "nothing to remove is no problem"

@@ -243,6 +243,7 @@ def test_network_rules_are_installed(host: str, fw: IptablesFirewall) -> None:
         assert not [line for line in rules(host, family=family) if "101" in line]
     assert rules(host, "nat", chain="VXP-101")[1:] == [
         "-A VXP-101 -s 192.168.77.0/25 ! -o vxbr-101 -j MASQUERADE",
+        "-A VXP-101 -s 192.168.77.0/25 -o vxbr-101 -m conntrack --ctstate DNAT -j MASQUERADE",
         "-A VXP-101 -o vxbr-101 -m addrtype --src-type LOCAL -j MASQUERADE",
     ]
     assert rules(host, "nat", chain="VXPD-101")[1:] == [
@@ -407,6 +408,7 @@ def test_a_chain_made_behind_its_back_is_taken_over(host: str, fw: IptablesFirew
     assert rules(host, "nat", chain="VXP-101") == [
         "-N VXP-101",
         "-A VXP-101 -s 192.168.77.0/25 ! -o vxbr-101 -j MASQUERADE",
+        "-A VXP-101 -s 192.168.77.0/25 -o vxbr-101 -m conntrack --ctstate DNAT -j MASQUERADE",
         "-A VXP-101 -o vxbr-101 -m addrtype --src-type LOCAL -j MASQUERADE",
     ]
 

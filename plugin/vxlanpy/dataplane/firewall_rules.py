@@ -177,11 +177,11 @@ def masquerade_rules(network: Network) -> list[Rule]:
     if not network.routes_egress:  # internal, or gateway=docker_gwbridge: Docker's bridge masquerades (no double NAT)
         return []
     bridge = safe_name(network.bridge)
-    rules = [
-        ["-s", str(subnet.pool), "!", "-o", bridge, "-j", "MASQUERADE"]
-        for subnet in network.ipv4
-        if isinstance(subnet.pool, ipaddress.IPv4Network)
-    ]
+    pools = [str(subnet.pool) for subnet in network.ipv4 if isinstance(subnet.pool, ipaddress.IPv4Network)]
+    rules = [["-s", pool, "!", "-o", bridge, "-j", "MASQUERADE"] for pool in pools]
+    # A container reaching a published port of its own network (hairpin): the reply would be switched straight
+    # back, untracked (notrack.py), so the connection comes from the gateway instead, as with Docker's proxy.
+    rules += [["-s", pool, "-o", bridge, "-m", "conntrack", "--ctstate", "DNAT", "-j", "MASQUERADE"] for pool in pools]
     # The host (127.0.0.1 included) reaching a published port: the reply must come back to the host.
     rules.append(["-o", bridge, "-m", "addrtype", "--src-type", "LOCAL", "-j", "MASQUERADE"])
     return rules

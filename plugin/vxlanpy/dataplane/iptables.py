@@ -84,6 +84,7 @@ from .firewall_rules import (
     vtep_filter_rules,
 )
 from .gateway_guard import GatewayGuard
+from .notrack import BridgedNotrack
 from .rtnl import set_ipv4_devconf
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class IptablesFirewall:
         self._lock = threading.Lock()
         self._known: dict[tuple[Family, str], KnownTable] = {}  # empty: read again on next use
         self._gateway_guard = GatewayGuard(self._run)
+        self._notrack = BridgedNotrack(self._run)
         self._hooked: set[Family] = set()  # families whose FORWARD hook was put in place by this process
 
     # -- Firewall ------------------------------------------------------------------------------------
@@ -130,6 +132,7 @@ class IptablesFirewall:
             for family in (4, 6):
                 self._ensure_forward_chains(family)
             self._gateway_guard.ensure()
+            self._notrack.ensure()
             parents = {chain: self._list_chain(4, "nat", chain) for chain in PARENT_CHAINS["nat"]}
             commands = [f"-N {chain}" for chain, listing in parents.items() if listing is None]
             hooks = [("POSTROUTING", ["-j", POSTROUTING_CHAIN])]
