@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -92,3 +93,32 @@ def test_the_table_is_put_back_when_changed_and_nothing_else_is_touched(host: st
     fw.ensure_base()
     assert table_rules(host) == RULES
     assert "counter" in run(host, "nft", "list", "table", "bridge", "users").stdout
+
+
+def test_frames_between_two_hosts_are_not_tracked_on_either(make_netns: Callable[[], str]) -> None:
+    """Two hosts on an underlay, each with the network's bridge, a VXLAN port to the other and a container: what
+    the containers send each other enters each bridge through a veth on one host and the VXLAN port on the other."""
+    red = network(101)
+    hosts, containers = [make_netns(), make_netns()], []
+    run(hosts[0], "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", hosts[1])
+    for index, host_ns in enumerate(hosts):
+        run(host_ns, "iptables", "-w", "-P", "FORWARD", "DROP")
+        lab = Lab(host_ns, make_netns)
+        local, remote = f"10.99.0.{index + 1}", f"10.99.0.{2 - index}"
+        run(host_ns, "ip", "addr", "add", f"{local}/24", "dev", "eth0")
+        run(host_ns, "ip", "link", "set", "eth0", "up")
+        lab.bridge(red)
+        run(host_ns, "ip", "link", "add", "vxlan-101", "type", "vxlan", "id", "101", "dstport", "4789", "local", local,
+            "remote", remote, "dev", "eth0")  # fmt: skip
+        run(host_ns, "ip", "link", "set", "vxlan-101", "master", red.bridge, "up")
+        containers.append(lab.container(red, f"192.168.77.{index + 2}"))
+        firewall = IptablesFirewall(netns=host_ns)
+        firewall.ensure_base()
+        firewall.ensure_network(red, [])  # its masquerade rules: conntrack is in use on both hosts
+    assert ping(containers[0], "192.168.77.3", timeout=3)
+    for host_ns in hosts:
+        assert not tracked(host_ns, "192.168.77.2", "192.168.77.3"), "a frame switched in the bridge was tracked"
+    for host_ns in hosts:
+        run(host_ns, "nft", "delete", "table", "bridge", "vxlanpy")
+    assert ping(containers[1], "192.168.77.2", timeout=3)
+    assert all(tracked(host_ns, "192.168.77.3", "192.168.77.2") for host_ns in hosts), "tracked without the table"
