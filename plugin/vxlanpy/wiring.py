@@ -117,7 +117,7 @@ def build(settings: Settings) -> Components:
     from .operator.client import docker_listing
 
     links = NetlinkLinks()
-    firewall = IptablesFirewall()
+    firewall = IptablesFirewall(background_removal=True)
     if not settings.multi_host:
         from .store import open_store
 

@@ -25,7 +25,11 @@ A network's chains are rewritten whole by one `iptables-restore --noflush` (nat,
 network; IPv6 only for an internal network): a chain vxlanpy knows to exist is declared, `:CHAIN - [0:0]`,
 which flushes only that chain, a new one is made with `-N`; each table is one transaction, so the rules of a
 network are never half-applied and calling `ensure_network` again changes nothing.  Removing a network is the
-same restore with `-D`, `-F` and `-X` lines.  VXLANPY-INPUT is rewritten the same way, hook included when it is
+same restore with `-D`, `-F` and `-X` lines; in the plugin (`background_removal`) it runs on a thread of its
+own (deferred.py), for every network queued meanwhile at once, since any deletion costs an nf_tables commit
+about 10 ms of RCU grace period against 2-3 ms for a creation.  Every later operation on a network, and
+reconciliation's view, first finishes what is queued; a crash in between leaves chains no row owns, which
+reconciliation removes.  VXLANPY-INPUT is rewritten the same way, hook included when it is
 missing, so a host never accepts VXLAN from everyone between two states of the VTEP list.
 Nothing here touches a chain vxlanpy did not create, apart from adding and deleting its own jumps.
 
@@ -53,6 +57,7 @@ from pathlib import Path
 
 from ..errors import DataplaneError
 from ..models import Endpoint, IPAddress, Network, PortMapping
+from .deferred import Deferred
 from .firewall_rules import (
     DNAT_CHAIN,
     DOCKER_USER_CHAIN,
@@ -113,7 +118,7 @@ _Layout = dict[tuple[Family, str], tuple[tuple[str, ...], list[tuple[str, Rule]]
 class IptablesFirewall:
     """`Firewall` through the iptables tools; `netns` names a namespace under /run/netns (tests)."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, background_removal: bool = False) -> None:
         self._netns = None if netns is None else safe_name(netns)
         self._prefix = [] if netns is None else ["nsenter", f"--net=/run/netns/{netns}"]
         # Held for every change and every read of the tables into `_known`: no jump is added twice, and
@@ -123,6 +128,8 @@ class IptablesFirewall:
         self._gateway_guard = GatewayGuard(self._run)
         self._notrack = BridgedNotrack(self._run)
         self._hooked: set[Family] = set()  # families whose FORWARD hook was put in place by this process
+        self._doomed: set[int] = set()  # VNIs whose chains `remove_network` queued
+        self._removals = Deferred(self._flush_removals, "vxlanpy-chain-removal") if background_removal else None
 
     # -- Firewall ------------------------------------------------------------------------------------
 
@@ -165,6 +172,7 @@ class IptablesFirewall:
             (4, "nat"): ([(POSTROUTING_CHAIN, ["-j", chain]), (DNAT_CHAIN, ["-j", dnat])], []),
         }
         with self._lock:
+            self._remove_doomed_first()  # the same VNI may be queued for removal: that comes first
             for family in (4, 6):
                 try:
                     self._write_network(family, network.vni, contents, jumps)
@@ -180,15 +188,16 @@ class IptablesFirewall:
                 self._gateway_guard.ensure()
 
     def remove_network(self, vni: int) -> None:
-        layout = self._layout(vni)
         with self._lock:
-            for family in (4, 6):
-                try:
-                    self._remove_chains(family, layout)
-                except DataplaneError:
-                    # Something vanished meanwhile (a jump deleted, a chain flushed and deleted by hand):
-                    # `_known` was forgotten with the failure, so the second try works from a fresh read.
-                    self._remove_chains(family, layout)
+            self._doomed.add(int(vni))
+            if self._removals is None:
+                self._remove_doomed()
+                return
+        self._removals.wake()
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait for the removals queued in the background; False if `timeout` ran out first."""
+        return True if self._removals is None else self._removals.settle(timeout)
 
     def sync_vtep_filter(
         self, ports: set[int], vteps: set[IPAddress], tunnel_ports: Mapping[int, str] | None = None
@@ -211,28 +220,33 @@ class IptablesFirewall:
 
     def owned_vnis(self) -> set[int]:
         with self._lock:
+            self._remove_doomed_first()
             self._refresh()
             return {int(chain.rpartition("-")[2]) for known in self._known.values() for chain in known.chains}
 
     def published_ports(self, vni: int) -> dict[IPAddress, list[PortMapping]]:
         with self._lock:
+            self._remove_doomed_first()
             listing = self._list_chain(4, "nat", network_names(vni)[2])
         return parse_dnat_rules(listing) if listing is not None else {}
 
     # -- helpers -------------------------------------------------------------------------------------
 
     @classmethod
-    def _layout(cls, vni: int) -> _Layout:
-        """Everything a network may have in each table, as (chains, rules in the parent chains): what removing
-        it deletes, where present.  The filter chain and its jumps are those of vxlanpy < 0.2."""
-        bridge, chain, dnat = network_names(vni)
-        forward = [(FORWARD_CHAIN, ["-i", bridge, "-j", chain]), (FORWARD_CHAIN, ["-o", bridge, "-j", chain])]
-        forward += [(INTERNAL_CHAIN, rule) for rule in isolation_rules(bridge)]
-        return {
-            (4, "filter"): ((chain,), forward),
-            (6, "filter"): ((chain,), forward),
-            (4, "nat"): ((chain, dnat), [(POSTROUTING_CHAIN, ["-j", chain]), (DNAT_CHAIN, ["-j", dnat])]),
-        }
+    def _layout(cls, *vnis: int) -> _Layout:
+        """Everything the networks may have in each table, as (chains, rules in the parent chains): what removing
+        them deletes, where present.  The filter chains and their jumps are those of vxlanpy < 0.2."""
+        layout: _Layout = {(4, "filter"): ((), []), (6, "filter"): ((), []), (4, "nat"): ((), [])}
+        for vni in sorted(vnis):
+            bridge, chain, dnat = network_names(vni)
+            forward = [(FORWARD_CHAIN, ["-i", bridge, "-j", chain]), (FORWARD_CHAIN, ["-o", bridge, "-j", chain])]
+            forward += [(INTERNAL_CHAIN, rule) for rule in isolation_rules(bridge)]
+            nat = [(POSTROUTING_CHAIN, ["-j", chain]), (DNAT_CHAIN, ["-j", dnat])]
+            own: _Layout = {(4, "filter"): ((chain,), forward), (6, "filter"): ((chain,), forward)}
+            own[(4, "nat")] = ((chain, dnat), nat)
+            for key, (chains, jumps) in own.items():
+                layout[key] = (layout[key][0] + chains, layout[key][1] + jumps)
+        return layout
 
     @staticmethod
     def _tables(family: Family) -> list[str]:
@@ -348,6 +362,37 @@ class IptablesFirewall:
                 return None
         result = self._run(["sysctl", "-n", key.replace("/", ".")])
         return result.stdout.strip() if result.returncode == 0 else None
+
+    def _remove_doomed(self) -> None:
+        """Remove the chains of every network queued by `remove_network`, in one restore per family: deleting
+        anything costs an nf_tables commit about 10 ms (RCU), however much goes at once.  The lock is held."""
+        if not self._doomed:
+            return
+        vnis, layout = sorted(self._doomed), self._layout(*self._doomed)
+        self._doomed.clear()
+        for family in (4, 6):
+            try:
+                self._remove_chains(family, layout)
+            except DataplaneError:
+                # Something vanished meanwhile (a jump deleted, a chain flushed and deleted by hand):
+                # `_known` was forgotten with the failure, so the second try works from a fresh read.
+                try:
+                    self._remove_chains(family, layout)
+                except DataplaneError:
+                    self._doomed.update(vnis)  # the next flush tries again; reconciliation removes them otherwise
+                    raise
+
+    def _remove_doomed_first(self) -> None:
+        """Before an operation that must see them done; a failure is left to the background and reconciliation
+        (`_known` was forgotten with it, so the operation itself works from a fresh read)."""
+        try:
+            self._remove_doomed()
+        except DataplaneError as exc:
+            log.warning("removing the chains of deleted networks failed, to be tried again: %s", exc)
+
+    def _flush_removals(self) -> None:
+        with self._lock:
+            self._remove_doomed()
 
     def _remove_chains(self, family: Family, layout: _Layout) -> None:
         """One restore deleting the jumps `_known` counts, then the chains it knows of; none if nothing is left."""
