@@ -46,14 +46,12 @@ next `ensure_base`, and the next `ensure_network` repairs it.
 
 from __future__ import annotations
 
-import errno
 import logging
 import re
 import subprocess
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 
 from ..errors import DataplaneError
 from ..models import Endpoint, IPAddress, Network, PortMapping
@@ -90,11 +88,9 @@ from .firewall_rules import (
 )
 from .gateway_guard import GatewayGuard
 from .notrack import BridgedNotrack
-from .rtnl import set_ipv4_devconf
+from .sysctl import Sysctls
 
 log = logging.getLogger(__name__)
-
-_error = command_error  # the name the sysctl helpers below use
 
 IP_FORWARD = "net/ipv4/ip_forward"
 
@@ -127,6 +123,8 @@ class IptablesFirewall:
         self._known: dict[tuple[Family, str], KnownTable] = {}  # empty: read again on next use
         self._gateway_guard = GatewayGuard(self._run)
         self._notrack = BridgedNotrack(self._run)
+        # Through `_run` looked up at each call, as the other commands (tests count what runs).
+        self._sysctls = Sysctls(lambda argv: self._run(argv), in_namespace=netns is not None)
         self._hooked: set[Family] = set()  # families whose FORWARD hook was put in place by this process
         self._doomed: set[int] = set()  # VNIs whose chains `remove_network` queued
         self._removals = Deferred(self._flush_removals, "vxlanpy-chain-removal") if background_removal else None
@@ -183,7 +181,7 @@ class IptablesFirewall:
             if network.routes_egress:
                 # Lets a connection DNATed from 127.0.0.1 leave through the bridge instead of being dropped
                 # as martian.  The links layer creates the bridge; without it there is nothing to set yet.
-                self._set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1", missing_ok=True)
+                self._sysctls.write(f"net/ipv4/conf/{bridge}/route_localnet", "1", missing_ok=True)
             if not self._gateway_guard.in_place:
                 self._gateway_guard.ensure()
 
@@ -331,10 +329,10 @@ class IptablesFirewall:
 
     def _ensure_ip_forward(self) -> None:
         """Turn net.ipv4.ip_forward on, or fail saying what it breaks and how to fix it."""
-        if self._read_sysctl(IP_FORWARD) == "1":
+        if self._sysctls.read(IP_FORWARD) == "1":
             return
         try:
-            self._set_sysctl(IP_FORWARD, "1", missing_ok=False)
+            self._sysctls.write(IP_FORWARD, "1", missing_ok=False)
         except DataplaneError as exc:
             raise DataplaneError(
                 f"{exc.message.partition('. Hint:')[0]}: net.ipv4.ip_forward is off, and without it the containers "
@@ -353,15 +351,6 @@ class IptablesFirewall:
             "vxlanpy's rules (its own bridges only) do not filter: consider `iptables -P FORWARD DROP` "
             "(vxlanpy accepts its own traffic explicitly)",
         )
-
-    def _read_sysctl(self, key: str) -> str | None:
-        if self._netns is None:
-            try:
-                return Path("/proc/sys", key).read_text().strip()
-            except OSError:
-                return None
-        result = self._run(["sysctl", "-n", key.replace("/", ".")])
-        return result.stdout.strip() if result.returncode == 0 else None
 
     def _remove_doomed(self) -> None:
         """Remove the chains of every network queued by `remove_network`, in one restore per family: deleting
@@ -448,7 +437,7 @@ class IptablesFirewall:
     def _fail(self, what: str, result: subprocess.CompletedProcess[str]) -> DataplaneError:
         """The error for a failed command; `_known` may be wrong after it, so it is read again on next use."""
         self._known.clear()
-        return _error(what, result)
+        return command_error(what, result)
 
     def _run(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         try:
@@ -500,35 +489,3 @@ class IptablesFirewall:
             result = self._iptables(family, "-t", table, action, chain)
             if result.returncode != 0 and not any(text in result.stderr for text in _ABSENT):
                 raise self._fail(f"{_IPTABLES[family]} -t {table} {action} {chain}", result)
-
-    def _set_sysctl(self, key: str, value: str, missing_ok: bool) -> None:
-        if self._netns is None:
-            path = Path("/proc/sys", key)
-            try:
-                # Already set (dockerd sets ip_forward itself): nothing to write.  Inside a managed plugin
-                # /proc/sys is mounted read-only, so the write below would fail even for a no-op.
-                if path.read_text().strip() == value:
-                    return
-                path.write_text(value)
-            except FileNotFoundError:
-                if not missing_ok:
-                    raise DataplaneError(f"/proc/sys/{key} does not exist. Hint: is this a Linux host?") from None
-            except OSError as exc:
-                devconf = _IPV4_DEVCONF_KEY.fullmatch(key)
-                if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and devconf is not None:
-                    # A read-only /proc/sys (managed plugin): the same per-device setting through netlink.
-                    set_ipv4_devconf(devconf["dev"], devconf["name"], int(value))
-                    return
-                raise DataplaneError(
-                    f"cannot write /proc/sys/{key}: {exc.strerror}. Hint: run as root with /proc/sys writable,"
-                    f" or set it on the host (sysctl -w {key.replace('/', '.')}={value})"
-                ) from exc
-            return
-        # /proc/sys/net shows the namespace of the reading process, hence sysctl run inside it.
-        result = self._run(["sysctl", "-q", "-w", f"{key}={value}"])
-        if result.returncode != 0 and not (missing_ok and "No such file" in result.stderr):
-            raise _error(f"sysctl -w {key}={value}", result)
-
-
-# A sysctl key that `rtnl.set_ipv4_devconf` can set through netlink when /proc/sys is read-only.
-_IPV4_DEVCONF_KEY = re.compile(r"net/ipv4/conf/(?P<dev>[A-Za-z0-9_.-]{1,15})/(?P<name>route_localnet)")
