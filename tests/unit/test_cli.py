@@ -388,6 +388,17 @@ NAT_OK = """-P PREROUTING ACCEPT
 """
 
 
+NOTRACK_TABLE = """table bridge vxlanpy {
+\tchain switched {
+\t\ttype filter hook prerouting priority -300; policy accept;
+\t\tiifname "vxh-*" meta pkttype other notrack
+\t\tiifname "vxlan-*" meta pkttype other notrack
+\t\tiifname "vxg-*" meta pkttype other notrack
+\t}
+}
+"""
+
+
 def healthy_host(cli: CliHarness) -> None:
     probe = cli.probe
     for path in ("/sys/module/vxlan", "/sys/module/bridge", "/proc/sys/net/bridge"):
@@ -398,6 +409,7 @@ def healthy_host(cli: CliHarness) -> None:
     probe.files["/sys/class/net/vxbr-42/mtu"] = "1450\n"
     probe.commands[("iptables", "-w", "10", "-t", "filter", "-S")] = (0, FILTER_OK, "")
     probe.commands[("iptables", "-w", "10", "-t", "nat", "-S")] = (0, NAT_OK, "")
+    probe.commands[("nft", "list", "table", "bridge", "vxlanpy")] = (0, NOTRACK_TABLE, "")
 
 
 def test_doctor_on_a_healthy_host_exits_0(cli: CliHarness) -> None:
@@ -410,6 +422,7 @@ def test_doctor_on_a_healthy_host_exits_0(cli: CliHarness) -> None:
         "plugin answers dockerd",
         "state store",
         "FORWARD policy",
+        "frames switched inside a network",
         "firewall of vni 42",
         "MTU of vni 42",
         "orphans",
@@ -443,6 +456,7 @@ def test_doctor_explains_each_problem_and_exits_1(cli: CliHarness) -> None:
         + "-A INPUT -p udp -m udp --dport 4789 -j DROP\n",
         "",
     )
+    probe.commands[("nft", "list", "table", "bridge", "vxlanpy")] = (1, "", "Error: No such file or directory")
     cli.harness.links.networks.pop("vxbr-42")
     cli.docker_network("e" * 64, "ghost")
     result = cli.run("doctor")
@@ -459,7 +473,8 @@ def test_doctor_explains_each_problem_and_exits_1(cli: CliHarness) -> None:
     assert "[FAIL] orphans: would recreate the devices of vni 42 (demo)" in out
     assert "[FAIL] peers of vni 42: vxlan-42 missing" in out
     assert "VXLAN port udp/4789: dropped by -A INPUT -p udp -m udp --dport 4789 -j DROP" in out
-    assert out.count("fix:") >= 6
+    assert "[warn] frames switched inside a network: go through conntrack: nft table bridge vxlanpy is missing" in out
+    assert out.count("fix:") >= 7
 
 
 def test_doctor_without_the_plugin(cli: CliHarness) -> None:

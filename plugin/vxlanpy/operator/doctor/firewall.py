@@ -16,6 +16,8 @@ from ...dataplane.firewall_rules import (
     isolation_rules,
     network_names,
 )
+from ...dataplane.notrack import TABLE as NOTRACK_TABLE
+from ...dataplane.notrack import table_in_place
 from .base import FAIL, OK, SKIP, WARN, Examination, Finding, NftChain
 from .rules import DOCKER_NFT_TABLES, firewall_layout, hook_precedence, input_verdict, is_iptables_own
 
@@ -95,6 +97,29 @@ def check_isolation_rules(exam: Examination) -> Iterator[Finding]:
         )
     else:
         yield Finding(OK, "vxlanpy's isolation rules", f"{FORWARD_CHAIN} in place")
+
+
+def check_switched_frames_untracked(exam: Examination) -> Iterator[Finding]:
+    """The nftables table that keeps frames switched inside a network out of conntrack (dataplane/notrack.py)."""
+    if exam.filter4() is None:
+        return
+    check = "frames switched inside a network"
+    code, out, _ = exam.probe.run(["nft", "list", "table", "bridge", NOTRACK_TABLE])
+    why = "br_netfilter hands them to conntrack, which costs throughput between containers (isolation is unaffected)"
+    if code == 0 and table_in_place(out):
+        yield Finding(OK, check, f"skip conntrack (nft table bridge {NOTRACK_TABLE})")
+    elif code == 127:
+        yield Finding(
+            WARN, check, "go through conntrack: nft is not installed", why=why, fix="apt-get install nftables"
+        )
+    else:
+        yield Finding(
+            WARN,
+            check,
+            f"go through conntrack: nft table bridge {NOTRACK_TABLE} is missing or changed",
+            why=why + "; the plugin's log says why it could not write it (a kernel without nftables' bridge family?)",
+            fix="vxlanpy gc (reconciliation writes the table again)",
+        )
 
 
 def check_network_firewalls(exam: Examination) -> Iterator[Finding]:
@@ -232,5 +257,6 @@ FIREWALL_CHECKS = [
     check_forward_hook,
     check_nft_forward,
     check_isolation_rules,
+    check_switched_frames_untracked,
     check_network_firewalls,
 ]
