@@ -100,6 +100,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--png", type=Path, help="write the chart (PNG) here")
     parser.add_argument("--only", help=f"comma-separated sections: {', '.join(SECTIONS)}")
     parser.add_argument("--scale-levels", help="override the network counts of the scale section, e.g. 10,100,1000")
+    parser.add_argument("--repeats", type=int, help="override the iperf3/ping rounds per case (5; 2 in --quick)")
     return parser.parse_args(argv)
 
 
@@ -176,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     params = QUICK if args.quick else FULL
     if args.scale_levels:
         params = replace(params, scale_levels=tuple(int(n) for n in args.scale_levels.split(",")))
+    if args.repeats:
+        params = replace(params, repeats=args.repeats)
     started = time.monotonic()
     remove_stale_namespaces()
     workdir = Path(tempfile.mkdtemp(prefix="vxlanpy-bench-"))
