@@ -384,6 +384,12 @@ class Engine:
     def sysctl(self, key: str) -> str:
         return run(["ip", "netns", "exec", self.netns, "sysctl", "-n", key]).stdout.strip()
 
+    def nft_table(self, family: str, name: str) -> str:
+        """`nft list table FAMILY NAME` on the engine's host, or "" when there is no such table."""
+        argv = ["ip", "netns", "exec", self.netns, "nft", "list", "table", family, name]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        return result.stdout if result.returncode == 0 else ""
+
     def plugin_processes(self) -> list[int]:
         """Pids of the managed plugin's processes (gunicorn's master and worker, run from /opt/vxlanpy)."""
         found = []

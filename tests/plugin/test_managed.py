@@ -99,6 +99,8 @@ def test_enable_then_two_containers_ping(engine: Engine, segment: Segment) -> No
     assert vxlan is not None and vxlan["linkinfo"]["info_data"]["id"] == VNI
     # /proc/sys is read-only in a managed plugin: route_localnet went through netlink, ip_forward was left alone.
     assert engine.sysctl(f"net.ipv4.conf.vxbr-{VNI}.route_localnet") == "1"
+    # The rootfs's nft wrote the table that keeps frames switched inside a network out of conntrack.
+    assert 'iifname "vxh-*" meta pkttype other notrack' in engine.nft_table("bridge", "vxlanpy")
     log = engine.plugin_log(LOCAL_PLUGIN, lines=500)
     assert "Read-only file system" not in log and "Traceback" not in log, log
     assert (segment.state_dir / "state.db").exists(), "the state is not on the host's state directory"
