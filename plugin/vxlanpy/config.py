@@ -17,6 +17,7 @@ from .errors import InvalidOption
 DEFAULT_SOCKET = "/run/docker/plugins/vxlanpy.sock"
 DEFAULT_STATE_DIR = "/var/lib/vxlanpy"
 DEFAULT_VNI_RANGE = (4096, 65535)
+DEFAULT_HOOK_CHECK_SECONDS = 10
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SCOPES = ("local", "global")  # what GetCapabilities reports; global: swarm networks (swarm.py)
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # what the kernel takes as an interface name (IFNAMSIZ - 1)
@@ -46,6 +47,9 @@ class Settings:
     wg_subnet: str = DEFAULT_WG_SUBNET
     wg_interface: str = DEFAULT_WG_INTERFACE
     scope: str = "local"
+    hook_check_seconds: int = (
+        DEFAULT_HOOK_CHECK_SECONDS  # how soon vxlanpy's firewall hooks go back on top after dockerd moved them
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -78,6 +82,9 @@ class Settings:
             wg_subnet=_parse_wg_subnet(env.get("VXLANPY_WG_SUBNET") or DEFAULT_WG_SUBNET),
             wg_interface=_parse_wg_interface(env.get("VXLANPY_WG_INTERFACE") or DEFAULT_WG_INTERFACE),
             scope=_parse_scope(env.get("VXLANPY_SCOPE") or "local", env.get("VXLANPY_STORE", "")),
+            hook_check_seconds=_parse_positive_int(
+                "VXLANPY_HOOK_CHECK_SECONDS", env.get("VXLANPY_HOOK_CHECK_SECONDS", str(DEFAULT_HOOK_CHECK_SECONDS))
+            ),
         )
 
     @property

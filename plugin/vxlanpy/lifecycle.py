@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from .config import DEFAULT_HOOK_CHECK_SECONDS
 from .driver import STALE_UNJOINED_SECONDS
 from .errors import StoreError, VxlanpyError
 from .metrics import MetricsServer
@@ -33,7 +34,7 @@ from .wiring import BackgroundCluster, Components, DockerAsker
 log = logging.getLogger("vxlanpy")
 
 WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR: the master stops too, instead of a new worker
-HOOK_CHECK_SECONDS = 10.0
+HOOK_CHECK_SECONDS = float(DEFAULT_HOOK_CHECK_SECONDS)  # VXLANPY_HOOK_CHECK_SECONDS
 JOIN_SECONDS = 5.0  # how long stop() waits for each thread it started
 
 

@@ -451,7 +451,9 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
         from .lifecycle import Lifecycle
 
         components = self.components()
-        self.lifecycle = Lifecycle(components, metrics_addr=self.metrics_addr)
+        self.lifecycle = Lifecycle(
+            components, metrics_addr=self.metrics_addr, hook_check_seconds=self.settings.hook_check_seconds
+        )
         self.lifecycle.start()
         return create_app(components)
 

@@ -8,20 +8,24 @@ put that network's underlay on the test host's veth (`dev=`) so the encapsulated
 from __future__ import annotations
 
 import http.client
+import http.server
 import io
 import ipaddress
 import os
 import shutil
 import signal
 import socket
+import socketserver
 import sqlite3
 import struct
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,6 +202,55 @@ def socket_answers(path: Path) -> bool:
     finally:
         sock.close()
     return True
+
+
+class _FailingHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with HTTP 500 and a libnetwork error body, and records which call it was."""
+
+    protocol_version = "HTTP/1.1"  # dockerd keeps its connection to a plugin alive
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections.append(self.request)  # type: ignore[attr-defined]
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.calls.append(self.path)  # type: ignore[attr-defined]
+        body = b'{"Err": "vxlanpy is down (a test stand-in)"}'
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        pass  # a Unix socket has no client address to log
+
+
+@contextmanager
+def down_plugin_stand_in(socket_path: Path) -> Iterator[list[str]]:
+    """While vxlanpy is down, something on its socket that fails each of dockerd's calls at once; yields the
+    calls' paths.  vxlanpy hears none of them, as when nothing listens, but dockerd gives up on each at once
+    instead of retrying a dead socket for 15 s (60 s for one `docker rm -f`).  The socket is removed on exit."""
+    socket_path.unlink(missing_ok=True)
+    server = socketserver.ThreadingUnixStreamServer(str(socket_path), _FailingHandler)
+    server.daemon_threads = True
+    calls: list[str] = []
+    server.calls = calls  # type: ignore[attr-defined]
+    server.connections = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, name="vxt-down-plugin", daemon=True)
+    thread.start()
+    try:
+        yield calls
+    finally:
+        server.shutdown()
+        server.server_close()
+        for connection in server.connections:  # type: ignore[attr-defined]
+            # dockerd must not keep an idle connection to the stand-in: as with a killed plugin, it is closed.
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        thread.join(timeout=10)
+        socket_path.unlink(missing_ok=True)
 
 
 def plugin_command() -> tuple[list[str], dict[str, str]]:

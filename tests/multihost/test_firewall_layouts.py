@@ -55,11 +55,16 @@ pytestmark = pytest.mark.firewall_layouts
 CreateNetwork = Callable[..., dict[str, Any]]
 
 OUTSIDER = "10.250.0.99"  # the cluster's outsider namespace: on the underlay, not a vxlanpy host
-WEB = ["httpd", "-f", "-p", "80", "-h", "/www"]  # serves the image's /www/index.html
+# Serves the image's /www/index.html.  Ends on SIGTERM (httpd as PID 1 would ignore it): a dockerd stopping with
+# the container running then need not wait out its 10 s stop timeout.
+WEB = ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"]
 PAGE = "vxlanpy-multihost"
 PUBLISHED = 8080
 HOOK = "-A FORWARD -j VXLANPY-FORWARD"
-WATCH = 15.0  # the plugin puts its hooks back every 10 s (app.HOOK_CHECK_SECONDS)
+# h1's plugin checks its hooks every second here (VXLANPY_HOOK_CHECK_SECONDS; 10 s by default): each wait below
+# for the hooks to go back on top ends within about a second instead of about five.
+HOOK_CHECK_SECONDS = 1
+WATCH = 15.0  # a bound on those waits, well above the default period as well
 TOOLS = ("iptables", "ip6tables")
 
 
@@ -110,9 +115,16 @@ def remove_docker_chains(host: Host, only: str | None = None) -> None:
             if only:
                 continue
             chains = [line.split()[1] for line in listing if line.startswith("-N DOCKER")]
-            for action in ("-F", "-X"):
-                for chain in chains:
-                    iptables(host, "-t", table, action, chain, tool=tool)
+            if not chains:
+                continue
+            # One transaction: vxlanpy's hook check may put its rule back into DOCKER-USER between a -F and a -X.
+            commands = [f"{action} {chain}" for action in ("-F", "-X") for chain in chains]
+            restored = subprocess.run(
+                ["ip", "netns", "exec", host.netns, f"{tool}-restore", "-w", "--noflush"],
+                input="\n".join([f"*{table}", *commands, "COMMIT", ""]),
+                capture_output=True, text=True, timeout=20, check=False,
+            )  # fmt: skip
+            assert restored.returncode == 0, f"{tool}-restore {commands}: {restored.stderr}"
 
 
 def delete_docker_user(host: Host) -> None:
@@ -154,6 +166,24 @@ class Saved:
     policies: dict[str, str]
     ip_forward: str
     nft_tables: list[tuple[str, str]] = field(default_factory=list)  # made by the test, deleted afterwards
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_hook_check(vx_cluster: Cluster) -> Iterator[None]:
+    """h1's plugin with VXLANPY_HOOK_CHECK_SECONDS=HOOK_CHECK_SECONDS during this module, as before afterwards."""
+    plugin = vx_cluster["h1"].plugin
+    saved = dict(plugin.extra_env)
+
+    def restart(env: dict[str, str]) -> None:
+        plugin.stop()
+        plugin.extra_env = env
+        plugin.start()
+
+    restart({**saved, "VXLANPY_HOOK_CHECK_SECONDS": str(HOOK_CHECK_SECONDS)})
+    try:
+        yield
+    finally:
+        restart(saved)
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@
   (VXLANPY_FORBID_SKIPS=1), they fail instead (tests/tiers.py).
 * `engine` (session): the namespace, its dockerd (with the busybox image) and the registry on its loopback.
 * `built` (session): scripts/build-plugin creates vxlanpy/vxlanpy:latest and 127.0.0.1:5000/vxlanpy/vxlanpy:test
-  in that engine; the second is pushed to the registry and removed, so that installing it really pulls.
+  in that engine; the second is pushed to the registry and removed, so that installing it really pulls.  Its
+  base and rootfs come from /var/cache/vxlanpy-build while their inputs are unchanged (harness.BUILD_CACHE).
 * Each test enables one plugin at a time through `engine.active(...)`, which removes every container and
   network and disables the plugin afterwards, pass or fail.  At the end everything is torn down: plugins,
   containers, networks, dockerd and its containerd, the registry, the namespace and /tmp/vxpl-<hex>.
@@ -90,8 +91,11 @@ def engine() -> Iterator[Engine]:
 def built(engine: Engine) -> str:
     """The plugins, built once; returns scripts/build-plugin's report."""
     report = build_plugins(engine, LOCAL_PLUGIN, REGISTRY_PLUGIN)
-    size = int(engine.client.images.get("vxlanpy-plugin-rootfs:latest").attrs["Size"])
-    TIMINGS["image vxlanpy-plugin-rootfs:latest"] = f"{size / 1e6:.0f} MB"
+    if "reusing the cached rootfs" in report:
+        TIMINGS["plugin rootfs"] = "from the cache (no input changed since it was built)"
+    else:
+        size = int(engine.client.images.get("vxlanpy-plugin-rootfs:latest").attrs["Size"])
+        TIMINGS["image vxlanpy-plugin-rootfs:latest"] = f"{size / 1e6:.0f} MB"
     started = time.monotonic()
     engine.docker("plugin", "push", REGISTRY_PLUGIN, timeout=300)
     TIMINGS["docker plugin push (local registry)"] = f"{time.monotonic() - started:.1f} s"

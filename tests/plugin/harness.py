@@ -60,6 +60,8 @@ REGISTRY_PLUGIN = f"{REGISTRY}/vxlanpy/vxlanpy:test"
 UNDERLAYS = {"ul0": "10.251.0.1/24", "ul1": "10.252.0.1/24"}
 DEFAULT_GATEWAY = "10.251.0.254"
 VXLANPY_LINK_PREFIXES = ("vxbr-", "vxlan-", "vxh-")
+# scripts/build-plugin's caches for the suites: its debootstrap base and the built rootfs, keyed by their inputs.
+BUILD_CACHE = Path("/var/cache/vxlanpy-build")
 # Startup budget: dockerd gives a managed plugin ~10 s (0.5 s, then 3 dial attempts 3 s apart).
 START_BUDGET_SECONDS = 3.0
 
@@ -455,11 +457,16 @@ def remove_stale_engines() -> list[str]:
 
 
 def build_plugins(engine: Engine, *names: str) -> str:
-    """scripts/build-plugin NAMES against the engine; returns its report (stderr)."""
+    """scripts/build-plugin NAMES against the engine; returns its report (stderr).  Its base tarball and the
+    plugin's rootfs are cached under BUILD_CACHE (unless the environment names other places), so that a later
+    session, a later engine's or a later run's, reuses them while none of their inputs has changed."""
+    env = engine.env
+    env.setdefault("VXLANPY_BUILD_CACHE", str(BUILD_CACHE))
+    env.setdefault("VXLANPY_PLUGIN_CACHE", str(BUILD_CACHE / "plugin"))
     started = time.monotonic()
     result = subprocess.run(
         [str(REPO_ROOT / "scripts" / "build-plugin"), *names],
-        env=engine.env,
+        env=env,
         capture_output=True,
         text=True,
         timeout=900,

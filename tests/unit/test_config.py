@@ -12,6 +12,13 @@ def test_defaults() -> None:
     assert settings.store_url == "sqlite:///var/lib/vxlanpy/state.db"
 
 
+def test_the_firewall_hooks_are_checked_every_10_seconds_unless_set() -> None:
+    from vxlanpy.lifecycle import HOOK_CHECK_SECONDS
+
+    assert Settings.from_env({}).hook_check_seconds == HOOK_CHECK_SECONDS == 10
+    assert Settings.from_env({"VXLANPY_HOOK_CHECK_SECONDS": "2"}).hook_check_seconds == 2
+
+
 def test_state_dir_moves_the_default_store() -> None:
     assert Settings.from_env({"VXLANPY_STATE_DIR": "/tmp/x"}).store_url == "sqlite:///tmp/x/state.db"
 
@@ -22,6 +29,7 @@ def test_state_dir_moves_the_default_store() -> None:
         ({"VXLANPY_LOG_LEVEL": "loud"}, "VXLANPY_LOG_LEVEL='loud' is not valid"),
         ({"VXLANPY_VNI_RANGE": "9-1"}, "VXLANPY_VNI_RANGE='9-1' is not valid"),
         ({"VXLANPY_THREADS": "0"}, "VXLANPY_THREADS='0' is not valid"),
+        ({"VXLANPY_HOOK_CHECK_SECONDS": "0.5"}, "VXLANPY_HOOK_CHECK_SECONDS='0.5' is not valid"),
     ],
 )
 def test_bad_settings(env: dict[str, str], phrase: str) -> None:
