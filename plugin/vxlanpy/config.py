@@ -47,9 +47,8 @@ class Settings:
     wg_subnet: str = DEFAULT_WG_SUBNET
     wg_interface: str = DEFAULT_WG_INTERFACE
     scope: str = "local"
-    hook_check_seconds: int = (
-        DEFAULT_HOOK_CHECK_SECONDS  # how soon vxlanpy's firewall hooks go back on top after dockerd moved them
-    )
+    # How soon vxlanpy's firewall hooks go back on top after dockerd moved them.
+    hook_check_seconds: int = DEFAULT_HOOK_CHECK_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
