@@ -16,6 +16,7 @@ from vxlanpy.operator.client import PluginClient, SdkDocker, discover_socket, vx
 
 from .cli_fakes import HOST, CliHarness, dir_stat, socket_stat
 from .conftest import EP, NET, NET2, Harness
+from .test_notrack import LISTING as NOTRACK_LISTING
 
 CID = "1" * 64
 CID2 = "2" * 64
@@ -388,17 +389,6 @@ NAT_OK = """-P PREROUTING ACCEPT
 """
 
 
-NOTRACK_TABLE = """table bridge vxlanpy {
-\tchain switched {
-\t\ttype filter hook prerouting priority -300; policy accept;
-\t\tiifname "vxh-*" meta pkttype other notrack
-\t\tiifname "vxlan-*" meta pkttype other notrack
-\t\tiifname "vxg-*" meta pkttype other notrack
-\t}
-}
-"""
-
-
 def healthy_host(cli: CliHarness) -> None:
     probe = cli.probe
     for path in ("/sys/module/vxlan", "/sys/module/bridge", "/proc/sys/net/bridge"):
@@ -409,7 +399,7 @@ def healthy_host(cli: CliHarness) -> None:
     probe.files["/sys/class/net/vxbr-42/mtu"] = "1450\n"
     probe.commands[("iptables", "-w", "10", "-t", "filter", "-S")] = (0, FILTER_OK, "")
     probe.commands[("iptables", "-w", "10", "-t", "nat", "-S")] = (0, NAT_OK, "")
-    probe.commands[("nft", "list", "table", "bridge", "vxlanpy")] = (0, NOTRACK_TABLE, "")
+    probe.commands[("nft", "list", "table", "bridge", "vxlanpy")] = (0, NOTRACK_LISTING, "")
 
 
 def test_doctor_on_a_healthy_host_exits_0(cli: CliHarness) -> None:
