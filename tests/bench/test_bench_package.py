@@ -37,7 +37,7 @@ def test_help_names_every_section_and_the_options() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: scripts/bench"), result.stdout
-    for word in ("--quick", "--json", "--png", "--only", "--scale-levels", *SECTIONS):
+    for word in ("--quick", "--json", "--png", "--only", "--scale-levels", "--repeats", *SECTIONS):
         assert word in result.stdout, f"{word} not in:\n{result.stdout}"
 
 
