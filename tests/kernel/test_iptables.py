@@ -339,6 +339,27 @@ def test_removals_in_the_background_are_done_in_order_and_together(host: str) ->
     assert fw.owned_vnis() == {201}, "reconciliation's view waits for the queued removal"
 
 
+def test_a_failed_background_removal_never_takes_the_chains_of_the_network_made_again(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fw = IptablesFirewall(netns=host, background_removal=True)
+    fw.ensure_base()
+    net = network(202, "192.168.77.128/25")
+    fw.ensure_network(net, [])
+
+    def refused(*_: object) -> None:
+        raise DataplaneError("iptables-restore: another app holds the xtables lock")
+
+    real = fw._remove_chains
+    monkeypatch.setattr(fw, "_remove_chains", refused)  # the removal fails, and stays queued
+    fw.remove_network(net.vni)
+    assert fw.settle(timeout=30)
+    fw.ensure_network(net, [endpoint(net, "192.168.77.130", tcp(80, 8082))])  # the network is made again
+    monkeypatch.setattr(fw, "_remove_chains", real)
+    assert fw.owned_vnis() == {202}, "the retried removal took the new network's chains"
+    assert "-A VXPD-202 -p tcp -m tcp --dport 8082 -j DNAT --to-destination 192.168.77.130:80" in rules(host, "nat")
+
+
 def test_foreign_rules_survive(host: str, fw: IptablesFirewall) -> None:
     run(host, "iptables", "-w", "-N", "DOCKER-USER")
     run(host, "iptables", "-w", "-A", "DOCKER-USER", "-j", "RETURN")

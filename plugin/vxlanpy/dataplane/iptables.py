@@ -171,6 +171,7 @@ class IptablesFirewall:
         }
         with self._lock:
             self._remove_doomed_first()  # the same VNI may be queued for removal: that comes first
+            self._doomed.discard(network.vni)  # if that failed, a later retry must not take the new chains
             for family in (4, 6):
                 try:
                     self._write_network(family, network.vni, contents, jumps)
