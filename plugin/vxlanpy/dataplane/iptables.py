@@ -235,17 +235,22 @@ class IptablesFirewall:
     def _layout(cls, *vnis: int) -> _Layout:
         """Everything the networks may have in each table, as (chains, rules in the parent chains): what removing
         them deletes, where present.  The filter chains and their jumps are those of vxlanpy < 0.2."""
-        layout: _Layout = {(4, "filter"): ((), []), (6, "filter"): ((), []), (4, "nat"): ((), [])}
+        filter_chains: tuple[str, ...] = ()
+        nat_chains: tuple[str, ...] = ()
+        forward: list[tuple[str, Rule]] = []
+        nat: list[tuple[str, Rule]] = []
         for vni in sorted(vnis):
             bridge, chain, dnat = network_names(vni)
-            forward = [(FORWARD_CHAIN, ["-i", bridge, "-j", chain]), (FORWARD_CHAIN, ["-o", bridge, "-j", chain])]
+            filter_chains += (chain,)
+            nat_chains += (chain, dnat)
+            forward += [(FORWARD_CHAIN, ["-i", bridge, "-j", chain]), (FORWARD_CHAIN, ["-o", bridge, "-j", chain])]
             forward += [(INTERNAL_CHAIN, rule) for rule in isolation_rules(bridge)]
-            nat = [(POSTROUTING_CHAIN, ["-j", chain]), (DNAT_CHAIN, ["-j", dnat])]
-            own: _Layout = {(4, "filter"): ((chain,), forward), (6, "filter"): ((chain,), forward)}
-            own[(4, "nat")] = ((chain, dnat), nat)
-            for key, (chains, jumps) in own.items():
-                layout[key] = (layout[key][0] + chains, layout[key][1] + jumps)
-        return layout
+            nat += [(POSTROUTING_CHAIN, ["-j", chain]), (DNAT_CHAIN, ["-j", dnat])]
+        return {
+            (4, "filter"): (filter_chains, forward),
+            (6, "filter"): (filter_chains, forward),
+            (4, "nat"): (nat_chains, nat),
+        }
 
     @staticmethod
     def _tables(family: Family) -> list[str]:

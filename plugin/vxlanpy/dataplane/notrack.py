@@ -13,8 +13,8 @@ prerouting hook, before br_netfilter.
 
 The IPv4 hooks (iptables' raw table) see a bridged frame only after br_netfilter has rewritten its packet type
 to "host", hence nft: a table of vxlanpy's own (`bridge vxlanpy`), written whole in one transaction, touching
-nothing else.  Where `nft` is not installed this is skipped: the frames are tracked as
-before, which costs speed, never correctness.
+nothing else.  Where `nft` is not installed this is skipped: the frames are tracked as before, which costs
+speed, never correctness.
 
 One consequence is handled in firewall_rules.masquerade_rules: a container reaching a published port of its own
 network (hairpin) is masqueraded, since the reply would otherwise be switched straight back, untracked, and
